@@ -1,0 +1,3 @@
+//! ferry-ledger: rewards ledger (vouchers, co-signed receipt ingestion, epochs).
+
+fn main() {}

@@ -1,0 +1,89 @@
+//! Fixed-layout big-endian reader/writer shared by every message.
+
+use crate::{DecodeError, WIRE_VERSION};
+
+/// Upper bound on any encoded Ferry message; decoders of length-prefixed streams use it
+/// to refuse absurd lengths before allocating.
+pub const MAX_MESSAGE_LEN: usize = 1024;
+
+/// Message type bytes (second byte of every encoding, after the version).
+pub(crate) mod msg_type {
+    pub(crate) const VOUCHER: u8 = 0x01;
+    pub(crate) const SESSION_OFFER: u8 = 0x02;
+    pub(crate) const SESSION_ACCEPT: u8 = 0x03;
+    pub(crate) const RECEIPT: u8 = 0x10;
+    pub(crate) const COSIGNED_RECEIPT: u8 = 0x11;
+}
+
+pub(crate) struct Writer {
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    pub(crate) fn new(ty: u8, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity);
+        buf.push(WIRE_VERSION);
+        buf.push(ty);
+        Self { buf }
+    }
+
+    pub(crate) fn bytes(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
+        self
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub(crate) fn finish(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// Checks the total length, version and type up front, so later reads cannot fail
+    /// halfway through a message.
+    pub(crate) fn new(buf: &'a [u8], ty: u8, len: usize) -> Result<Self, DecodeError> {
+        if buf.is_empty() {
+            return Err(DecodeError::Truncated { need: len, have: 0 });
+        }
+        if buf[0] != WIRE_VERSION {
+            return Err(DecodeError::UnknownVersion(buf[0]));
+        }
+        if buf.len() < len {
+            return Err(DecodeError::Truncated {
+                need: len,
+                have: buf.len(),
+            });
+        }
+        if buf[1] != ty {
+            return Err(DecodeError::WrongType {
+                found: buf[1],
+                expected: ty,
+            });
+        }
+        if buf.len() > len {
+            return Err(DecodeError::TrailingBytes(buf.len() - len));
+        }
+        Ok(Self { buf, pos: 2 })
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        // Length was checked in `new`; the slice is in bounds for fixed layouts.
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+
+    pub(crate) fn u64(&mut self) -> u64 {
+        u64::from_be_bytes(self.array())
+    }
+}

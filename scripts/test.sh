@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every check Ferry has: format, lints, unit/property/replay tests, and (as root) the
+# network-namespace end-to-end tests. This is what `.ci/run` calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+echo "== cargo fmt --check"; cargo fmt --all --check
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test (workspace)"; cargo test --workspace --locked
+if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
+  echo "== end-to-end tests (network namespaces, root)"
+  cargo test -p ferry-e2e --locked -- --ignored --test-threads=1
+else
+  if [ "${CI:-}" = true ]; then echo "e2e tests need root in CI" >&2; exit 1; fi
+  echo "== end-to-end tests SKIPPED (need root and iproute2)"
+fi
+echo "== all tests passed"
