@@ -1,0 +1,271 @@
+//! The client side of a paid session: its own counters and the co-sign decision.
+//!
+//! Driving contract (the `ferry connect` shell): build the `Hello` with
+//! [`ClientSession::hello`], pass the relay's answer to [`ClientSession::handle_accept`],
+//! count every inner packet sent into / received from the tunnel with
+//! [`ClientSession::record_up`] / [`ClientSession::record_down`], and feed every control
+//! message to [`ClientSession::handle_message`], sending back what it returns. Persist
+//! and submit every [`ClientVerdict::CoSign`] receipt as the relay does.
+
+use std::sync::Arc;
+
+use ferry_receipts::{
+    CoSignedReceipt, CumulativeState, NetworkId, PublicKey, ReceiptBody, Rejected, SessionAccept,
+    SessionOffer, Signature, SignedReceipt, SigningKey, Voucher,
+};
+use thiserror::Error;
+
+use crate::meter::Meter;
+use crate::proto::{Message, ReceiptRejectReason};
+
+const MIB: u64 = 1 << 20;
+
+/// How far a relay's claim may exceed the client's own count, per direction:
+/// `claim ≤ own + own × basis_points / 10000 + slack_bytes`. Covers packets in flight and
+/// packets the relay forwarded down that the client has not received yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tolerance {
+    /// Proportional part in basis points (200 = 2 %).
+    pub basis_points: u32,
+    /// Absolute part in bytes.
+    pub slack_bytes: u64,
+}
+
+impl Default for Tolerance {
+    fn default() -> Self {
+        Self {
+            basis_points: 200,
+            slack_bytes: MIB,
+        }
+    }
+}
+
+impl Tolerance {
+    /// The largest claim accepted for an own count of `own` bytes.
+    pub fn max_claim(&self, own: u64) -> u64 {
+        let prop = u128::from(own) * u128::from(self.basis_points) / 10_000;
+        let max = u128::from(own) + prop + u128::from(self.slack_bytes);
+        u64::try_from(max).unwrap_or(u64::MAX)
+    }
+}
+
+/// Client policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientConfig {
+    /// Over-claim tolerance.
+    pub tolerance: Tolerance,
+}
+
+/// The client's answer to a receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientVerdict {
+    /// Accepted: send `Message::CoSigned` with it (and keep it for submission).
+    CoSign(CoSignedReceipt),
+    /// The same receipt again (our co-signature was lost): resend this.
+    Duplicate(CoSignedReceipt),
+    /// Refused: send `Message::ReceiptRejected` and disconnect.
+    Reject {
+        /// Seq of the refused receipt.
+        seq: u64,
+        /// Why.
+        reason: ReceiptRejectReason,
+    },
+    /// An older receipt consistent with the latest: nothing to do.
+    Ignore,
+}
+
+/// A session-setup answer the client cannot use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The accept does not match our offer, relay or network, or its signature is bad.
+    #[error("session accept does not match the offer")]
+    BadAccept,
+    /// No offer was made yet.
+    #[error("no session offer outstanding")]
+    NoOffer,
+}
+
+/// The client's view of one paid session.
+#[derive(Debug)]
+pub struct ClientSession {
+    cfg: ClientConfig,
+    key: Arc<SigningKey>,
+    network_id: NetworkId,
+    relay_key: PublicKey,
+    offer: Option<SessionOffer>,
+    accept: Option<SessionAccept>,
+    meter: Meter,
+    state: CumulativeState,
+    last_cosigned: Option<CoSignedReceipt>,
+    last_acked: Option<u64>,
+    rejected: Option<ReceiptRejectReason>,
+}
+
+impl ClientSession {
+    /// A client that wants a session with `relay_key` in `network_id`.
+    pub fn new(
+        cfg: ClientConfig,
+        key: Arc<SigningKey>,
+        network_id: NetworkId,
+        relay_key: PublicKey,
+    ) -> Self {
+        Self {
+            cfg,
+            key,
+            network_id,
+            relay_key,
+            offer: None,
+            accept: None,
+            meter: Meter::new(),
+            state: CumulativeState::new(),
+            last_cosigned: None,
+            last_acked: None,
+            rejected: None,
+        }
+    }
+
+    /// Builds and signs the `Hello` offering `voucher` for the WireGuard key `wg_key`.
+    /// `nonce` must be random (caller's RNG).
+    pub fn hello(
+        &mut self,
+        voucher: Voucher,
+        wg_key: [u8; 32],
+        nonce: [u8; 16],
+        unix_ts: u64,
+    ) -> Message {
+        let offer = SessionOffer {
+            network_id: self.network_id,
+            relay_key: self.relay_key,
+            client_key: self.key.public_key(),
+            client_wg_key: wg_key,
+            nonce,
+            created_at: unix_ts,
+            voucher,
+            signature: Signature::ZERO,
+        }
+        .sign(&self.key);
+        self.offer = Some(offer.clone());
+        Message::Hello(offer)
+    }
+
+    /// Checks the relay's `Accept` against our offer and adopts the session.
+    pub fn handle_accept(&mut self, accept: SessionAccept) -> Result<(), ClientError> {
+        let offer = self.offer.as_ref().ok_or(ClientError::NoOffer)?;
+        let ok = accept.verify(&self.network_id).is_ok()
+            && accept.relay_key == self.relay_key
+            && accept.client_key == self.key.public_key()
+            && accept.voucher_id == offer.voucher.id()
+            && accept.price_micros_per_gib == offer.voucher.price_micros_per_gib;
+        if !ok {
+            return Err(ClientError::BadAccept);
+        }
+        self.accept = Some(accept);
+        Ok(())
+    }
+
+    /// The adopted session terms.
+    pub fn accept(&self) -> Option<&SessionAccept> {
+        self.accept.as_ref()
+    }
+
+    /// Counts `bytes` the client sent into the tunnel (inner packet length).
+    pub fn record_up(&mut self, bytes: u64) {
+        self.meter.record_up(bytes);
+    }
+
+    /// Counts `bytes` the client received from the tunnel (inner packet length).
+    pub fn record_down(&mut self, bytes: u64) {
+        self.meter.record_down(bytes);
+    }
+
+    /// Own counters.
+    pub fn meter(&self) -> Meter {
+        self.meter
+    }
+
+    /// Latest co-signed receipt.
+    pub fn last_cosigned(&self) -> Option<&CoSignedReceipt> {
+        self.last_cosigned.as_ref()
+    }
+
+    /// Highest seq the relay acknowledged as stored.
+    pub fn last_acked(&self) -> Option<u64> {
+        self.last_acked
+    }
+
+    /// Set once the client refused a receipt (it should disconnect).
+    pub fn rejected(&self) -> Option<ReceiptRejectReason> {
+        self.rejected
+    }
+
+    /// Decides whether to co-sign `r`: it must be for our session and relay, carry a
+    /// valid relay signature, keep counters monotonic, and claim no more than our own
+    /// count plus tolerance in each direction.
+    pub fn check(&mut self, r: &SignedReceipt, unix_ts: u64) -> ClientVerdict {
+        let seq = r.body.seq;
+        let reject = |reason| ClientVerdict::Reject { seq, reason };
+        let Some(accept) = &self.accept else {
+            return reject(ReceiptRejectReason::WrongSession);
+        };
+        let expected = ReceiptBody::for_session(accept, seq, 0, 0, 0);
+        if !expected.same_session(&r.body) {
+            return reject(ReceiptRejectReason::WrongSession);
+        }
+        if r.verify(&self.network_id).is_err() {
+            return reject(ReceiptRejectReason::BadSignature);
+        }
+        if let Some(c) = &self.last_cosigned {
+            if c.receipt == *r {
+                return ClientVerdict::Duplicate(*c);
+            }
+        }
+        let mut next = self.state.clone();
+        match next.apply(&r.body) {
+            Ok(ferry_receipts::Applied::Advanced { .. }) => {}
+            Ok(_) => return ClientVerdict::Ignore,
+            Err(Rejected::WrongSession) => return reject(ReceiptRejectReason::WrongSession),
+            Err(_) => return reject(ReceiptRejectReason::NonMonotonic),
+        }
+        let tol = self.cfg.tolerance;
+        if r.body.bytes_up > tol.max_claim(self.meter.up())
+            || r.body.bytes_down > tol.max_claim(self.meter.down())
+        {
+            return reject(ReceiptRejectReason::OverClaim);
+        }
+        self.state = next;
+        let c = r.cosign(&self.key, self.meter.up(), self.meter.down(), unix_ts);
+        self.last_cosigned = Some(c);
+        ClientVerdict::CoSign(c)
+    }
+
+    /// Handles one control message from the relay and returns the reply, if any.
+    /// A rejected receipt also marks the session as rejected.
+    pub fn handle_message(&mut self, msg: Message, unix_ts: u64) -> Option<Message> {
+        match msg {
+            Message::Receipt(r) | Message::FinalReceipt(r) => match self.check(&r, unix_ts) {
+                ClientVerdict::CoSign(c) | ClientVerdict::Duplicate(c) => {
+                    Some(Message::CoSigned(c))
+                }
+                ClientVerdict::Reject { seq, reason } => {
+                    self.rejected = Some(reason);
+                    Some(Message::ReceiptRejected { seq, reason })
+                }
+                ClientVerdict::Ignore => None,
+            },
+            Message::Ack { seq } => {
+                let cosigned = self.last_cosigned.map(|c| c.body().seq);
+                if cosigned.is_some_and(|s| seq <= s) && self.last_acked.is_none_or(|a| seq > a) {
+                    self.last_acked = Some(seq);
+                }
+                None
+            }
+            Message::Accept(a) => {
+                // A bad accept leaves the session unadopted; the shell sees `accept()` is None.
+                let _ = self.handle_accept(a);
+                None
+            }
+            _ => None,
+        }
+    }
+}

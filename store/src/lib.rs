@@ -1,0 +1,1 @@
+//! Ferry durable receipt store (in progress).
