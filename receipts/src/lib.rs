@@ -16,6 +16,8 @@
 
 mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ids;
 mod keys;
 mod receipt;

@@ -1,0 +1,89 @@
+//! Fixed fixtures shared by the integration tests: the inputs of the frozen test vectors
+//! in `docs/receipts.md`. Changing anything here changes the vectors.
+#![allow(dead_code, unreachable_pub)]
+
+use ferry_receipts::{
+    CoSignedReceipt, NetworkId, PublicKey, ReceiptBody, SessionAccept, SessionId, SessionOffer,
+    Signature, SignedReceipt, SigningKey, Voucher, VoucherId,
+};
+
+pub const LEDGER_SEED: [u8; 32] = [0x01; 32];
+pub const RELAY_SEED: [u8; 32] = [0x02; 32];
+pub const CLIENT_SEED: [u8; 32] = [0x03; 32];
+pub const NETWORK_ID: NetworkId = NetworkId(*b"ferry-testnet-01");
+/// 2026-01-01T00:00:00Z.
+pub const T0: u64 = 1_767_225_600;
+
+pub fn ledger() -> SigningKey {
+    SigningKey::from_seed(&LEDGER_SEED)
+}
+pub fn relay() -> SigningKey {
+    SigningKey::from_seed(&RELAY_SEED)
+}
+pub fn client() -> SigningKey {
+    SigningKey::from_seed(&CLIENT_SEED)
+}
+
+fn counting<const N: usize>(start: u8) -> [u8; N] {
+    std::array::from_fn(|i| start.wrapping_add(i as u8))
+}
+
+pub fn voucher() -> Voucher {
+    Voucher {
+        network_id: NETWORK_ID,
+        ledger_key: PublicKey([0; 32]),
+        client_key: client().public_key(),
+        nonce: counting(0x00),
+        allowance_bytes: 10 << 30,
+        price_micros_per_gib: 1_500_000,
+        issued_at: T0,
+        expires_at: T0 + 30 * 86_400,
+        signature: Signature::ZERO,
+    }
+    .sign(&ledger())
+}
+
+pub fn offer() -> SessionOffer {
+    SessionOffer {
+        network_id: NETWORK_ID,
+        relay_key: relay().public_key(),
+        client_key: PublicKey([0; 32]),
+        client_wg_key: counting(0x40),
+        nonce: counting(0x10),
+        created_at: T0 + 60,
+        voucher: voucher(),
+        signature: Signature::ZERO,
+    }
+    .sign(&client())
+}
+
+pub fn accept() -> SessionAccept {
+    let v = voucher();
+    SessionAccept {
+        network_id: NETWORK_ID,
+        relay_key: PublicKey([0; 32]),
+        client_key: client().public_key(),
+        session_id: SessionId(counting(0x20)),
+        voucher_id: v.id(),
+        started_at: T0 + 61,
+        price_micros_per_gib: v.price_micros_per_gib,
+        signature: Signature::ZERO,
+    }
+    .sign(&relay())
+}
+
+pub fn receipt_body() -> ReceiptBody {
+    ReceiptBody::for_session(&accept(), 3, 123_456_789, 987_654_321, T0 + 361)
+}
+
+pub fn signed_receipt() -> SignedReceipt {
+    receipt_body().sign(&relay())
+}
+
+pub fn cosigned_receipt() -> CoSignedReceipt {
+    signed_receipt().cosign(&client(), 123_450_000, 987_650_000, T0 + 362)
+}
+
+pub fn zero_voucher_id() -> VoucherId {
+    VoucherId([0; 32])
+}
