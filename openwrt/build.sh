@@ -1,0 +1,261 @@
+#!/bin/sh
+# Cross-builds static, stripped ferry-agent binaries for OpenWrt routers, runs each under
+# qemu-user-static, checks the mipsel size budget and records sizes in docs/openwrt.md.
+# Also builds the ferry-receipts unit tests for aarch64 and mipsel and runs them under qemu.
+#
+# Usage: openwrt/build.sh all | <arch>... | setup | test-receipts [<arch>...] | list
+#   <arch> is one of: aarch64 x86_64 armv7 mipsel mips (or the full Rust target triple).
+# Environment:
+#   FERRY_MIPSEL_MAX_BYTES  size budget for the stripped mipsel agent (default 1572864 = 1.5 MiB)
+#   FERRY_SKIP_SETUP=1      do not install toolchains (fail instead if something is missing)
+#   FERRY_SKIP_TESTS=1      skip the ferry-receipts unit tests under qemu
+#   FERRY_NICE              niceness for cargo (default 15; the build machine is shared)
+# Outputs: dist/<arch>/ferry-agent, dist/sizes.tsv, the size table in docs/openwrt.md.
+set -eu
+
+ROOT=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
+cd "$ROOT"
+export CARGO_TARGET_DIR="$ROOT/target/cross"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+NICENESS=${FERRY_NICE:-15}
+MIPSEL_MAX=${FERRY_MIPSEL_MAX_BYTES:-1572864}
+ALL_ARCHES="aarch64 x86_64 armv7 mipsel mips"
+TEST_ARCHES="aarch64 mipsel"
+DOC="$ROOT/docs/openwrt.md"
+
+log() { printf '== %s\n' "$*" >&2; }
+die() {
+	printf 'build.sh: %s\n' "$*" >&2
+	exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# arch -> "arch triple qemu-binary openwrt-arch method"; method is gnu (Debian gcc cross linker,
+# prebuilt rust-std) or zig (cargo-zigbuild + -Zbuild-std: no usable prebuilt std here).
+arch_info() {
+	case "$1" in
+	aarch64 | aarch64-unknown-linux-musl) echo "aarch64 aarch64-unknown-linux-musl qemu-aarch64-static aarch64_cortex-a53 gnu" ;;
+	x86_64 | x86_64-unknown-linux-musl) echo "x86_64 x86_64-unknown-linux-musl qemu-x86_64-static x86_64 gnu" ;;
+	armv7 | armv7-unknown-linux-musleabihf) echo "armv7 armv7-unknown-linux-musleabihf qemu-arm-static arm_cortex-a7_neon-vfpv4 zig" ;;
+	mipsel | mipsel-unknown-linux-musl) echo "mipsel mipsel-unknown-linux-musl qemu-mipsel-static mipsel_24kc zig" ;;
+	mips | mips-unknown-linux-musl) echo "mips mips-unknown-linux-musl qemu-mips-static mips_24kc zig" ;;
+	*) return 1 ;;
+	esac
+}
+
+# load <arch>: sets ARCH TRIPLE QEMU OWRT METHOD, TC (cc-crate env suffix), TE (cargo env suffix).
+load() {
+	info=$(arch_info "$1") || die "unknown arch '$1' (one of: $ALL_ARCHES)"
+	read -r ARCH TRIPLE QEMU OWRT METHOD <<EOF
+$info
+EOF
+	TC=$(echo "$TRIPLE" | tr '-' '_')
+	TE=$(echo "$TRIPLE" | tr 'a-z-' 'A-Z_')
+}
+
+# Runs cargo for a "gnu" arch with the C cross compiler ring needs and qemu as test runner.
+cargo_gnu() {
+	case "$ARCH" in
+	aarch64)
+		env "CC_$TC=aarch64-linux-gnu-gcc" "AR_$TC=aarch64-linux-gnu-ar" \
+			"CARGO_TARGET_${TE}_LINKER=aarch64-linux-gnu-gcc" "CARGO_TARGET_${TE}_RUNNER=$QEMU" \
+			nice -n "$NICENESS" cargo "$@"
+		;;
+	*) env "CC_$TC=gcc" "CARGO_TARGET_${TE}_RUNNER=$QEMU" nice -n "$NICENESS" cargo "$@" ;;
+	esac
+}
+
+# cargo_zig zigbuild|test ...: cargo-zigbuild with std built from rust-src and qemu as runner. Without +crt-static the mips binaries
+# segfault; without link-self-contained=no the link misses crt1.o.
+cargo_zig() {
+	env RUSTC_BOOTSTRAP=1 \
+		"CARGO_TARGET_${TE}_RUSTFLAGS=-C target-feature=+crt-static -C link-self-contained=no" \
+		"CARGO_TARGET_${TE}_RUNNER=$QEMU" nice -n "$NICENESS" cargo-zigbuild "$@"
+}
+
+apt_install() {
+	[ "${FERRY_SKIP_SETUP:-0}" != 1 ] || die "missing Debian packages:$* (FERRY_SKIP_SETUP=1)"
+	log "apt-get install$*"
+	SUDO=""
+	[ "$(id -u)" -eq 0 ] || SUDO=sudo
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get update -qq
+	# shellcheck disable=SC2086 # word splitting intended
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# setup <arch>...: installs what those arches need; cheap when everything is there already.
+setup() {
+	need_gnu=0 need_zig=0 gnu_targets=""
+	for a in "$@"; do
+		load "$a"
+		case "$METHOD" in
+		gnu) need_gnu=1 gnu_targets="$gnu_targets $TRIPLE" ;;
+		zig) need_zig=1 ;;
+		esac
+	done
+	pkgs=""
+	have qemu-aarch64-static || pkgs="$pkgs qemu-user-static binfmt-support"
+	have jq || pkgs="$pkgs jq"
+	have file || pkgs="$pkgs file"
+	have readelf || pkgs="$pkgs binutils"
+	if [ "$need_gnu" = 1 ]; then
+		have aarch64-linux-gnu-gcc || pkgs="$pkgs gcc-aarch64-linux-gnu"
+		have gcc || pkgs="$pkgs gcc"
+	fi
+	# shellcheck disable=SC2086 # word splitting intended
+	[ -z "$pkgs" ] || apt_install $pkgs
+	[ "${FERRY_SKIP_SETUP:-0}" != 1 ] || return 0
+	installed=$(rustup target list --installed)
+	for t in $gnu_targets; do
+		echo "$installed" | grep -qx "$t" || {
+			log "rustup target add $t"
+			rustup target add "$t"
+		}
+	done
+	if [ "$need_zig" = 1 ]; then
+		rustup component list --installed | grep -q '^rust-src' || {
+			log "rustup component add rust-src"
+			rustup component add rust-src
+		}
+		python3 -m ziglang version >/dev/null 2>&1 || have zig || {
+			log "pip install ziglang"
+			python3 -m pip install -q ziglang
+		}
+		cargo-zigbuild --version >/dev/null 2>&1 || {
+			log "cargo install --locked cargo-zigbuild"
+			nice -n "$NICENESS" cargo install --locked cargo-zigbuild
+		}
+	fi
+}
+
+# build_one <arch>: release build of ferry-agent copied to dist/<arch>/ferry-agent.
+build_one() {
+	load "$1"
+	start=$(date +%s)
+	log "build $ARCH ($TRIPLE, $METHOD)"
+	case "$METHOD" in
+	gnu) cargo_gnu build --locked --release -p ferry-agent --target "$TRIPLE" ;;
+	zig)
+		cargo_zig zigbuild --locked --release -p ferry-agent --target "$TRIPLE" \
+			-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
+		;;
+	esac
+	secs=$(($(date +%s) - start))
+	mkdir -p "dist/$ARCH"
+	cp "$CARGO_TARGET_DIR/$TRIPLE/release/ferry-agent" "dist/$ARCH/ferry-agent"
+	echo "$secs" >"dist/$ARCH/build-seconds"
+	log "built dist/$ARCH/ferry-agent in ${secs}s"
+}
+
+# verify_one <arch>: static and stripped, runs under qemu, within the size budget.
+verify_one() {
+	load "$1"
+	bin="dist/$ARCH/ferry-agent"
+	desc=$(file -b "$bin")
+	case "$desc" in *"dynamically linked"* | *"not stripped"*) die "$bin: $desc" ;; esac
+	! readelf -lW "$bin" | grep -q INTERP || die "$bin has a program interpreter (not static)"
+	! readelf -SW "$bin" | grep -q '\.symtab' || die "$bin still has a symbol table (not stripped)"
+	ver=$("$QEMU" "$bin" --version) || die "$bin --version failed under $QEMU"
+	case "$ver" in ferry-agent*) ;; *) die "$bin --version printed '$ver'" ;; esac
+	help=$("$QEMU" "$bin" --help) || die "$bin --help failed under $QEMU"
+	if echo "$help" | grep -Eq '^ +self-test'; then
+		"$QEMU" "$bin" self-test >/dev/null || die "$bin self-test failed under $QEMU"
+		log "$ARCH: self-test ok"
+	fi
+	if echo "$help" | grep -Eq '^ +check-config'; then
+		check_config "$bin"
+		log "$ARCH: check-config of config/agent.example.toml ok"
+	fi
+	size=$(wc -c <"$bin" | tr -d ' ')
+	if [ "$ARCH" = mipsel ] && [ "$size" -gt "$MIPSEL_MAX" ]; then
+		die "stripped mipsel agent is $size bytes, over the budget of $MIPSEL_MAX"
+	fi
+	log "$ARCH: '$ver', $size bytes"
+	printf '%s\t%s\t%s\n' "$ARCH" "$size" "$(cat "dist/$ARCH/build-seconds")" >"dist/$ARCH/size.tsv"
+}
+
+# check_config <bin>: `check-config` on the example config with a fresh 0600 key file.
+check_config() {
+	tmp=$(mktemp -d)
+	key="$tmp/wg.key"
+	# A wg-genkey style key (base64 of 32 bytes) in case the agent has no genkey yet.
+	"$QEMU" "$1" genkey >"$key" 2>/dev/null || echo "YEC3B2vH3aE3Q9kW2p7ZqT9j0v4mGq1w0o6yJ5XxK2w=" >"$key"
+	chmod 600 "$key"
+	sed "s|^private-key-file *=.*|private-key-file = \"$key\"|" config/agent.example.toml >"$tmp/agent.toml"
+	if ! "$QEMU" "$1" check-config --config "$tmp/agent.toml" >"$tmp/out" 2>&1; then
+		cat "$tmp/out" >&2
+		rm -rf "$tmp"
+		die "$1 check-config failed under $QEMU"
+	fi
+	rm -rf "$tmp"
+}
+
+# test_one <arch>: builds ferry-receipts' unit tests for the target and runs them under qemu.
+test_one() {
+	load "$1"
+	start=$(date +%s)
+	log "test ferry-receipts on $ARCH under $QEMU"
+	case "$METHOD" in
+	gnu) cargo_gnu test --locked -p ferry-receipts --target "$TRIPLE" ;;
+	zig) cargo_zig test --locked -p ferry-receipts --target "$TRIPLE" -Zbuild-std ;;
+	esac
+	log "ferry-receipts tests on $ARCH passed in $(($(date +%s) - start))s"
+}
+
+# update_doc <arch>...: rewrites those rows of the size table in docs/openwrt.md.
+update_doc() {
+	for a in "$@"; do
+		load "$a"
+		tsv="dist/$ARCH/size.tsv"
+		if [ ! -f "$tsv" ] || [ ! -f "$DOC" ]; then continue; fi
+		size=$(cut -f2 "$tsv")
+		secs=$(cut -f3 "$tsv")
+		row="| $ARCH | \`$TRIPLE\` | \`$OWRT\` | $size | $(((size + 1023) / 1024)) | $secs |"
+		awk -v arch="$ARCH" -v row="$row" '
+			/<!-- sizes:begin -->/ { inblock = 1 }
+			/<!-- sizes:end -->/ { inblock = 0 }
+			inblock && index($0, "| " arch " |") == 1 { print row; next }
+			{ print }
+		' "$DOC" >"$DOC.tmp" && mv "$DOC.tmp" "$DOC"
+	done
+	cat dist/*/size.tsv >dist/sizes.tsv
+}
+
+# canon <arch>...: prints the canonical short names.
+canon() {
+	for a in "$@"; do
+		load "$a"
+		echo "$ARCH"
+	done
+}
+
+build_arches() {
+	total_start=$(date +%s)
+	setup "$@"
+	for a in "$@"; do build_one "$a"; done
+	for a in "$@"; do verify_one "$a"; done
+	update_doc "$@"
+	if [ "${FERRY_SKIP_TESTS:-0}" != 1 ]; then
+		for a in "$@"; do
+			case " $TEST_ARCHES " in *" $a "*) test_one "$a" ;; esac
+		done
+	fi
+	log "build.sh: $* done in $(($(date +%s) - total_start))s (arch, bytes, build seconds):"
+	cat dist/sizes.tsv >&2
+}
+
+[ $# -gt 0 ] || die "usage: $0 all | <arch>... | setup | test-receipts [<arch>...] | list"
+# shellcheck disable=SC2086,SC2046 # arch lists are split on purpose
+case "$1" in
+all) build_arches $ALL_ARCHES ;;
+list) echo "$ALL_ARCHES" ;;
+setup) setup $ALL_ARCHES ;;
+test-receipts)
+	shift
+	[ $# -gt 0 ] || set -- $TEST_ARCHES
+	arches=$(canon "$@")
+	setup $arches
+	for a in $arches; do test_one "$a"; done
+	;;
+*) build_arches $(canon "$@") ;;
+esac
