@@ -40,6 +40,8 @@
 
 mod config;
 mod core;
+mod device;
+mod packet;
 mod shell;
 
 pub use config::{NetstackConfig, PolicyFn};

@@ -1,0 +1,85 @@
+//! Configuration of the userspace egress (plain struct; the agent maps its TOML onto it).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Defense-in-depth destination check: return `true` to allow dialing `IpAddr`.
+pub type PolicyFn = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
+
+/// Limits and knobs of the userspace egress. `Default` gives router-sized values.
+///
+/// Worst-case TCP buffer memory is `max_tcp_flows * 2 * tcp_buffer` (default 512 × 128 KiB = 64 MiB);
+/// buffers are allocated when a flow is accepted and freed when it closes.
+#[derive(Clone)]
+pub struct NetstackConfig {
+    /// Largest IP packet handed to / taken from the relay (tunnel MTU). Default 1420.
+    pub mtu: usize,
+    /// Maximum concurrent flows (TCP + UDP). New flows over the limit are refused. Default 4096.
+    pub max_flows: usize,
+    /// Maximum concurrent TCP flows (each owns `2 * tcp_buffer` bytes). Default 512.
+    pub max_tcp_flows: usize,
+    /// TCP buffer size per direction per connection, in bytes. Default 64 KiB.
+    pub tcp_buffer: usize,
+    /// Timeout for the outbound TCP connect; on expiry the client gets a RST. Default 10 s.
+    pub connect_timeout: Duration,
+    /// A TCP flow with no packets either way for this long is reset. Default 1 h.
+    pub tcp_idle_timeout: Duration,
+    /// A UDP flow with no datagrams either way for this long is closed. Default 60 s.
+    pub udp_idle_timeout: Duration,
+    /// Client datagrams queued per UDP flow while the socket is busy; extra ones drop. Default 64.
+    pub udp_queue: usize,
+    /// Client-bound packets queued for [`crate::UserspaceEgress::recv`]; extra ones drop. Default 1024.
+    pub out_queue: usize,
+    /// Optional destination check applied before any dial (the relay core already applies the
+    /// egress policy; this is defense in depth). `None` allows every destination.
+    pub policy: Option<PolicyFn>,
+}
+
+impl NetstackConfig {
+    /// Set the defense-in-depth destination check.
+    #[must_use]
+    pub fn with_policy(mut self, policy: impl Fn(IpAddr) -> bool + Send + Sync + 'static) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
+    pub(crate) fn allows(&self, ip: IpAddr) -> bool {
+        self.policy.as_ref().is_none_or(|p| p(ip))
+    }
+}
+
+impl Default for NetstackConfig {
+    fn default() -> Self {
+        Self {
+            mtu: 1420,
+            max_flows: 4096,
+            max_tcp_flows: 512,
+            tcp_buffer: 64 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            tcp_idle_timeout: Duration::from_secs(3600),
+            udp_idle_timeout: Duration::from_secs(60),
+            udp_queue: 64,
+            out_queue: 1024,
+            policy: None,
+        }
+    }
+}
+
+impl fmt::Debug for NetstackConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NetstackConfig")
+            .field("mtu", &self.mtu)
+            .field("max_flows", &self.max_flows)
+            .field("max_tcp_flows", &self.max_tcp_flows)
+            .field("tcp_buffer", &self.tcp_buffer)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tcp_idle_timeout", &self.tcp_idle_timeout)
+            .field("udp_idle_timeout", &self.udp_idle_timeout)
+            .field("udp_queue", &self.udp_queue)
+            .field("out_queue", &self.out_queue)
+            .field("policy", &self.policy.as_ref().map(|_| "<fn>"))
+            .finish()
+    }
+}
