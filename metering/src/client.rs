@@ -269,3 +269,122 @@ impl ClientSession {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_receipts::{SessionId, VoucherId};
+
+    const NET: NetworkId = NetworkId([1; 16]);
+
+    fn setup() -> (ClientSession, SigningKey, SessionAccept) {
+        let relay = SigningKey::from_seed(&[2; 32]);
+        let client = Arc::new(SigningKey::from_seed(&[3; 32]));
+        let ledger = SigningKey::from_seed(&[4; 32]);
+        let voucher = Voucher {
+            network_id: NET,
+            ledger_key: ledger.public_key(),
+            client_key: client.public_key(),
+            nonce: [0; 16],
+            allowance_bytes: 1 << 30,
+            price_micros_per_gib: 10,
+            issued_at: 0,
+            expires_at: 100,
+            signature: Signature::ZERO,
+        }
+        .sign(&ledger);
+        let mut c = ClientSession::new(
+            ClientConfig::default(),
+            client.clone(),
+            NET,
+            relay.public_key(),
+        );
+        let _ = c.hello(voucher.clone(), [0; 32], [0; 16], 1);
+        let accept = SessionAccept {
+            network_id: NET,
+            relay_key: relay.public_key(),
+            client_key: client.public_key(),
+            session_id: SessionId([5; 16]),
+            voucher_id: voucher.id(),
+            started_at: 1,
+            price_micros_per_gib: 10,
+            signature: Signature::ZERO,
+        }
+        .sign(&relay);
+        c.handle_accept(accept.clone()).unwrap();
+        (c, relay, accept)
+    }
+
+    fn reason(v: ClientVerdict) -> Option<ReceiptRejectReason> {
+        match v {
+            ClientVerdict::Reject { reason, .. } => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn tolerance_is_two_percent_plus_one_mib_by_default() {
+        let t = Tolerance::default();
+        assert_eq!(t.max_claim(0), MIB);
+        assert_eq!(t.max_claim(100 * MIB), 102 * MIB + MIB);
+        assert_eq!(t.max_claim(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn receipts_are_checked_for_session_signature_monotonicity_and_over_claim() {
+        let (mut c, relay, accept) = setup();
+        c.record_up(10 * MIB);
+        c.record_down(10 * MIB);
+        let r = |seq, up, down| ReceiptBody::for_session(&accept, seq, up, down, 2).sign(&relay);
+        // Within tolerance: co-signed with our own counts.
+        let ClientVerdict::CoSign(co) = c.check(&r(1, 10 * MIB, 11 * MIB), 3) else {
+            panic!("expected co-sign")
+        };
+        assert_eq!(
+            (co.client_observed_up, co.client_observed_down),
+            (10 * MIB, 10 * MIB)
+        );
+        co.verify(&NET).unwrap();
+        // Same receipt again: the cached co-signature.
+        assert_eq!(
+            c.check(&r(1, 10 * MIB, 11 * MIB), 4),
+            ClientVerdict::Duplicate(co)
+        );
+        // Over the tolerance in one direction.
+        let over = 10 * MIB + 10 * MIB / 50 + MIB + 1;
+        assert_eq!(
+            reason(c.check(&r(2, over, 11 * MIB), 4)),
+            Some(ReceiptRejectReason::OverClaim)
+        );
+        // Counter going backwards.
+        assert_eq!(
+            reason(c.check(&r(3, 9 * MIB, 11 * MIB), 4)),
+            Some(ReceiptRejectReason::NonMonotonic)
+        );
+        // Another relay key signs a receipt for "our" session.
+        let other = SigningKey::from_seed(&[9; 32]);
+        let mut body = ReceiptBody::for_session(&accept, 4, 1, 1, 2);
+        body.relay_key = other.public_key();
+        assert_eq!(
+            reason(c.check(&body.sign(&other), 4)),
+            Some(ReceiptRejectReason::WrongSession)
+        );
+        // Another session id.
+        let mut body = ReceiptBody::for_session(&accept, 4, 1, 1, 2);
+        body.session_id = SessionId([6; 16]);
+        assert_eq!(
+            reason(c.check(&body.sign(&relay), 4)),
+            Some(ReceiptRejectReason::WrongSession)
+        );
+        // Bad signature.
+        let mut bad = r(4, 10 * MIB, 11 * MIB);
+        bad.relay_signature.0[3] ^= 0x40;
+        assert_eq!(
+            reason(c.check(&bad, 4)),
+            Some(ReceiptRejectReason::BadSignature)
+        );
+        // Older consistent receipt is ignored; the state is still at seq 1.
+        assert_eq!(c.last_cosigned().map(|c| c.body().seq), Some(1));
+        let _ = VoucherId([0; 32]);
+    }
+}

@@ -1,0 +1,158 @@
+//! Control-protocol framing: round trips, garbage never panics, stream reassembly.
+#![allow(clippy::unwrap_used)]
+
+use ferry_metering::{
+    FrameError, HEADER_LEN, Message, ReceiptRejectReason, SessionRejectReason, decode,
+    decode_prefix, encode,
+};
+use ferry_receipts::{
+    NetworkId, PublicKey, ReceiptBody, SessionAccept, SessionId, SessionOffer, Signature,
+    SigningKey, Voucher, VoucherId,
+};
+use proptest::prelude::*;
+
+fn body(seq: u64, up: u64, down: u64, ts: u64) -> ReceiptBody {
+    ReceiptBody {
+        network_id: NetworkId([1; 16]),
+        relay_key: PublicKey([2; 32]),
+        client_key: PublicKey([3; 32]),
+        session_id: SessionId([4; 16]),
+        voucher_id: VoucherId([5; 32]),
+        seq,
+        bytes_up: up,
+        bytes_down: down,
+        session_started_at: ts,
+        issued_at: ts,
+        price_micros_per_gib: 7,
+    }
+}
+
+fn arb_message() -> impl Strategy<Value = Message> {
+    let key = SigningKey::from_seed(&[8; 32]);
+    let receipt = (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>())
+        .prop_map(move |(s, u, d, t)| body(s, u, d, t).sign(&SigningKey::from_seed(&[8; 32])));
+    let voucher =
+        (any::<u64>(), any::<u64>(), any::<[u8; 16]>()).prop_map(|(a, i, nonce)| Voucher {
+            network_id: NetworkId([1; 16]),
+            ledger_key: PublicKey([9; 32]),
+            client_key: PublicKey([3; 32]),
+            nonce,
+            allowance_bytes: a,
+            price_micros_per_gib: 3,
+            issued_at: i / 2,
+            expires_at: i / 2 + 100,
+            signature: Signature([6; 64]),
+        });
+    let _ = key;
+    prop_oneof![
+        (voucher, any::<[u8; 32]>(), any::<u64>()).prop_map(|(voucher, wg, t)| {
+            Message::Hello(SessionOffer {
+                network_id: NetworkId([1; 16]),
+                relay_key: PublicKey([2; 32]),
+                client_key: PublicKey([3; 32]),
+                client_wg_key: wg,
+                nonce: [4; 16],
+                created_at: t,
+                voucher,
+                signature: Signature([5; 64]),
+            })
+        }),
+        (any::<u64>(), any::<[u8; 16]>()).prop_map(|(t, sid)| Message::Accept(SessionAccept {
+            network_id: NetworkId([1; 16]),
+            relay_key: PublicKey([2; 32]),
+            client_key: PublicKey([3; 32]),
+            session_id: SessionId(sid),
+            voucher_id: VoucherId([5; 32]),
+            started_at: t,
+            price_micros_per_gib: t / 3,
+            signature: Signature([7; 64]),
+        })),
+        (1u8..=6).prop_map(|c| Message::Reject(match c {
+            1 => SessionRejectReason::WrongNetwork,
+            2 => SessionRejectReason::WrongKey,
+            3 => SessionRejectReason::BadSignature,
+            4 => SessionRejectReason::VoucherExpired,
+            5 => SessionRejectReason::AllowanceExhausted,
+            _ => SessionRejectReason::Busy,
+        })),
+        receipt.clone().prop_map(Message::Receipt),
+        receipt.clone().prop_map(Message::FinalReceipt),
+        (receipt, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(r, u, d, t)| {
+            Message::CoSigned(r.cosign(&SigningKey::from_seed(&[3; 32]), u, d, t))
+        }),
+        (any::<u64>(), 1u8..=4).prop_map(|(seq, c)| Message::ReceiptRejected {
+            seq,
+            reason: match c {
+                1 => ReceiptRejectReason::OverClaim,
+                2 => ReceiptRejectReason::NonMonotonic,
+                3 => ReceiptRejectReason::WrongSession,
+                _ => ReceiptRejectReason::BadSignature,
+            },
+        }),
+        any::<u64>().prop_map(|seq| Message::Ack { seq }),
+        Just(Message::Close),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn every_message_round_trips(m in arb_message()) {
+        let b = encode(&m);
+        prop_assert_eq!(decode(&b).unwrap(), m);
+    }
+
+    #[test]
+    fn decode_never_panics_on_garbage(b in proptest::collection::vec(any::<u8>(), 0..1200)) {
+        let _ = decode(&b);
+        let _ = decode_prefix(&b);
+    }
+
+    #[test]
+    fn mutated_frames_never_panic_and_never_decode_to_a_different_length(
+        m in arb_message(), idx in any::<prop::sample::Index>(), byte in any::<u8>()
+    ) {
+        let mut b = encode(&m);
+        let i = idx.index(b.len());
+        b[i] = byte;
+        if let Ok((_, used)) = decode_prefix(&b) {
+            prop_assert_eq!(used, b.len());
+        }
+    }
+
+    #[test]
+    fn a_stream_of_frames_splits_back_into_the_same_messages(
+        ms in proptest::collection::vec(arb_message(), 1..6), cut in any::<prop::sample::Index>()
+    ) {
+        let stream: Vec<u8> = ms.iter().flat_map(encode).collect();
+        let mut out = Vec::new();
+        let mut rest = &stream[..];
+        while !rest.is_empty() {
+            let (m, used) = decode_prefix(rest).unwrap();
+            out.push(m);
+            rest = &rest[used..];
+        }
+        prop_assert_eq!(&out, &ms);
+        // Any strict prefix of the first frame is `Incomplete`, never an error or a message.
+        let first = encode(&ms[0]);
+        let c = cut.index(first.len());
+        let incomplete = matches!(decode_prefix(&first[..c]), Err(FrameError::Incomplete { .. }));
+        prop_assert!(incomplete);
+    }
+}
+
+#[test]
+fn trailing_bytes_unknown_types_and_bad_lengths_are_rejected() {
+    let mut b = encode(&Message::Ack { seq: 5 });
+    b.push(0);
+    assert_eq!(decode(&b), Err(FrameError::TrailingBytes(1)));
+    assert_eq!(decode(&[0x7f, 0, 0]), Err(FrameError::UnknownType(0x7f)));
+    assert!(matches!(
+        decode(&[0x13, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        Err(FrameError::BadLength { .. })
+    ));
+    assert_eq!(decode(&[0x03, 0, 1, 0]), Err(FrameError::UnknownReason(0)));
+    assert_eq!(encode(&Message::Close), vec![0x20, 0, 0]);
+    assert_eq!(encode(&Message::Ack { seq: 1 }).len(), HEADER_LEN + 8);
+}
