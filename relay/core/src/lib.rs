@@ -1,1 +1,34 @@
-//! Sans-IO relay core: WireGuard peer table around boringtun, cryptokey routing, egress policy, rate limits.
+//! Sans-IO relay core for `ferry-agent`: a multi-peer WireGuard responder around boringtun's
+//! `noise::Tunn`, with cryptokey routing, egress policy and rate limits.
+//!
+//! Owns: the peer table (keyed by receiver index and public key), handshake admission
+//! (MAC/cookie check on a shared boringtun `RateLimiter`, per-source bucket under load),
+//! allowed-IPs checks, endpoint roaming, the egress policy, per-client token buckets, per-peer
+//! u64 byte counters of accepted traffic, and drop statistics.
+//!
+//! Must not: do I/O, read clocks (time is the `now` argument; boringtun's `Tunn` reads its own
+//! clock internally), use OS randomness (the index salt is an argument), allocate per packet,
+//! or log destinations above TRACE. The tokio shell lives in `ferry-relay-io`.
+#![warn(missing_docs)]
+
+mod packet;
+mod policy;
+mod ratelimit;
+mod relay;
+mod routing;
+mod stats;
+
+pub use boringtun::x25519::{PublicKey, StaticSecret};
+pub use ipnet::IpNet;
+pub use policy::{
+    DEFAULT_BLOCKED_V4, DEFAULT_BLOCKED_V6, EgressPolicy, PolicyConfig, Proto, Service, Verdict,
+};
+pub use ratelimit::TokenBucket;
+pub use relay::{
+    Action, MIN_BUFFER_LEN, OVERHEAD, PeerConfig, PeerId, PeerInfo, Relay, RelayConfig, RelayError,
+    TIMER_INTERVAL, Transmit, buffer_len,
+};
+pub use stats::{DropReason, PeerCounters, Stats, TunnelStats};
+
+#[cfg(test)]
+mod tests;

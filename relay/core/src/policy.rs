@@ -1,0 +1,328 @@
+//! Egress policy: which inner destinations a client may reach.
+//!
+//! Order: the relay's own tunnel addresses (only configured services + optional ping), then the
+//! operator `deny` list, then the operator `allow` list, then the default block of
+//! private/special ranges and the router's own addresses. Everything else is allowed.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::packet::{IpHeader, PROTO_TCP, PROTO_UDP, Transport};
+
+/// IPv4 ranges blocked unless allowed: RFC 1918, CGNAT, loopback, link-local, multicast,
+/// "this network", IETF/benchmark/documentation ranges, reserved and broadcast.
+pub const DEFAULT_BLOCKED_V4: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/4",
+    "240.0.0.0/4",
+];
+
+/// IPv6 ranges blocked unless allowed: unspecified, loopback, IPv4-mapped (would bypass the v4
+/// list), local-use NAT64, discard, documentation, 6to4, ULA, link-local, site-local, multicast.
+pub const DEFAULT_BLOCKED_V6: &[&str] = &[
+    "::/128",
+    "::1/128",
+    "::ffff:0:0/96",
+    "64:ff9b:1::/48",
+    "100::/64",
+    "2001:db8::/32",
+    "2002::/16",
+    "fc00::/7",
+    "fe80::/10",
+    "fec0::/10",
+    "ff00::/8",
+];
+
+/// A transport protocol of a service on the relay's tunnel address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// A service clients may reach on the relay's own tunnel addresses (e.g. DNS on udp/53).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Service {
+    /// Transport protocol.
+    pub proto: Proto,
+    /// Destination port.
+    pub port: u16,
+}
+
+/// Operator-facing policy settings.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyConfig {
+    /// CIDRs exempted from the default block (deny still wins).
+    pub allow: Vec<IpNet>,
+    /// Extra CIDRs to block.
+    pub deny: Vec<IpNet>,
+    /// The router's own addresses (all interfaces); blocked unless allowed.
+    pub router_addresses: Vec<IpAddr>,
+    /// Services of the agent reachable on the relay's tunnel addresses.
+    pub tunnel_services: Vec<Service>,
+    /// Whether clients may ping the relay's tunnel addresses.
+    pub tunnel_ping: bool,
+}
+
+/// The outcome of a policy check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forward the packet.
+    Allow,
+    /// Destination blocked (private/special range, router address or deny list).
+    Blocked,
+    /// Destination is the relay's tunnel address but not a served port.
+    TunnelAddress,
+}
+
+/// Compiled egress policy.
+#[derive(Debug, Clone)]
+pub struct EgressPolicy {
+    cfg: PolicyConfig,
+    tunnel_addresses: Vec<IpAddr>,
+    blocked: Vec<IpNet>,
+}
+
+impl EgressPolicy {
+    /// Builds the policy for a relay whose own tunnel addresses are `tunnel_addresses`.
+    pub fn new(cfg: PolicyConfig, tunnel_addresses: &[IpAddr]) -> Self {
+        let blocked = DEFAULT_BLOCKED_V4
+            .iter()
+            .chain(DEFAULT_BLOCKED_V6)
+            .filter_map(|s| s.parse::<IpNet>().ok())
+            .collect();
+        Self {
+            cfg,
+            tunnel_addresses: tunnel_addresses.to_vec(),
+            blocked,
+        }
+    }
+
+    /// Decides on an inner packet sent by a client.
+    pub(crate) fn check(&self, hdr: &IpHeader) -> Verdict {
+        let dst = canonical(hdr.dst);
+        if self.tunnel_addresses.contains(&dst) {
+            return self.check_tunnel_service(hdr.transport);
+        }
+        self.check_addr(dst)
+    }
+
+    /// Decides on a destination address alone (for egress implementations that dial out).
+    pub fn check_addr(&self, dst: IpAddr) -> Verdict {
+        let dst = canonical(dst);
+        if self.tunnel_addresses.contains(&dst) {
+            return Verdict::TunnelAddress;
+        }
+        if self.cfg.deny.iter().any(|n| n.contains(&dst)) {
+            return Verdict::Blocked;
+        }
+        if self.cfg.allow.iter().any(|n| n.contains(&dst)) {
+            return Verdict::Allow;
+        }
+        if self
+            .cfg
+            .router_addresses
+            .iter()
+            .any(|a| canonical(*a) == dst)
+            || self.blocked.iter().any(|n| n.contains(&dst))
+        {
+            return Verdict::Blocked;
+        }
+        Verdict::Allow
+    }
+
+    fn check_tunnel_service(&self, t: Transport) -> Verdict {
+        let ok = match t {
+            Transport::EchoRequest => self.cfg.tunnel_ping,
+            Transport::Port(proto, port) => {
+                let proto = match proto {
+                    PROTO_TCP => Proto::Tcp,
+                    PROTO_UDP => Proto::Udp,
+                    _ => return Verdict::TunnelAddress,
+                };
+                self.cfg.tunnel_services.contains(&Service { proto, port })
+            }
+            Transport::Other => false,
+        };
+        if ok {
+            Verdict::Allow
+        } else {
+            Verdict::TunnelAddress
+        }
+    }
+}
+
+/// Maps IPv4-mapped IPv6 addresses to IPv4 so a v4 rule cannot be bypassed through them.
+fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::packet::testpkt;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn policy(cfg: PolicyConfig) -> EgressPolicy {
+        EgressPolicy::new(cfg, &[ip("10.77.0.1"), ip("fd77::1")])
+    }
+
+    /// First, last and a middle address of every default-blocked range.
+    fn samples(net: &IpNet) -> Vec<IpAddr> {
+        let mid = match net {
+            IpNet::V4(n) => {
+                let a = u32::from(n.network()) / 2 + u32::from(n.broadcast()) / 2;
+                IpAddr::V4(a.into())
+            }
+            IpNet::V6(n) => {
+                let a = u128::from(n.network()) / 2 + u128::from(n.broadcast()) / 2;
+                IpAddr::V6(a.into())
+            }
+        };
+        vec![net.network(), mid, net.broadcast()]
+    }
+
+    #[test]
+    fn every_default_range_is_blocked_in_both_families() {
+        let p = policy(PolicyConfig::default());
+        for s in DEFAULT_BLOCKED_V4.iter().chain(DEFAULT_BLOCKED_V6) {
+            let net: IpNet = s.parse().unwrap();
+            for a in samples(&net) {
+                assert_eq!(p.check_addr(a), Verdict::Blocked, "{a} in {net}");
+            }
+        }
+        for named in [
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "100.100.1.1",
+            "169.254.1.1",
+            "127.0.0.1",
+            "224.0.0.251",
+            "255.255.255.255",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+            "ff02::1",
+            "::ffff:192.168.1.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert_eq!(p.check_addr(ip(named)), Verdict::Blocked, "{named}");
+        }
+    }
+
+    #[test]
+    fn public_destinations_are_allowed() {
+        let p = policy(PolicyConfig::default());
+        for a in [
+            "1.1.1.1",
+            "8.8.8.8",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:1.1.1.1",
+            "64:ff9b::808:808",
+        ] {
+            assert_eq!(p.check_addr(ip(a)), Verdict::Allow, "{a}");
+        }
+    }
+
+    #[test]
+    fn allow_list_overrides_default_block_but_not_deny() {
+        let p = policy(PolicyConfig {
+            allow: vec![
+                "192.168.50.0/24".parse().unwrap(),
+                "fd00:50::/64".parse().unwrap(),
+            ],
+            deny: vec![
+                "192.168.50.7/32".parse().unwrap(),
+                "8.8.8.0/24".parse().unwrap(),
+            ],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(p.check_addr(ip("192.168.50.1")), Verdict::Allow);
+        assert_eq!(p.check_addr(ip("fd00:50::9")), Verdict::Allow);
+        assert_eq!(p.check_addr(ip("192.168.50.7")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("192.168.51.1")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("8.8.8.8")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("1.1.1.1")), Verdict::Allow);
+    }
+
+    #[test]
+    fn router_addresses_are_blocked_even_when_public() {
+        let p = policy(PolicyConfig {
+            router_addresses: vec![ip("203.0.114.9"), ip("2001:4860::9")],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(p.check_addr(ip("203.0.114.9")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("2001:4860::9")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("203.0.114.10")), Verdict::Allow);
+    }
+
+    #[test]
+    fn tunnel_address_serves_only_configured_services_and_ping() {
+        let cfg = PolicyConfig {
+            tunnel_services: vec![Service {
+                proto: Proto::Udp,
+                port: 53,
+            }],
+            tunnel_ping: true,
+            ..PolicyConfig::default()
+        };
+        let p = policy(cfg.clone());
+        let c4 = ip("10.77.0.2");
+        let r4 = ip("10.77.0.1");
+        let c6 = ip("fd77::2");
+        let r6 = ip("fd77::1");
+        let check = |p: &EgressPolicy, pkt: Vec<u8>| p.check(&IpHeader::parse(&pkt).unwrap());
+        assert_eq!(check(&p, testpkt::udp(c4, r4, 53, b"q")), Verdict::Allow);
+        assert_eq!(check(&p, testpkt::udp(c6, r6, 53, b"q")), Verdict::Allow);
+        assert_eq!(check(&p, testpkt::tcp(c4, r4, 53)), Verdict::TunnelAddress);
+        assert_eq!(check(&p, testpkt::tcp(c4, r4, 22)), Verdict::TunnelAddress);
+        assert_eq!(check(&p, testpkt::tcp(c6, r6, 80)), Verdict::TunnelAddress);
+        assert_eq!(check(&p, testpkt::ping(c4, r4)), Verdict::Allow);
+        assert_eq!(check(&p, testpkt::ping(c6, r6)), Verdict::Allow);
+        let no_ping = policy(PolicyConfig {
+            tunnel_ping: false,
+            ..cfg
+        });
+        assert_eq!(
+            check(&no_ping, testpkt::ping(c4, r4)),
+            Verdict::TunnelAddress
+        );
+        // An allow entry covering the tunnel subnet does not open the relay itself.
+        let open = policy(PolicyConfig {
+            allow: vec!["10.77.0.0/24".parse().unwrap()],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(
+            check(&open, testpkt::tcp(c4, r4, 22)),
+            Verdict::TunnelAddress
+        );
+        assert_eq!(
+            check(&open, testpkt::tcp(c4, ip("10.77.0.3"), 22)),
+            Verdict::Allow
+        );
+    }
+}

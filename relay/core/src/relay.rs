@@ -1,0 +1,637 @@
+//! The relay state machine: peer table, handshake admission, cryptokey routing, policy, limits.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+use ipnet::IpNet;
+
+use crate::packet::{self, IpHeader};
+use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
+use crate::ratelimit::{SourceLimiter, TokenBucket};
+use crate::routing::AllowedIps;
+use crate::stats::{DropReason, PeerCounters, Stats, TunnelStats};
+
+/// Bytes WireGuard adds to an inner packet (header 16 + tag 16).
+pub const OVERHEAD: usize = 32;
+/// Smallest output buffer the relay accepts (a handshake initiation is 148 bytes).
+pub const MIN_BUFFER_LEN: usize = 148;
+/// How often the caller should call [`Relay::handle_timeout`].
+pub const TIMER_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Size of an output buffer able to hold any result for inner packets up to `mtu` bytes.
+pub const fn buffer_len(mtu: usize) -> usize {
+    let n = mtu + OVERHEAD;
+    if n < MIN_BUFFER_LEN {
+        MIN_BUFFER_LEN
+    } else {
+        n
+    }
+}
+
+const COOKIE_REPLY_LEN: usize = 64;
+const MSG_COOKIE_REPLY: u8 = 3;
+const MSG_DATA: u8 = 4;
+/// Handshake messages per second (all sources) above which the relay is "under load".
+const DEFAULT_HANDSHAKE_LOAD_LIMIT: u64 = 100;
+/// Per-source handshake bucket while under load (kernel WireGuard's numbers).
+const SOURCE_RATE: u64 = 20;
+const SOURCE_BURST: u64 = 5;
+const SOURCE_TABLE_MAX: usize = 16_384;
+/// Boringtun's `Tunn` index is 24 bits (it shifts it left by 8 for the session counter).
+const INDEX_MASK: u32 = 0x00ff_ffff;
+
+/// Identifies a peer in the table (stable while the peer exists).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(u32);
+
+impl PeerId {
+    /// The raw slot number.
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// Relay-wide settings (validated plain values; the binary loads them from its config).
+pub struct RelayConfig {
+    /// The relay's static X25519 key.
+    pub private_key: StaticSecret,
+    /// The relay's own tunnel addresses.
+    pub tunnel_addresses: Vec<IpAddr>,
+    /// Egress policy.
+    pub policy: PolicyConfig,
+    /// Maximum number of peers.
+    pub max_peers: usize,
+    /// Per-client rate limit in bytes per second and direction; 0 = unlimited.
+    pub client_rate_bytes: u64,
+    /// Random value mixed into receiver indices (randomness is an argument in a sans-IO core).
+    pub index_salt: u32,
+}
+
+/// One peer's settings.
+#[derive(Clone)]
+pub struct PeerConfig {
+    /// The peer's static X25519 public key.
+    pub public_key: PublicKey,
+    /// Inner addresses the peer may use as source and that route to it.
+    pub allowed_ips: Vec<IpNet>,
+    /// Optional preshared key.
+    pub preshared_key: Option<[u8; 32]>,
+    /// Optional persistent keepalive (seconds).
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// Errors changing the peer table.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The table already holds `max_peers` peers.
+    #[error("peer table full ({0} peers)")]
+    TooManyPeers(usize),
+    /// A peer with this public key exists.
+    #[error("a peer with this public key already exists")]
+    DuplicateKey,
+    /// Another peer already owns exactly this allowed-IPs network.
+    #[error("allowed IP {0} is already assigned to another peer")]
+    AllowedIpInUse(IpNet),
+    /// The peer's key equals the relay's own key.
+    #[error("peer public key equals the relay's own public key")]
+    OwnKey,
+}
+
+/// What the caller must do with one input.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'b> {
+    /// Send `bytes` as one UDP datagram to `dst`.
+    SendUdp {
+        /// Destination socket address.
+        dst: SocketAddr,
+        /// Datagram payload (in the caller's buffer).
+        bytes: &'b [u8],
+    },
+    /// Write the inner IP packet to the egress (TUN or userspace stack).
+    WriteTun(&'b [u8]),
+    /// Nothing to do (e.g. a keepalive or cookie reply was consumed).
+    Done,
+    /// The input was dropped and counted.
+    Drop(DropReason),
+}
+
+/// A datagram produced by [`Relay::poll_transmit`].
+#[derive(Debug, PartialEq, Eq)]
+pub struct Transmit<'b> {
+    /// Destination socket address.
+    pub dst: SocketAddr,
+    /// Datagram payload (in the caller's buffer).
+    pub bytes: &'b [u8],
+}
+
+/// Read-only facts about one peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Table id.
+    pub id: PeerId,
+    /// Static public key.
+    pub public_key: [u8; 32],
+    /// Last authenticated endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Allowed IPs.
+    pub allowed_ips: Vec<IpNet>,
+    /// Accepted traffic counters.
+    pub counters: PeerCounters,
+}
+
+struct Peer {
+    tunn: Tunn,
+    public_key: [u8; 32],
+    allowed_ips: Vec<IpNet>,
+    endpoint: Option<SocketAddr>,
+    counters: PeerCounters,
+    /// Client -> egress and egress -> client buckets (None = unlimited).
+    up: Option<TokenBucket>,
+    down: Option<TokenBucket>,
+}
+
+/// The sans-IO relay. Drive it with:
+/// - [`handle_udp`](Self::handle_udp) for every datagram received on the WireGuard socket,
+/// - [`handle_tun`](Self::handle_tun) for every IP packet read from the egress,
+/// - [`handle_timeout`](Self::handle_timeout) every [`TIMER_INTERVAL`],
+/// - and after each of these, [`poll_transmit`](Self::poll_transmit) until it returns `None`
+///   (queued packets after a handshake, keepalives, handshake retries).
+///
+/// Output goes into caller buffers of at least [`buffer_len`]`(mtu)` bytes; nothing is
+/// allocated per packet. The relay reads no clock itself (boringtun's `Tunn` does, internally).
+pub struct Relay {
+    secret: StaticSecret,
+    public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+    peers: Vec<Option<Peer>>,
+    free: Vec<u32>,
+    by_key: HashMap<[u8; 32], PeerId>,
+    routes: AllowedIps<PeerId>,
+    policy: EgressPolicy,
+    stats: Stats,
+    sources: SourceLimiter,
+    load_window: Option<Instant>,
+    load_count: u64,
+    load_limit: u64,
+    index_salt: u32,
+    max_peers: usize,
+    client_rate: u64,
+    flush: Option<PeerId>,
+    timer_cursor: usize,
+}
+
+impl Relay {
+    /// Creates an empty relay.
+    pub fn new(cfg: RelayConfig) -> Self {
+        let public = PublicKey::from(&cfg.private_key);
+        // `Tunn::decapsulate` verifies handshakes a second time on the shared limiter, so each
+        // handshake counts twice: double the limit to keep DEFAULT_HANDSHAKE_LOAD_LIMIT per second.
+        let rate_limiter = Arc::new(RateLimiter::new(&public, 2 * DEFAULT_HANDSHAKE_LOAD_LIMIT));
+        let policy = EgressPolicy::new(cfg.policy, &cfg.tunnel_addresses);
+        Self {
+            secret: cfg.private_key,
+            public,
+            rate_limiter,
+            peers: Vec::new(),
+            free: Vec::new(),
+            by_key: HashMap::new(),
+            routes: AllowedIps::default(),
+            policy,
+            stats: Stats::default(),
+            sources: SourceLimiter::new(SOURCE_RATE, SOURCE_BURST, SOURCE_TABLE_MAX),
+            load_window: None,
+            load_count: 0,
+            load_limit: DEFAULT_HANDSHAKE_LOAD_LIMIT,
+            index_salt: cfg.index_salt & INDEX_MASK,
+            max_peers: cfg.max_peers.min(INDEX_MASK as usize),
+            client_rate: cfg.client_rate_bytes,
+            flush: None,
+            timer_cursor: usize::MAX,
+        }
+    }
+
+    /// The relay's static public key.
+    pub fn public_key(&self) -> PublicKey {
+        self.public
+    }
+
+    /// The compiled egress policy (egress implementations that dial out re-check with it).
+    pub fn policy(&self) -> &EgressPolicy {
+        &self.policy
+    }
+
+    /// Relay-wide counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Adds a peer.
+    pub fn add_peer(&mut self, cfg: PeerConfig) -> Result<PeerId, RelayError> {
+        let key = *cfg.public_key.as_bytes();
+        if key == *self.public.as_bytes() {
+            return Err(RelayError::OwnKey);
+        }
+        if self.by_key.contains_key(&key) {
+            return Err(RelayError::DuplicateKey);
+        }
+        if self.by_key.len() >= self.max_peers {
+            return Err(RelayError::TooManyPeers(self.max_peers));
+        }
+        for net in &cfg.allowed_ips {
+            let net = net.trunc();
+            if self
+                .peers
+                .iter()
+                .flatten()
+                .any(|p| p.allowed_ips.contains(&net))
+            {
+                return Err(RelayError::AllowedIpInUse(net));
+            }
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => u32::try_from(self.peers.len()).map_err(|_| RelayError::TooManyPeers(0))?,
+        };
+        let id = PeerId(slot);
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            cfg.public_key,
+            cfg.preshared_key,
+            cfg.persistent_keepalive,
+            slot ^ self.index_salt,
+            Some(self.rate_limiter.clone()),
+        );
+        let allowed_ips: Vec<IpNet> = cfg.allowed_ips.iter().map(IpNet::trunc).collect();
+        for net in &allowed_ips {
+            self.routes.insert(*net, id);
+        }
+        let bucket = (self.client_rate > 0).then(|| rate_bucket(self.client_rate));
+        let peer = Peer {
+            tunn,
+            public_key: key,
+            allowed_ips,
+            endpoint: None,
+            counters: PeerCounters::default(),
+            up: bucket.clone(),
+            down: bucket,
+        };
+        let idx = slot as usize;
+        if idx == self.peers.len() {
+            self.peers.push(Some(peer));
+        } else {
+            self.peers[idx] = Some(peer);
+        }
+        self.by_key.insert(key, id);
+        Ok(id)
+    }
+
+    /// Removes a peer; returns its final counters.
+    pub fn remove_peer(&mut self, id: PeerId) -> Option<PeerCounters> {
+        let peer = self.peers.get_mut(id.0 as usize)?.take()?;
+        self.by_key.remove(&peer.public_key);
+        self.routes.remove_value(id);
+        self.free.push(id.0);
+        if self.flush == Some(id) {
+            self.flush = None;
+        }
+        Some(peer.counters)
+    }
+
+    /// The peer with this static public key.
+    pub fn peer_by_key(&self, public_key: &[u8; 32]) -> Option<PeerId> {
+        self.by_key.get(public_key).copied()
+    }
+
+    /// Accepted-traffic counters of one peer (the metering hook).
+    pub fn peer_counters(&self, id: PeerId) -> Option<PeerCounters> {
+        self.peer(id).map(|p| p.counters)
+    }
+
+    /// Facts about every peer, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = PeerInfo> + '_ {
+        self.peers.iter().enumerate().filter_map(|(i, p)| {
+            let p = p.as_ref()?;
+            Some(PeerInfo {
+                id: PeerId(u32::try_from(i).ok()?),
+                public_key: p.public_key,
+                endpoint: p.endpoint,
+                allowed_ips: p.allowed_ips.clone(),
+                counters: p.counters,
+            })
+        })
+    }
+
+    /// Boringtun's session facts for one peer.
+    pub fn tunnel_stats(&self, id: PeerId) -> Option<TunnelStats> {
+        let (since, _tx, _rx, loss, rtt) = self.peer(id)?.tunn.stats();
+        Some(TunnelStats {
+            since_last_handshake: since,
+            loss,
+            rtt_ms: rtt,
+        })
+    }
+
+    /// Sets (or with 0 removes) one peer's rate limit in bytes per second and direction.
+    pub fn set_peer_rate_limit(&mut self, id: PeerId, bytes_per_sec: u64) -> bool {
+        let Some(p) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return false;
+        };
+        let bucket = (bytes_per_sec > 0).then(|| rate_bucket(bytes_per_sec));
+        p.up = bucket.clone();
+        p.down = bucket;
+        true
+    }
+
+    /// Handles one datagram received from `src` on the WireGuard socket.
+    pub fn handle_udp<'b>(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Action<'b> {
+        self.stats.udp_rx_packets += 1;
+        if buf.len() < datagram.len().max(MIN_BUFFER_LEN) {
+            return self.drop(DropReason::BufferTooSmall);
+        }
+        let id = match Tunn::parse_incoming_packet(datagram) {
+            Err(_) => return self.drop(DropReason::Malformed),
+            Ok(Packet::PacketData(p)) => self.peer_for_index(p.receiver_idx),
+            Ok(Packet::PacketCookieReply(p)) => self.peer_for_index(p.receiver_idx),
+            Ok(Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)) => {
+                match self.admit_handshake(src, datagram, now, buf) {
+                    Ok(id) => id,
+                    Err(Some(len)) => {
+                        self.stats.cookie_replies += 1;
+                        self.stats.udp_tx_packets += 1;
+                        return Action::SendUdp {
+                            dst: src,
+                            bytes: &buf[..len],
+                        };
+                    }
+                    Err(None) => return Action::Drop(DropReason::HandshakeRateLimit),
+                }
+            }
+        };
+        let Some(id) = id else {
+            return self.drop(DropReason::UnknownPeer);
+        };
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return self.drop(DropReason::UnknownPeer);
+        };
+        match peer.tunn.decapsulate(Some(src.ip()), datagram, buf) {
+            TunnResult::Done => {
+                if datagram[0] == MSG_DATA {
+                    roam(&mut self.stats, peer, src);
+                }
+                Action::Done
+            }
+            TunnResult::Err(e) => self.drop(DropReason::from_wg(&e)),
+            TunnResult::WriteToNetwork(out) => {
+                if out.first() == Some(&MSG_COOKIE_REPLY) {
+                    self.stats.cookie_replies += 1;
+                } else {
+                    // Handshake response sent (or keepalive after our initiation completed).
+                    self.stats.handshakes += 1;
+                    roam(&mut self.stats, peer, src);
+                    self.flush = Some(id);
+                }
+                self.stats.udp_tx_packets += 1;
+                Action::SendUdp {
+                    dst: src,
+                    bytes: out,
+                }
+            }
+            TunnResult::WriteToTunnelV4(pkt, _) | TunnResult::WriteToTunnelV6(pkt, _) => {
+                let pkt: &'b [u8] = pkt;
+                roam(&mut self.stats, peer, src);
+                self.accept_from_client(id, pkt, now)
+            }
+        }
+    }
+
+    /// Handles one IP packet read from the egress (destined to a client).
+    pub fn handle_tun<'b>(&mut self, packet: &[u8], now: Instant, buf: &'b mut [u8]) -> Action<'b> {
+        if buf.len() < buffer_len(packet.len()) {
+            return self.drop(DropReason::BufferTooSmall);
+        }
+        let Some(dst) = packet::dst_addr(packet) else {
+            return self.drop(DropReason::Malformed);
+        };
+        let Some(id) = self.routes.lookup(dst) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return self.drop(DropReason::NoRoute);
+        };
+        let Some(endpoint) = peer.endpoint else {
+            return self.drop(DropReason::NoEndpoint);
+        };
+        if let Some(b) = &mut peer.down {
+            if !b.try_take(now, packet.len() as u64) {
+                return self.drop(DropReason::RateLimit);
+            }
+        }
+        match peer.tunn.encapsulate(packet, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                if out.first() == Some(&MSG_DATA) {
+                    count_to_client(peer, packet.len());
+                    self.stats.egress_rx_packets += 1;
+                }
+                // Otherwise: no session; the packet is queued and this is a handshake initiation.
+                self.stats.udp_tx_packets += 1;
+                Action::SendUdp {
+                    dst: endpoint,
+                    bytes: out,
+                }
+            }
+            TunnResult::Err(e) => self.drop(DropReason::from_wg(&e)),
+            _ => Action::Done,
+        }
+    }
+
+    /// Advances timers; call every [`TIMER_INTERVAL`], then drain [`poll_transmit`](Self::poll_transmit).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.rate_limiter.reset_count();
+        self.sources.sweep(now);
+        self.timer_cursor = 0;
+    }
+
+    /// Next datagram the relay wants to send on its own (queued data after a handshake,
+    /// keepalives, handshake retries); call until `None` after every `handle_*`.
+    pub fn poll_transmit<'b>(&mut self, buf: &'b mut [u8]) -> Option<Transmit<'b>> {
+        if buf.len() < MIN_BUFFER_LEN {
+            return None;
+        }
+        if let Some(id) = self.flush {
+            if let Some(len) = self.flush_one(id, buf) {
+                let dst = self.peer(id)?.endpoint?;
+                return Some(Transmit {
+                    dst,
+                    bytes: &buf[..len],
+                });
+            }
+            self.flush = None;
+        }
+        while self.timer_cursor < self.peers.len() {
+            let i = self.timer_cursor;
+            self.timer_cursor += 1;
+            let Some(peer) = self.peers[i].as_mut() else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(out) = peer.tunn.update_timers(buf) {
+                let Some(dst) = peer.endpoint else { continue };
+                let len = out.len();
+                self.stats.udp_tx_packets += 1;
+                return Some(Transmit {
+                    dst,
+                    bytes: &buf[..len],
+                });
+            }
+        }
+        None
+    }
+
+    fn flush_one(&mut self, id: PeerId, buf: &mut [u8]) -> Option<usize> {
+        let peer = self.peers.get_mut(id.0 as usize)?.as_mut()?;
+        peer.endpoint?;
+        match peer.tunn.decapsulate(None, &[], buf) {
+            TunnResult::WriteToNetwork(out) => {
+                if out.first() == Some(&MSG_DATA) && out.len() > OVERHEAD {
+                    count_to_client(peer, out.len() - OVERHEAD);
+                    self.stats.egress_rx_packets += 1;
+                }
+                self.stats.udp_tx_packets += 1;
+                Some(out.len())
+            }
+            _ => None,
+        }
+    }
+
+    /// MAC/cookie check, load accounting and per-source limit for handshake messages.
+    /// `Ok(peer)` to continue, `Err(Some(len))` cookie reply of `len` bytes in `buf`,
+    /// `Err(None)` dropped (already counted).
+    fn admit_handshake(
+        &mut self,
+        src: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        buf: &mut [u8],
+    ) -> Result<Option<PeerId>, Option<usize>> {
+        let under_load = self.note_handshake(now);
+        let mut cookie = [0u8; COOKIE_REPLY_LEN];
+        let packet = match self
+            .rate_limiter
+            .verify_packet(Some(src.ip()), datagram, &mut cookie)
+        {
+            Ok(p) => p,
+            Err(TunnResult::WriteToNetwork(c)) => {
+                let len = c.len();
+                buf[..len].copy_from_slice(&cookie[..len]);
+                return Err(Some(len));
+            }
+            Err(TunnResult::Err(e)) => {
+                self.stats.count_drop(DropReason::from_wg(&e));
+                return Err(None);
+            }
+            Err(_) => {
+                self.stats.count_drop(DropReason::Protocol);
+                return Err(None);
+            }
+        };
+        if under_load && !self.sources.allow(src.ip(), now) {
+            self.stats.count_drop(DropReason::HandshakeRateLimit);
+            return Err(None);
+        }
+        Ok(match packet {
+            Packet::HandshakeInit(init) => parse_handshake_anon(&self.secret, &self.public, &init)
+                .ok()
+                .and_then(|h| self.by_key.get(&h.peer_static_public).copied()),
+            Packet::HandshakeResponse(resp) => self.peer_for_index(resp.receiver_idx),
+            _ => None,
+        })
+    }
+
+    /// Counts one handshake message in the current one-second window; true if under load.
+    fn note_handshake(&mut self, now: Instant) -> bool {
+        match self.load_window {
+            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {}
+            _ => {
+                self.load_window = Some(now);
+                self.load_count = 0;
+            }
+        }
+        self.load_count += 1;
+        self.load_count > self.load_limit
+    }
+
+    /// Cryptokey routing + egress policy + rate limit for a decrypted client packet.
+    fn accept_from_client<'b>(&mut self, id: PeerId, pkt: &'b [u8], now: Instant) -> Action<'b> {
+        let Some(hdr) = IpHeader::parse(pkt) else {
+            return self.drop(DropReason::Malformed);
+        };
+        if self.routes.lookup(hdr.src) != Some(id) {
+            return self.drop(DropReason::AllowedIps);
+        }
+        match self.policy.check(&hdr) {
+            Verdict::Allow => {}
+            Verdict::Blocked => return self.drop(DropReason::Policy),
+            Verdict::TunnelAddress => return self.drop(DropReason::TunnelAddress),
+        }
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return self.drop(DropReason::UnknownPeer);
+        };
+        if let Some(b) = &mut peer.up {
+            if !b.try_take(now, pkt.len() as u64) {
+                return self.drop(DropReason::RateLimit);
+            }
+        }
+        peer.counters.from_client_bytes += pkt.len() as u64;
+        peer.counters.from_client_packets += 1;
+        self.stats.egress_tx_packets += 1;
+        Action::WriteTun(pkt)
+    }
+
+    fn peer_for_index(&self, receiver_idx: u32) -> Option<PeerId> {
+        let slot = (receiver_idx >> 8) ^ self.index_salt;
+        self.peers.get(slot as usize)?.as_ref()?;
+        Some(PeerId(slot))
+    }
+
+    fn peer(&self, id: PeerId) -> Option<&Peer> {
+        self.peers.get(id.0 as usize)?.as_ref()
+    }
+
+    fn drop<'b>(&mut self, reason: DropReason) -> Action<'b> {
+        self.stats.count_drop(reason);
+        tracing::trace!(%reason, "drop");
+        Action::Drop(reason)
+    }
+}
+
+fn roam(stats: &mut Stats, peer: &mut Peer, src: SocketAddr) {
+    if peer.endpoint != Some(src) {
+        if peer.endpoint.is_some() {
+            stats.roams += 1;
+        }
+        tracing::debug!(endpoint = %src, "peer endpoint updated");
+        peer.endpoint = Some(src);
+    }
+}
+
+fn count_to_client(peer: &mut Peer, len: usize) {
+    peer.counters.to_client_bytes += len as u64;
+    peer.counters.to_client_packets += 1;
+}
+
+/// A byte bucket with ~50 ms of burst (at least 64 KiB so one TSO-sized burst passes).
+fn rate_bucket(bytes_per_sec: u64) -> TokenBucket {
+    TokenBucket::new(bytes_per_sec, (bytes_per_sec / 20).max(64 * 1024))
+}

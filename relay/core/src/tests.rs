@@ -1,0 +1,566 @@
+//! Scenario tests: a boringtun client `Tunn` and the `Relay` exchanging datagrams in memory.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+
+use crate::packet::testpkt;
+use crate::*;
+
+const RELAY_ADDR: &str = "192.0.2.1:51820";
+const CLIENT_ADDR: &str = "198.51.100.7:40000";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Deterministic keys from a seed byte (tests only; clamping is done by x25519).
+fn secret(seed: u8) -> StaticSecret {
+    StaticSecret::from([seed; 32])
+}
+
+struct Client {
+    tunn: Tunn,
+    addr: SocketAddr,
+}
+
+impl Client {
+    fn new(seed: u8, relay: &Relay) -> Self {
+        let tunn = Tunn::new(
+            secret(seed),
+            relay.public_key(),
+            None,
+            None,
+            u32::from(seed),
+            None,
+        );
+        Self {
+            tunn,
+            addr: sa(CLIENT_ADDR),
+        }
+    }
+
+    fn init(&mut self) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        match self.tunn.format_handshake_initiation(&mut buf, true) {
+            TunnResult::WriteToNetwork(b) => b.to_vec(),
+            other => panic!("no initiation: {other:?}"),
+        }
+    }
+
+    fn seal(&mut self, inner: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; 2048];
+        match self.tunn.encapsulate(inner, &mut buf) {
+            TunnResult::WriteToNetwork(b) => b.to_vec(),
+            other => panic!("encapsulate: {other:?}"),
+        }
+    }
+
+    /// Feeds a datagram from the relay; returns (datagrams to send back, inner packets).
+    fn recv(&mut self, dg: &[u8]) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+        let mut buf = vec![0u8; 2048];
+        let (mut out, mut inner) = (Vec::new(), Vec::new());
+        let mut r = self
+            .tunn
+            .decapsulate(Some(sa(RELAY_ADDR).ip()), dg, &mut buf);
+        loop {
+            match r {
+                TunnResult::WriteToNetwork(b) => out.push(b.to_vec()),
+                TunnResult::WriteToTunnelV4(b, _) | TunnResult::WriteToTunnelV6(b, _) => {
+                    inner.push(b.to_vec());
+                    break;
+                }
+                TunnResult::Done => break,
+                TunnResult::Err(e) => panic!("client decapsulate: {e:?}"),
+            }
+            r = self.tunn.decapsulate(None, &[], &mut buf);
+        }
+        (out, inner)
+    }
+}
+
+fn relay_with(policy: PolicyConfig, client_rate_bytes: u64) -> Relay {
+    Relay::new(RelayConfig {
+        private_key: secret(1),
+        tunnel_addresses: vec![ip("10.77.0.1"), ip("fd77::1")],
+        policy,
+        max_peers: 16,
+        client_rate_bytes,
+        index_salt: 0x00ab_cdef,
+    })
+}
+
+fn peer_cfg(seed: u8, v4: &str, v6: &str) -> PeerConfig {
+    PeerConfig {
+        public_key: PublicKey::from(&secret(seed)),
+        allowed_ips: vec![v4.parse().unwrap(), v6.parse().unwrap()],
+        preshared_key: None,
+        persistent_keepalive: None,
+    }
+}
+
+/// Relay with client seed 2 at 10.77.0.2 / fd77::2, handshake done.
+fn connected(policy: PolicyConfig, rate: u64) -> (Relay, PeerId, Client, Instant) {
+    let mut relay = relay_with(policy, rate);
+    let id = relay
+        .add_peer(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"))
+        .unwrap();
+    let mut client = Client::new(2, &relay);
+    let now = Instant::now();
+    handshake(&mut relay, &mut client, now);
+    (relay, id, client, now)
+}
+
+fn handshake(relay: &mut Relay, client: &mut Client, now: Instant) {
+    let init = client.init();
+    let mut buf = vec![0u8; 2048];
+    let resp = match relay.handle_udp(client.addr, &init, now, &mut buf) {
+        Action::SendUdp { dst, bytes } => {
+            assert_eq!(dst, client.addr);
+            bytes.to_vec()
+        }
+        other => panic!("no handshake response: {other:?}"),
+    };
+    assert!(relay.poll_transmit(&mut buf).is_none());
+    let (back, _) = client.recv(&resp);
+    assert_eq!(back.len(), 1, "client answers with a keepalive");
+    assert_eq!(
+        relay.handle_udp(client.addr, &back[0], now, &mut buf),
+        Action::Done
+    );
+}
+
+/// Sends `inner` from the client through the relay; returns the relay's action as owned data.
+fn upstream(
+    relay: &mut Relay,
+    client: &mut Client,
+    inner: &[u8],
+    now: Instant,
+) -> Result<Vec<u8>, DropReason> {
+    let dg = client.seal(inner);
+    let mut buf = vec![0u8; 2048];
+    match relay.handle_udp(client.addr, &dg, now, &mut buf) {
+        Action::WriteTun(p) => Ok(p.to_vec()),
+        Action::Drop(r) => Err(r),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn handshake_and_data_flow_both_ways_v4_and_v6() {
+    let (mut relay, id, mut client, now) = connected(PolicyConfig::default(), 0);
+    assert_eq!(relay.stats().handshakes, 1);
+    let pairs = [("10.77.0.2", "1.1.1.1"), ("fd77::2", "2606:4700::1111")];
+    let mut expect = PeerCounters::default();
+    for (c, server) in pairs {
+        let out = testpkt::udp(ip(c), ip(server), 443, b"hello");
+        assert_eq!(upstream(&mut relay, &mut client, &out, now).unwrap(), out);
+        expect.from_client_bytes += out.len() as u64;
+        expect.from_client_packets += 1;
+
+        let reply = testpkt::udp(ip(server), ip(c), 40000, b"world!");
+        let mut buf = vec![0u8; 2048];
+        let dg = match relay.handle_tun(&reply, now, &mut buf) {
+            Action::SendUdp { dst, bytes } => {
+                assert_eq!(dst, client.addr);
+                bytes.to_vec()
+            }
+            other => panic!("{other:?}"),
+        };
+        let (_, inner) = client.recv(&dg);
+        assert_eq!(inner, vec![reply.clone()]);
+        expect.to_client_bytes += reply.len() as u64;
+        expect.to_client_packets += 1;
+    }
+    assert_eq!(relay.peer_counters(id), Some(expect));
+    assert_eq!(relay.stats().total_drops(), 0);
+    assert!(
+        relay
+            .tunnel_stats(id)
+            .unwrap()
+            .since_last_handshake
+            .is_some()
+    );
+}
+
+#[test]
+fn spoofed_inner_source_is_dropped_and_not_counted() {
+    let (mut relay, id, mut client, now) = connected(PolicyConfig::default(), 0);
+    for src in ["10.77.0.3", "8.8.8.8", "fd77::3"] {
+        let dst = if src.contains(':') {
+            "2606:4700::1111"
+        } else {
+            "1.1.1.1"
+        };
+        let pkt = testpkt::udp(ip(src), ip(dst), 53, b"x");
+        assert_eq!(
+            upstream(&mut relay, &mut client, &pkt, now),
+            Err(DropReason::AllowedIps)
+        );
+    }
+    assert_eq!(relay.stats().drops(DropReason::AllowedIps), 3);
+    assert_eq!(relay.peer_counters(id).unwrap().total_bytes(), 0);
+}
+
+#[test]
+fn egress_policy_blocks_lan_router_and_tunnel_address() {
+    let policy = PolicyConfig {
+        router_addresses: vec![ip("192.0.2.1")],
+        tunnel_services: vec![Service {
+            proto: Proto::Udp,
+            port: 53,
+        }],
+        tunnel_ping: true,
+        ..PolicyConfig::default()
+    };
+    let (mut relay, id, mut client, now) = connected(policy, 0);
+    let c4 = ip("10.77.0.2");
+    let c6 = ip("fd77::2");
+    let cases = [
+        (
+            testpkt::tcp(c4, ip("192.168.1.1"), 80),
+            Err(DropReason::Policy),
+        ),
+        (
+            testpkt::tcp(c4, ip("192.0.2.1"), 22),
+            Err(DropReason::Policy),
+        ),
+        (
+            testpkt::tcp(c4, ip("10.77.0.3"), 22),
+            Err(DropReason::Policy),
+        ),
+        (testpkt::tcp(c6, ip("fe80::1"), 22), Err(DropReason::Policy)),
+        (testpkt::tcp(c6, ip("fd00::1"), 22), Err(DropReason::Policy)),
+        (
+            testpkt::tcp(c4, ip("10.77.0.1"), 22),
+            Err(DropReason::TunnelAddress),
+        ),
+        (
+            testpkt::tcp(c6, ip("fd77::1"), 80),
+            Err(DropReason::TunnelAddress),
+        ),
+    ];
+    for (pkt, want) in cases {
+        assert_eq!(
+            upstream(&mut relay, &mut client, &pkt, now).map(|_| ()),
+            want
+        );
+    }
+    // Served: DNS and ping on the tunnel address.
+    assert!(
+        upstream(
+            &mut relay,
+            &mut client,
+            &testpkt::udp(c4, ip("10.77.0.1"), 53, b"q"),
+            now
+        )
+        .is_ok()
+    );
+    assert!(
+        upstream(
+            &mut relay,
+            &mut client,
+            &testpkt::ping(c6, ip("fd77::1")),
+            now
+        )
+        .is_ok()
+    );
+    let counted = relay.peer_counters(id).unwrap().from_client_packets;
+    assert_eq!(counted, 2);
+}
+
+#[test]
+fn allow_list_opens_a_private_range() {
+    let policy = PolicyConfig {
+        allow: vec!["192.168.50.0/24".parse().unwrap()],
+        ..PolicyConfig::default()
+    };
+    let (mut relay, _, mut client, now) = connected(policy, 0);
+    let c4 = ip("10.77.0.2");
+    assert!(
+        upstream(
+            &mut relay,
+            &mut client,
+            &testpkt::tcp(c4, ip("192.168.50.9"), 80),
+            now
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        upstream(
+            &mut relay,
+            &mut client,
+            &testpkt::tcp(c4, ip("192.168.51.9"), 80),
+            now
+        ),
+        Err(DropReason::Policy)
+    );
+}
+
+#[test]
+fn unknown_peer_gets_nothing() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    relay
+        .add_peer(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"))
+        .unwrap();
+    let mut stranger = Client::new(9, &relay);
+    let mut buf = vec![0u8; 2048];
+    let init = stranger.init();
+    assert_eq!(
+        relay.handle_udp(stranger.addr, &init, Instant::now(), &mut buf),
+        Action::Drop(DropReason::UnknownPeer)
+    );
+    assert!(relay.poll_transmit(&mut buf).is_none());
+    // A data message with a made-up receiver index, and plain garbage.
+    let mut data = vec![4u8, 0, 0, 0];
+    data.extend_from_slice(&[0x55; 60]);
+    let a = relay.handle_udp(stranger.addr, &data, Instant::now(), &mut buf);
+    assert!(
+        matches!(
+            a,
+            Action::Drop(DropReason::UnknownPeer | DropReason::Auth | DropReason::NoSession)
+        ),
+        "{a:?}"
+    );
+    assert_eq!(
+        relay.handle_udp(stranger.addr, b"GET / HTTP/1.1", Instant::now(), &mut buf),
+        Action::Drop(DropReason::Malformed)
+    );
+    // The relay never answered, and a known-but-not-connected peer has no endpoint.
+    assert_eq!(relay.stats().udp_tx_packets, 0);
+    let pkt = testpkt::udp(ip("1.1.1.1"), ip("10.77.0.2"), 5, b"x");
+    assert_eq!(
+        relay.handle_tun(&pkt, Instant::now(), &mut buf),
+        Action::Drop(DropReason::NoEndpoint)
+    );
+    let pkt = testpkt::udp(ip("1.1.1.1"), ip("10.77.0.9"), 5, b"x");
+    assert_eq!(
+        relay.handle_tun(&pkt, Instant::now(), &mut buf),
+        Action::Drop(DropReason::NoRoute)
+    );
+}
+
+#[test]
+fn roaming_client_is_followed() {
+    let (mut relay, id, mut client, now) = connected(PolicyConfig::default(), 0);
+    client.addr = sa("203.0.113.50:5555");
+    let pkt = testpkt::udp(ip("10.77.0.2"), ip("1.1.1.1"), 53, b"q");
+    assert!(upstream(&mut relay, &mut client, &pkt, now).is_ok());
+    assert_eq!(relay.stats().roams, 1);
+    let info = relay.peers().find(|p| p.id == id).unwrap();
+    assert_eq!(info.endpoint, Some(client.addr));
+    let mut buf = vec![0u8; 2048];
+    let reply = testpkt::udp(ip("1.1.1.1"), ip("10.77.0.2"), 40000, b"a");
+    match relay.handle_tun(&reply, now, &mut buf) {
+        Action::SendUdp { dst, .. } => assert_eq!(dst, client.addr),
+        other => panic!("{other:?}"),
+    }
+    // A forged datagram from a third address must not move the endpoint.
+    let mut forged = client.seal(&pkt);
+    let last = forged.len() - 1;
+    forged[last] ^= 1;
+    let a = relay.handle_udp(sa("192.0.2.99:1"), &forged, now, &mut buf);
+    assert_eq!(a, Action::Drop(DropReason::Auth));
+    assert_eq!(
+        relay.peers().find(|p| p.id == id).unwrap().endpoint,
+        Some(client.addr)
+    );
+}
+
+#[test]
+fn client_rate_limit_drops_excess() {
+    // 100 KB/s with the 64 KiB minimum burst: 200 x 1 KB packets at one instant cannot all pass.
+    let (mut relay, id, mut client, now) = connected(PolicyConfig::default(), 100_000);
+    let pkt = testpkt::udp(ip("10.77.0.2"), ip("1.1.1.1"), 9, &[0u8; 1000]);
+    let passed = (0..200)
+        .filter(|_| upstream(&mut relay, &mut client, &pkt, now).is_ok())
+        .count();
+    assert!((60..=70).contains(&passed), "{passed}");
+    assert_eq!(
+        relay.stats().drops(DropReason::RateLimit),
+        200 - passed as u64
+    );
+    assert_eq!(
+        relay.peer_counters(id).unwrap().from_client_packets,
+        passed as u64
+    );
+    // 300 ms later the bucket has refilled by 30 KB (~29 packets of 1028 bytes).
+    let later = now + Duration::from_millis(300);
+    let more = (0..200)
+        .filter(|_| upstream(&mut relay, &mut client, &pkt, later).is_ok())
+        .count();
+    assert!((28..=30).contains(&more), "{more}");
+    // After a long pause it is capped at the burst again.
+    let much_later = now + Duration::from_secs(10);
+    let capped = (0..200)
+        .filter(|_| upstream(&mut relay, &mut client, &pkt, much_later).is_ok())
+        .count();
+    assert_eq!(capped, passed);
+}
+
+#[test]
+fn handshake_flood_gets_cookies_and_legit_peer_still_connects() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    relay
+        .add_peer(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"))
+        .unwrap();
+    let now = Instant::now();
+    let mut flooder = Client::new(2, &relay);
+    let mut buf = vec![0u8; 2048];
+    let mut cookie = None;
+    for i in 0..300u32 {
+        let src = SocketAddr::new(IpAddr::V4((0xc633_6400 + i % 200).into()), 1000);
+        if let Action::SendUdp { bytes, .. } = relay.handle_udp(src, &flooder.init(), now, &mut buf)
+        {
+            if bytes[0] == 3 {
+                cookie = Some(bytes.to_vec());
+            }
+        }
+    }
+    assert!(relay.stats().cookie_replies > 0);
+    assert!(cookie.is_some());
+    // The legit client gets a cookie reply first, then completes with mac2.
+    let mut client = Client::new(2, &relay);
+    let init = client.init();
+    let reply = match relay.handle_udp(client.addr, &init, now, &mut buf) {
+        Action::SendUdp { bytes, .. } => bytes.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reply[0], 3, "cookie reply under load");
+    let (back, _) = client.recv(&reply);
+    assert!(back.is_empty());
+    let init = client.init();
+    match relay.handle_udp(client.addr, &init, now, &mut buf) {
+        Action::SendUdp { bytes, .. } => assert_eq!(bytes[0], 2, "handshake response"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn per_source_bucket_limits_handshakes_under_load() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    relay
+        .add_peer(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"))
+        .unwrap();
+    let now = Instant::now();
+    let mut client = Client::new(2, &relay);
+    let mut buf = vec![0u8; 2048];
+    // Push the relay over its load limit with valid initiations from one source.
+    for _ in 0..150 {
+        let _ = relay.handle_udp(client.addr, &client.init(), now, &mut buf);
+    }
+    // Obtain a cookie so later initiations carry a valid mac2.
+    let reply = match relay.handle_udp(client.addr, &client.init(), now, &mut buf) {
+        Action::SendUdp { bytes, .. } => bytes.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reply[0], 3);
+    client.recv(&reply);
+    let answered = (0..20)
+        .filter(|_| {
+            matches!(
+                relay.handle_udp(client.addr, &client.init(), now, &mut buf),
+                Action::SendUdp { .. }
+            )
+        })
+        .count();
+    assert_eq!(answered, 5, "burst of 5 per source under load");
+    assert_eq!(relay.stats().drops(DropReason::HandshakeRateLimit), 15);
+}
+
+#[test]
+fn peer_table_rejects_duplicates_and_respects_max() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    let a = relay
+        .add_peer(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"))
+        .unwrap();
+    assert_eq!(
+        relay.add_peer(peer_cfg(2, "10.77.0.3/32", "fd77::3/128")),
+        Err(RelayError::DuplicateKey)
+    );
+    assert_eq!(
+        relay.add_peer(peer_cfg(3, "10.77.0.2/32", "fd77::3/128")),
+        Err(RelayError::AllowedIpInUse("10.77.0.2/32".parse().unwrap()))
+    );
+    assert_eq!(
+        relay.add_peer(peer_cfg(1, "10.77.0.9/32", "fd77::9/128")),
+        Err(RelayError::OwnKey)
+    );
+    for s in 3..18u8 {
+        let r = relay.add_peer(peer_cfg(
+            s,
+            &format!("10.77.0.{s}/32"),
+            &format!("fd77::{s}/128"),
+        ));
+        if s < 18 && relay.peers().count() <= 16 {
+            assert!(r.is_ok() || r == Err(RelayError::TooManyPeers(16)));
+        }
+    }
+    assert_eq!(relay.peers().count(), 16);
+    assert!(relay.remove_peer(a).is_some());
+    assert_eq!(
+        relay.peer_by_key(PublicKey::from(&secret(2)).as_bytes()),
+        None
+    );
+    let b = relay
+        .add_peer(peer_cfg(40, "10.77.0.40/32", "fd77::40/128"))
+        .unwrap();
+    assert_eq!(b, a, "slot reused");
+}
+
+#[test]
+fn many_peers_route_to_their_own_sessions() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    let now = Instant::now();
+    let mut clients = Vec::new();
+    for s in 2..12u8 {
+        let id = relay
+            .add_peer(peer_cfg(
+                s,
+                &format!("10.77.0.{s}/32"),
+                &format!("fd77::{s}/128"),
+            ))
+            .unwrap();
+        let mut c = Client::new(s, &relay);
+        c.addr = SocketAddr::new(ip("198.51.100.7"), 40000 + u16::from(s));
+        handshake(&mut relay, &mut c, now);
+        clients.push((s, id, c));
+    }
+    let mut buf = vec![0u8; 2048];
+    for (s, id, c) in &mut clients {
+        let reply = testpkt::udp(ip("1.1.1.1"), ip(&format!("10.77.0.{s}")), 1, &[*s; 10]);
+        let dg = match relay.handle_tun(&reply, now, &mut buf) {
+            Action::SendUdp { dst, bytes } => {
+                assert_eq!(dst, c.addr);
+                bytes.to_vec()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(c.recv(&dg).1, vec![reply.clone()]);
+        assert_eq!(
+            relay.peer_counters(*id).unwrap().to_client_bytes,
+            reply.len() as u64
+        );
+    }
+}
+
+#[test]
+fn timers_run_without_output_for_fresh_sessions_and_small_buffers_are_refused() {
+    let (mut relay, _, mut client, now) = connected(PolicyConfig::default(), 0);
+    relay.handle_timeout(now + TIMER_INTERVAL);
+    let mut buf = vec![0u8; 2048];
+    assert!(relay.poll_transmit(&mut buf).is_none());
+    let dg = client.seal(&testpkt::udp(ip("10.77.0.2"), ip("1.1.1.1"), 9, &[0; 100]));
+    let mut small = vec![0u8; 100];
+    assert_eq!(
+        relay.handle_udp(client.addr, &dg, now, &mut small),
+        Action::Drop(DropReason::BufferTooSmall)
+    );
+    assert_eq!(buffer_len(1420), 1452);
+    assert_eq!(buffer_len(60), MIN_BUFFER_LEN);
+}
