@@ -33,6 +33,8 @@ const OWN_V6: Ipv6Addr = Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0, 1);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// A client that stops acknowledging for this long gets its connection dropped.
 const TCP_RETRANSMIT_TIMEOUT: Duration = Duration::from_secs(120);
+/// Client TCP segments queued for smoltcp between two polls; more are dropped (TCP retransmits).
+const RX_QUEUE_MAX: usize = 1024;
 
 /// Identifies one TCP connection or UDP flow for the lifetime of the [`NetStack`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -487,7 +489,7 @@ impl NetStack {
                             self.stats.dropped_other += 1;
                         }
                     }
-                    TcpPhase::Open { .. } => self.device.rx.push_back(pkt.to_vec()),
+                    TcpPhase::Open { .. } => self.queue_for_smoltcp(pkt),
                 }
                 return;
             }
@@ -496,7 +498,7 @@ impl NetStack {
         }
         if !syn_only {
             // Unknown connection: smoltcp answers with RST (no socket matches).
-            self.device.rx.push_back(pkt.to_vec());
+            self.queue_for_smoltcp(pkt);
             return;
         }
         let refuse = if self.flow_count() >= self.cfg.max_flows
@@ -504,7 +506,7 @@ impl NetStack {
         {
             self.stats.refused_limit += 1;
             true
-        } else if !self.cfg.allows(remote.ip()) || !same_family(client.ip(), remote.ip()) {
+        } else if !self.dialable(client.ip(), remote.ip()) {
             self.stats.refused_policy += 1;
             true
         } else {
@@ -543,7 +545,7 @@ impl NetStack {
                     trace!("refusing UDP flow: limit");
                     return;
                 }
-                if !self.cfg.allows(remote.ip()) || !same_family(client.ip(), remote.ip()) {
+                if !self.dialable(client.ip(), remote.ip()) {
                     self.stats.refused_policy += 1;
                     trace!("refusing UDP flow: policy");
                     return;
@@ -578,6 +580,24 @@ impl NetStack {
         if let Some(w) = f.waker.take() {
             w.wake();
         }
+    }
+
+    fn queue_for_smoltcp(&mut self, pkt: &[u8]) {
+        if self.device.rx.len() >= RX_QUEUE_MAX {
+            self.stats.dropped_other += 1;
+            return;
+        }
+        self.device.rx.push_back(pkt.to_vec());
+    }
+
+    /// Never dial non-unicast or unspecified addresses (connecting to 0.0.0.0 reaches the
+    /// router itself on Linux), nor across address families; then ask the policy hook.
+    fn dialable(&self, client: IpAddr, remote: IpAddr) -> bool {
+        let unicast = match remote {
+            IpAddr::V4(a) => !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()),
+            IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),
+        };
+        unicast && same_family(client, remote) && self.cfg.allows(remote)
     }
 
     fn sweep_idle(&mut self, now: Instant) {

@@ -294,3 +294,24 @@ fn udp_flow_limit_and_icmp_drop_are_counted() {
         "ICMP echo must not be answered"
     );
 }
+
+#[test]
+fn unspecified_broadcast_and_multicast_destinations_are_never_dialed() {
+    let mut w = World::new(NetstackConfig::default());
+    let client = SocketAddr::new(common::CLIENT_V4.into(), 4000);
+    let client6 = SocketAddr::new(common::CLIENT_V6.into(), 4000);
+    for (c, dst) in [
+        (client, "0.0.0.0:53"),
+        (client, "255.255.255.255:67"),
+        (client, "224.0.0.251:5353"),
+        (client6, "[::]:53"),
+        (client6, "[ff02::fb]:5353"),
+    ] {
+        let remote: SocketAddr = dst.parse().unwrap();
+        w.core
+            .handle_client_packet(&udp_packet(c, remote, b"x"), w.now);
+    }
+    w.core.poll(w.now);
+    assert!(w.events().is_empty());
+    assert_eq!(w.core.stats().refused_policy, 5);
+}

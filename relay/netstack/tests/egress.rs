@@ -116,7 +116,11 @@ async fn transfer_both_ways(bind: IpAddr) {
     let mut buf = vec![0u8; 16 * 1024];
     let end = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < end, "transfer timed out: sent {sent} got {}", got.len());
+        assert!(
+            Instant::now() < end,
+            "transfer timed out: sent {sent} got {}",
+            got.len()
+        );
         let s = h.client.tcp(sock);
         if s.may_send() && sent < LEN {
             sent += s.send_slice(&up[sent..]).unwrap();
@@ -137,7 +141,11 @@ async fn transfer_both_ways(bind: IpAddr) {
     // Keep the client side running until the server saw our FIN.
     h.until(10, |_| server.is_finished()).await;
     let server_got = server.await.unwrap();
-    assert!(server_got == up, "server received different bytes ({} of {LEN})", server_got.len());
+    assert!(
+        server_got == up,
+        "server received different bytes ({} of {LEN})",
+        server_got.len()
+    );
     assert!(got == down, "client received different bytes");
     // Both sides closed: the flow is torn down.
     h.until(10, |h| h.egress.stats().tcp_active == 0).await;
@@ -180,7 +188,9 @@ async fn policy_hook_blocks_a_destination_before_dialing() {
     let sock = h.client.connect(addr, 4096);
     h.until(10, |h| h.state(sock) == State::Closed).await;
     assert!(
-        timeout(Duration::from_millis(200), listener.accept()).await.is_err(),
+        timeout(Duration::from_millis(200), listener.accept())
+            .await
+            .is_err(),
         "blocked destination was dialed"
     );
     assert_eq!(h.egress.stats().refused_policy, 1);
@@ -189,7 +199,10 @@ async fn policy_hook_blocks_a_destination_before_dialing() {
     let l6 = TcpListener::bind("[::1]:0").await.unwrap();
     let sock6 = h.client.connect(l6.local_addr().unwrap(), 4096);
     h.until(10, |h| h.state(sock6) == State::Established).await;
-    timeout(Duration::from_secs(5), l6.accept()).await.unwrap().unwrap();
+    timeout(Duration::from_secs(5), l6.accept())
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,8 +226,10 @@ async fn tcp_flow_limit_is_enforced_and_slots_are_freed() {
     let mut h = Harness::new(cfg);
     let a = h.client.connect(addr, 4096);
     let b = h.client.connect(addr, 4096);
-    h.until(10, |h| h.state(a) == State::Established && h.state(b) == State::Established)
-        .await;
+    h.until(10, |h| {
+        h.state(a) == State::Established && h.state(b) == State::Established
+    })
+    .await;
     let c = h.client.connect(addr, 4096);
     h.until(10, |h| h.state(c) == State::Closed).await;
     assert_eq!(h.egress.stats().refused_limit, 1);
@@ -224,7 +239,14 @@ async fn tcp_flow_limit_is_enforced_and_slots_are_freed() {
     h.until(10, |h| h.egress.stats().tcp_active == 1).await;
     let d = h.client.connect(addr, 4096);
     h.until(10, |h| h.state(d) == State::Established).await;
-    assert_eq!(timeout(Duration::from_secs(5), accepted).await.unwrap().unwrap().len(), 3);
+    assert_eq!(
+        timeout(Duration::from_secs(5), accepted)
+            .await
+            .unwrap()
+            .unwrap()
+            .len(),
+        3
+    );
 }
 
 async fn udp_echo(bind: IpAddr, client_ip: IpAddr) {
