@@ -19,7 +19,6 @@ export CARGO_TARGET_DIR="$ROOT/target/cross"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 NICENESS=${FERRY_NICE:-15}
 MIPSEL_MAX=${FERRY_MIPSEL_MAX_BYTES:-1572864}
-ALL_ARCHES="aarch64 x86_64 armv7 mipsel mips"
 TEST_ARCHES="aarch64 mipsel"
 DOC="$ROOT/docs/openwrt.md"
 
@@ -30,28 +29,8 @@ die() {
 }
 have() { command -v "$1" >/dev/null 2>&1; }
 
-# arch -> "arch triple qemu-binary openwrt-arch method"; method is gnu (Debian gcc cross linker,
-# prebuilt rust-std) or zig (cargo-zigbuild + -Zbuild-std: no usable prebuilt std here).
-arch_info() {
-	case "$1" in
-	aarch64 | aarch64-unknown-linux-musl) echo "aarch64 aarch64-unknown-linux-musl qemu-aarch64-static aarch64_cortex-a53 gnu" ;;
-	x86_64 | x86_64-unknown-linux-musl) echo "x86_64 x86_64-unknown-linux-musl qemu-x86_64-static x86_64 gnu" ;;
-	armv7 | armv7-unknown-linux-musleabihf) echo "armv7 armv7-unknown-linux-musleabihf qemu-arm-static arm_cortex-a7_neon-vfpv4 zig" ;;
-	mipsel | mipsel-unknown-linux-musl) echo "mipsel mipsel-unknown-linux-musl qemu-mipsel-static mipsel_24kc zig" ;;
-	mips | mips-unknown-linux-musl) echo "mips mips-unknown-linux-musl qemu-mips-static mips_24kc zig" ;;
-	*) return 1 ;;
-	esac
-}
-
-# load <arch>: sets ARCH TRIPLE QEMU OWRT METHOD, TC (cc-crate env suffix), TE (cargo env suffix).
-load() {
-	info=$(arch_info "$1") || die "unknown arch '$1' (one of: $ALL_ARCHES)"
-	read -r ARCH TRIPLE QEMU OWRT METHOD <<EOF
-$info
-EOF
-	TC=$(echo "$TRIPLE" | tr '-' '_')
-	TE=$(echo "$TRIPLE" | tr 'a-z-' 'A-Z_')
-}
+# shellcheck source-path=SCRIPTDIR source=lib/arches.sh
+. "$ROOT/openwrt/lib/arches.sh"
 
 # Runs cargo for a "gnu" arch with the C cross compiler ring needs and qemu as test runner.
 cargo_gnu() {

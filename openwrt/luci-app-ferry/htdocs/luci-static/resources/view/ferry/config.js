@@ -1,0 +1,233 @@
+'use strict';
+'require view';
+'require form';
+'require fs';
+'require poll';
+'require dom';
+
+/*
+ * Ferry settings (UCI config "ferry", rendered to the agent's TOML by /etc/init.d/ferry) and a
+ * status panel. The status comes from the agent's local status API (GET ferry.main.status_url,
+ * default http://127.0.0.1:9586/status), fetched on the router by /usr/libexec/ferry-status.
+ * Status JSON fields (all optional; documented in docs/openwrt.md):
+ *   version, uptime_secs, public_key, listen, egress_mode,
+ *   peers: [{ name, public_key, endpoint, last_handshake_secs, rx_bytes, tx_bytes }]
+ */
+
+var STATUS_HELPER = '/usr/libexec/ferry-status';
+
+function fetchStatus() {
+	return fs.exec_direct(STATUS_HELPER).then(function(out) {
+		try {
+			return JSON.parse(out);
+		}
+		catch (e) {
+			return { error: _('The agent returned invalid JSON') };
+		}
+	}).catch(function(err) {
+		return { error: err.message || String(err) };
+	});
+}
+
+function fmtBytes(n) {
+	return (typeof n == 'number') ? '%1024.2mB'.format(n) : '-';
+}
+
+function fmtSecs(n) {
+	return (typeof n == 'number') ? '%t'.format(n) : '-';
+}
+
+function fmtAgo(n) {
+	return (typeof n == 'number') ? _('%s ago').format('%t'.format(n)) : _('never');
+}
+
+function text(v) {
+	return (v == null || v === '') ? '-' : String(v);
+}
+
+function renderStatus(st) {
+	if (!st || st.error)
+		return E('p', {}, E('em', {}, _('The agent is not running or its status API is unreachable') +
+			(st && st.error ? ' (' + st.error + ')' : '')));
+
+	var info = [
+		[_('Version'), text(st.version)],
+		[_('Uptime'), fmtSecs(st.uptime_secs)],
+		[_('Public key'), text(st.public_key)],
+		[_('Listening on'), text(st.listen)],
+		[_('Egress'), text(st.egress_mode)]
+	];
+	var infoTable = E('table', { 'class': 'table' }, info.map(function(row) {
+		return E('tr', { 'class': 'tr' }, [
+			E('td', { 'class': 'td left', 'width': '33%' }, row[0]),
+			E('td', { 'class': 'td left' }, row[1])
+		]);
+	}));
+
+	var peers = Array.isArray(st.peers) ? st.peers : [];
+	var peerRows = [
+		E('tr', { 'class': 'tr table-titles' }, [
+			E('th', { 'class': 'th' }, _('Name')),
+			E('th', { 'class': 'th' }, _('Public key')),
+			E('th', { 'class': 'th' }, _('Endpoint')),
+			E('th', { 'class': 'th' }, _('Last handshake')),
+			E('th', { 'class': 'th' }, _('Received')),
+			E('th', { 'class': 'th' }, _('Sent'))
+		])
+	];
+	peers.forEach(function(p) {
+		peerRows.push(E('tr', { 'class': 'tr' }, [
+			E('td', { 'class': 'td' }, text(p.name)),
+			E('td', { 'class': 'td' }, text(p.public_key)),
+			E('td', { 'class': 'td' }, text(p.endpoint)),
+			E('td', { 'class': 'td' }, fmtAgo(p.last_handshake_secs)),
+			E('td', { 'class': 'td' }, fmtBytes(p.rx_bytes)),
+			E('td', { 'class': 'td' }, fmtBytes(p.tx_bytes))
+		]));
+	});
+	if (!peers.length)
+		peerRows.push(E('tr', { 'class': 'tr placeholder' }, E('td', { 'class': 'td' }, _('No peers connected'))));
+
+	return E([], [infoTable, E('h4', {}, _('Peers')), E('table', { 'class': 'table' }, peerRows)]);
+}
+
+function validateService(section_id, value) {
+	if (value == null || value === '' || /^(udp|tcp)\/[0-9]{1,5}$/.test(value))
+		return true;
+	return _('Expecting udp/PORT or tcp/PORT');
+}
+
+function validateKey(section_id, value) {
+	if (/^[A-Za-z0-9+/]{43}=$/.test(value || ''))
+		return true;
+	return _('Expecting a base64 WireGuard public key (44 characters)');
+}
+
+return view.extend({
+	load: function() {
+		return fetchStatus();
+	},
+
+	render: function(status) {
+		var m, s, o;
+
+		m = new form.Map('ferry');
+
+		s = m.section(form.NamedSection, 'main', 'ferry', _('Agent'));
+		s.tab('general', _('General'));
+		s.tab('egress', _('Egress policy'));
+		s.tab('advanced', _('Advanced'));
+
+		o = s.taboption('general', form.Flag, 'enabled', _('Enabled'));
+		o.rmempty = false;
+
+		o = s.taboption('general', form.Value, 'listen_port', _('WireGuard port'),
+			_('UDP port; the firewall rule "Allow-Ferry-WireGuard" must open the same port on wan.'));
+		o.datatype = 'port';
+		o.placeholder = '51820';
+
+		o = s.taboption('general', form.ListValue, 'listen_addr', _('Listen address'));
+		o.value('0.0.0.0', _('IPv4 (0.0.0.0)'));
+		o.value('::', _('IPv4 and IPv6 (::)'));
+		o.default = '0.0.0.0';
+
+		o = s.taboption('general', form.Value, 'mtu', _('Tunnel MTU'));
+		o.datatype = 'range(576,9000)';
+		o.placeholder = '1420';
+
+		o = s.taboption('general', form.DynamicList, 'address', _('Tunnel addresses'),
+			_('The relay\'s own addresses; their prefixes are the client subnets.'));
+		o.datatype = 'cidr';
+
+		o = s.taboption('egress', form.ListValue, 'egress_mode', _('Egress mode'));
+		o.value('tun', _('Kernel TUN device (firewall zone "ferry")'));
+		o.value('userspace', _('Userspace network stack (no TUN)'));
+		o.default = 'tun';
+
+		o = s.taboption('egress', form.Value, 'tun_name', _('TUN device'));
+		o.depends('egress_mode', 'tun');
+		o.datatype = 'netdevname';
+		o.placeholder = 'ferry0';
+
+		o = s.taboption('egress', form.Flag, 'masquerade', _('Agent masquerade'),
+			_('Let the agent install its own NAT. Not needed when the wan zone masquerades.'));
+		o.depends('egress_mode', 'tun');
+
+		o = s.taboption('egress', form.DynamicList, 'allow', _('Allowed private ranges'),
+			_('Private or special ranges clients may reach anyway (blocked by default).'));
+		o.datatype = 'cidr';
+
+		o = s.taboption('egress', form.DynamicList, 'deny', _('Blocked ranges'),
+			_('Additional destinations clients may not reach.'));
+		o.datatype = 'cidr';
+
+		o = s.taboption('egress', form.DynamicList, 'tunnel_service', _('Services on the relay'),
+			_('Ports clients may reach on the relay\'s tunnel addresses, e.g. udp/53.'));
+		o.validate = validateService;
+
+		o = s.taboption('egress', form.Flag, 'tunnel_ping', _('Answer ping on tunnel addresses'));
+		o.default = '1';
+
+		o = s.taboption('egress', form.Value, 'max_peers', _('Maximum peers'));
+		o.datatype = 'uinteger';
+		o.placeholder = '1024';
+
+		o = s.taboption('egress', form.Value, 'client_rate_mbit', _('Per-client rate limit (Mbit/s)'),
+			_('Each direction; 0 means unlimited.'));
+		o.datatype = 'uinteger';
+		o.placeholder = '0';
+
+		o = s.taboption('advanced', form.Value, 'private_key_file', _('Private key file'),
+			_('Created (mode 0600) on first start if missing; kept across sysupgrade.'));
+		o.placeholder = '/etc/ferry/wg.key';
+
+		o = s.taboption('advanced', form.ListValue, 'log_level', _('Log level'));
+		['error', 'warn', 'info', 'debug'].forEach(function(l) { o.value(l); });
+		o.default = 'info';
+
+		o = s.taboption('advanced', form.Value, 'status_url', _('Status API URL'));
+		o.placeholder = 'http://127.0.0.1:9586/status';
+
+		o = s.taboption('advanced', form.Value, 'extra_toml', _('Extra TOML file'),
+			_('Appended to the generated agent config (sections not modelled here).'));
+		o.placeholder = '/etc/ferry/extra.toml';
+
+		s = m.section(form.GridSection, 'peer', _('Trusted peers'),
+			_('Non-paying peers (e.g. your own devices). Paying clients do not need an entry.'));
+		s.anonymous = true;
+		s.addremove = true;
+
+		o = s.option(form.Flag, 'enabled', _('Enabled'));
+		o.default = '1';
+		o.editable = true;
+
+		o = s.option(form.Value, 'name', _('Name'));
+		o.datatype = 'maxlength(64)';
+
+		o = s.option(form.Value, 'public_key', _('Public key'));
+		o.validate = validateKey;
+
+		o = s.option(form.DynamicList, 'allowed_ip', _('Allowed IPs'));
+		o.datatype = 'cidr';
+
+		var statusNode = E('div', { 'class': 'cbi-section' }, renderStatus(status));
+
+		poll.add(function() {
+			return fetchStatus().then(function(st) {
+				dom.content(statusNode, renderStatus(st));
+			});
+		}, 5);
+
+		return m.render().then(function(mapNode) {
+			return E([], [
+				E('h2', {}, _('Ferry relay')),
+				E('p', { 'class': 'cbi-map-descr' },
+					_('Share this router\'s internet connection with paying Ferry clients over WireGuard. ' +
+					  'Clients never reach the router itself or the household network unless allowed below.')),
+				E('h3', {}, _('Status')),
+				statusNode,
+				mapNode
+			]);
+		});
+	}
+});

@@ -1,0 +1,187 @@
+// Tests the LuCI view openwrt/luci-app-ferry/.../view/ferry/config.js with stand-ins for LuCI's
+// modules (view, form, fs, poll, dom, E, _): it must load, build a form whose UCI options are
+// exactly the ones ferry-render.sh / ferry.init read, and render the status panel from a sample
+// status JSON and from an unreachable agent. Run: node openwrt/tests/test-luci.js
+'use strict';
+const fs = require('fs');
+const path = require('path');
+const assert = require('assert');
+
+const root = path.resolve(__dirname, '..');
+const viewFile = path.join(root, 'luci-app-ferry/htdocs/luci-static/resources/view/ferry/config.js');
+const renderFile = path.join(root, 'package/ferry/files/ferry-render.sh');
+const initFile = path.join(root, 'package/ferry/files/ferry.init');
+const statusFile = path.join(root, 'luci-app-ferry/root/usr/libexec/ferry-status');
+
+// LuCI's String.prototype.format, reduced to what the view uses (%s, %t, %1024.2mB).
+String.prototype.format = function (...args) {
+  let i = 0;
+  return this.replace(/%(\d+)?(\.\d+)?([smt])/g, () => String(args[i++]));
+};
+const _ = (s) => s;
+
+// E(tag, attrs, children) / E([], children): a tiny DOM stand-in.
+function E(tag, attrs, children) {
+  if (Array.isArray(tag)) return { tag: '#fragment', children: attrs || [] };
+  if (children === undefined && (typeof attrs === 'string' || Array.isArray(attrs) || (attrs && attrs.tag))) {
+    children = attrs;
+    attrs = {};
+  }
+  return { tag, attrs: attrs || {}, children: children === undefined ? [] : children };
+}
+function textOf(node) {
+  if (node == null) return '';
+  if (typeof node === 'string') return node;
+  if (Array.isArray(node)) return node.map(textOf).join(' ');
+  return textOf(node.children);
+}
+
+const options = [];
+class Option {
+  constructor(section, name) {
+    this.section = section;
+    this.name = name;
+    this.values = [];
+    options.push(this);
+  }
+  value(v) { this.values.push(v); }
+  depends() {}
+}
+class Section {
+  constructor(type, uciType) {
+    this.kind = type;
+    this.uciType = uciType;
+    this.tabs = [];
+  }
+  tab(name) { this.tabs.push(name); }
+  taboption(tab, cls, name) {
+    assert(this.tabs.includes(tab), `option ${name} uses undeclared tab ${tab}`);
+    return new cls(this, name);
+  }
+  option(cls, name) { return new cls(this, name); }
+}
+class NamedSection extends Section {
+  constructor(name, uciType) { super('named', uciType); this.sectionName = name; }
+}
+class GridSection extends Section {
+  constructor(uciType) { super('grid', uciType); }
+}
+const sections = [];
+class FormMap {
+  constructor(config) { this.config = config; }
+  section(cls, ...args) { const s = new cls(...args); sections.push(s); return s; }
+  render() { return Promise.resolve(E('div', { id: 'map' }, [])); }
+}
+const form = {
+  Map: FormMap, NamedSection, GridSection,
+  Flag: class extends Option {}, Value: class extends Option {},
+  ListValue: class extends Option {}, DynamicList: class extends Option {},
+};
+
+let statusReply;
+const luciFs = {
+  exec_direct: (cmd) => {
+    assert.strictEqual(cmd, '/usr/libexec/ferry-status');
+    return statusReply instanceof Error ? Promise.reject(statusReply) : Promise.resolve(statusReply);
+  },
+};
+const polls = [];
+const poll = { add: (fn, interval) => polls.push({ fn, interval }) };
+const dom = { content: (node, content) => { node.children = content; } };
+const view = { extend: (o) => o };
+
+// UCI options the shell side reads: `config_get[_bool] VAR "$_fr_s"|main|"$1" OPTION` and
+// `ferry_arr SECTION OPTION` (and `uci -q get ferry.main.OPTION` in the status helper), split
+// into the main section and peer sections.
+function shellOptions() {
+  const main = new Set();
+  const peer = new Set();
+  const src = fs.readFileSync(renderFile, 'utf8') + fs.readFileSync(initFile, 'utf8');
+  for (const m of src.matchAll(/config_get(?:_bool)? \S+ ("\$_fr_s"|main|"\$1") (\w+)/g))
+    (m[1] === '"$1"' ? peer : main).add(m[2]);
+  for (const m of src.matchAll(/ferry_arr ("\$_fr_s"|"\$1") (\w+)/g))
+    (m[1] === '"$1"' ? peer : main).add(m[2]);
+  for (const m of fs.readFileSync(statusFile, 'utf8').matchAll(/uci -q get ferry\.main\.(\w+)/g))
+    main.add(m[1]);
+  return { main, peer };
+}
+
+let passed = 0;
+let failed = 0;
+async function check(name, fn) {
+  try {
+    await fn();
+    passed++;
+    console.log(`ok   - ${name}`);
+  } catch (e) {
+    failed++;
+    console.log(`FAIL - ${name}\n       ${String(e.stack || e).split('\n').join('\n       ')}`);
+  }
+}
+
+(async () => {
+  const src = fs.readFileSync(viewFile, 'utf8');
+  let viewObj;
+  await check('view source evaluates as a LuCI view module', () => {
+    // LuCI wraps each view in a function; a top-level `return` is legal there.
+    viewObj = new Function('view', 'form', 'fs', 'poll', 'dom', 'E', '_', src)(view, form, luciFs, poll, dom, E, _);
+    assert.strictEqual(typeof viewObj.load, 'function');
+    assert.strictEqual(typeof viewObj.render, 'function');
+  });
+
+  const sample = {
+    version: '0.1.0', uptime_secs: 3725, public_key: 'xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=',
+    listen: '0.0.0.0:51820', egress_mode: 'tun',
+    peers: [{ name: 'laptop', public_key: 'TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0=', endpoint: '198.51.100.7:40000',
+      last_handshake_secs: 12, rx_bytes: 123456789, tx_bytes: 42 }],
+  };
+  let page;
+  await check('load + render with a running agent shows its status and peers', async () => {
+    statusReply = JSON.stringify(sample);
+    const st = await viewObj.load();
+    assert.deepStrictEqual(st, sample);
+    page = await viewObj.render(st);
+    const text = textOf(page);
+    for (const want of ['0.1.0', '3725', '0.0.0.0:51820', 'laptop', '198.51.100.7:40000', '123456789', '12 ago'])
+      assert(text.includes(want), `status panel lacks ${want}: ${text}`);
+  });
+
+  await check('status panel polls every 5 s and shows an unreachable agent', async () => {
+    assert.strictEqual(polls.length, 1);
+    assert.strictEqual(polls[0].interval, 5);
+    statusReply = new Error('Command failed');
+    await polls[0].fn();
+    const text = textOf(page);
+    assert(text.includes('not running') && text.includes('Command failed'), text);
+    statusReply = '{not json';
+    await polls[0].fn();
+    assert(textOf(page).includes('invalid JSON'), textOf(page));
+    statusReply = JSON.stringify({ version: '0.2.0', peers: [] });
+    await polls[0].fn();
+    assert(textOf(page).includes('No peers connected'), textOf(page));
+  });
+
+  await check('form edits exactly the UCI options the init script renders', () => {
+    const shell = shellOptions();
+    const main = sections.find((s) => s.kind === 'named');
+    const peer = sections.find((s) => s.kind === 'grid');
+    assert(main && main.sectionName === 'main' && main.uciType === 'ferry', 'NamedSection main of type ferry');
+    assert(peer && peer.uciType === 'peer', 'GridSection of type peer');
+    const formMain = new Set(options.filter((o) => o.section === main).map((o) => o.name));
+    const formPeer = new Set(options.filter((o) => o.section === peer).map((o) => o.name));
+    assert.deepStrictEqual([...formMain].sort(), [...shell.main].sort());
+    assert.deepStrictEqual([...formPeer].sort(), [...shell.peer].sort());
+  });
+
+  await check('validators accept good and reject bad input', () => {
+    const svc = options.find((o) => o.name === 'tunnel_service');
+    assert.strictEqual(svc.validate('x', 'udp/53'), true);
+    assert.notStrictEqual(svc.validate('x', 'dns'), true);
+    const key = options.find((o) => o.name === 'public_key');
+    assert.strictEqual(key.validate('x', sample.public_key), true);
+    assert.notStrictEqual(key.validate('x', 'short='), true);
+  });
+
+  console.log(`test-luci: ${passed} passed, ${failed} failed`);
+  process.exit(failed ? 1 : 0);
+})();
