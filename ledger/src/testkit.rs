@@ -1,0 +1,113 @@
+//! Deterministic fixtures (keys, vouchers, co-signed receipts) for tests and the
+//! `ferry-ledger bench` command. Not used by the server path.
+
+use ferry_receipts::{
+    CoSignedReceipt, NetworkId, ReceiptBody, SessionId, SigningKey, Voucher, VoucherId,
+};
+
+/// Network id used by fixtures.
+pub const NETWORK: NetworkId = NetworkId([0x42; 16]);
+
+/// A signing key derived from `n` (distinct `n` → distinct keys).
+pub fn key(tag: u8, n: u64) -> SigningKey {
+    let mut seed = [tag; 32];
+    seed[..8].copy_from_slice(&n.to_be_bytes());
+    SigningKey::from_seed(&seed)
+}
+
+/// A session id derived from `n`.
+pub fn session(n: u64) -> SessionId {
+    let mut s = [0x5e; 16];
+    s[..8].copy_from_slice(&n.to_be_bytes());
+    SessionId(s)
+}
+
+/// A relay-signed, client co-signed receipt with the given cumulative counters.
+#[allow(clippy::too_many_arguments)]
+pub fn receipt(
+    network: NetworkId,
+    relay: &SigningKey,
+    client: &SigningKey,
+    voucher_id: VoucherId,
+    price_micros_per_gib: u64,
+    session_id: SessionId,
+    seq: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+) -> CoSignedReceipt {
+    ReceiptBody {
+        network_id: network,
+        relay_key: relay.public_key(),
+        client_key: client.public_key(),
+        session_id,
+        voucher_id,
+        seq,
+        bytes_up,
+        bytes_down,
+        session_started_at: 1_700_000_000,
+        issued_at: 1_700_000_000 + seq,
+        price_micros_per_gib,
+    }
+    .sign(relay)
+    .cosign(client, bytes_up, bytes_down, 1_700_000_000 + seq)
+}
+
+/// A session's receipts `1..=n` of a voucher; counters grow by pseudo-random steps seeded
+/// with `seed`.
+pub fn session_receipts(
+    voucher: &Voucher,
+    relay: &SigningKey,
+    client: &SigningKey,
+    session_id: SessionId,
+    n: u64,
+    seed: u64,
+) -> Vec<CoSignedReceipt> {
+    let mut rng = SplitMix(seed);
+    let (mut up, mut down) = (0u64, 0u64);
+    (1..=n)
+        .map(|seq| {
+            up += rng.next() % 5_000_000;
+            down += rng.next() % 50_000_000;
+            receipt(
+                voucher.network_id,
+                relay,
+                client,
+                voucher.id(),
+                voucher.price_micros_per_gib,
+                session_id,
+                seq,
+                up,
+                down,
+            )
+        })
+        .collect()
+}
+
+/// SplitMix64: a tiny seeded generator for reproducible test data.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    /// Next pseudo-random value.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish value below `n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// Fisher–Yates shuffle.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = self.below(i as u64 + 1) as usize;
+            v.swap(i, j);
+        }
+    }
+}
