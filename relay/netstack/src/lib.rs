@@ -38,12 +38,14 @@
 //! Inside, [`NetStack`] is the sans-IO core (time injected as [`smoltcp::time::Instant`], no
 //! sockets, no clock reads); [`UserspaceEgress`] is the tokio shell driving it.
 
+#![warn(missing_docs)]
+
 mod config;
-mod core;
 mod device;
 mod packet;
 mod shell;
+mod stack;
 
 pub use config::{NetstackConfig, PolicyFn};
-pub use core::{Event, FlowId, NetStack, NetstackStats};
 pub use shell::UserspaceEgress;
+pub use stack::{Event, FlowId, NetStack, NetstackStats};

@@ -15,7 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tracing::{debug, trace};
 
-use crate::core::{Event, FlowId, NetStack, NetstackStats};
+use crate::stack::{Event, FlowId, NetStack, NetstackStats};
 use crate::{NetstackConfig, packet};
 
 /// Copy chunk per direction per TCP flow task.

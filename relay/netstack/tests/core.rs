@@ -315,3 +315,42 @@ fn unspecified_broadcast_and_multicast_destinations_are_never_dialed() {
     assert!(w.events().is_empty());
     assert_eq!(w.core.stats().refused_policy, 5);
 }
+
+/// CPU cost of the core (plus the smoltcp client) per byte: one download, no I/O.
+/// Run: `cargo test -p ferry-netstack --profile bench-fast --test core -- --ignored --nocapture`
+#[test]
+#[ignore = "throughput measurement, run by hand"]
+fn measure_core_download_throughput() {
+    const LEN: usize = 64 << 20;
+    let mut w = World::new(NetstackConfig::default());
+    let h = w.client.connect(REMOTE.parse().unwrap(), 256 * 1024);
+    w.pump();
+    let (flow, _) = dial_flow(&w.events());
+    w.core.tcp_dial_result(flow, true, w.now);
+    w.pump();
+    let chunk = pattern(3, 64 * 1024);
+    let (mut sent, mut got) = (0usize, 0usize);
+    let mut buf = vec![0u8; 64 * 1024];
+    let start = tokio::time::Instant::now();
+    while got < LEN {
+        while sent < LEN {
+            match w
+                .core
+                .poll_tcp_send(flow, &mut cx(), &chunk[..chunk.len().min(LEN - sent)])
+            {
+                Poll::Ready(n) => sent += n.unwrap(),
+                Poll::Pending => break,
+            }
+        }
+        while w.client.tcp(h).can_recv() {
+            got += w.client.tcp(h).recv_slice(&mut buf).unwrap();
+        }
+        w.pump();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "core download: {} MiB in {secs:.2} s = {:.0} Mbit/s (virtual-time pump, one core)",
+        LEN >> 20,
+        (LEN as f64 * 8.0) / secs / 1e6
+    );
+}

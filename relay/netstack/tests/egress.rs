@@ -103,8 +103,9 @@ async fn serve_once(listener: TcpListener, down: Vec<u8>) -> Vec<u8> {
     got
 }
 
-async fn transfer_both_ways(bind: IpAddr) {
-    const LEN: usize = 1 << 20;
+/// Move `LEN` bytes each way at once through the egress; returns the elapsed time.
+async fn transfer_both_ways<const LEN: usize>(bind: IpAddr) -> Duration {
+    let start = Instant::now();
     let listener = TcpListener::bind((bind, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (up, down) = (pattern(11, LEN), pattern(12, LEN));
@@ -114,7 +115,7 @@ async fn transfer_both_ways(bind: IpAddr) {
     let sock = h.client.connect(addr, 64 * 1024);
     let (mut sent, mut got, mut closed) = (0usize, Vec::with_capacity(LEN), false);
     let mut buf = vec![0u8; 16 * 1024];
-    let end = Instant::now() + Duration::from_secs(60);
+    let end = Instant::now() + Duration::from_secs(120);
     loop {
         assert!(
             Instant::now() < end,
@@ -150,16 +151,31 @@ async fn transfer_both_ways(bind: IpAddr) {
     // Both sides closed: the flow is torn down.
     h.until(10, |h| h.egress.stats().tcp_active == 0).await;
     assert_eq!(h.egress.stats().tcp_opened, 1);
+    start.elapsed()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_ipv4_relays_one_mib_each_way_exactly() {
-    transfer_both_ways(Ipv4Addr::LOCALHOST.into()).await;
+    transfer_both_ways::<{ 1 << 20 }>(Ipv4Addr::LOCALHOST.into()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_ipv6_relays_one_mib_each_way_exactly() {
-    transfer_both_ways(Ipv6Addr::LOCALHOST.into()).await;
+    transfer_both_ways::<{ 1 << 20 }>(Ipv6Addr::LOCALHOST.into()).await;
+}
+
+/// Run: `cargo test -p ferry-netstack --profile bench-fast --test egress -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "throughput measurement, run by hand"]
+async fn measure_tcp_throughput_through_shell() {
+    const LEN: usize = 32 << 20;
+    let t = transfer_both_ways::<LEN>(Ipv4Addr::LOCALHOST.into()).await;
+    eprintln!(
+        "shell: {} MiB each way in {:.2} s = {:.0} Mbit/s aggregate (test client included)",
+        LEN >> 20,
+        t.as_secs_f64(),
+        (2 * LEN) as f64 * 8.0 / t.as_secs_f64() / 1e6
+    );
 }
 
 /// A loopback port with nothing listening.

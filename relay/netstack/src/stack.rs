@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, RecvError, State};
@@ -24,6 +24,9 @@ use tracing::{debug, trace};
 use crate::NetstackConfig;
 use crate::device::QueueDevice;
 use crate::packet::{self, Parsed};
+
+mod udp;
+use udp::UdpFlow;
 
 /// The interface's own addresses (IPv4 dummy address RFC 7600, IPv6 discard prefix RFC 6666).
 /// They only serve as gateways of the catch-all routes that make AnyIP accept every destination.
@@ -104,14 +107,6 @@ struct TcpFlow {
     last_active: Instant,
     /// The shell's flow task is gone (or the flow was aborted): reap once closed.
     released: bool,
-}
-
-struct UdpFlow {
-    client: SocketAddr,
-    remote: SocketAddr,
-    queue: VecDeque<Vec<u8>>,
-    waker: Option<Waker>,
-    last_active: Instant,
 }
 
 /// Sans-IO userspace network stack terminating clients' TCP and UDP.
@@ -387,59 +382,6 @@ impl NetStack {
         }
     }
 
-    /// Next client datagram of UDP `flow`; `Ready(None)` when the flow has ended.
-    pub fn poll_udp_datagram(
-        &mut self,
-        flow: FlowId,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Vec<u8>>> {
-        let Some(f) = self.udp.get_mut(&flow) else {
-            return Poll::Ready(None);
-        };
-        match f.queue.pop_front() {
-            Some(d) => Poll::Ready(Some(d)),
-            None => {
-                f.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        }
-    }
-
-    /// A datagram from the outside for UDP `flow`: queue it towards the client.
-    pub fn udp_reply(&mut self, flow: FlowId, payload: &[u8], now: Instant) {
-        self.now = now;
-        let Some(f) = self.udp.get_mut(&flow) else {
-            return;
-        };
-        if payload.len() > packet::max_udp_payload(self.cfg.mtu, &f.remote) {
-            trace!(
-                flow = flow.0,
-                len = payload.len(),
-                "dropping oversized UDP reply"
-            );
-            self.stats.dropped_other += 1;
-            return;
-        }
-        if self.out.len() >= self.cfg.out_queue {
-            self.stats.dropped_other += 1;
-            return;
-        }
-        f.last_active = now;
-        if let Some(p) = packet::udp_reply(f.client, f.remote, payload) {
-            self.out.push_back(p);
-        }
-    }
-
-    /// The shell's task for UDP `flow` ended (socket error): forget the flow.
-    pub fn udp_release(&mut self, flow: FlowId) {
-        if let Some(mut f) = self.udp.remove(&flow) {
-            self.udp_index.remove(&(f.client, f.remote));
-            if let Some(w) = f.waker.take() {
-                w.wake();
-            }
-        }
-    }
-
     fn open_socket(&mut self, flow: FlowId) -> io::Result<&mut tcp::Socket<'static>> {
         match self.tcp.get(&flow).map(|f| &f.phase) {
             Some(TcpPhase::Open { handle }) => Ok(self.sockets.get_mut::<tcp::Socket>(*handle)),
@@ -533,53 +475,6 @@ impl NetStack {
         );
         self.tcp_index.insert((client, remote), id);
         self.events.push_back(Event::TcpDial { flow: id, remote });
-    }
-
-    fn handle_udp(&mut self, client: SocketAddr, remote: SocketAddr, payload: &[u8]) {
-        let now = self.now;
-        let id = match self.udp_index.get(&(client, remote)) {
-            Some(&id) => id,
-            None => {
-                if self.flow_count() >= self.cfg.max_flows {
-                    self.stats.refused_limit += 1;
-                    trace!("refusing UDP flow: limit");
-                    return;
-                }
-                if !self.dialable(client.ip(), remote.ip()) {
-                    self.stats.refused_policy += 1;
-                    trace!("refusing UDP flow: policy");
-                    return;
-                }
-                let id = self.alloc_flow();
-                debug!(flow = id.0, %remote, "new UDP flow");
-                self.stats.udp_opened += 1;
-                self.udp.insert(
-                    id,
-                    UdpFlow {
-                        client,
-                        remote,
-                        queue: VecDeque::new(),
-                        waker: None,
-                        last_active: now,
-                    },
-                );
-                self.udp_index.insert((client, remote), id);
-                self.events.push_back(Event::UdpOpen { flow: id, remote });
-                id
-            }
-        };
-        let Some(f) = self.udp.get_mut(&id) else {
-            return;
-        };
-        f.last_active = now;
-        if f.queue.len() >= self.cfg.udp_queue {
-            self.stats.dropped_other += 1;
-            return;
-        }
-        f.queue.push_back(payload.to_vec());
-        if let Some(w) = f.waker.take() {
-            w.wake();
-        }
     }
 
     fn queue_for_smoltcp(&mut self, pkt: &[u8]) {
