@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 
 use crate::netns::{Lab, Ns, ProcId, run};
-use crate::wait::{wait_link, wait_udp_listen};
+use crate::wait::wait_until;
 use crate::wg::{KeyPair, tunnel};
 
 /// Path of the `ferry-agent` binary, building it on first use.
@@ -234,22 +234,34 @@ impl Agent {
             label,
             ns: ns.clone(),
         };
-        let ready =
-            wait_udp_listen(ns, cfg.listen.port(), Duration::from_secs(20)).and_then(|()| {
-                if cfg.egress == Egress::Tun {
-                    wait_link(ns, &agent.tun_name, Duration::from_secs(10))
-                } else {
-                    Ok(())
+        let port = format!(":{} ", cfg.listen.port());
+        let mut exited = false;
+        let ready = wait_until(
+            Duration::from_secs(20),
+            "ferry-agent UDP port and TUN",
+            || {
+                if !lab.is_running(proc) {
+                    exited = true;
+                    return true;
                 }
-            });
-        if let Err(e) = ready {
+                let udp = ns
+                    .exec(&["ss", "-Huln"])
+                    .is_ok_and(|o| o.lines().any(|l| l.contains(&port)));
+                udp && (cfg.egress != Egress::Tun
+                    || ns.ip(&["link", "show", &agent.tun_name]).is_ok())
+            },
+        );
+        if exited || ready.is_err() {
             let log = lab.log(&agent.label);
-            let state = if lab.is_running(proc) {
-                "running"
-            } else {
+            let state = if exited {
                 "exited"
+            } else {
+                "running but not ready"
             };
-            return Err(e.context(format!("ferry-agent not ready ({state}); log:\n{log}")));
+            return Err(anyhow!(
+                "ferry-agent {state}; config:\n{}\nlog:\n{log}",
+                cfg.render(&key_file, &agent.tun_name)
+            ));
         }
         Ok(agent)
     }

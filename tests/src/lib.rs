@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod multipeer;
 pub mod netns;
+pub mod scenario;
 pub mod servers;
 pub mod topology;
 pub mod wait;

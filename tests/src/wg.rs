@@ -179,9 +179,10 @@ impl WgGo {
                 "table",
                 &m,
             ])?;
-            self.ns.ip(&[
-                fam, "rule", "add", "not", "fwmark", &m, "table", &m, "pref", "100",
-            ])?;
+            let rule = ["not", "fwmark", &m, "table", &m, "pref", "100"];
+            // A previous client in this namespace may have left the same rule: replace it.
+            let _ = self.ns.ip(&[&[fam, "rule", "del"][..], &rule].concat());
+            self.ns.ip(&[&[fam, "rule", "add"][..], &rule].concat())?;
         }
         Ok(())
     }
