@@ -1,1 +1,29 @@
-//! Ferry durable receipt store (in progress).
+//! Ferry's durable receipt store and ledger submitter.
+//!
+//! Owns: the on-disk format of the relay's (and client's) co-signed receipts — an
+//! append-only log of checksummed records, fsynced before [`Store::append`] returns, with
+//! crash recovery that cuts only a torn or corrupt tail, batching (one fsync per batch),
+//! compaction to the latest state per session, and typed disk-full errors; plus the
+//! [`Submitter`] task that moves pending receipts to the ledger with backoff.
+//!
+//! Must not: acknowledge anything before it is durable, panic on bad disk contents or a
+//! full disk, verify signatures (callers store only verified receipts), or read clocks
+//! and randomness in [`Backoff`] (the submitter shell passes them in).
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod backoff;
+mod file;
+mod record;
+mod store;
+mod submit;
+
+pub use backoff::Backoff;
+pub use file::{FileWrapper, LogFile, is_no_space};
+pub use record::{
+    MAGIC, MAX_EXTRA_LEN, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN, Record, Scan, SessionOpen, scan,
+};
+pub use store::{RecoveryReport, SessionEntry, Store, StoreError, StoreStats};
+pub use submit::{
+    HttpLedger, ItemOutcome, SubmitError, Submitter, SubmitterConfig, SubmitterStats,
+};

@@ -1,0 +1,331 @@
+//! Sends co-signed receipts to the ledger (`POST {ledger_url}/v1/receipts/batch`, body
+//! `{"receipts":[base64, ...]}`), marking them submitted in the store only after the
+//! ledger answered 2xx and listed the item as advanced, duplicate or stale. Anything else
+//! stays pending and is retried with exponential backoff, so nothing is lost while the
+//! ledger is down. Items the ledger rejects stay stored and are retried only every
+//! `rejected_retry` (they may be accepted later, e.g. once a voucher is known).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use ferry_receipts::{CoSignedReceipt, SessionId};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use thiserror::Error;
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::Store;
+use crate::backoff::Backoff;
+
+/// Why one submission attempt failed (all are retried).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// The ledger URL is not `http://host:port[/prefix]`.
+    #[error("unsupported ledger url {0:?} (http://host[:port][/prefix] only)")]
+    BadUrl(String),
+    /// Connecting, sending or reading failed.
+    #[error("ledger unreachable: {0}")]
+    Transport(String),
+    /// The ledger answered with a non-2xx status.
+    #[error("ledger answered HTTP {0}")]
+    Status(u16),
+    /// The response was not the expected JSON.
+    #[error("unexpected ledger response: {0}")]
+    BadResponse(String),
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(String),
+}
+
+/// What the ledger said about one receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ItemOutcome {
+    /// Recorded (advanced, duplicate or stale): done.
+    Accepted,
+    /// Refused with this code.
+    Rejected(String),
+}
+
+/// HTTP/1.1 client for the ledger's batch endpoint (plain HTTP; put TLS in front with a
+/// local proxy if the ledger is remote).
+#[derive(Debug, Clone)]
+pub struct HttpLedger {
+    authority: String,
+    path: String,
+    timeout: Duration,
+}
+
+impl HttpLedger {
+    /// `ledger_url` like `http://10.0.0.5:8080` or `http://ledger.lan/api`.
+    pub fn new(ledger_url: &str, timeout: Duration) -> Result<Self, SubmitError> {
+        let bad = || SubmitError::BadUrl(ledger_url.to_owned());
+        let rest = ledger_url.strip_prefix("http://").ok_or_else(bad)?;
+        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
+            return Err(bad());
+        }
+        let authority = if authority.contains(':') && !authority.ends_with(']') {
+            authority.to_owned()
+        } else {
+            format!("{authority}:80")
+        };
+        let prefix = prefix.trim_end_matches('/');
+        let path = if prefix.is_empty() {
+            "/v1/receipts/batch".to_owned()
+        } else {
+            format!("/{prefix}/v1/receipts/batch")
+        };
+        Ok(Self {
+            authority,
+            path,
+            timeout,
+        })
+    }
+
+    /// Posts one batch; returns one outcome per receipt, in order.
+    pub async fn post_batch(
+        &self,
+        receipts: &[CoSignedReceipt],
+    ) -> Result<Vec<ItemOutcome>, SubmitError> {
+        match tokio::time::timeout(self.timeout, self.post_inner(receipts)).await {
+            Ok(r) => r,
+            Err(_) => Err(SubmitError::Transport("timed out".into())),
+        }
+    }
+
+    async fn post_inner(
+        &self,
+        receipts: &[CoSignedReceipt],
+    ) -> Result<Vec<ItemOutcome>, SubmitError> {
+        let t = |e: &dyn std::fmt::Display| SubmitError::Transport(e.to_string());
+        let list: Vec<String> = receipts.iter().map(|c| B64.encode(c.encode())).collect();
+        let body = serde_json::json!({ "receipts": list }).to_string();
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| t(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| t(&e))?;
+        let conn = tokio::spawn(conn);
+        let req = Request::post(self.path.as_str())
+            .header(HOST, self.authority.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| t(&e))?;
+        let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| t(&e))?
+            .to_bytes();
+        conn.abort();
+        if !status.is_success() {
+            return Err(SubmitError::Status(status.as_u16()));
+        }
+        parse_results(&bytes, receipts.len())
+    }
+}
+
+fn parse_results(body: &[u8], n: usize) -> Result<Vec<ItemOutcome>, SubmitError> {
+    let bad = |m: &str| SubmitError::BadResponse(m.to_owned());
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| SubmitError::BadResponse(e.to_string()))?;
+    let results = v
+        .get("results")
+        .and_then(|r| r.as_array())
+        .ok_or_else(|| bad("no results array"))?;
+    if results.len() != n {
+        return Err(bad("results length differs from batch length"));
+    }
+    results
+        .iter()
+        .map(|r| match r.get("status").and_then(|s| s.as_str()) {
+            Some("advanced" | "duplicate" | "stale") => Ok(ItemOutcome::Accepted),
+            Some("rejected") => Ok(ItemOutcome::Rejected(
+                r.get("code")
+                    .and_then(|c| c.as_str())
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            )),
+            _ => Err(bad("unknown item status")),
+        })
+        .collect()
+}
+
+/// Submitter policy.
+#[derive(Debug, Clone)]
+pub struct SubmitterConfig {
+    /// Receipts per POST.
+    pub batch: usize,
+    /// First retry delay.
+    pub backoff_base: Duration,
+    /// Longest retry delay.
+    pub backoff_max: Duration,
+    /// Re-check the store this often even without a kick.
+    pub idle_poll: Duration,
+    /// Retry receipts the ledger rejected after this long.
+    pub rejected_retry: Duration,
+}
+
+impl Default for SubmitterConfig {
+    fn default() -> Self {
+        Self {
+            batch: 64,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            idle_poll: Duration::from_secs(30),
+            rejected_retry: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// Counters for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubmitterStats {
+    /// Receipts the ledger accepted.
+    pub accepted: u64,
+    /// Receipts the ledger rejected (kept, retried later).
+    pub rejected: u64,
+    /// Failed attempts (ledger down, bad answer, store error).
+    pub failures: u64,
+}
+
+/// Background task moving pending receipts from the store to the ledger.
+pub struct Submitter {
+    store: Arc<Mutex<Store>>,
+    ledger: HttpLedger,
+    cfg: SubmitterConfig,
+    random: Box<dyn FnMut() -> u64 + Send>,
+    kick: Arc<Notify>,
+    stats: Arc<Mutex<SubmitterStats>>,
+    held: BTreeMap<(SessionId, u64), Instant>,
+}
+
+impl Submitter {
+    /// `random` supplies jitter (e.g. from `ring::rand::SystemRandom`).
+    pub fn new(
+        store: Arc<Mutex<Store>>,
+        ledger: HttpLedger,
+        cfg: SubmitterConfig,
+        random: Box<dyn FnMut() -> u64 + Send>,
+    ) -> Self {
+        Self {
+            store,
+            ledger,
+            cfg,
+            random,
+            kick: Arc::new(Notify::new()),
+            stats: Arc::new(Mutex::new(SubmitterStats::default())),
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Notify after storing a receipt to submit it without waiting for `idle_poll`.
+    pub fn kicker(&self) -> Arc<Notify> {
+        self.kick.clone()
+    }
+
+    /// Shared counters.
+    pub fn stats(&self) -> Arc<Mutex<SubmitterStats>> {
+        self.stats.clone()
+    }
+
+    fn bump(&self, f: impl FnOnce(&mut SubmitterStats)) {
+        if let Ok(mut s) = self.stats.lock() {
+            f(&mut s);
+        }
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut backoff = Backoff::new(self.cfg.backoff_base, self.cfg.backoff_max);
+        loop {
+            let wait = match self.attempt().await {
+                Ok(0) => {
+                    backoff.reset();
+                    self.cfg.idle_poll
+                }
+                Ok(_) => {
+                    backoff.reset();
+                    continue;
+                }
+                Err(e) => {
+                    self.bump(|s| s.failures += 1);
+                    let d = backoff.next_delay((self.random)());
+                    tracing::debug!(error = %e, retry_in_ms = d.as_millis() as u64, "receipt submission failed");
+                    if backoff.failures() == 5 {
+                        tracing::warn!(error = %e, "ledger unreachable; co-signed receipts are kept and retried");
+                    }
+                    d
+                }
+            };
+            tokio::select! {
+                () = &mut shutdown => return,
+                () = self.kick.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// One round: submits one batch; returns how many receipts were marked submitted.
+    pub async fn attempt(&mut self) -> Result<usize, SubmitError> {
+        let now = Instant::now();
+        let retry = self.cfg.rejected_retry;
+        self.held.retain(|_, t| now.duration_since(*t) < retry);
+        let want = self.cfg.batch + self.held.len();
+        let store = self.store.clone();
+        let pending = tokio::task::spawn_blocking(move || {
+            store.lock().map(|s| s.pending(want)).unwrap_or_default()
+        })
+        .await
+        .map_err(|e| SubmitError::Store(e.to_string()))?;
+        let batch: Vec<CoSignedReceipt> = pending
+            .into_iter()
+            .filter(|c| !self.held.contains_key(&key(c)))
+            .take(self.cfg.batch)
+            .collect();
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let outcomes = self.ledger.post_batch(&batch).await?;
+        let mut done = Vec::new();
+        for (c, o) in batch.iter().zip(outcomes) {
+            match o {
+                ItemOutcome::Accepted => done.push(key(c)),
+                ItemOutcome::Rejected(code) => {
+                    tracing::warn!(session = %c.body().session_id, seq = c.body().seq, %code, "ledger rejected a co-signed receipt; kept for retry");
+                    self.bump(|s| s.rejected += 1);
+                    self.held.insert(key(c), now);
+                }
+            }
+        }
+        let n = done.len();
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || match store.lock() {
+            Ok(mut s) => s.mark_submitted(&done).map_err(|e| e.to_string()),
+            Err(_) => Err("store mutex poisoned".to_owned()),
+        })
+        .await
+        .map_err(|e| SubmitError::Store(e.to_string()))?
+        .map_err(SubmitError::Store)?;
+        self.bump(|s| s.accepted += n as u64);
+        Ok(n)
+    }
+}
+
+fn key(c: &CoSignedReceipt) -> (SessionId, u64) {
+    (c.body().session_id, c.body().seq)
+}
