@@ -188,6 +188,9 @@ return view.extend({
 		o = s.taboption('advanced', form.Value, 'status_url', _('Status API URL'));
 		o.placeholder = 'http://127.0.0.1:9586/status';
 
+		o = s.taboption('advanced', form.Value, 'status_token_file', _('Status API token file'),
+			_('Only if the agent\'s [metrics] token-file is set; needs curl.'));
+
 		o = s.taboption('advanced', form.Value, 'extra_toml', _('Extra TOML file'),
 			_('Appended to the generated agent config (sections not modelled here).'));
 		o.placeholder = '/etc/ferry/extra.toml';

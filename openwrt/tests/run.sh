@@ -1,0 +1,68 @@
+#!/bin/sh
+# Runs every OpenWrt check that needs no cross build (well under a minute): sh -n and shellcheck
+# on all shell scripts, jq on the JSON files, node --check and a behaviour test of the LuCI view,
+# the UCI->TOML rendering, the init script, the uci-defaults firewall script and the .ipk builder.
+# Needs: shellcheck, jq, node, python3 >= 3.11 (tomllib), GNU tar/gzip, file; busybox optional
+# (then the renderer is also tested under busybox ash, OpenWrt's shell).
+# Usage: openwrt/tests/run.sh     (exit status 0 when everything passed)
+set -u
+HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
+ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
+cd "$ROOT" || exit 1
+pass=0 fail=0
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+step() {
+	name=$1
+	shift
+	if "$@" >"$tmp/out" 2>&1; then
+		pass=$((pass + 1))
+		echo "ok   - $name"
+	else
+		fail=$((fail + 1))
+		echo "FAIL - $name"
+		sed 's/^/       /' "$tmp/out"
+	fi
+}
+
+for tool in shellcheck jq node python3; do
+	command -v "$tool" >/dev/null 2>&1 || {
+		echo "openwrt/tests/run.sh: $tool is required" >&2
+		exit 1
+	}
+done
+
+# Shell scripts: files under openwrt/ with a sh shebang or a `# shellcheck shell=sh` header.
+scripts=$(find openwrt -type f ! -name '*.js' ! -name '*.json' ! -name '*.py' ! -name Makefile | LC_ALL=C sort |
+	while read -r f; do
+		if head -n1 "$f" | grep -q '^#!/bin/sh' || head -n1 "$f" | grep -q '^# shellcheck shell=sh'; then echo "$f"; fi
+	done)
+for f in $scripts; do
+	step "sh -n $f" sh -n "$f"
+done
+# shellcheck disable=SC2086 # one argument per script
+step "shellcheck ($(echo $scripts | wc -w) scripts)" shellcheck -x -s sh $scripts
+
+for f in $(find openwrt -name '*.json' | LC_ALL=C sort); do
+	step "jq $f" jq -e . "$f"
+done
+
+js=openwrt/luci-app-ferry/htdocs/luci-static/resources/view/ferry/config.js
+# LuCI loads a view as a function body (it ends in a top-level `return`): check it wrapped.
+{
+	echo '(function() {'
+	cat "$js"
+	echo '});'
+} >"$tmp/view.js"
+step "node --check $js (wrapped as LuCI does)" node --check "$tmp/view.js"
+step "node --check openwrt/tests/test-luci.js" node --check openwrt/tests/test-luci.js
+
+step "LuCI view behaviour (tests/test-luci.js)" node openwrt/tests/test-luci.js
+step "UCI -> TOML rendering (tests/test-render.sh)" sh openwrt/tests/test-render.sh
+step "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-init.sh
+step "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
+step ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
+
+echo "openwrt: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]

@@ -1,0 +1,100 @@
+#!/bin/sh
+# Tests /etc/init.d/ferry (openwrt/package/ferry/files/ferry.init) with stand-ins for rc.common's
+# procd helpers, logger, /lib/functions.sh (tests/lib/fake-functions.sh) and ferry-agent: the
+# procd instance (command, respawn, stdout/stderr, RUST_LOG, watched files), the reload trigger,
+# key creation with mode 0600, the rendered config, and refusing to start on a bad config.
+set -eu
+HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
+ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
+FILES="$ROOT/openwrt/package/ferry/files"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0 fail=0
+
+# A ferry-agent stand-in: genkey prints a key, check-config parses the TOML (or fails on demand).
+cat >"$tmp/ferry-agent" <<AGENT
+#!/bin/sh
+case "\$1" in
+genkey) echo "YEC3B2vH3aE3Q9kW2p7ZqT9j0v4mGq1w0o6yJ5XxK2w=" ;;
+check-config) [ ! -e "$tmp/reject" ] && python3 "$HERE/lib/toml_check.py" subset "\$3" '{}' ;;
+*) exit 2 ;;
+esac
+AGENT
+chmod +x "$tmp/ferry-agent"
+
+# run_init FIXTURE ACTION: sources the init script with stand-ins and calls ACTION; the procd
+# calls land in $tmp/procd, log lines in $tmp/log.
+run_init() {
+	mkdir -p "$tmp/uci"
+	printf '%s\n' "$1" >"$tmp/uci/ferry"
+	rm -f "$tmp/procd" "$tmp/log"
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	env UCI_CONFIG_DIR="$tmp/uci" T="$tmp" FAKE="$HERE/lib/fake-functions.sh" INIT="$FILES/ferry.init" \
+		RENDER_SH="$FILES/ferry-render.sh" ACTION="$2" sh -c '
+		. "$FAKE"
+		procd_open_instance() { echo "open $*" >>"$T/procd"; }
+		procd_set_param() { echo "param $*" >>"$T/procd"; }
+		procd_close_instance() { echo "close" >>"$T/procd"; }
+		procd_add_reload_trigger() { echo "reload-trigger $*" >>"$T/procd"; }
+		logger() { echo "logger $*" >>"$T/log"; }
+		. "$INIT"
+		PROG="$T/ferry-agent" RUN_DIR="$T/run" RUN_CONF="$T/run/agent.toml" RENDER="$RENDER_SH"
+		$ACTION'
+}
+
+check() {
+	name=$1
+	shift
+	if "$@"; then
+		pass=$((pass + 1))
+		echo "ok   - $name"
+	else
+		fail=$((fail + 1))
+		echo "FAIL - $name"
+		for f in "$tmp/procd" "$tmp/log"; do [ ! -f "$f" ] || sed 's/^/       /' "$f"; done
+	fi
+}
+procd_has() { grep -qxF "$1" "$tmp/procd"; }
+mode_of() { stat -c %a "$1"; }
+
+KEY="$tmp/keys/wg.key"
+CONF="config ferry 'main'
+	option enabled '1'
+	option private_key_file '$KEY'
+	option log_level 'debug'
+	list address '10.77.0.1/24'"
+
+run_init "$CONF" service_triggers
+check "reload trigger on UCI config ferry" procd_has "reload-trigger ferry"
+
+run_init "$CONF" start_service
+check "key created with mode 0600 in a 0700 directory" \
+	sh -c "[ \"\$(stat -c %a '$KEY')\" = 600 ] && [ \"\$(stat -c %a '${KEY%/*}')\" = 700 ] && [ -s '$KEY' ]"
+check "instance runs ferry-agent run --config <rendered>" procd_has "param command $tmp/ferry-agent run --config $tmp/run/agent.toml"
+check "respawn with threshold/timeout/retry" procd_has "param respawn 3600 5 5"
+check "stdout and stderr to the log" sh -c "grep -qx 'param stdout 1' '$tmp/procd' && grep -qx 'param stderr 1' '$tmp/procd'"
+check "RUST_LOG from log_level" procd_has "param env RUST_LOG=debug"
+check "procd watches the rendered config and key (restart on change)" procd_has "param file $tmp/run/agent.toml $KEY"
+check "instance opened and closed" sh -c "grep -qx 'open ferry' '$tmp/procd' && grep -qx close '$tmp/procd'"
+check "rendered config is the UCI config, mode 0600" sh -c "
+	python3 '$HERE/lib/toml_check.py' subset '$tmp/run/agent.toml' '{\"wireguard\": {\"private-key-file\": \"$KEY\", \"address\": [\"10.77.0.1/24\"]}}' &&
+	[ \"\$(stat -c %a '$tmp/run/agent.toml')\" = 600 ]"
+cp "$KEY" "$tmp/keep"
+run_init "$CONF" start_service
+check "an existing key is not replaced" cmp -s "$KEY" "$tmp/keep"
+
+run_init "config ferry 'main'
+	option enabled '0'" start_service
+check "disabled: no instance" test ! -e "$tmp/procd"
+
+run_init "$CONF
+	option mtu 'huge'" start_service || true
+check "invalid UCI value: no instance, error logged" sh -c "[ ! -e '$tmp/procd' ] && grep -q 'option mtu' '$tmp/log'"
+
+touch "$tmp/reject"
+run_init "$CONF" start_service || true
+rm -f "$tmp/reject"
+check "check-config rejects: no instance" test ! -e "$tmp/procd"
+
+echo "test-init: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
