@@ -28,6 +28,9 @@ pub struct NetstackConfig {
     pub tcp_idle_timeout: Duration,
     /// A UDP flow with no datagrams either way for this long is closed. Default 60 s.
     pub udp_idle_timeout: Duration,
+    /// Idle timeout of UDP flows to port 53 (one socket per DNS query otherwise piles up
+    /// against `max_flows`). Default 10 s.
+    pub udp_dns_idle_timeout: Duration,
     /// Client datagrams queued per UDP flow while the socket is busy; extra ones drop. Default 64.
     pub udp_queue: usize,
     /// Client-bound packets queued for [`crate::UserspaceEgress::recv`]; extra ones drop. Default 1024.
@@ -60,6 +63,7 @@ impl Default for NetstackConfig {
             connect_timeout: Duration::from_secs(10),
             tcp_idle_timeout: Duration::from_secs(3600),
             udp_idle_timeout: Duration::from_secs(60),
+            udp_dns_idle_timeout: Duration::from_secs(10),
             udp_queue: 64,
             out_queue: 1024,
             policy: None,
@@ -77,6 +81,7 @@ impl fmt::Debug for NetstackConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("tcp_idle_timeout", &self.tcp_idle_timeout)
             .field("udp_idle_timeout", &self.udp_idle_timeout)
+            .field("udp_dns_idle_timeout", &self.udp_dns_idle_timeout)
             .field("udp_queue", &self.udp_queue)
             .field("out_queue", &self.out_queue)
             .field("policy", &self.policy.as_ref().map(|_| "<fn>"))

@@ -16,7 +16,7 @@
 //! // internet -> client: next IP packet to encrypt towards the client owning its dst address
 //! let n = egress.recv(&mut buf).await;            // buf.len() >= mtu; returns packet length
 //! let s = egress.stats();                         // NetstackStats counters
-//! drop(egress);                                   // aborts all flow tasks and sockets
+//! egress.shutdown();                              // or drop: aborts all flow tasks and sockets
 //! ```
 //!
 //! - [`UserspaceEgress::new`] must be called inside a tokio runtime (it spawns the driver task).
@@ -33,7 +33,11 @@
 //!   connected to dst); replies come back from dst to the client's src. Idle flows expire.
 //! - ICMP (including echo) and other protocols are dropped: unprivileged sockets cannot send them.
 //! - Limits: at most [`NetstackConfig::max_flows`] TCP+UDP flows; TCP buffers are
-//!   [`NetstackConfig::tcp_buffer`] bytes per direction.
+//!   [`NetstackConfig::tcp_buffer`] bytes per direction. Every flow holds one file descriptor:
+//!   the agent should raise `RLIMIT_NOFILE` above `max_flows` (EMFILE makes new flows fail:
+//!   TCP clients get a RST, UDP datagrams are dropped).
+//! - IPv4 fragments and IPv6 extension headers are dropped (clients use MTU 1420, so TCP never
+//!   fragments; oversized UDP replies that would not fit the MTU are dropped, not truncated).
 //!
 //! Inside, [`NetStack`] is the sans-IO core (time injected as [`smoltcp::time::Instant`], no
 //! sockets, no clock reads); [`UserspaceEgress`] is the tokio shell driving it.

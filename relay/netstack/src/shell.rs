@@ -112,6 +112,12 @@ impl UserspaceEgress {
         s
     }
 
+    /// Stop the driver and every flow (outside sockets are closed). Afterwards `send` is a
+    /// no-op for the network and `recv` never returns. Dropping the egress does the same.
+    pub fn shutdown(&self) {
+        self.driver.abort();
+    }
+
     /// The configured MTU (largest packet `recv` returns).
     pub fn mtu(&self) -> usize {
         self.shared.mtu

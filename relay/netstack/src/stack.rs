@@ -498,10 +498,18 @@ impl NetStack {
     fn sweep_idle(&mut self, now: Instant) {
         let tcp_idle = to_smol(self.cfg.tcp_idle_timeout);
         let udp_idle = to_smol(self.cfg.udp_idle_timeout);
+        let dns_idle = to_smol(self.cfg.udp_dns_idle_timeout);
         let idle_udp: Vec<FlowId> = self
             .udp
             .iter()
-            .filter(|(_, f)| now - f.last_active >= udp_idle)
+            .filter(|(_, f)| {
+                let limit = if f.remote.port() == 53 {
+                    dns_idle
+                } else {
+                    udp_idle
+                };
+                now - f.last_active >= limit
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in idle_udp {

@@ -231,7 +231,7 @@ fn policy_hook_refuses_tcp_and_udp() {
 fn udp_flow_relays_and_expires_when_idle() {
     let mut w = World::new(NetstackConfig::default());
     let client: SocketAddr = "10.77.0.2:5353".parse().unwrap();
-    let remote: SocketAddr = "192.0.2.53:53".parse().unwrap();
+    let remote: SocketAddr = "192.0.2.53:443".parse().unwrap();
     w.core
         .handle_client_packet(&udp_packet(client, remote, b"one"), w.now);
     w.core
@@ -259,7 +259,16 @@ fn udp_flow_relays_and_expires_when_idle() {
     w.core.udp_reply(flow, &vec![0u8; 1420 - 28 + 1], w.now);
     assert!(w.core.poll_client_packet().is_none());
 
-    w.advance(Duration::from_secs(61));
+    // A DNS flow expires after the short DNS timeout, the other one only after udp_idle_timeout.
+    let dns: SocketAddr = "192.0.2.53:53".parse().unwrap();
+    w.core
+        .handle_client_packet(&udp_packet(client, dns, b"q"), w.now);
+    w.core.poll(w.now);
+    assert_eq!(w.events().len(), 1);
+    w.advance(Duration::from_secs(11));
+    assert_eq!(w.core.stats().udp_active, 1);
+    assert_eq!(w.core.poll_udp_datagram(flow, &mut cx()), Poll::Pending);
+    w.advance(Duration::from_secs(50));
     assert_eq!(w.core.stats().udp_active, 0);
     assert_eq!(w.core.poll_udp_datagram(flow, &mut cx()), Poll::Ready(None));
 }

@@ -301,3 +301,31 @@ async fn udp_echo_ipv4() {
 async fn udp_echo_ipv6() {
     udp_echo(Ipv6Addr::LOCALHOST.into(), common::CLIENT_V6.into()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_outside_connections() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut h = Harness::new(NetstackConfig::default());
+    let sock = h.client.connect(addr, 4096);
+    h.until(10, |h| h.state(sock) == State::Established).await;
+    let (mut server, _) = timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Positive control: the connection is idle and open.
+    assert!(
+        timeout(Duration::from_millis(100), server.read(&mut buf))
+            .await
+            .is_err()
+    );
+    h.egress.shutdown();
+    let r = timeout(Duration::from_secs(5), server.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "connection still open after shutdown"
+    );
+}
