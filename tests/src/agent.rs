@@ -112,7 +112,9 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults matching [`tunnel`]: listen on all v4 addresses, 10.77.0.1/24 + fd77::1/64.
+    /// Defaults matching [`tunnel`]: listen on all v4 addresses, 10.77.0.1/24 + fd77::1/64, and
+    /// `allow` = exactly the internet host: the topology uses documentation ranges (RFC 5737/3849),
+    /// which the agent blocks by default like every special range.
     pub fn new(egress: Egress) -> Self {
         Self {
             egress,
@@ -122,7 +124,10 @@ impl AgentConfig {
                 .map(|s| (*s).to_owned())
                 .collect(),
             mtu: tunnel::MTU,
-            allow: vec![],
+            allow: vec![
+                format!("{}/32", crate::topology::INET4),
+                format!("{}/128", crate::topology::INET6),
+            ],
             deny: vec![],
             max_peers: 1024,
             client_rate_mbit: 0,
@@ -280,5 +285,32 @@ impl Agent {
     /// `host:port` a client in the standard topology uses as endpoint.
     pub fn endpoint() -> SocketAddr {
         SocketAddr::from((crate::topology::ROUTER_WAN4, tunnel::RELAY_PORT))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_config_is_toml_with_the_contract_keys() {
+        let mut c = AgentConfig::new(Egress::Tun);
+        c.peer("a\"b", "KEY=", &["10.77.0.2/32", "fd77::2/128"]);
+        let text = c.render(Path::new("/tmp/k ey"), "fe1x0ft");
+        let v: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(
+            v["wireguard"]["private-key-file"].as_str(),
+            Some("/tmp/k ey")
+        );
+        assert_eq!(v["wireguard"]["listen"].as_str(), Some("0.0.0.0:51820"));
+        assert_eq!(v["egress"]["mode"].as_str(), Some("tun"));
+        assert_eq!(v["egress"]["tun-name"].as_str(), Some("fe1x0ft"));
+        assert_eq!(v["egress"]["allow"].as_array().unwrap().len(), 2);
+        let peer = &v["peer"].as_array().unwrap()[0];
+        assert_eq!(peer["name"].as_str(), Some("a\"b"));
+        assert_eq!(peer["allowed-ips"].as_array().unwrap().len(), 2);
+        let us = AgentConfig::new(Egress::Userspace).render(Path::new("k"), "x");
+        let v: toml::Table = toml::from_str(&us).unwrap();
+        assert!(v["egress"].get("tun-name").is_none());
     }
 }
