@@ -1,3 +1,141 @@
 //! ferry-agent: the router daemon relaying paying clients' WireGuard traffic and signing receipts.
+//!
+//! `main` only parses arguments, sets up logging and dispatches; see `run.rs` for the daemon.
 
-fn main() {}
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod config;
+mod keycmd;
+mod peers;
+mod run;
+
+/// Ferry relay agent: a userspace WireGuard endpoint that relays clients' traffic to the internet.
+#[derive(Parser, Debug)]
+#[command(name = "ferry-agent", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the relay (foreground; stops cleanly on SIGINT/SIGTERM).
+    Run {
+        /// Agent configuration file.
+        #[arg(
+            long,
+            short,
+            env = "FERRY_AGENT_CONFIG",
+            default_value = "/etc/ferry/agent.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Print a new WireGuard private key (base64). Use `umask 077` or --out to keep it 0600.
+    Genkey {
+        /// Write the key to this file (mode 0600, must not exist) instead of stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Read a private key on stdin, print its public key.
+    Pubkey,
+    /// Add a trusted (non-paying) peer to the config file.
+    AddPeer {
+        /// Agent configuration file to edit.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The peer's WireGuard public key (base64). Omit with --generate-key.
+        #[arg(long, required_unless_present = "generate_key")]
+        public_key: Option<String>,
+        /// Generate the peer's key pair; write its private key to this file (0600).
+        #[arg(long, conflicts_with = "public_key")]
+        generate_key: Option<PathBuf>,
+        /// Inner address(es) of the peer, e.g. 10.77.0.2/32 (repeatable). Default: next free.
+        #[arg(long = "allowed-ip")]
+        allowed_ips: Vec<String>,
+        /// Peer name (default: peer-N).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the peers in the config file.
+    Peers {
+        /// Agent configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Print a wg-quick client config for a trusted peer.
+    ExportClient {
+        /// Agent configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Peer name.
+        #[arg(long)]
+        peer: String,
+        /// Public host:port clients use to reach this relay.
+        #[arg(long)]
+        endpoint: String,
+        /// The peer's private key file (as written by add-peer --generate-key).
+        #[arg(long)]
+        private_key_file: Option<PathBuf>,
+        /// DNS server for the client config (e.g. the relay's tunnel address).
+        #[arg(long)]
+        dns: Option<String>,
+    },
+    /// Validate a config file (and the private key file) without starting.
+    CheckConfig {
+        /// Agent configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "ferry-agent: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Run { config } => run::run(&config),
+        Cmd::Genkey { out } => keycmd::genkey(out.as_deref()),
+        Cmd::Pubkey => keycmd::pubkey(),
+        Cmd::AddPeer {
+            config,
+            public_key,
+            generate_key,
+            allowed_ips,
+            name,
+        } => peers::add_peer(
+            &config,
+            public_key,
+            generate_key.as_deref(),
+            &allowed_ips,
+            name,
+        ),
+        Cmd::Peers { config } => peers::list(&config),
+        Cmd::ExportClient {
+            config,
+            peer,
+            endpoint,
+            private_key_file,
+            dns,
+        } => peers::export_client(
+            &config,
+            &peer,
+            &endpoint,
+            private_key_file.as_deref(),
+            dns.as_deref(),
+        ),
+        Cmd::CheckConfig { config } => run::check_config(&config),
+    }
+}

@@ -1,0 +1,357 @@
+//! The agent's TOML configuration: parsing, validation, and conversion into relay settings.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use ferry_keys::WgPublicKey;
+use ferry_relay_core::{IpNet, PolicyConfig, Proto, Service};
+use serde::Deserialize;
+
+/// Whole agent configuration (`/etc/ferry/agent.toml`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Config {
+    pub(crate) wireguard: Wireguard,
+    #[serde(default)]
+    pub(crate) egress: Egress,
+    #[serde(default)]
+    pub(crate) limits: Limits,
+    #[serde(default, rename = "peer")]
+    pub(crate) peers: Vec<Peer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Wireguard {
+    pub(crate) private_key_file: PathBuf,
+    #[serde(default = "default_listen")]
+    pub(crate) listen: String,
+    #[serde(default = "default_mtu")]
+    pub(crate) mtu: u32,
+    pub(crate) address: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum EgressMode {
+    Tun,
+    Userspace,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Egress {
+    #[serde(default = "default_mode")]
+    pub(crate) mode: EgressMode,
+    #[serde(default = "default_tun_name")]
+    pub(crate) tun_name: String,
+    #[serde(default = "yes")]
+    pub(crate) masquerade: bool,
+    #[serde(default)]
+    pub(crate) allow: Vec<String>,
+    #[serde(default)]
+    pub(crate) deny: Vec<String>,
+    #[serde(default)]
+    pub(crate) tunnel_services: Vec<String>,
+    #[serde(default = "yes")]
+    pub(crate) tunnel_ping: bool,
+}
+
+impl Default for Egress {
+    fn default() -> Self {
+        Self {
+            mode: default_mode(),
+            tun_name: default_tun_name(),
+            masquerade: true,
+            allow: Vec::new(),
+            deny: Vec::new(),
+            tunnel_services: Vec::new(),
+            tunnel_ping: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Limits {
+    #[serde(default = "default_max_peers")]
+    pub(crate) max_peers: usize,
+    #[serde(default)]
+    pub(crate) client_rate_mbit: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_peers: default_max_peers(),
+            client_rate_mbit: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Peer {
+    pub(crate) name: String,
+    pub(crate) public_key: String,
+    pub(crate) allowed_ips: Vec<String>,
+    #[serde(default)]
+    pub(crate) persistent_keepalive: Option<u16>,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:51820".into()
+}
+fn default_mtu() -> u32 {
+    1420
+}
+fn default_mode() -> EgressMode {
+    EgressMode::Tun
+}
+fn default_tun_name() -> String {
+    "ferry0".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_peers() -> usize {
+    1024
+}
+
+/// Hard upper bound on `max-peers` (router memory; boringtun indices are 24 bits).
+pub(crate) const MAX_PEERS_LIMIT: usize = 65_536;
+
+/// A validated configuration with every string parsed.
+#[derive(Debug, Clone)]
+pub(crate) struct Validated {
+    pub(crate) raw: Config,
+    /// Private key path, resolved against the config file's directory.
+    pub(crate) private_key_file: PathBuf,
+    pub(crate) listen: SocketAddr,
+    pub(crate) mtu: u16,
+    pub(crate) address: Vec<IpNet>,
+    pub(crate) allow: Vec<IpNet>,
+    pub(crate) deny: Vec<IpNet>,
+    pub(crate) tunnel_services: Vec<Service>,
+    pub(crate) peers: Vec<ValidPeer>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ValidPeer {
+    pub(crate) name: String,
+    pub(crate) public_key: WgPublicKey,
+    pub(crate) allowed_ips: Vec<IpNet>,
+    pub(crate) persistent_keepalive: Option<u16>,
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub(crate) fn load(path: &Path) -> Result<Validated> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses and validates TOML text; relative paths resolve against `base_dir`.
+    pub(crate) fn parse(text: &str, base_dir: &Path) -> Result<Validated> {
+        let raw: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        raw.validate(base_dir)
+    }
+
+    fn validate(self, base_dir: &Path) -> Result<Validated> {
+        let w = &self.wireguard;
+        let listen: SocketAddr = w.listen.parse().with_context(|| {
+            format!(
+                "wireguard.listen: {:?} is not an address:port like 0.0.0.0:51820",
+                w.listen
+            )
+        })?;
+        if listen.port() == 0 {
+            bail!("wireguard.listen: port must be 1..=65535, got 0");
+        }
+        if w.address.is_empty() {
+            bail!(
+                "wireguard.address: at least one tunnel address (e.g. \"10.77.0.1/24\") is required"
+            );
+        }
+        let address = cidrs("wireguard.address", &w.address)?;
+        let has_v6 = address.iter().any(|a| a.addr().is_ipv6());
+        let min_mtu = if has_v6 { 1280 } else { 576 };
+        if !(min_mtu..=9000).contains(&w.mtu) {
+            bail!(
+                "wireguard.mtu: {} is out of range {min_mtu}..=9000{}",
+                w.mtu,
+                if has_v6 {
+                    " (IPv6 needs at least 1280)"
+                } else {
+                    ""
+                }
+            );
+        }
+        let mtu = u16::try_from(w.mtu).context("wireguard.mtu")?;
+        if w.private_key_file.as_os_str().is_empty() {
+            bail!("wireguard.private-key-file: must not be empty");
+        }
+        let private_key_file = if w.private_key_file.is_absolute() {
+            w.private_key_file.clone()
+        } else {
+            base_dir.join(&w.private_key_file)
+        };
+
+        let e = &self.egress;
+        if e.tun_name.is_empty()
+            || e.tun_name.len() > 15
+            || !e
+                .tun_name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!(
+                "egress.tun-name: {:?} must be 1..=15 characters of [A-Za-z0-9-_.]",
+                e.tun_name
+            );
+        }
+        let allow = cidrs("egress.allow", &e.allow)?;
+        let deny = cidrs("egress.deny", &e.deny)?;
+        let tunnel_services = e
+            .tunnel_services
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                parse_service(s).with_context(|| format!("egress.tunnel-services[{i}]: {s:?}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+
+        let l = &self.limits;
+        if !(1..=MAX_PEERS_LIMIT).contains(&l.max_peers) {
+            bail!(
+                "limits.max-peers: {} is out of range 1..={MAX_PEERS_LIMIT}",
+                l.max_peers
+            );
+        }
+        if l.client_rate_mbit > 100_000 {
+            bail!(
+                "limits.client-rate-mbit: {} is above 100000 (use 0 for unlimited)",
+                l.client_rate_mbit
+            );
+        }
+        if self.peers.len() > l.max_peers {
+            bail!(
+                "{} [[peer]] entries exceed limits.max-peers = {}",
+                self.peers.len(),
+                l.max_peers
+            );
+        }
+
+        let mut names = HashSet::new();
+        let mut keys = HashSet::new();
+        let mut nets = HashSet::new();
+        let mut peers = Vec::new();
+        for (i, p) in self.peers.iter().enumerate() {
+            let ctx = format!("peer[{i}] ({:?})", p.name);
+            if p.name.is_empty()
+                || p.name.len() > 64
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+            {
+                bail!("{ctx}: name must be 1..=64 characters of [A-Za-z0-9-_.@]");
+            }
+            if !names.insert(p.name.clone()) {
+                bail!("{ctx}: duplicate peer name");
+            }
+            let public_key = WgPublicKey::from_base64(&p.public_key)
+                .map_err(|e| anyhow::anyhow!("{ctx}: public-key: {e}"))?;
+            if !keys.insert(public_key) {
+                bail!("{ctx}: duplicate public-key");
+            }
+            if p.allowed_ips.is_empty() {
+                bail!("{ctx}: allowed-ips must not be empty");
+            }
+            let allowed_ips = cidrs(&format!("{ctx}: allowed-ips"), &p.allowed_ips)?;
+            for n in &allowed_ips {
+                if !nets.insert(n.trunc()) {
+                    bail!("{ctx}: allowed IP {n} is already used by another peer");
+                }
+            }
+            peers.push(ValidPeer {
+                name: p.name.clone(),
+                public_key,
+                allowed_ips,
+                persistent_keepalive: p.persistent_keepalive,
+            });
+        }
+        Ok(Validated {
+            private_key_file,
+            listen,
+            mtu,
+            address,
+            allow,
+            deny,
+            tunnel_services,
+            peers,
+            raw: self,
+        })
+    }
+}
+
+impl Validated {
+    /// The relay's own tunnel addresses (host parts).
+    pub(crate) fn tunnel_ips(&self) -> Vec<IpAddr> {
+        self.address.iter().map(IpNet::addr).collect()
+    }
+
+    /// Egress policy settings; `router_addresses` come from the host at startup.
+    pub(crate) fn policy(&self, router_addresses: Vec<IpAddr>) -> PolicyConfig {
+        PolicyConfig {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            router_addresses,
+            tunnel_services: self.tunnel_services.clone(),
+            tunnel_ping: self.raw.egress.tunnel_ping,
+        }
+    }
+}
+
+fn cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| parse_cidr(s).with_context(|| format!("{field}[{i}]")))
+        .collect()
+}
+
+/// Parses "10.77.0.1/24" or a bare address (as /32 or /128).
+pub(crate) fn parse_cidr(s: &str) -> Result<IpNet> {
+    let s = s.trim();
+    if let Ok(n) = s.parse::<IpNet>() {
+        return Ok(n);
+    }
+    if let Ok(a) = s.parse::<IpAddr>() {
+        return Ok(IpNet::from(a));
+    }
+    bail!("{s:?} is not a valid CIDR (expected e.g. \"10.77.0.2/32\" or \"fd77::2/128\")")
+}
+
+fn parse_service(s: &str) -> Result<Service> {
+    let (proto, port) = s
+        .split_once('/')
+        .context("expected \"udp/PORT\" or \"tcp/PORT\"")?;
+    let proto = match proto.trim() {
+        "udp" => Proto::Udp,
+        "tcp" => Proto::Tcp,
+        other => bail!("unknown protocol {other:?} (expected udp or tcp)"),
+    };
+    let port: u16 = port.trim().parse().context("port must be 1..=65535")?;
+    if port == 0 {
+        bail!("port must be 1..=65535");
+    }
+    Ok(Service { proto, port })
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

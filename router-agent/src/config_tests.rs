@@ -1,0 +1,132 @@
+#![allow(clippy::unwrap_used)]
+use super::*;
+
+const KEY: &str = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=";
+
+fn minimal() -> String {
+    "[wireguard]\nprivate-key-file = \"wg.key\"\naddress = [\"10.77.0.1/24\", \"fd77::1/64\"]\n"
+        .to_owned()
+}
+
+fn err(text: &str) -> String {
+    format!(
+        "{:#}",
+        Config::parse(text, Path::new("/etc/ferry")).unwrap_err()
+    )
+}
+
+#[test]
+fn every_agent_example_in_config_dir_parses() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("agent") && name.ends_with(".toml") {
+            let v = Config::load(&path).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(!v.address.is_empty(), "{name}");
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 2,
+        "expected agent.example.toml and agent.userspace.example.toml, saw {seen}"
+    );
+}
+
+#[test]
+fn minimal_config_gets_defaults_and_resolves_key_path() {
+    let v = Config::parse(&minimal(), Path::new("/etc/ferry")).unwrap();
+    assert_eq!(v.listen, "0.0.0.0:51820".parse().unwrap());
+    assert_eq!(v.mtu, 1420);
+    assert_eq!(v.raw.egress.mode, EgressMode::Tun);
+    assert_eq!(v.raw.egress.tun_name, "ferry0");
+    assert!(v.raw.egress.masquerade);
+    assert_eq!(v.raw.limits.max_peers, 1024);
+    assert_eq!(v.private_key_file, Path::new("/etc/ferry/wg.key"));
+    assert_eq!(
+        v.tunnel_ips(),
+        vec![
+            "10.77.0.1".parse::<IpAddr>().unwrap(),
+            "fd77::1".parse().unwrap()
+        ]
+    );
+}
+
+#[test]
+fn bad_values_give_clear_errors() {
+    let cases = [
+        (
+            minimal().replace("10.77.0.1/24", "10.77.0.1/33"),
+            "wireguard.address[0]",
+        ),
+        (minimal() + "listen = \"0.0.0.0:0\"\n", "port must be"),
+        (minimal() + "listen = \"nonsense\"\n", "wireguard.listen"),
+        (
+            minimal() + "mtu = 100\n",
+            "wireguard.mtu: 100 is out of range 1280..=9000",
+        ),
+        (minimal() + "mtu = 70000\n", "wireguard.mtu"),
+        (
+            minimal() + "[egress]\nallow = [\"300.1.1.1/8\"]\n",
+            "egress.allow[0]",
+        ),
+        (
+            minimal() + "[egress]\ntun-name = \"this-name-is-far-too-long\"\n",
+            "egress.tun-name",
+        ),
+        (
+            minimal() + "[egress]\nmode = \"kernel\"\n",
+            "unknown variant",
+        ),
+        (
+            minimal() + "[egress]\ntunnel-services = [\"sctp/5\"]\n",
+            "tunnel-services[0]",
+        ),
+        (minimal() + "[limits]\nmax-peers = 0\n", "limits.max-peers"),
+        (minimal() + "bogus = 1\n", "unknown field"),
+        (minimal() + "[peer]\n", "expected a sequence"),
+        (minimal() + "[[peer]]\nname = \"x\"\n", "missing field"),
+        (
+            minimal()
+                + "[[peer]]\nname = \"a\"\npublic-key = \"short\"\nallowed-ips = [\"10.77.0.2/32\"]\n",
+            "public-key",
+        ),
+        (
+            minimal()
+                + &format!(
+                    "[[peer]]\nname = \"a\"\npublic-key = \"{KEY}\"\nallowed-ips = [\"10.77.0.2/32\"]\n"
+                )
+                + &format!(
+                    "[[peer]]\nname = \"b\"\npublic-key = \"{KEY}\"\nallowed-ips = [\"10.77.0.3/32\"]\n"
+                ),
+            "duplicate public-key",
+        ),
+        (
+            minimal()
+                + &format!(
+                    "[[peer]]\nname = \"a\"\npublic-key = \"{KEY}\"\nallowed-ips = [\"10.77.0.2/40\"]\n"
+                ),
+            "allowed-ips[0]",
+        ),
+    ];
+    for (text, want) in cases {
+        let e = err(&text);
+        assert!(e.contains(want), "expected {want:?} in error: {e}");
+    }
+}
+
+#[test]
+fn ipv4_only_allows_smaller_mtu() {
+    let text = "[wireguard]\nprivate-key-file = \"/k\"\naddress = [\"10.77.0.1/24\"]\nmtu = 1000\n";
+    assert_eq!(Config::parse(text, Path::new("/")).unwrap().mtu, 1000);
+}
+
+#[test]
+fn services_and_bare_addresses_parse() {
+    let text = minimal()
+        + "[egress]\ntunnel-services = [\"udp/53\", \"tcp/53\"]\nallow = [\"192.168.1.5\"]\n";
+    let v = Config::parse(&text, Path::new("/")).unwrap();
+    assert_eq!(v.tunnel_services.len(), 2);
+    assert_eq!(v.allow[0].to_string(), "192.168.1.5/32");
+}

@@ -1,0 +1,157 @@
+//! `run` and `check-config`: load everything, build the relay, start the shell, clean up.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use ferry_keys::WgPrivateKey;
+use ferry_netstack::{NetstackConfig, UserspaceEgress};
+use ferry_relay_core::{IpNet, PeerConfig, PublicKey, Relay, RelayConfig, Verdict};
+use ferry_relay_io::{
+    ForwardingGuard, NatGuard, Shell, ShellConfig, TunEgress, bind_udp, local_addresses,
+};
+use ring::rand::SecureRandom;
+
+use crate::config::{Config, EgressMode, Validated};
+
+pub(crate) fn check_config(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let key = WgPrivateKey::load(&cfg.private_key_file)
+        .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
+    let mut out = std::io::stdout().lock();
+    std::io::Write::write_fmt(
+        &mut out,
+        format_args!(
+            "config ok: listen {}, {} peer(s), egress {:?}, relay public key {}\n",
+            cfg.listen,
+            cfg.peers.len(),
+            cfg.raw.egress.mode,
+            key.public_key()
+        ),
+    )?;
+    Ok(())
+}
+
+pub(crate) fn run(path: &Path) -> Result<()> {
+    init_tracing();
+    let cfg = Config::load(path)?;
+    let key = WgPrivateKey::load(&cfg.private_key_file)
+        .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry-agent")
+        .build()
+        .context("starting tokio runtime")?;
+    rt.block_on(run_async(cfg, key))
+}
+
+fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
+    let router_addresses = local_addresses().context("listing the router's addresses")?;
+    let mut salt = [0u8; 4];
+    ring::rand::SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| anyhow::anyhow!("OS randomness unavailable"))?;
+    let mut relay = Relay::new(RelayConfig {
+        private_key: key.static_secret(),
+        tunnel_addresses: cfg.tunnel_ips(),
+        policy: cfg.policy(router_addresses),
+        max_peers: cfg.raw.limits.max_peers,
+        client_rate_bytes: cfg.raw.limits.client_rate_mbit.saturating_mul(125_000),
+        index_salt: u32::from_le_bytes(salt),
+    });
+    for p in &cfg.peers {
+        relay
+            .add_peer(PeerConfig {
+                public_key: PublicKey::from(*p.public_key.as_bytes()),
+                allowed_ips: p.allowed_ips.clone(),
+                preshared_key: None,
+                persistent_keepalive: p.persistent_keepalive,
+            })
+            .with_context(|| format!("adding peer {:?}", p.name))?;
+    }
+    Ok(relay)
+}
+
+async fn run_async(cfg: Validated, key: WgPrivateKey) -> Result<()> {
+    let relay = build_relay(&cfg, &key)?;
+    let udp = bind_udp(cfg.listen).with_context(|| format!("binding UDP {}", cfg.listen))?;
+    let shell_cfg = ShellConfig {
+        mtu: usize::from(cfg.mtu),
+        ..ShellConfig::default()
+    };
+    tracing::info!(
+        listen = %udp.local_addr()?,
+        public_key = %key.public_key(),
+        peers = cfg.peers.len(),
+        mode = ?cfg.raw.egress.mode,
+        rcvbuf = udp.recv_buffer_size(),
+        gso = udp.max_gso_segments(),
+        gro = udp.gro_segments(),
+        "ferry-agent starting"
+    );
+    match cfg.raw.egress.mode {
+        EgressMode::Tun => {
+            let e = &cfg.raw.egress;
+            let tun = TunEgress::create(&e.tun_name, cfg.mtu, &cfg.address).with_context(|| {
+                format!("creating TUN {} (needs root/CAP_NET_ADMIN)", e.tun_name)
+            })?;
+            // Guards are dropped (table removed, sysctls restored) when this scope ends.
+            let (_fwd, _nat) = if e.masquerade {
+                let has_v6 = cfg.address.iter().any(|a| a.addr().is_ipv6());
+                let fwd = ForwardingGuard::enable(has_v6).context("enabling IP forwarding")?;
+                let subnets: Vec<IpNet> = cfg.address.iter().map(IpNet::trunc).collect();
+                let nat = NatGuard::install(&e.tun_name, &subnets)
+                    .context("installing nftables masquerade")?;
+                tracing::info!(table = nat.table(), "forwarding and masquerade enabled");
+                (Some(fwd), Some(nat))
+            } else {
+                (None, None)
+            };
+            Shell::new(relay, udp, tun, shell_cfg)
+                .run(shutdown_signal())
+                .await
+                .context("relay stopped")?;
+        }
+        EgressMode::Userspace => {
+            let policy = relay.policy().clone();
+            let ns = NetstackConfig {
+                mtu: usize::from(cfg.mtu),
+                ..NetstackConfig::default()
+            }
+            .with_policy(move |ip| policy.check_addr(ip) == Verdict::Allow);
+            let egress = UserspaceEgress::new(ns);
+            Shell::new(relay, udp, egress, shell_cfg)
+                .run(shutdown_signal())
+                .await
+                .context("relay stopped")?;
+        }
+    }
+    tracing::info!("ferry-agent stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => tracing::info!("SIGTERM received"),
+                _ = i.recv() => tracing::info!("SIGINT received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn init_tracing() {
+    // boringtun logs routine session expiry at ERROR/WARN; keep it quiet unless asked for.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
