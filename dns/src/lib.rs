@@ -1,1 +1,39 @@
-//! stub
+//! Ferry's private DNS forwarder for tunnel clients.
+//!
+//! Owns: UDP+TCP listeners on the relay's tunnel addresses, forwarding to configured upstreams
+//! (plain UDP/TCP, DNS-over-TLS, DNS-over-HTTPS via hickory-resolver), a bounded cache that
+//! respects TTLs (hickory's response cache), and counters for metrics.
+//!
+//! Must not: log query names or client addresses at any level (only response codes and
+//! latency, at TRACE); answer zone transfers or ANY; grow without bound (queries in flight,
+//! TCP connections and cache entries are capped). The hickory crates log names at INFO/DEBUG,
+//! so binaries must install `ferry_telemetry`'s log filter, which caps them at WARN.
+//!
+//! With the default `testserver` feature it also ships a tiny authoritative server for tests
+//! and the netns e2e harness ([`testserver`], binary `ferry-dns-testserver`). The agent
+//! depends on this crate with `default-features = false`.
+
+mod config;
+mod forwarder;
+#[cfg(feature = "testserver")]
+pub mod testserver;
+
+pub use config::{DnsConfig, Protocol, Upstream};
+pub use forwarder::{Forwarder, ForwarderStats, StatsSnapshot};
+
+/// Errors from configuring or starting the forwarder.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DnsError {
+    /// The `[dns]` configuration is invalid.
+    #[error("dns config: {0}")]
+    Config(String),
+    /// A listen socket could not be bound.
+    #[error("binding dns listener on {addr}: {source}")]
+    Bind {
+        /// Address we tried to bind.
+        addr: std::net::SocketAddr,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
