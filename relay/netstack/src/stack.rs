@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use smoltcp::iface::{Config, Interface, SocketHandle, SocketSet};
 use smoltcp::socket::tcp::{self, RecvError, State};
 use smoltcp::time::{Duration, Instant};
-use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpEndpoint, IpListenEndpoint};
 use tracing::{debug, trace};
 
 use crate::NetstackConfig;
@@ -293,9 +293,20 @@ impl NetStack {
         let handle = self.sockets.add(sock);
         f.phase = TcpPhase::Open { handle };
         f.last_active = now;
-        // Only this fresh listener can accept the SYN: no other socket is in LISTEN between
-        // here and the next poll, which processes it.
+        let client = f.client;
+        // Feed the SYN alone and poll right away, so this fresh listener is the only socket in
+        // LISTEN when it arrives and cannot linger to capture another client's SYN.
+        let pending = std::mem::take(&mut self.device.rx);
         self.device.rx.push_back(syn);
+        self.iface.poll(now, &mut self.device, &mut self.sockets);
+        self.device.rx = pending;
+        let s = self.sockets.get::<tcp::Socket>(handle);
+        let accepted = s.state() == State::SynReceived
+            && s.remote_endpoint() == Some(IpEndpoint::new(client.ip().into(), client.port()));
+        if !accepted {
+            self.stats.dropped_other += 1;
+            self.remove_tcp(flow);
+        }
     }
 
     /// Read client → outside bytes of `flow`. `Ok(0)` means the client finished sending (FIN).

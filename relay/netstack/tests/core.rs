@@ -363,3 +363,39 @@ fn measure_core_download_throughput() {
         (LEN as f64 * 8.0) / secs / 1e6
     );
 }
+
+#[test]
+fn simultaneous_dials_to_one_destination_keep_clients_apart() {
+    let mut w = World::new(NetstackConfig::default());
+    let remote: SocketAddr = REMOTE.parse().unwrap();
+    let a = w.client.connect(remote, 4096);
+    let b = w.client.connect(remote, 4096);
+    w.pump();
+    let ev = w.events();
+    let flows: Vec<FlowId> = ev
+        .iter()
+        .map(|e| match e {
+            Event::TcpDial { flow, .. } => *flow,
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(flows.len(), 2);
+    // Both dials finish before the stack is polled, in reverse order.
+    w.core.tcp_dial_result(flows[1], true, w.now);
+    w.core.tcp_dial_result(flows[0], true, w.now);
+    w.pump();
+    assert_eq!(w.client.tcp(a).state(), State::Established);
+    assert_eq!(w.client.tcp(b).state(), State::Established);
+    w.client.tcp(a).send_slice(b"from a").unwrap();
+    w.client.tcp(b).send_slice(b"from b").unwrap();
+    w.pump();
+    let mut buf = [0u8; 16];
+    let Poll::Ready(Ok(n)) = w.core.poll_tcp_recv(flows[0], &mut cx(), &mut buf) else {
+        panic!("no data on flow a");
+    };
+    assert_eq!(&buf[..n], b"from a");
+    let Poll::Ready(Ok(n)) = w.core.poll_tcp_recv(flows[1], &mut cx(), &mut buf) else {
+        panic!("no data on flow b");
+    };
+    assert_eq!(&buf[..n], b"from b");
+}
