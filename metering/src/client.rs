@@ -70,6 +70,9 @@ pub enum ClientVerdict {
         /// Why.
         reason: ReceiptRejectReason,
     },
+    /// The relay lost receipts we co-signed but it never acknowledged (it restarted):
+    /// send `Message::Resync` with our latest co-signed receipt so it can continue from it.
+    Resync(CoSignedReceipt),
     /// An older receipt consistent with the latest: nothing to do.
     Ignore,
 }
@@ -220,12 +223,22 @@ impl ClientSession {
                 return ClientVerdict::Duplicate(*c);
             }
         }
+        // Our latest co-signature the relay never acknowledged: after a relay restart it
+        // may issue receipts that conflict with it; offer it back instead of rejecting.
+        let unacked = self
+            .last_cosigned
+            .filter(|c| self.last_acked.is_none_or(|a| a < c.body().seq));
         let mut next = self.state.clone();
         match next.apply(&r.body) {
             Ok(ferry_receipts::Applied::Advanced { .. }) => {}
-            Ok(_) => return ClientVerdict::Ignore,
+            Ok(_) => return unacked.map_or(ClientVerdict::Ignore, ClientVerdict::Resync),
             Err(Rejected::WrongSession) => return reject(ReceiptRejectReason::WrongSession),
-            Err(_) => return reject(ReceiptRejectReason::NonMonotonic),
+            Err(_) => {
+                return unacked.map_or(
+                    reject(ReceiptRejectReason::NonMonotonic),
+                    ClientVerdict::Resync,
+                );
+            }
         }
         let tol = self.cfg.tolerance;
         if r.body.bytes_up > tol.max_claim(self.meter.up())
@@ -251,6 +264,7 @@ impl ClientSession {
                     self.rejected = Some(reason);
                     Some(Message::ReceiptRejected { seq, reason })
                 }
+                ClientVerdict::Resync(c) => Some(Message::Resync(c)),
                 ClientVerdict::Ignore => None,
             },
             Message::Ack { seq } => {
@@ -356,7 +370,14 @@ mod tests {
             reason(c.check(&r(2, over, 11 * MIB), 4)),
             Some(ReceiptRejectReason::OverClaim)
         );
-        // Counter going backwards.
+        // Counter going backwards while seq 1 is unacknowledged: the relay may have lost
+        // it in a restart, so it is offered back; once acknowledged it is a rejection.
+        assert_eq!(
+            c.check(&r(3, 9 * MIB, 11 * MIB), 4),
+            ClientVerdict::Resync(co)
+        );
+        assert!(c.handle_message(Message::Ack { seq: 1 }, 4).is_none());
+        assert_eq!(c.last_acked(), Some(1));
         assert_eq!(
             reason(c.check(&r(3, 9 * MIB, 11 * MIB), 4)),
             Some(ReceiptRejectReason::NonMonotonic)

@@ -33,6 +33,7 @@ mod ty {
     pub(super) const COSIGNED: u8 = 0x11;
     pub(super) const RECEIPT_REJECTED: u8 = 0x12;
     pub(super) const ACK: u8 = 0x13;
+    pub(super) const RESYNC: u8 = 0x14;
     pub(super) const CLOSE: u8 = 0x20;
     pub(super) const FINAL_RECEIPT: u8 = 0x21;
 }
@@ -62,6 +63,10 @@ pub enum Message {
         /// Seq of the stored receipt.
         seq: u64,
     },
+    /// Client → relay: "your receipt conflicts with this newer co-signed one you never
+    /// acknowledged" (the relay restarted before storing it). It carries the relay's own
+    /// signature, so the relay adopts it and continues from it instead of cutting off.
+    Resync(CoSignedReceipt),
     /// Either side: end the session; the relay answers with a [`Message::FinalReceipt`]
     /// (or an `Ack` of the last receipt when nothing new is owed).
     Close,
@@ -199,6 +204,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Reject(r) => (ty::REJECT, vec![r.code()]),
         Message::Receipt(r) => (ty::RECEIPT, r.encode()),
         Message::CoSigned(c) => (ty::COSIGNED, c.encode()),
+        Message::Resync(c) => (ty::RESYNC, c.encode()),
         Message::ReceiptRejected { seq, reason } => {
             let mut p = seq.to_be_bytes().to_vec();
             p.push(reason.code());
@@ -263,6 +269,7 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Message, usize), FrameError> {
         ty::REJECT => Message::Reject(SessionRejectReason::from_code(p[0])?),
         ty::RECEIPT => Message::Receipt(SignedReceipt::decode(p)?),
         ty::COSIGNED => Message::CoSigned(CoSignedReceipt::decode(p)?),
+        ty::RESYNC => Message::Resync(CoSignedReceipt::decode(p)?),
         ty::RECEIPT_REJECTED => Message::ReceiptRejected {
             seq: be_u64(&p[..8]),
             reason: ReceiptRejectReason::from_code(p[8])?,
@@ -282,7 +289,7 @@ fn payload_len(t: u8) -> Option<usize> {
         ty::ACCEPT => SessionAccept::LEN,
         ty::REJECT => 1,
         ty::RECEIPT | ty::FINAL_RECEIPT => SignedReceipt::LEN,
-        ty::COSIGNED => CoSignedReceipt::LEN,
+        ty::COSIGNED | ty::RESYNC => CoSignedReceipt::LEN,
         ty::RECEIPT_REJECTED => 9,
         ty::ACK => 8,
         ty::CLOSE => 0,

@@ -448,6 +448,14 @@ impl RelaySession {
                 }
                 Err(_) => None,
             },
+            Message::Resync(c) => match self.handle_resync(c) {
+                Ok(CosignOutcome::Persist(c)) => Some(c),
+                Ok(CosignOutcome::AlreadyPersisted(ack)) => {
+                    self.transmit.push_back(ack);
+                    None
+                }
+                Err(_) => None,
+            },
             Message::ReceiptRejected { seq, reason } => {
                 self.handle_rejected(seq, reason);
                 None
@@ -477,7 +485,49 @@ impl RelaySession {
             return Err(CosignError::NotIssued);
         }
         c.verify(&self.accept.network_id)?;
+        // The client answered the newest receipt: it is responsive even if our store
+        // cannot persist right now (disk full must not cut off an honest client).
+        if self.outstanding.back().is_some_and(|r| r.body.seq == seq) {
+            self.oldest_outstanding_at = None;
+        }
         self.awaiting_persist.insert(seq, c);
+        Ok(CosignOutcome::Persist(c))
+    }
+
+    /// A client offers back a co-signed receipt of this session that we signed but never
+    /// stored (we restarted in between). It is proof of bytes we forwarded, so adopt it:
+    /// counters move forward by its excess over the stored receipt, seq continues after
+    /// it, and receipts issued since the restart (which conflict with it) are dropped.
+    pub fn handle_resync(&mut self, c: CoSignedReceipt) -> Result<CosignOutcome, CosignError> {
+        if self.outstanding.iter().any(|r| *r == c.receipt) {
+            return self.handle_cosigned(c);
+        }
+        let b = *c.body();
+        let expected = ReceiptBody::for_session(&self.accept, b.seq, 0, 0, 0);
+        if !expected.same_session(&b) {
+            return Err(CosignError::NotIssued);
+        }
+        let (base_up, base_down, base_seq) = self.acked.map_or((0, 0, 0), |a| {
+            (a.body().bytes_up, a.body().bytes_down, a.body().seq)
+        });
+        if let Some(a) = &self.acked {
+            if c == *a {
+                return Ok(CosignOutcome::AlreadyPersisted(Message::Ack { seq: b.seq }));
+            }
+        }
+        if b.seq <= base_seq || b.bytes_up < base_up || b.bytes_down < base_down {
+            return Err(CosignError::Stale);
+        }
+        c.verify(&self.accept.network_id)?;
+        let up = b.bytes_up - base_up;
+        let down = b.bytes_down - base_down;
+        self.meter.record_up(up);
+        self.meter.record_down(down);
+        self.next_seq = self.next_seq.max(b.seq + 1);
+        self.outstanding.clear();
+        self.oldest_outstanding_at = None;
+        self.issued_total = b.total_bytes();
+        self.awaiting_persist.insert(b.seq, c);
         Ok(CosignOutcome::Persist(c))
     }
 

@@ -80,6 +80,17 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (receipt, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(r, u, d, t)| {
             Message::CoSigned(r.cosign(&SigningKey::from_seed(&[3; 32]), u, d, t))
         }),
+        (
+            (any::<u64>(), any::<u64>())
+                .prop_map(|(s, u)| body(s, u, u / 2, 9).sign(&SigningKey::from_seed(&[8; 32]))),
+            any::<u64>()
+        )
+            .prop_map(|(r, t)| Message::Resync(r.cosign(
+                &SigningKey::from_seed(&[3; 32]),
+                1,
+                2,
+                t
+            ))),
         (any::<u64>(), 1u8..=4).prop_map(|(seq, c)| Message::ReceiptRejected {
             seq,
             reason: match c {

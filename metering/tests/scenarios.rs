@@ -240,6 +240,9 @@ fn disk_full_stops_credit_extension_and_recovers_when_space_returns() {
     assert!(w.store.is_empty());
     let unacked = w.relay.unacknowledged_bytes();
     assert!(unacked <= 4 * MIB && unacked > 4 * MIB - 1420, "{unacked}");
+    // The client keeps answering, so a long outage of our disk does not cut it off.
+    w.run_for(Duration::from_secs(120), Duration::from_millis(500));
+    assert_eq!(w.relay.state(), SessionState::Active);
     w.disk_ok = true;
     // The relay retransmits; the client re-sends its co-signature; now it persists.
     w.run_for(Duration::from_secs(3), Duration::from_millis(100));
@@ -367,4 +370,54 @@ fn relay_accepts_only_receipts_it_issued_with_a_valid_client_signature() {
         ))
     ));
     let _ = NET;
+}
+
+#[test]
+fn relay_crash_before_storing_a_co_signed_receipt_is_healed_by_client_resync() {
+    let mut w = World::new(cfg());
+    for i in 0..4_000u64 {
+        w.up(pkt(i));
+        w.advance(MS);
+        w.pump();
+    }
+    let stored = *w.store.last().unwrap();
+    // The disk stalls: the client co-signs more receipts that never get stored.
+    w.disk_ok = false;
+    for i in 0..3_000u64 {
+        w.down(pkt(i));
+        w.advance(MS);
+        w.pump();
+    }
+    let client_latest = *w.client.last_cosigned().unwrap();
+    assert!(client_latest.body().seq > stored.body().seq);
+    // Crash and resume from the store, which lacks the client's latest co-signature.
+    let accept = w.relay.accept().clone();
+    w.relay = RelaySession::resume(
+        w.cfg.clone(),
+        w.relay_key.clone(),
+        accept,
+        w.voucher_allowance,
+        w.voucher_expires,
+        Some(stored),
+        w.now,
+    );
+    w.disk_ok = true;
+    let mut after = 0;
+    for i in 0..3_000u64 {
+        w.up(pkt(i));
+        after += pkt(i);
+        w.advance(MS);
+        w.pump();
+    }
+    w.relay.close(w.now);
+    w.run_for(Duration::from_secs(3), Duration::from_millis(100));
+    assert!(w.client.rejected().is_none(), "{:?}", w.client.rejected());
+    assert_eq!(w.relay.state(), SessionState::Closed);
+    // The adopted receipt is stored, and billing continues on top of it.
+    assert!(w.store.contains(&client_latest));
+    let last = w.store.last().unwrap().body();
+    assert_eq!(
+        last.total_bytes(),
+        client_latest.body().total_bytes() + after
+    );
 }
