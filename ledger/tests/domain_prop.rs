@@ -26,7 +26,14 @@ fn relay(i: u64) -> PublicKey {
     PublicKey([0x10 + i as u8; 32])
 }
 
-fn unsigned(relay_key: PublicKey, sid: u8, seq: u64, up: u64, down: u64, price: u64) -> CoSignedReceipt {
+fn unsigned(
+    relay_key: PublicKey,
+    sid: u8,
+    seq: u64,
+    up: u64,
+    down: u64,
+    price: u64,
+) -> CoSignedReceipt {
     let body = ReceiptBody {
         network_id: NetworkId([1; 16]),
         relay_key,
@@ -119,49 +126,90 @@ fn run_case(seed: u64) {
         let (results, writes) = apply_batch(&mut st, &batch, now, 3600);
         for r in &results {
             match r {
-                Ok(Outcome::Advanced { credited_bytes, .. }) => credited_by_outcomes += credited_bytes,
+                Ok(Outcome::Advanced { credited_bytes, .. }) => {
+                    credited_by_outcomes += credited_bytes
+                }
                 Ok(_) => {}
                 Err(e) => panic!("seed {seed}: valid receipt refused: {e}"),
             }
         }
         for a in writes.accepted {
-            assert!(seen.insert((a.relay_key, a.session_id, a.seq)), "seed {seed}: receipt accepted twice");
+            assert!(
+                seen.insert((a.relay_key, a.session_id, a.seq)),
+                "seed {seed}: receipt accepted twice"
+            );
             accepted.push(a);
         }
     }
 
     let credited: u64 = st.sessions.values().map(|s| s.credited_bytes).sum();
-    assert_eq!(credited, total.min(allowance), "seed {seed}: credited bytes");
+    assert_eq!(
+        credited,
+        total.min(allowance),
+        "seed {seed}: credited bytes"
+    );
     assert_eq!(credited_by_outcomes, credited, "seed {seed}: outcomes");
-    assert_eq!(st.vouchers[&VOUCHER].used_bytes, credited, "seed {seed}: voucher use");
+    assert_eq!(
+        st.vouchers[&VOUCHER].used_bytes, credited,
+        "seed {seed}: voucher use"
+    );
     let mut micros_by_session: HashMap<_, u64> = HashMap::new();
     for a in &accepted {
-        *micros_by_session.entry((a.relay_key, a.session_id)).or_default() += a.credited_micros;
+        *micros_by_session
+            .entry((a.relay_key, a.session_id))
+            .or_default() += a.credited_micros;
     }
     let mut paid = 0;
     for (s, final_bytes) in finals.iter().enumerate() {
         let key = (relay(s as u64), SessionId([s as u8; 16]));
         let row = &st.sessions[&key];
-        assert_eq!(row.latest.body().total_bytes(), *final_bytes, "seed {seed}: latest");
-        assert!(row.credited_bytes <= *final_bytes, "seed {seed}: over-credit");
-        assert_eq!(row.credited_micros, earned_micros(row.credited_bytes, price), "seed {seed}");
-        assert_eq!(micros_by_session[&key], row.credited_micros, "seed {seed}: epoch sums");
+        assert_eq!(
+            row.latest.body().total_bytes(),
+            *final_bytes,
+            "seed {seed}: latest"
+        );
+        assert!(
+            row.credited_bytes <= *final_bytes,
+            "seed {seed}: over-credit"
+        );
+        assert_eq!(
+            row.credited_micros,
+            earned_micros(row.credited_bytes, price),
+            "seed {seed}"
+        );
+        assert_eq!(
+            micros_by_session[&key], row.credited_micros,
+            "seed {seed}: epoch sums"
+        );
         if allowance >= total {
             assert_eq!(row.credited_bytes, *final_bytes, "seed {seed}");
-            assert_eq!(row.credited_micros, earned_micros(*final_bytes, price), "seed {seed}");
+            assert_eq!(
+                row.credited_micros,
+                earned_micros(*final_bytes, price),
+                "seed {seed}"
+            );
             assert!(!row.clamped, "seed {seed}");
         }
         paid += row.credited_micros;
     }
-    assert!(paid <= voucher_cost_micros(allowance, price).unwrap_or(u64::MAX), "seed {seed}: paid more than charged");
+    assert!(
+        paid <= voucher_cost_micros(allowance, price).unwrap_or(u64::MAX),
+        "seed {seed}: paid more than charged"
+    );
     if allowance < total {
-        assert!(st.sessions.values().any(|s| s.clamped), "seed {seed}: clamp not flagged");
+        assert!(
+            st.sessions.values().any(|s| s.clamped),
+            "seed {seed}: clamp not flagged"
+        );
     }
 }
 
 #[test]
 fn a_million_random_submission_orders_never_over_credit() {
-    if let Some(seed) = std::env::var("FERRY_LEDGER_PROP_SEED").ok().and_then(|v| v.parse().ok()) {
+    if let Some(seed) = std::env::var("FERRY_LEDGER_PROP_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         run_case(seed);
         return;
     }
@@ -169,7 +217,9 @@ fn a_million_random_submission_orders_never_over_credit() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let threads = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
     std::thread::scope(|s| {
         for t in 0..threads {
             s.spawn(move || {

@@ -539,7 +539,11 @@ async fn instances_race<S: Store>(stores: Vec<S>) {
         } else {
             let first: &World<S> = &worlds[0];
             World {
-                ledger: ferry_ledger::Ledger::new(s, common::ledger_key(), common::params()),
+                ledger: std::sync::Arc::new(ferry_ledger::Ledger::new(
+                    s,
+                    common::ledger_key(),
+                    common::params(),
+                )),
                 relays: first
                     .relays
                     .iter()

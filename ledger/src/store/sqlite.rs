@@ -108,7 +108,10 @@ impl SqliteStore {
     }
 }
 
-fn voucher_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, [i64; 6], Vec<u8>)> {
+/// Raw voucher columns: id, client key, six integers, encoding.
+type RawVoucher = (Vec<u8>, Vec<u8>, [i64; 6], Vec<u8>);
+
+fn voucher_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawVoucher> {
     Ok((
         r.get(0)?,
         r.get(1)?,
@@ -124,7 +127,7 @@ fn voucher_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Vec<u8>, Vec<u8>, [i6
     ))
 }
 
-fn decode_voucher(raw: (Vec<u8>, Vec<u8>, [i64; 6], Vec<u8>)) -> Result<VoucherRow, StoreError> {
+fn decode_voucher(raw: RawVoucher) -> Result<VoucherRow, StoreError> {
     let (id, client, n, encoded) = raw;
     Ok(VoucherRow {
         id: VoucherId(arr(&id)?),

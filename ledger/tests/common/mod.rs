@@ -94,7 +94,7 @@ macro_rules! both_stores {
 
 /// A world: ledger, one relay set, clients with balance and vouchers.
 pub struct World<S> {
-    pub ledger: Ledger<S>,
+    pub ledger: std::sync::Arc<Ledger<S>>,
     pub relays: Vec<SigningKey>,
     pub clients: Vec<SigningKey>,
     pub vouchers: Vec<Voucher>,
@@ -126,7 +126,7 @@ impl<S: Store> World<S> {
             vouchers.push(v.voucher);
         }
         Self {
-            ledger,
+            ledger: std::sync::Arc::new(ledger),
             relays,
             clients,
             vouchers,
