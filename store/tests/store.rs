@@ -305,3 +305,45 @@ fn real_enospc_on_a_full_tmpfs() {
     drop(s);
     drop(guard);
 }
+
+mod props {
+    use super::common::{receipt, sid};
+    use ferry_store::{MAGIC, Record, scan};
+    use proptest::prelude::*;
+
+    fn record() -> impl Strategy<Value = Record> {
+        prop_oneof![
+            (any::<u8>(), 1u64..1000).prop_map(|(s, q)| Record::CoSigned(receipt(s, q))),
+            (any::<u8>(), any::<u64>()).prop_map(|(s, seq)| Record::Submitted {
+                session_id: sid(s),
+                seq
+            }),
+            any::<u8>().prop_map(|s| Record::SessionClosed(sid(s))),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn records_round_trip_through_a_log_image(rs in proptest::collection::vec(record(), 0..20)) {
+            let mut img = MAGIC.to_vec();
+            for r in &rs {
+                img.extend_from_slice(&r.frame());
+            }
+            let sc = scan(&img).unwrap();
+            prop_assert_eq!(sc.good_end, img.len() as u64);
+            let got: Vec<Record> = sc.records.into_iter().map(|(_, r)| r).collect();
+            prop_assert_eq!(got, rs);
+        }
+
+        #[test]
+        fn scan_never_panics_and_never_reads_past_the_image(tail in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            let mut img = MAGIC.to_vec();
+            img.extend_from_slice(&tail);
+            let sc = scan(&img).unwrap();
+            prop_assert!(sc.good_end as usize <= img.len());
+            let _ = scan(&tail);
+        }
+    }
+}
