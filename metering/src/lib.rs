@@ -22,11 +22,13 @@
 
 mod bucket;
 mod client;
+mod control;
 mod meter;
 mod proto;
 mod relay;
 
 pub use client::{ClientConfig, ClientError, ClientSession, ClientVerdict, Tolerance};
+pub use control::{ControlDatagram, control_datagram, is_control_reply, udp_packet};
 pub use meter::{Direction, Meter};
 pub use proto::{
     CONTROL_PORT, FrameError, HEADER_LEN, MAX_FRAME_LEN, Message, ReceiptRejectReason,
