@@ -14,12 +14,14 @@
 
 mod backoff;
 mod file;
+mod persist;
 mod record;
 mod store;
 mod submit;
 
 pub use backoff::Backoff;
 pub use file::{FileWrapper, LogFile, is_no_space};
+pub use persist::{PersistError, Persister};
 pub use record::{
     MAGIC, MAX_EXTRA_LEN, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN, Record, Scan, SessionOpen, scan,
 };
