@@ -10,12 +10,13 @@
 #   FERRY_SKIP_SETUP=1      do not install toolchains (fail instead if something is missing)
 #   FERRY_SKIP_TESTS=1      skip the ferry-receipts unit tests under qemu
 #   FERRY_NICE              niceness for cargo (default 15; the build machine is shared)
+#   FERRY_CROSS_TARGET_DIR  cargo target dir (default target/cross, apart from the shared target/)
 # Outputs: dist/<arch>/ferry-agent, dist/sizes.tsv, the size table in docs/openwrt.md.
 set -eu
 
 ROOT=$(CDPATH='' cd -- "$(dirname -- "$0")/.." && pwd)
 cd "$ROOT"
-export CARGO_TARGET_DIR="$ROOT/target/cross"
+export CARGO_TARGET_DIR="${FERRY_CROSS_TARGET_DIR:-$ROOT/target/cross}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 NICENESS=${FERRY_NICE:-15}
 MIPSEL_MAX=${FERRY_MIPSEL_MAX_BYTES:-1572864}
@@ -79,6 +80,8 @@ setup() {
 	have readelf || pkgs="$pkgs binutils"
 	if [ "$need_gnu" = 1 ]; then
 		have aarch64-linux-gnu-gcc || pkgs="$pkgs gcc-aarch64-linux-gnu"
+		# ring's C needs the (glibc) cross headers; a plain --no-install-recommends gcc lacks them
+		[ -f /usr/aarch64-linux-gnu/include/stdint.h ] || pkgs="$pkgs libc6-dev-arm64-cross"
 		have gcc || pkgs="$pkgs gcc"
 	fi
 	# shellcheck disable=SC2086 # word splitting intended
