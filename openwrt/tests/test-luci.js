@@ -177,6 +177,10 @@ async function check(name, fn) {
     const svc = options.find((o) => o.name === 'tunnel_service');
     assert.strictEqual(svc.validate('x', 'udp/53'), true);
     assert.notStrictEqual(svc.validate('x', 'dns'), true);
+    const name = options.find((o) => o.name === 'name');
+    assert.strictEqual(name.validate('x', 'laptop-1@home.lan'), true);
+    assert.notStrictEqual(name.validate('x', 'a"b'), true);
+    assert.notStrictEqual(name.validate('x', 'x'.repeat(65)), true);
     const key = options.find((o) => o.name === 'public_key');
     assert.strictEqual(key.validate('x', sample.public_key), true);
     assert.notStrictEqual(key.validate('x', 'short='), true);

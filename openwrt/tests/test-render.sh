@@ -25,6 +25,10 @@ pass=0 fail=0
 KEY="$tmp/wg.key"
 echo "YEC3B2vH3aE3Q9kW2p7ZqT9j0v4mGq1w0o6yJ5XxK2w=" >"$KEY"
 chmod 600 "$KEY"
+# A key file whose path needs TOML escaping: quote, backslash, bracket, equals sign.
+ODDKEY="$tmp/k\"e\\y] = 1"
+ODDKEY_JSON="$tmp/k\\\"e\\\\y] = 1"
+cp "$KEY" "$ODDKEY"
 PUB1="xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
 PUB2="TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
 
@@ -137,13 +141,15 @@ for sh in $SHELLS; do
 		             \"tunnel-services\": [\"udp/53\"]},
 		\"limits\": {\"max-peers\": 16, \"client-rate-mbit\": 20}}"
 
-	# A peer name with TOML metacharacters must round-trip exactly (no injection).
+	# A path with TOML metacharacters must round-trip exactly (no injection).
 	expect_ok "quotes and backslashes are escaped" "$sh" "$DEFAULT
-config peer
-	option name 'a\"b\\\\c] = 1'
-	option public_key '$PUB1'
-	list allowed_ip '10.77.0.2/32'" "{\"peer\": [{\"name\": \"a\\\"b\\\\\\\\c] = 1\"}]}"
+	option private_key_file '$ODDKEY'" "{\"wireguard\": {\"private-key-file\": \"$ODDKEY_JSON\"}}"
 
+	expect_err "peer name outside the agent's alphabet" "$sh" "$DEFAULT
+config peer
+	option name 'a\"b] = 1'
+	option public_key '$PUB1'
+	list allowed_ip '10.77.0.2/32'" "peer name 'a\"b\] = 1' may only contain"
 	expect_err "non-numeric mtu" "$sh" "$DEFAULT
 	option mtu 'big'" "option mtu must be an unsigned number"
 	expect_err "mtu out of range" "$sh" "$DEFAULT

@@ -73,6 +73,11 @@ ferry_render_peer() {
 	config_get_bool _fr_enabled "$1" enabled 1
 	[ "$_fr_enabled" = 1 ] || return 0
 	config_get _fr_name "$1" name "$1"
+	# the agent's rule for peer names: 1..=64 characters of [A-Za-z0-9-_.@]
+	case "$_fr_name" in
+	*[!A-Za-z0-9._@-]*) ferry_err "peer name '$_fr_name' may only contain A-Z a-z 0-9 - _ . @" ;;
+	*) [ "${#_fr_name}" -le 64 ] || ferry_err "peer name '$_fr_name' is longer than 64 characters" ;;
+	esac
 	config_get _fr_pub "$1" public_key ""
 	case "$_fr_pub" in
 	'' | *[!A-Za-z0-9+/=]*) ferry_err "peer $_fr_name: public_key must be a base64 WireGuard key" ;;

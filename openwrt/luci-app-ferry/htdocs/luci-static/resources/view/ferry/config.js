@@ -97,6 +97,12 @@ function validateService(section_id, value) {
 	return _('Expecting udp/PORT or tcp/PORT');
 }
 
+function validateName(section_id, value) {
+	if (value == null || value === '' || /^[A-Za-z0-9._@-]{1,64}$/.test(value))
+		return true;
+	return _('Up to 64 characters of A-Z a-z 0-9 - _ . @');
+}
+
 function validateKey(section_id, value) {
 	if (/^[A-Za-z0-9+/]{43}=$/.test(value || ''))
 		return true;
@@ -205,7 +211,7 @@ return view.extend({
 		o.editable = true;
 
 		o = s.option(form.Value, 'name', _('Name'));
-		o.datatype = 'maxlength(64)';
+		o.validate = validateName;
 
 		o = s.option(form.Value, 'public_key', _('Public key'));
 		o.validate = validateKey;
