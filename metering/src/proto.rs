@@ -16,6 +16,8 @@
 use ferry_receipts::{
     CoSignedReceipt, DecodeError, MAX_MESSAGE_LEN, SessionAccept, SessionOffer, SignedReceipt,
 };
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use thiserror::Error;
 
 /// UDP port of the control service on the relay's tunnel address (e.g. `10.77.0.1:51821`).
@@ -29,6 +31,7 @@ mod ty {
     pub(super) const HELLO: u8 = 0x01;
     pub(super) const ACCEPT: u8 = 0x02;
     pub(super) const REJECT: u8 = 0x03;
+    pub(super) const ADDRESS: u8 = 0x04;
     pub(super) const RECEIPT: u8 = 0x10;
     pub(super) const COSIGNED: u8 = 0x11;
     pub(super) const RECEIPT_REJECTED: u8 = 0x12;
@@ -47,6 +50,14 @@ pub enum Message {
     Accept(SessionAccept),
     /// Relay → client: session refused.
     Reject(SessionRejectReason),
+    /// Relay → client, right after `Accept` when the handshake ran outside the tunnel:
+    /// the tunnel addresses assigned to the client's WireGuard key (unspecified = none).
+    Address {
+        /// Client IPv4 tunnel address (`0.0.0.0` = none).
+        v4: Ipv4Addr,
+        /// Client IPv6 tunnel address (`::` = none).
+        v6: Ipv6Addr,
+    },
     /// Relay → client: a signed cumulative receipt to co-sign.
     Receipt(SignedReceipt),
     /// Client → relay: the co-signed receipt.
@@ -202,6 +213,11 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Hello(o) => (ty::HELLO, o.encode()),
         Message::Accept(a) => (ty::ACCEPT, a.encode()),
         Message::Reject(r) => (ty::REJECT, vec![r.code()]),
+        Message::Address { v4, v6 } => {
+            let mut p = v4.octets().to_vec();
+            p.extend_from_slice(&v6.octets());
+            (ty::ADDRESS, p)
+        }
         Message::Receipt(r) => (ty::RECEIPT, r.encode()),
         Message::CoSigned(c) => (ty::COSIGNED, c.encode()),
         Message::Resync(c) => (ty::RESYNC, c.encode()),
@@ -267,6 +283,16 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Message, usize), FrameError> {
         ty::HELLO => Message::Hello(SessionOffer::decode(p)?),
         ty::ACCEPT => Message::Accept(SessionAccept::decode(p)?),
         ty::REJECT => Message::Reject(SessionRejectReason::from_code(p[0])?),
+        ty::ADDRESS => {
+            let mut v4 = [0u8; 4];
+            v4.copy_from_slice(&p[..4]);
+            let mut v6 = [0u8; 16];
+            v6.copy_from_slice(&p[4..20]);
+            Message::Address {
+                v4: Ipv4Addr::from(v4),
+                v6: Ipv6Addr::from(v6),
+            }
+        }
         ty::RECEIPT => Message::Receipt(SignedReceipt::decode(p)?),
         ty::COSIGNED => Message::CoSigned(CoSignedReceipt::decode(p)?),
         ty::RESYNC => Message::Resync(CoSignedReceipt::decode(p)?),
@@ -288,6 +314,7 @@ fn payload_len(t: u8) -> Option<usize> {
         ty::HELLO => SessionOffer::LEN,
         ty::ACCEPT => SessionAccept::LEN,
         ty::REJECT => 1,
+        ty::ADDRESS => 20,
         ty::RECEIPT | ty::FINAL_RECEIPT => SignedReceipt::LEN,
         ty::COSIGNED | ty::RESYNC => CoSignedReceipt::LEN,
         ty::RECEIPT_REJECTED => 9,

@@ -101,6 +101,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
             },
         }),
         any::<u64>().prop_map(|seq| Message::Ack { seq }),
+        (any::<[u8; 4]>(), any::<[u8; 16]>()).prop_map(|(a, b)| Message::Address {
+            v4: a.into(),
+            v6: b.into(),
+        }),
         Just(Message::Close),
     ]
 }
