@@ -229,7 +229,7 @@ impl Agent {
             ns,
             &label,
             &[&bin_s, "run", "--config", &cfg_s],
-            &[("RUST_LOG", &level)],
+            &[("RUST_LOG", &level), ("NO_COLOR", "1")],
         )?;
         let agent = Self {
             proc,

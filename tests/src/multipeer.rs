@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
+use nix::sys::socket::{setsockopt, sockopt};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
 };
 
 use crate::netns::Ns;
-use crate::wg::KeyPair;
+use crate::wg::{KeyPair, tunnel};
 
 /// One simulated client.
 #[derive(Clone, Debug)]
@@ -58,6 +59,9 @@ pub fn run_peers(
         let s = ns
             .enter(|| UdpSocket::bind(bind))?
             .context("bind peer socket")?;
+        // Bypass a stock client's full-tunnel policy routing in the same namespace (like
+        // wireguard-go's own socket does), so these datagrams reach the relay directly.
+        setsockopt(&s, sockopt::Mark, &tunnel::FWMARK).context("SO_MARK")?;
         s.connect(endpoint)?;
         s.set_read_timeout(Some(Duration::from_millis(100)))?;
         socks.push(s);

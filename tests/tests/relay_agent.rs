@@ -263,7 +263,13 @@ fn roaming_client_keeps_its_tcp_stream() {
     read_some(&mut r, 2 * MIB);
     let before = s.client.peer().unwrap();
 
-    // Move: new source address and port (think NAT rebinding / Wi-Fi to LTE).
+    // Move: new source address and port (think NAT rebinding / Wi-Fi to LTE). Keep the new
+    // address when the old primary goes (the kernel would otherwise flush secondaries with it).
+    c.sysctl(
+        &format!("net.ipv4.conf.{}.promote_secondaries", s.topo.client_if),
+        "1",
+    )
+    .unwrap();
     c.addr(&s.topo.client_if, &format!("{CLIENT_WAN4_ALT}/24"))
         .unwrap();
     c.del_addr(&s.topo.client_if, &format!("{CLIENT_WAN4}/24"))
