@@ -223,6 +223,8 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
         earned == expected_micros,
         "earned {earned} != expected {expected_micros}"
     );
+    // Store alone: pre-verified receipts of fresh sessions, one transaction per batch.
+    let store_only = store_only_rate(&ledger, &vouchers, &relays, &clients, a, now).await?;
     tracing::info!("bench done");
     #[allow(clippy::print_stdout)]
     {
@@ -243,8 +245,64 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
             "verify only: {verify_rate:.0} receipts/s (2 Ed25519 verifications each, all cores)"
         );
         println!(
+            "store only: {store_only:.0} receipts/s (pre-verified, one transaction per batch)"
+        );
+        println!(
             "check: credited bytes and micros equal the final cumulative counters x price: ok"
         );
     }
     Ok(())
+}
+
+async fn store_only_rate<S: Store>(
+    ledger: &Ledger<S>,
+    vouchers: &[ferry_receipts::Voucher],
+    relays: &[SigningKey],
+    clients: &[SigningKey],
+    a: &BenchArgs,
+    now: u64,
+) -> Result<f64> {
+    use ferry_ledger::domain::VerifiedReceipt;
+    use ferry_receipts::{ReceiptBody, Signature, SignedReceipt};
+    let per_session = a.receipts.div_ceil(a.sessions) as u64;
+    let mut items = Vec::with_capacity(a.receipts);
+    for seq in 1..=per_session {
+        for (i, v) in vouchers.iter().enumerate() {
+            let body = ReceiptBody {
+                network_id: NETWORK,
+                relay_key: relays[i % relays.len()].public_key(),
+                client_key: clients[i].public_key(),
+                session_id: testkit::session(1_000_000 + i as u64),
+                voucher_id: v.id(),
+                seq,
+                bytes_up: seq * 1000,
+                bytes_down: seq * 100_000,
+                session_started_at: now,
+                issued_at: now,
+                price_micros_per_gib: PRICE,
+            };
+            let receipt = CoSignedReceipt {
+                receipt: SignedReceipt {
+                    body,
+                    relay_signature: Signature::ZERO,
+                },
+                client_observed_up: 0,
+                client_observed_down: 0,
+                cosigned_at: now,
+                client_signature: Signature::ZERO,
+            };
+            items.push(VerifiedReceipt {
+                encoded: receipt.encode(),
+                receipt,
+            });
+        }
+    }
+    items.truncate(a.receipts);
+    let n = items.len();
+    let t = Instant::now();
+    for chunk in items.chunks(a.batch) {
+        let res = ledger.store().ingest(chunk.to_vec(), now, 3600).await?;
+        ensure!(res.iter().all(Result::is_ok), "store-only batch refused");
+    }
+    Ok(n as f64 / t.elapsed().as_secs_f64())
 }
