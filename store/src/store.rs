@@ -432,12 +432,13 @@ fn sync_dir(path: &Path) -> Result<(), StoreError> {
         .map_err(io_err("fsync directory"))
 }
 
-/// Saves a dropped tail next to the log (best effort; a full disk just skips it).
+/// Saves a dropped tail next to the log as `<log>.corrupt` (only the latest one, so
+/// repeated crashes cannot fill the flash; best effort: a full disk just skips it).
 fn save_tail(path: &Path, at: u64, buf: &[u8]) -> Option<PathBuf> {
     let start = usize::try_from(at).ok()?;
     let tail = buf.get(start..)?;
     let mut name = path.as_os_str().to_owned();
-    name.push(format!(".corrupt-{at}"));
+    name.push(".corrupt");
     let p = PathBuf::from(name);
     fs::write(&p, tail).ok()?;
     Some(p)
