@@ -1,3 +1,44 @@
-//! ferry: the privacy VPN client that pays relays by co-signing receipts.
+//! `ferry`: the privacy VPN client for Ferry relays.
+//!
+//! Owns the user-facing CLI: key generation, buying vouchers from the ledger, `connect` (TUN,
+//! full tunnel, DNS, kill switch), `socks5` (unprivileged, smoltcp), `status`, `export-wg`,
+//! and the client half of the receipt exchange (co-sign only what we counted ourselves,
+//! keep every co-signed receipt and submit it to the ledger too).
+//!
+//! Must not: log destinations or DNS names above DEBUG, print or log key material, or leave
+//! the host unprotected between `connect` and `disconnect` (the kill switch is installed
+//! before the tunnel exists and is removed only by `ferry disconnect`).
 
-fn main() {}
+mod cli;
+mod cmds;
+mod config;
+mod connect;
+mod engine;
+mod ledger;
+mod netcfg;
+mod packet;
+mod session;
+mod socks;
+mod stack;
+mod status;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cmds::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

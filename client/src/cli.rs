@@ -1,0 +1,206 @@
+//! Command-line interface (clap).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// ferry: privacy VPN client for Ferry relays; pays by co-signing byte receipts.
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Key and config directory (identity.key, wg.key, voucher, client.toml).
+    #[arg(long, global = true, env = "FERRY_DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// Config file [default: <dir>/client.toml].
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    pub(crate) config: Option<PathBuf>,
+    /// Runtime state directory (status.json, pid, DNS backup) [default: /run/ferry as root,
+    /// else $XDG_RUNTIME_DIR/ferry or /tmp/ferry-<uid>].
+    #[arg(long, global = true, env = "FERRY_STATE_DIR")]
+    pub(crate) state_dir: Option<PathBuf>,
+    /// Command.
+    #[command(subcommand)]
+    pub(crate) cmd: Cmd,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Cmd {
+    /// Generate the identity (Ed25519) and WireGuard keys into the key directory (mode 0600).
+    Keygen {
+        /// Replace existing keys.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public keys (identity hex, WireGuard base64).
+    Pubkey,
+    /// Vouchers (prepaid byte allowances signed by the ledger).
+    Voucher {
+        /// What to do.
+        #[command(subcommand)]
+        cmd: VoucherCmd,
+    },
+    /// Connect through a relay: TUN device, full-tunnel routes (IPv4+IPv6), DNS through the
+    /// tunnel and a kill switch that stays until `ferry disconnect`. Needs root
+    /// (CAP_NET_ADMIN). Runs in the foreground.
+    Connect(ConnectArgs),
+    /// Close the running session (final receipt), remove the kill switch, restore DNS.
+    Disconnect {
+        /// Seconds to wait for the connect process to finish its final receipt.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
+    /// Unprivileged SOCKS5 proxy through a relay, using a userspace TCP/IP stack (smoltcp):
+    /// no TUN, no root. TCP CONNECT only; domain names are resolved through the tunnel.
+    Socks5(Socks5Args),
+    /// Show connection state, traffic, last receipt and spend.
+    Status {
+        /// Machine-readable JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a wg-quick config for stock WireGuard apps.
+    ///
+    /// Only for trusted (free) relays: stock WireGuard apps cannot open a paid session or
+    /// co-sign receipts, so a paid relay would cut them off after its credit window.
+    #[command(name = "export-wg")]
+    ExportWg {
+        /// Relay name from the config.
+        relay: String,
+    },
+}
+
+/// `ferry voucher ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum VoucherCmd {
+    /// Buy a voucher from the ledger (debits the ledger balance of our identity key).
+    Request {
+        /// Ledger base URL [default: [client] ledger-url].
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Byte allowance to buy.
+        #[arg(long)]
+        bytes: u64,
+        /// Where to store it [default: <dir>/voucher].
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show the stored voucher.
+    Show {
+        /// Voucher file [default: <dir>/voucher].
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+}
+
+/// `ferry connect`.
+#[derive(Debug, Args)]
+pub(crate) struct ConnectArgs {
+    /// Relay name from the config.
+    pub(crate) relay: String,
+    /// TUN device name.
+    #[arg(long, default_value = "ferry0")]
+    pub(crate) tun: String,
+    /// resolv.conf to point at the relay's resolver (backed up, restored on disconnect).
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    pub(crate) resolv_conf: PathBuf,
+    /// Leave DNS configuration alone (e.g. systemd-resolved managed elsewhere).
+    #[arg(long)]
+    pub(crate) no_dns: bool,
+}
+
+/// `ferry socks5`.
+#[derive(Debug, Args)]
+pub(crate) struct Socks5Args {
+    /// Relay name from the config.
+    pub(crate) relay: String,
+    /// Local SOCKS5 listen address.
+    #[arg(long, default_value = "127.0.0.1:1080")]
+    pub(crate) listen: SocketAddr,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("ferry").chain(args.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn connect_has_defaults_and_global_flags_anywhere() {
+        let c = parse(&["connect", "home", "--dir", "/k"]);
+        assert_eq!(c.dir, Some(PathBuf::from("/k")));
+        let Cmd::Connect(a) = c.cmd else { panic!() };
+        assert_eq!(a.relay, "home");
+        assert_eq!(a.tun, "ferry0");
+        assert_eq!(a.resolv_conf, PathBuf::from("/etc/resolv.conf"));
+        assert!(!a.no_dns);
+    }
+
+    #[test]
+    fn voucher_request_needs_bytes() {
+        let c = parse(&[
+            "voucher",
+            "request",
+            "--ledger",
+            "http://l:1",
+            "--bytes",
+            "1048576",
+        ]);
+        let Cmd::Voucher {
+            cmd: VoucherCmd::Request { ledger, bytes, out },
+        } = c.cmd
+        else {
+            panic!()
+        };
+        assert_eq!(ledger.as_deref(), Some("http://l:1"));
+        assert_eq!(bytes, 1 << 20);
+        assert!(out.is_none());
+        assert!(Cli::try_parse_from(["ferry", "voucher", "request"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "voucher", "request", "--bytes", "x"]).is_err());
+    }
+
+    #[test]
+    fn socks5_listen_defaults_to_loopback_1080() {
+        let Cmd::Socks5(a) = parse(&["socks5", "home"]).cmd else {
+            panic!()
+        };
+        assert_eq!(a.listen, "127.0.0.1:1080".parse().unwrap());
+        let Cmd::Socks5(a) = parse(&["socks5", "home", "--listen", "[::1]:9050"]).cmd else {
+            panic!()
+        };
+        assert_eq!(a.listen.port(), 9050);
+        assert!(Cli::try_parse_from(["ferry", "socks5", "home", "--listen", "nope"]).is_err());
+    }
+
+    #[test]
+    fn status_json_and_export_wg_parse() {
+        assert!(matches!(
+            parse(&["status", "--json"]).cmd,
+            Cmd::Status { json: true }
+        ));
+        assert!(matches!(
+            parse(&["status"]).cmd,
+            Cmd::Status { json: false }
+        ));
+        assert!(matches!(
+            parse(&["export-wg", "home"]).cmd,
+            Cmd::ExportWg { .. }
+        ));
+        let help = Cli::command()
+            .find_subcommand_mut("export-wg")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(help.contains("cannot open a paid session"), "{help}");
+    }
+}

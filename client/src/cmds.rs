@@ -1,0 +1,345 @@
+//! Command dispatch and the small commands (keys, vouchers, status, export-wg, disconnect).
+
+use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_keys::{IdentityKey, WgPrivateKey, WriteMode};
+
+use crate::cli::{Cli, Cmd, VoucherCmd};
+use crate::config::{Config, expand_home};
+use crate::status::Status;
+
+/// Resolved file locations.
+#[derive(Debug, Clone)]
+pub(crate) struct Paths {
+    pub(crate) dir: PathBuf,
+    pub(crate) config: PathBuf,
+    pub(crate) state: PathBuf,
+}
+
+impl Paths {
+    pub(crate) fn from_cli(cli: &Cli) -> Self {
+        let dir = cli
+            .dir
+            .as_deref()
+            .map(expand_home)
+            .unwrap_or_else(|| expand_home(Path::new("~/.config/ferry")));
+        let config = cli
+            .config
+            .as_deref()
+            .map(expand_home)
+            .unwrap_or_else(|| dir.join("client.toml"));
+        let state = cli
+            .state_dir
+            .as_deref()
+            .map(expand_home)
+            .unwrap_or_else(default_state_dir);
+        Self { dir, config, state }
+    }
+
+    pub(crate) fn identity(&self) -> PathBuf {
+        self.dir.join("identity.key")
+    }
+
+    pub(crate) fn wg(&self) -> PathBuf {
+        self.dir.join("wg.key")
+    }
+
+    pub(crate) fn voucher(&self) -> PathBuf {
+        self.dir.join("voucher")
+    }
+
+    pub(crate) fn status(&self) -> PathBuf {
+        self.state.join("status.json")
+    }
+
+    pub(crate) fn pid(&self) -> PathBuf {
+        self.state.join("ferry.pid")
+    }
+
+    pub(crate) fn receipts(&self, cfg: &Config) -> PathBuf {
+        cfg.client
+            .receipts
+            .as_deref()
+            .map(expand_home)
+            .unwrap_or_else(|| self.dir.join("receipts.log"))
+    }
+
+    /// Creates the state directory (0700).
+    pub(crate) fn ensure_state(&self) -> Result<()> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.state)
+            .with_context(|| format!("creating state dir {}", self.state.display()))
+    }
+}
+
+fn default_state_dir() -> PathBuf {
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/ferry");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(d) => PathBuf::from(d).join("ferry"),
+        None => PathBuf::from(format!("/tmp/ferry-{uid}")),
+    }
+}
+
+/// Runs one command.
+pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
+    let paths = Paths::from_cli(&cli);
+    match cli.cmd {
+        Cmd::Keygen { force } => keygen(&paths.dir, force),
+        Cmd::Pubkey => pubkey(&paths),
+        Cmd::Voucher { cmd } => voucher(&paths, cmd),
+        Cmd::Connect(a) => crate::connect::run(&paths, &Config::load(&paths.config)?, a),
+        Cmd::Socks5(a) => crate::socks::run(&paths, &Config::load(&paths.config)?, a),
+        Cmd::Disconnect { wait } => crate::connect::disconnect(&paths, Duration::from_secs(wait)),
+        Cmd::Status { json } => status(&paths, json),
+        Cmd::ExportWg { relay } => {
+            let cfg = Config::load(&paths.config)?;
+            let text = export_wg(
+                &cfg,
+                &relay,
+                &WgPrivateKey::load(&paths.wg()).map_err(key_err)?,
+            )?;
+            out(&text)
+        }
+    }
+}
+
+fn out(text: &str) -> Result<ExitCode> {
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn key_err(e: ferry_keys::KeyError) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+/// Writes `identity.key` and `wg.key` into `dir` (created 0700), mode 0600.
+pub(crate) fn keygen(dir: &Path, force: bool) -> Result<ExitCode> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mode = if force {
+        WriteMode::Replace
+    } else {
+        WriteMode::CreateNew
+    };
+    let id = IdentityKey::generate().map_err(key_err)?;
+    let wg = WgPrivateKey::generate().map_err(key_err)?;
+    id.write_to(&dir.join("identity.key"), mode)
+        .map_err(key_err)
+        .context("use --force to replace existing keys")?;
+    wg.write_to(&dir.join("wg.key"), mode).map_err(key_err)?;
+    let text = format!(
+        "identity {}\nwireguard {}\n",
+        id.public_key().to_hex(),
+        wg.public_key()
+    );
+    out(&text)
+}
+
+fn pubkey(paths: &Paths) -> Result<ExitCode> {
+    let id = IdentityKey::load(&paths.identity()).map_err(key_err)?;
+    let wg = WgPrivateKey::load(&paths.wg()).map_err(key_err)?;
+    out(&format!(
+        "identity {}\nwireguard {}\n",
+        id.public_key().to_hex(),
+        wg.public_key()
+    ))
+}
+
+fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
+    match cmd {
+        VoucherCmd::Request {
+            ledger,
+            bytes,
+            out: dest,
+        } => {
+            let cfg = Config::load(&paths.config)?;
+            let url = ledger
+                .or(cfg.client.ledger_url.clone())
+                .context("no ledger: pass --ledger URL or set [client] ledger-url")?;
+            let key = IdentityKey::load(&paths.identity())
+                .map_err(key_err)
+                .context("run `ferry keygen` first")?
+                .signing_key();
+            let mut nonce = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+                .map_err(|_| anyhow::anyhow!("no randomness"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let now = crate::engine::unix_now();
+            let (v, answer) = rt.block_on(crate::ledger::request_voucher(
+                &url, &key, bytes, nonce, now,
+            ))?;
+            let dest = dest.unwrap_or_else(|| paths.voucher());
+            crate::ledger::save_voucher(&dest, &v)?;
+            out(&format!(
+                "voucher {} saved to {}\nallowance {} bytes, price {} micro/GiB, expires at {}, cost {} micro, balance {}\n",
+                v.id().to_hex(),
+                dest.display(),
+                v.allowance_bytes,
+                v.price_micros_per_gib,
+                v.expires_at,
+                answer["cost_micros"],
+                answer["balance_micros"],
+            ))
+        }
+        VoucherCmd::Show { file } => {
+            let p = file.unwrap_or_else(|| paths.voucher());
+            let v = crate::ledger::load_voucher(&p)?;
+            out(&format!(
+                "voucher {}\nnetwork {}\nclient {}\nallowance {} bytes\nprice {} micro/GiB\nissued {} expires {}\n",
+                v.id().to_hex(),
+                v.network_id.to_hex(),
+                v.client_key.to_hex(),
+                v.allowance_bytes,
+                v.price_micros_per_gib,
+                v.issued_at,
+                v.expires_at
+            ))
+        }
+    }
+}
+
+fn status(paths: &Paths, json: bool) -> Result<ExitCode> {
+    let st = match Status::read(&paths.status()) {
+        Ok(s) => s,
+        Err(_) if !paths.status().exists() => {
+            if json {
+                return out("{\"state\":\"disconnected\"}\n");
+            }
+            return out("state:      disconnected\n");
+        }
+        Err(e) => return Err(e),
+    };
+    let alive = st.process_alive();
+    if json {
+        let mut v = serde_json::to_value(&st)?;
+        v["running"] = serde_json::Value::Bool(alive);
+        return out(&format!("{}\n", serde_json::to_string_pretty(&v)?));
+    }
+    out(&st.human(alive))
+}
+
+/// A wg-quick config for a trusted relay.
+pub(crate) fn export_wg(cfg: &Config, relay: &str, key: &WgPrivateKey) -> Result<String> {
+    let r = cfg.relay(relay)?;
+    if r.paid.is_some() {
+        bail!(
+            "relay {relay:?} is a paid relay: stock WireGuard apps cannot open a session or \
+             co-sign receipts, so it would cut them off; use `ferry connect` instead"
+        );
+    }
+    let mut s = String::from("# generated by `ferry export-wg` (trusted relay, no receipts)\n");
+    s.push_str("[Interface]\n");
+    s.push_str(&format!("PrivateKey = {}\n", &*key.to_base64()));
+    let addrs: Vec<String> = r.address.iter().map(|a| a.to_string()).collect();
+    s.push_str(&format!("Address = {}\n", addrs.join(", ")));
+    if !r.dns.is_empty() {
+        let d: Vec<String> = r.dns.iter().map(|a| a.to_string()).collect();
+        s.push_str(&format!("DNS = {}\n", d.join(", ")));
+    }
+    s.push_str(&format!("MTU = {}\n\n[Peer]\n", r.mtu));
+    s.push_str(&format!("PublicKey = {}\n", r.public_key));
+    s.push_str("AllowedIPs = 0.0.0.0/0, ::/0\n");
+    s.push_str(&format!("Endpoint = {}\n", r.endpoint));
+    if r.keepalive > 0 {
+        s.push_str(&format!("PersistentKeepalive = {}\n", r.keepalive));
+    }
+    Ok(s)
+}
+
+/// Waits until `f` holds or `timeout` passes.
+pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn keygen_writes_0600_keys_and_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("ferry");
+        keygen(&d, false).unwrap();
+        assert_eq!(mode(&d.join("identity.key")), 0o600);
+        assert_eq!(mode(&d.join("wg.key")), 0o600);
+        assert_eq!(mode(&d), 0o700);
+        let before = std::fs::read(d.join("wg.key")).unwrap();
+        assert!(keygen(&d, false).is_err());
+        assert_eq!(std::fs::read(d.join("wg.key")).unwrap(), before);
+        keygen(&d, true).unwrap();
+        assert_ne!(std::fs::read(d.join("wg.key")).unwrap(), before);
+        // Loose permissions are refused on load.
+        std::fs::set_permissions(d.join("wg.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(WgPrivateKey::load(&d.join("wg.key")).is_err());
+    }
+
+    #[test]
+    fn export_wg_renders_trusted_relays_and_refuses_paid_ones() {
+        let key = WgPrivateKey::from_bytes(&[5; 32]);
+        let base = "[[relay]]\nname = \"home\"\nendpoint = \"198.51.100.1:51820\"\npublic-key = \"HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=\"\naddress = [\"10.77.0.2/32\", \"fd77::2/128\"]\ndns = [\"10.77.0.1\"]\n";
+        let cfg = Config::parse(base).unwrap();
+        let text = export_wg(&cfg, "home", &key).unwrap();
+        assert!(text.contains(&format!("PrivateKey = {}", &*key.to_base64())));
+        assert!(text.contains("Address = 10.77.0.2/32, fd77::2/128"));
+        assert!(text.contains("DNS = 10.77.0.1"));
+        assert!(text.contains("AllowedIPs = 0.0.0.0/0, ::/0"));
+        assert!(text.contains("Endpoint = 198.51.100.1:51820"));
+        assert!(text.contains("PersistentKeepalive = 25"));
+        let paid = format!(
+            "{base}identity-key = \"{}\"\ncontrol-address = \"10.77.0.1\"\n",
+            "11".repeat(32)
+        );
+        let cfg = Config::parse(&paid).unwrap();
+        let err = export_wg(&cfg, "home", &key).unwrap_err();
+        assert!(err.to_string().contains("paid relay"), "{err}");
+    }
+
+    #[test]
+    fn paths_default_under_the_key_dir() {
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "ferry",
+            "--dir",
+            "/k",
+            "--state-dir",
+            "/s",
+            "status",
+        ])
+        .unwrap();
+        let p = Paths::from_cli(&cli);
+        assert_eq!(p.config, PathBuf::from("/k/client.toml"));
+        assert_eq!(p.identity(), PathBuf::from("/k/identity.key"));
+        assert_eq!(p.status(), PathBuf::from("/s/status.json"));
+        assert_eq!(
+            p.receipts(&Config::default()),
+            PathBuf::from("/k/receipts.log")
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! `ferry connect` (TUN, full tunnel, DNS, kill switch) and `ferry disconnect`.
+//!
+//! Order matters for leak protection: the kill switch goes in first (only loopback, the TUN
+//! device and WireGuard datagrams to the relay endpoint may leave), then the host route that
+//! pins the endpoint to the physical path, then the TUN device, the full-tunnel routes and
+//! DNS. Nothing is undone when the process stops, whatever the reason: after an error or a
+//! refused receipt the host stays cut off until `ferry disconnect` undoes everything.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
+
+use crate::cli::ConnectArgs;
+use crate::cmds::{Paths, wait_until};
+use crate::config::Config;
+use crate::engine::{Engine, relay_socket};
+use crate::netcfg::{self, Applied};
+use crate::session::prepare;
+use crate::status::{State, Status};
+
+/// `ferry connect RELAY`.
+pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("`ferry connect` needs root (TUN, routes, nftables); `ferry socks5` needs none");
+    }
+    paths.ensure_state()?;
+    if let Some(pid) = running_pid(&paths.pid()) {
+        bail!("ferry is already running (pid {pid}); `ferry disconnect` first");
+    }
+    let mut setup = prepare(paths, cfg, &args.relay)?;
+    std::fs::write(paths.pid(), format!("{}\n", std::process::id()))?;
+    let endpoint = setup.relay.endpoint;
+    let mut applied = Applied::load(&paths.state);
+
+    netcfg::kill_switch_on(&args.tun, endpoint)?;
+    applied.kill_switch = true;
+    applied.save(&paths.state)?;
+    let route = netcfg::pin_endpoint_route(endpoint.ip())?;
+    applied.endpoint_route = Some(route);
+    applied.save(&paths.state)?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async {
+        let relay = &setup.relay;
+        let tun = tun_rs::DeviceBuilder::new()
+            .name(&args.tun)
+            .mtu(relay.mtu)
+            .build_async()
+            .with_context(|| format!("creating TUN {}", args.tun))?;
+        for a in &relay.address {
+            let fam = if a.addr().is_ipv6() { "-6" } else { "-4" };
+            netcfg::ip(&[fam, "addr", "replace", &a.to_string(), "dev", &args.tun])?;
+        }
+        netcfg::ip(&[
+            "link",
+            "set",
+            "dev",
+            &args.tun,
+            "mtu",
+            &relay.mtu.to_string(),
+            "up",
+        ])?;
+        netcfg::full_tunnel_routes(&args.tun)?;
+        if !args.no_dns && !relay.dns.is_empty() {
+            let backup = paths.state.join("resolv.conf.ferry-backup");
+            netcfg::set_dns(&args.resolv_conf, &backup, &relay.dns)?;
+            applied.resolv_conf = Some((args.resolv_conf.clone(), backup));
+            applied.save(&paths.state)?;
+        }
+        let udp = relay_socket(endpoint).await?;
+        let mut engine = Engine::new(
+            relay,
+            &setup.wg,
+            udp.clone(),
+            setup.paid.take(),
+            "connect",
+            Some(paths.status()),
+        )?;
+        engine.status_mut().kill_switch = true;
+        let stop = Arc::new(Notify::new());
+        let sub = setup.submitter.take().map(|s| {
+            let stop = stop.clone();
+            tokio::spawn(s.run(async move { stop.notified().await }))
+        });
+        let r = drive(&mut engine, &udp, &tun).await;
+        match &r {
+            Ok(()) => engine.finish(State::Stopped, None),
+            Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
+        }
+        if let Some(h) = sub {
+            // Give the submitter a moment to hand the final receipt to the ledger.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+        }
+        r
+    });
+    let _ = std::fs::remove_file(paths.pid());
+    match result {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),
+    }
+}
+
+async fn drive(
+    engine: &mut Engine,
+    udp: &tokio::net::UdpSocket,
+    tun: &tun_rs::AsyncDevice,
+) -> Result<()> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    let mut net = vec![0u8; 65536];
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            r = udp.recv(&mut net) => match r {
+                Ok(n) => {
+                    for p in engine.handle_datagram(&net[..n]).await {
+                        if let Err(e) = tun.send(&p).await {
+                            tracing::trace!(error = %e, "tun write failed");
+                        }
+                    }
+                }
+                // ICMP errors (relay down) surface on the connected socket; keep trying.
+                Err(e) => tracing::trace!(error = %e, "udp recv"),
+            },
+            r = tun.recv(&mut buf) => {
+                let n = r.context("reading the TUN device")?;
+                engine.send_inner(&buf[..n]).await;
+            }
+            _ = tick.tick() => engine.on_tick().await,
+            _ = term.recv() => engine.close().await,
+            _ = int.recv() => engine.close().await,
+        }
+        if let Some(f) = engine.failure() {
+            bail!("{f}");
+        }
+        if engine.closed() {
+            return Ok(());
+        }
+    }
+}
+
+fn running_pid(pid_file: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0 && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
+}
+
+/// `ferry disconnect`: stop the connect process (final receipt), then undo every change.
+pub(crate) fn disconnect(paths: &Paths, wait: Duration) -> Result<ExitCode> {
+    if let Some(pid) = running_pid(&paths.pid()) {
+        let pid = Pid::from_raw(pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let gone = || kill(pid, None).is_err();
+        if !wait_until(wait, gone) {
+            tracing::warn!("connect process did not stop in time; killing it");
+            let _ = kill(pid, Signal::SIGKILL);
+            wait_until(Duration::from_secs(2), gone);
+        }
+        let _ = std::fs::remove_file(paths.pid());
+    }
+    let applied = Applied::load(&paths.state);
+    let mut errors = Vec::new();
+    if let Some((conf, backup)) = &applied.resolv_conf {
+        if backup.exists() {
+            if let Err(e) = netcfg::restore_dns(conf, backup) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    if let Some(dst) = &applied.endpoint_route {
+        let fam = if dst.contains(':') { "-6" } else { "-4" };
+        let _ = netcfg::ip(&[fam, "route", "del", dst]);
+    }
+    if applied.kill_switch || netcfg::kill_switch_present() {
+        if let Err(e) = netcfg::kill_switch_off() {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if errors.is_empty() {
+        let _ = std::fs::remove_file(Applied::path(&paths.state));
+    }
+    if let Ok(mut st) = Status::read(&paths.status()) {
+        st.kill_switch = netcfg::kill_switch_present();
+        if matches!(
+            st.state,
+            State::Connecting | State::Connected | State::Disconnecting
+        ) {
+            st.state = State::Stopped;
+        }
+        let _ = st.write(&paths.status());
+    }
+    if !errors.is_empty() {
+        bail!("disconnect incomplete: {}", errors.join("; "));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,246 @@
+//! Talking to the ledger: `GET /v1/info` and `POST /v1/vouchers` (a voucher request signed
+//! by our identity key, see docs/ledger-api.md). Receipt submission reuses
+//! `ferry_store::Submitter`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use ferry_receipts::{NetworkId, PublicKey, SigningKey, Voucher};
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Domain tag of the voucher-request signature (`ferry_ledger::VoucherRequest::DOMAIN`).
+pub(crate) const VOUCHER_REQUEST_DOMAIN: &[u8] = b"ferry/v1/ledger-voucher-request\0";
+
+/// What the ledger says about itself.
+#[derive(Debug, Clone)]
+pub(crate) struct LedgerInfo {
+    pub(crate) network_id: NetworkId,
+    pub(crate) ledger_key: PublicKey,
+}
+
+/// The bytes a voucher request signs (after the domain tag):
+/// `network_id(16) || client_key(32) || allowance_bytes(8, BE) || nonce(16) || requested_at(8, BE)`.
+pub(crate) fn voucher_request_bytes(
+    network_id: &NetworkId,
+    client_key: &PublicKey,
+    allowance_bytes: u64,
+    nonce: &[u8; 16],
+    requested_at: u64,
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(80);
+    b.extend_from_slice(network_id.as_bytes());
+    b.extend_from_slice(client_key.as_bytes());
+    b.extend_from_slice(&allowance_bytes.to_be_bytes());
+    b.extend_from_slice(nonce);
+    b.extend_from_slice(&requested_at.to_be_bytes());
+    b
+}
+
+/// The JSON body of a signed voucher request.
+pub(crate) fn voucher_request_body(
+    network_id: &NetworkId,
+    key: &SigningKey,
+    allowance_bytes: u64,
+    nonce: [u8; 16],
+    requested_at: u64,
+) -> Value {
+    let client_key = key.public_key();
+    let msg = voucher_request_bytes(
+        network_id,
+        &client_key,
+        allowance_bytes,
+        &nonce,
+        requested_at,
+    );
+    let sig = key.sign(VOUCHER_REQUEST_DOMAIN, &msg);
+    json!({
+        "client_key": client_key.to_hex(),
+        "allowance_bytes": allowance_bytes,
+        "nonce": hex::encode(nonce),
+        "requested_at": requested_at,
+        "signature": hex::encode(sig.as_bytes()),
+    })
+}
+
+/// Fetches `/v1/info`.
+pub(crate) async fn info(ledger_url: &str) -> Result<LedgerInfo> {
+    let (status, v) = request(ledger_url, "GET", "/v1/info", None).await?;
+    ensure!(status == 200, "ledger /v1/info answered {status}: {v}");
+    let hex32 = |k: &str| -> Result<[u8; 32]> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(v[k].as_str().unwrap_or_default(), &mut b)
+            .with_context(|| format!("ledger info: bad {k}"))?;
+        Ok(b)
+    };
+    let mut net = [0u8; 16];
+    hex::decode_to_slice(v["network_id"].as_str().unwrap_or_default(), &mut net)
+        .context("ledger info: bad network_id")?;
+    Ok(LedgerInfo {
+        network_id: NetworkId(net),
+        ledger_key: PublicKey(hex32("ledger_key")?),
+    })
+}
+
+/// Requests a voucher for `allowance_bytes`, verifies it and returns it with the ledger's
+/// JSON answer (cost, balance).
+pub(crate) async fn request_voucher(
+    ledger_url: &str,
+    key: &SigningKey,
+    allowance_bytes: u64,
+    nonce: [u8; 16],
+    now: u64,
+) -> Result<(Voucher, Value)> {
+    let li = info(ledger_url).await?;
+    let body = voucher_request_body(&li.network_id, key, allowance_bytes, nonce, now);
+    let (status, v) = request(ledger_url, "POST", "/v1/vouchers", Some(body)).await?;
+    if !(200..300).contains(&status) {
+        let msg = v["error"]["message"].as_str().unwrap_or("");
+        let code = v["error"]["code"].as_str().unwrap_or("");
+        bail!("ledger refused the voucher request (HTTP {status} {code}): {msg}");
+    }
+    let raw = B64
+        .decode(v["voucher"].as_str().unwrap_or_default())
+        .context("voucher is not base64")?;
+    let voucher = Voucher::decode(&raw).map_err(|e| anyhow::anyhow!("voucher: {e}"))?;
+    voucher
+        .verify(&li.network_id, &li.ledger_key, now)
+        .map_err(|e| anyhow::anyhow!("voucher does not verify: {e}"))?;
+    ensure!(
+        voucher.client_key == key.public_key(),
+        "voucher is for another client key"
+    );
+    Ok((voucher, v))
+}
+
+/// Reads a voucher file (base64, one line).
+pub(crate) fn load_voucher(path: &Path) -> Result<Voucher> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading voucher {} (run `ferry voucher request`)",
+            path.display()
+        )
+    })?;
+    let raw = B64
+        .decode(text.trim())
+        .with_context(|| format!("{}: not base64", path.display()))?;
+    Voucher::decode(&raw).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Writes a voucher file.
+pub(crate) fn save_voucher(path: &Path, v: &Voucher) -> Result<()> {
+    std::fs::write(path, format!("{}\n", B64.encode(v.encode())))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// One HTTP/1.1 request to `base` + `path`; returns status and JSON body (Null if not JSON).
+async fn request(
+    base: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let rest = base
+        .strip_prefix("http://")
+        .with_context(|| format!("ledger url {base:?} must start with http://"))?;
+    let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    let authority = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let prefix = prefix.trim_end_matches('/');
+    let full = if prefix.is_empty() {
+        path.to_owned()
+    } else {
+        format!("/{prefix}{path}")
+    };
+    let fut = async {
+        let stream = TcpStream::connect(&authority)
+            .await
+            .with_context(|| format!("connecting to the ledger at {authority}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let conn = tokio::spawn(conn);
+        let data = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = Request::builder()
+            .method(method)
+            .uri(full.as_str())
+            .header(HOST, authority.as_str())
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(data)))?;
+        let resp = sender.send_request(req).await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        conn.abort();
+        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        anyhow::Ok((status, v))
+    };
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .context("ledger request timed out")?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn voucher_request_signature_verifies_under_the_client_key() {
+        let key = SigningKey::from_seed(&[7; 32]);
+        let net = NetworkId([3; 16]);
+        let body = voucher_request_body(&net, &key, 1 << 30, [9; 16], 1_700_000_000);
+        assert_eq!(body["allowance_bytes"], 1u64 << 30);
+        let sig = hex::decode(body["signature"].as_str().unwrap()).unwrap();
+        let mut msg = VOUCHER_REQUEST_DOMAIN.to_vec();
+        msg.extend(voucher_request_bytes(
+            &net,
+            &key.public_key(),
+            1 << 30,
+            &[9; 16],
+            1_700_000_000,
+        ));
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key().0)
+            .verify(&msg, &sig)
+            .unwrap();
+        // The signed layout is 16 + 32 + 8 + 16 + 8 bytes.
+        assert_eq!(msg.len() - VOUCHER_REQUEST_DOMAIN.len(), 80);
+    }
+
+    #[test]
+    fn voucher_files_round_trip() {
+        let ledger = SigningKey::from_seed(&[1; 32]);
+        let v = Voucher {
+            network_id: NetworkId([1; 16]),
+            ledger_key: ledger.public_key(),
+            client_key: PublicKey([2; 32]),
+            nonce: [0; 16],
+            allowance_bytes: 5,
+            price_micros_per_gib: 6,
+            issued_at: 1,
+            expires_at: 2,
+            signature: ferry_receipts::Signature::ZERO,
+        }
+        .sign(&ledger);
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("voucher");
+        save_voucher(&p, &v).unwrap();
+        assert_eq!(load_voucher(&p).unwrap(), v);
+        std::fs::write(&p, "!!").unwrap();
+        assert!(load_voucher(&p).is_err());
+    }
+}

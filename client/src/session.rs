@@ -1,0 +1,108 @@
+//! What `connect` and `socks5` share before the tunnel starts: keys, relay, voucher, the
+//! local receipt store and the ledger submitter.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use ferry_keys::{IdentityKey, WgPrivateKey};
+use ferry_metering::{ClientConfig, Tolerance};
+use ferry_store::{HttpLedger, Store, Submitter, SubmitterConfig};
+
+use crate::cmds::{Paths, key_err};
+use crate::config::{Config, Relay, expand_home};
+use crate::engine::{PaidSetup, unix_now};
+
+/// Ready-to-run pieces.
+pub(crate) struct Setup {
+    pub(crate) relay: Relay,
+    pub(crate) wg: WgPrivateKey,
+    pub(crate) paid: Option<PaidSetup>,
+    pub(crate) submitter: Option<Submitter>,
+}
+
+/// Loads keys and, for a paid relay, the voucher, the receipt store and the submitter.
+pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup> {
+    let relay = cfg.relay(relay)?;
+    let wg = WgPrivateKey::load(&paths.wg())
+        .map_err(key_err)
+        .context("WireGuard key (run `ferry keygen`)")?;
+    let Some(rp) = &relay.paid else {
+        return Ok(Setup {
+            relay,
+            wg,
+            paid: None,
+            submitter: None,
+        });
+    };
+    let identity = IdentityKey::load(&paths.identity())
+        .map_err(key_err)
+        .context("identity key (run `ferry keygen`)")?
+        .signing_key();
+    let vpath = rp
+        .voucher
+        .as_deref()
+        .map(expand_home)
+        .unwrap_or_else(|| paths.voucher());
+    let voucher = crate::ledger::load_voucher(&vpath)?;
+    ensure!(
+        voucher.client_key == identity.public_key(),
+        "voucher {} belongs to another identity key",
+        vpath.display()
+    );
+    ensure!(
+        voucher.expires_at >= unix_now(),
+        "voucher {} expired; request a new one",
+        vpath.display()
+    );
+    let store_path = paths.receipts(cfg);
+    let (store, report) = Store::open(&store_path)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("receipt store {}", store_path.display()))?;
+    if report.dropped_bytes > 0 {
+        tracing::warn!(
+            dropped = report.dropped_bytes,
+            "receipt store recovered a torn tail"
+        );
+    }
+    let store = Arc::new(Mutex::new(store));
+    let submitter = match &cfg.client.ledger_url {
+        Some(url) => {
+            let ledger = HttpLedger::new(url, Duration::from_secs(10))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let rng = ring::rand::SystemRandom::new();
+            let random = Box::new(move || {
+                let mut b = [0u8; 8];
+                let _ = ring::rand::SecureRandom::fill(&rng, &mut b);
+                u64::from_le_bytes(b)
+            });
+            Some(Submitter::new(
+                store.clone(),
+                ledger,
+                SubmitterConfig::default(),
+                random,
+            ))
+        }
+        None => None,
+    };
+    let tol = Tolerance::default();
+    let tolerance = Tolerance {
+        basis_points: cfg.client.tolerance_bp.unwrap_or(tol.basis_points),
+        slack_bytes: cfg
+            .client
+            .tolerance_slack_kib
+            .map_or(tol.slack_bytes, |k| k.saturating_mul(1024)),
+    };
+    Ok(Setup {
+        relay,
+        wg,
+        paid: Some(PaidSetup {
+            identity: Arc::new(identity),
+            voucher,
+            store,
+            kick: submitter.as_ref().map(|s| s.kicker()),
+            cfg: ClientConfig { tolerance },
+        }),
+        submitter,
+    })
+}
