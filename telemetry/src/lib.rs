@@ -20,8 +20,8 @@ pub mod server;
 
 pub use logging::{LogConfig, LogFormat};
 pub use metrics::{
-    DnsStats, DropReason, Metrics, MetricsConfig, PeerTraffic, ReceiptStats, Snapshot,
-    SnapshotSource,
+    DnsStats, DropCounts, DropReason, FsyncRecorder, Metrics, MetricsConfig, PeerTraffic,
+    ReceiptStats, Snapshot, SnapshotSource,
 };
 pub use server::{MetricsServer, ServerConfig, StatusSource};
 

@@ -1,0 +1,116 @@
+//! The standalone `ferry-dns-testserver` binary (used by the netns e2e harness).
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::str::FromStr;
+use std::time::Duration;
+
+use hickory_net::client::{Client, ClientHandle};
+use hickory_net::runtime::TokioRuntimeProvider;
+use hickory_net::udp::UdpClientStream;
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+
+struct Kill(Child);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str]) -> (Kill, SocketAddr) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-dns-testserver"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let guard = Kill(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (guard, addr)
+}
+
+#[tokio::test]
+async fn binary_serves_records_from_args_and_zone_file() {
+    let dir = tempfile_dir();
+    let zone = dir.join("zone.txt");
+    std::fs::write(&zone, "# e2e zone\nfile.ferry.test. 30 AAAA 2001:db8::7\n").unwrap();
+    let (_guard, addr) = spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--origin",
+        "ferry.test.",
+        "--record",
+        "canary.ferry.test. 60 A 203.0.113.7",
+        "--zone-file",
+        zone.to_str().unwrap(),
+    ]);
+    let stream = UdpClientStream::builder(addr, TokioRuntimeProvider::default())
+        .with_timeout(Some(Duration::from_secs(5)))
+        .build();
+    let (mut client, bg) = Client::<TokioRuntimeProvider>::from_sender(stream);
+    tokio::spawn(bg);
+
+    let a = client
+        .query(
+            Name::from_str("canary.ferry.test.").unwrap(),
+            DNSClass::IN,
+            RecordType::A,
+        )
+        .await
+        .unwrap();
+    assert!(a.metadata.authoritative);
+    assert!(matches!(a.answers[0].data, RData::A(ip) if ip.0.to_string() == "203.0.113.7"));
+    let aaaa = client
+        .query(
+            Name::from_str("file.ferry.test.").unwrap(),
+            DNSClass::IN,
+            RecordType::AAAA,
+        )
+        .await
+        .unwrap();
+    assert_eq!(aaaa.answers.len(), 1);
+    let missing = client
+        .query(
+            Name::from_str("nope.ferry.test.").unwrap(),
+            DNSClass::IN,
+            RecordType::A,
+        )
+        .await
+        .unwrap();
+    assert_eq!(missing.metadata.response_code, ResponseCode::NXDomain);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-dns-testserver"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--record",
+            "x.test. MX 10 y.test.",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unsupported type MX"), "{err}");
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("fe-dns-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
