@@ -23,12 +23,14 @@
 mod bucket;
 mod client;
 mod control;
+mod hub;
 mod meter;
 mod proto;
 mod relay;
 
 pub use client::{ClientConfig, ClientError, ClientSession, ClientVerdict, Tolerance};
 pub use control::{ControlDatagram, control_datagram, is_control_reply, udp_packet};
+pub use hub::RelayHub;
 pub use meter::{Direction, Meter};
 pub use proto::{
     CONTROL_PORT, FrameError, HEADER_LEN, MAX_FRAME_LEN, Message, ReceiptRejectReason,
