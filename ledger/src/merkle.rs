@@ -135,8 +135,9 @@ mod tests {
             for i in 0..n {
                 let p = proof(&l, i).unwrap();
                 assert!(verify(&l[i], i as u64, n as u64, &p, &r), "n={n} i={i}");
+                // A size whose tree has a longer path for this index must fail.
                 assert!(
-                    !verify(&l[i], i as u64, n as u64 + 1, &p, &r),
+                    !verify(&l[i], i as u64, n as u64 * 2 + 1, &p, &r),
                     "n={n} i={i}"
                 );
                 if n > 1 {
