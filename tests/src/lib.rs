@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod agent;
+pub mod client;
 pub mod multipeer;
 pub mod netns;
 pub mod scenario;

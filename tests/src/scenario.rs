@@ -146,8 +146,10 @@ pub fn probe_all(
                         Probe::Tcp(a) => probe_tcp(ns, a, timeout).map(|x| x.0),
                         Probe::Udp(a) => probe_udp(ns, a, timeout).map(|x| x.0),
                         Probe::Ping(ip) => {
-                            crate::servers::ping(ns, ip, timeout.as_secs().max(1) as u32)
-                                .then(|| "icmp".to_owned())
+                            let secs = timeout.as_secs().max(1) as u32;
+                            let answered = crate::servers::ping(ns, ip, secs)
+                                .unwrap_or_else(|e| panic!("probe harness broken: {e:#}"));
+                            answered.then(|| "icmp".to_owned())
                         }
                     };
                     got.map(|b| (*p, b))

@@ -292,17 +292,26 @@ pub fn probe_udp(ns: &Ns, addr: SocketAddr, timeout: Duration) -> Option<(String
     None
 }
 
-/// One ICMP echo from inside `ns` (`ping -c1 -W<secs>`); true if answered.
-pub fn ping(ns: &Ns, ip: IpAddr, secs: u32) -> bool {
-    ns.exec_unchecked(&[
+/// One ICMP echo from inside `ns` (`ping -c1 -W<secs>`): `Ok(true)` if answered, `Ok(false)` if
+/// not, `Err` if ping itself failed (missing binary, bad address), so a probe cannot pass vacuously.
+pub fn ping(ns: &Ns, ip: IpAddr, secs: u32) -> Result<bool> {
+    let out = ns.exec_unchecked(&[
         "ping",
         "-n",
         "-q",
         "-c1",
         &format!("-W{secs}"),
         &ip.to_string(),
-    ])
-    .is_ok_and(|o| o.status.success())
+    ])?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => bail!(
+            "ping {ip} in {} failed: {}",
+            ns.name(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
 }
 
 fn read_header(r: &mut impl BufRead) -> Result<(String, SocketAddr)> {

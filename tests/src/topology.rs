@@ -42,11 +42,11 @@ pub const INET6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
 /// Router's LAN address (its admin port listens here, among others).
 pub const ROUTER_LAN4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 /// Router's LAN IPv6 address.
-pub const ROUTER_LAN6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x77, 0, 0, 0, 1);
+pub const ROUTER_LAN6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 1);
 /// A household device on the LAN.
 pub const LAN_HOST4: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 2);
 /// The household device, IPv6.
-pub const LAN_HOST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0x77, 0, 0, 0, 2);
+pub const LAN_HOST6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 2);
 
 /// Port of the data service on the internet host and on the LAN host.
 pub const DATA_PORT: u16 = 8000;
@@ -140,5 +140,18 @@ impl Topology {
             router_up_if,
             router_lan_if,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_match_the_documented_prefixes() {
+        assert_eq!(ROUTER_LAN6.to_string(), "fd00:77::1");
+        assert_eq!(LAN_HOST6.to_string(), "fd00:77::2");
+        assert_eq!(INET6.to_string(), "2001:db8:1::2");
+        assert_eq!(ROUTER_WAN6.to_string(), "2001:db8:5100::1");
     }
 }
