@@ -266,7 +266,7 @@ async fn send_runs(
     outs: &[(SocketAddr, usize, usize, usize)],
     stride: usize,
 ) {
-    let max_seg = udp.max_gso_segments().max(1);
+    let max_seg = udp.gso_segments_for(stride);
     let mut i = 0;
     while i < outs.len() {
         let (dst, k0, off0, len0) = outs[i];
@@ -290,7 +290,17 @@ async fn send_runs(
             (None, start + len0)
         };
         if let Err(e) = udp.send(dst, &arena[start..end], segs).await {
-            tracing::debug!(error = %e, "udp send failed");
+            if segs.is_some() {
+                // GSO refused (e.g. EIO on a device without checksum offload): send one by one.
+                tracing::debug!(error = %e, "gso send failed, falling back");
+                for chunk in arena[start..end].chunks(stride) {
+                    if let Err(e) = udp.send(dst, chunk, None).await {
+                        tracing::debug!(error = %e, "udp send failed");
+                    }
+                }
+            } else {
+                tracing::debug!(error = %e, "udp send failed");
+            }
         }
         i = j;
     }

@@ -82,6 +82,13 @@ impl UdpEndpoint {
         self.state.max_gso_segments()
     }
 
+    /// Segments of `stride` bytes one GSO send may carry: the kernel's segment limit, and the
+    /// whole super-datagram must stay a valid (< 64 KiB) UDP datagram.
+    pub fn gso_segments_for(&self, stride: usize) -> usize {
+        let by_size = (usize::from(u16::MAX) - 48) / stride.max(1);
+        self.state.max_gso_segments().min(by_size).max(1)
+    }
+
     /// Receives a batch (recvmmsg, GRO); returns how many `meta` entries were filled.
     pub async fn recv(
         &self,
@@ -116,7 +123,7 @@ impl UdpEndpoint {
         loop {
             self.socket.writable().await?;
             match self.socket.try_io(Interest::WRITABLE, || {
-                self.state.send((&self.socket).into(), &t)
+                self.state.try_send((&self.socket).into(), &t)
             }) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 r => return r,
