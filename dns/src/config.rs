@@ -12,6 +12,8 @@
 //! tls-name = "cloudflare-dns.com"  # required for tls and https
 //! # path = "/dns-query"            # https only
 //! ```
+//! Optional `ca-file = "/etc/ferry/dns-ca.pem"` replaces the bundled webpki roots for
+//! tls/https upstreams.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -51,6 +53,10 @@ pub struct DnsConfig {
     /// Open TCP client connections at once.
     #[serde(default = "default_max_tcp_connections")]
     pub max_tcp_connections: usize,
+    /// PEM bundle of CA certificates trusted for tls/https upstreams *instead of* the bundled
+    /// webpki roots (for a self-hosted upstream with a private CA).
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for DnsConfig {
@@ -64,6 +70,7 @@ impl Default for DnsConfig {
             attempts: default_attempts(),
             max_inflight: default_max_inflight(),
             max_tcp_connections: default_max_tcp_connections(),
+            ca_file: None,
         }
     }
 }

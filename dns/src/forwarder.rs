@@ -162,9 +162,33 @@ fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsError> {
         TokioRuntimeProvider::default(),
     );
     *builder.options_mut() = opts;
+    if let Some(ca_file) = &config.ca_file {
+        builder = builder.with_tls_config(tls_config(ca_file)?);
+    }
     builder
         .build()
         .map_err(|e| DnsError::Config(format!("building upstream resolver: {e}")))
+}
+
+/// Client TLS config trusting only the CA certificates in `ca_file`.
+fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, DnsError> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let bad = |e: String| DnsError::Config(format!("ca-file {}: {e}", ca_file.display()));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca_file).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificates found".into()));
+    }
+    let provider = Arc::new(hickory_resolver::net::tls::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {

@@ -147,6 +147,48 @@ impl TestServer {
         Ok(Self { addr, hits, server })
     }
 
+    /// Also serves DNS-over-TLS on `dot` and DNS-over-HTTPS (path `/dns-query`) on `doh`, with
+    /// the PEM certificate chain and private key given. Returns the bound (dot, doh) addresses.
+    #[cfg(feature = "testserver-tls")]
+    pub async fn add_tls(
+        &mut self,
+        dot: SocketAddr,
+        doh: SocketAddr,
+        cert_chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<(SocketAddr, SocketAddr), DnsError> {
+        let dot_listener = TcpListener::bind(dot)
+            .await
+            .map_err(|source| DnsError::Bind { addr: dot, source })?;
+        let doh_listener = TcpListener::bind(doh)
+            .await
+            .map_err(|source| DnsError::Bind { addr: doh, source })?;
+        let addrs = (
+            dot_listener
+                .local_addr()
+                .map_err(|source| DnsError::Bind { addr: dot, source })?,
+            doh_listener
+                .local_addr()
+                .map_err(|source| DnsError::Bind { addr: doh, source })?,
+        );
+        let timeout = Duration::from_secs(10);
+        let cfg = server_tls_config(cert_chain_pem, key_pem, b"dot")?;
+        self.server
+            .register_tls_listener_with_tls_config(dot_listener, timeout, cfg)
+            .map_err(|source| DnsError::Bind { addr: dot, source })?;
+        let cfg = server_tls_config(cert_chain_pem, key_pem, b"h2")?;
+        self.server
+            .register_https_listener_with_tls_config(
+                doh_listener,
+                timeout,
+                cfg,
+                None,
+                "/dns-query".into(),
+            )
+            .map_err(|source| DnsError::Bind { addr: doh, source })?;
+        Ok(addrs)
+    }
+
     /// Bound address (UDP and TCP).
     pub fn addr(&self) -> SocketAddr {
         self.addr
@@ -178,6 +220,30 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.server.shutdown_token().cancel();
     }
+}
+
+#[cfg(feature = "testserver-tls")]
+fn server_tls_config(
+    cert_chain_pem: &str,
+    key_pem: &str,
+    alpn: &[u8],
+) -> Result<Arc<rustls::ServerConfig>, DnsError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |e: String| DnsError::Config(format!("test server TLS: {e}"));
+    let chain = CertificateDer::pem_slice_iter(cert_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| bad(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| bad(e.to_string()))?;
+    config.alpn_protocols = vec![alpn.to_vec()];
+    Ok(Arc::new(config))
 }
 
 struct Counting {
