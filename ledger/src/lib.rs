@@ -18,6 +18,7 @@ pub mod money;
 pub mod service;
 pub mod store;
 pub mod testkit;
+pub mod verify;
 
 pub use domain::{Outcome, Reject, Role};
 pub use service::{ItemError, Ledger, LedgerError, Params, VoucherRequest};
