@@ -68,8 +68,15 @@ async fn run() -> anyhow::Result<()> {
         s
     });
     let fsync = metrics.fsync_recorder();
-    let server =
-        MetricsServer::bind(ServerConfig { listen, token }, Arc::new(metrics), None).await?;
+    let server = MetricsServer::bind(
+        ServerConfig {
+            listen: vec![listen],
+            token,
+        },
+        Arc::new(metrics),
+        None,
+    )
+    .await?;
     #[allow(clippy::print_stdout)]
     {
         println!("listening {}", server.local_addr());

@@ -72,6 +72,9 @@ pub enum TelemetryError {
         /// Path of the token file.
         path: std::path::PathBuf,
     },
+    /// The server configuration has no listen address.
+    #[error("no metrics listen address configured")]
+    NoListenAddress,
     /// Serving HTTP failed.
     #[error("metrics server: {0}")]
     Serve(std::io::Error),

@@ -43,13 +43,17 @@ use serde::Deserialize;
 use crate::process::ProcessCollector;
 
 /// The `[metrics]` table of the agent (and ledger) config.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct MetricsConfig {
-    /// Listen address of `/metrics`. `None`: the binary's default (the agent uses its LAN
-    /// address on port 9586; the library default is [`crate::server::DEFAULT_LISTEN`]).
+    /// Serve `/metrics` at all (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Listen addresses of the HTTP server. Empty: the binary's default (the agent uses its
+    /// LAN address and 127.0.0.1, port 9586, so the LuCI page can reach `/status`; the library
+    /// default is [`crate::server::DEFAULT_LISTEN`]).
     #[serde(default)]
-    pub listen: Option<std::net::SocketAddr>,
+    pub listen: Vec<std::net::SocketAddr>,
     /// File holding a bearer token (mode 0600). When set, `/metrics` and `/status` answer 401
     /// without `Authorization: Bearer <token>`.
     #[serde(default)]
@@ -58,6 +62,21 @@ pub struct MetricsConfig {
     /// peer costs router memory and Prometheus storage.
     #[serde(default)]
     pub per_peer_labels: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: Vec::new(),
+            token_file: None,
+            per_peer_labels: false,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Why a packet was dropped; the `reason` label of `ferry_packets_dropped_total`.

@@ -210,9 +210,12 @@ fn drop_counts_saturate_instead_of_wrapping() {
 
 #[test]
 fn metrics_config_parses_kebab_case_and_rejects_unknown_keys() {
-    let cfg: MetricsConfig = toml_like(r#"{"listen":"192.168.1.1:9586","per-peer-labels":true}"#);
+    let cfg: MetricsConfig =
+        toml_like(r#"{"listen":["192.168.1.1:9586","127.0.0.1:9586"],"per-peer-labels":true}"#);
     assert!(cfg.per_peer_labels);
-    assert_eq!(cfg.listen, Some("192.168.1.1:9586".parse().unwrap()));
+    assert!(cfg.enabled);
+    assert_eq!(cfg.listen[0], "192.168.1.1:9586".parse().unwrap());
+    assert_eq!(cfg.listen.len(), 2);
     assert!(serde_json::from_str::<MetricsConfig>(r#"{"per_peer_labels":true}"#).is_err());
 }
 

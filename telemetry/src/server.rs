@@ -92,42 +92,45 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Where and how to serve.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
-    /// Listen address (`127.0.0.1:0` in tests).
-    pub listen: SocketAddr,
+    /// Listen addresses (`127.0.0.1:0` in tests); every one serves the same endpoints.
+    pub listen: Vec<SocketAddr>,
     /// Required bearer token, if any.
     pub token: Option<BearerToken>,
 }
 
 impl ServerConfig {
-    /// No token, given address.
+    /// No token, one address.
     pub fn new(listen: SocketAddr) -> Self {
         Self {
-            listen,
+            listen: vec![listen],
             token: None,
         }
     }
 
-    /// From the `[metrics]` table: `listen` or `default_listen`, token read from `token-file`.
+    /// From the `[metrics]` table: `listen` (or `default_listen` when it is empty), token read
+    /// from `token-file`.
     pub fn from_config(
         config: &MetricsConfig,
-        default_listen: SocketAddr,
+        default_listen: &[SocketAddr],
     ) -> Result<Self, TelemetryError> {
         let token = config
             .token_file
             .as_deref()
             .map(BearerToken::from_file)
             .transpose()?;
-        Ok(Self {
-            listen: config.listen.unwrap_or(default_listen),
-            token,
-        })
+        let listen = if config.listen.is_empty() {
+            default_listen.to_vec()
+        } else {
+            config.listen.clone()
+        };
+        Ok(Self { listen, token })
     }
 }
 
 /// A bound, not yet serving, metrics server.
 #[derive(Debug)]
 pub struct MetricsServer {
-    listener: tokio::net::TcpListener,
+    listeners: Vec<tokio::net::TcpListener>,
     router: Router,
 }
 
@@ -139,18 +142,23 @@ struct AppState {
 }
 
 impl MetricsServer {
-    /// Binds the listener; serve with [`MetricsServer::serve`].
+    /// Binds every listen address (fails on the first that cannot be bound, or on none);
+    /// serve with [`MetricsServer::serve`].
     pub async fn bind(
         config: ServerConfig,
         metrics: Arc<Metrics>,
         status: Option<StatusSource>,
     ) -> Result<Self, TelemetryError> {
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| TelemetryError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        if config.listen.is_empty() {
+            return Err(TelemetryError::NoListenAddress);
+        }
+        let mut listeners = Vec::with_capacity(config.listen.len());
+        for &addr in &config.listen {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| TelemetryError::Bind { addr, source })?;
+            listeners.push(listener);
+        }
         let state = AppState {
             metrics,
             status,
@@ -161,27 +169,65 @@ impl MetricsServer {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/status", get(status_handler))
             .with_state(state);
-        Ok(Self { listener, router })
+        Ok(Self { listeners, router })
     }
 
-    /// The bound address (useful after binding port 0).
+    /// The first bound address (useful after binding port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        // A bound TcpListener always has a local address; fall back to unspecified otherwise.
-        self.listener
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
+        self.local_addrs()
+            .first()
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)))
     }
 
-    /// Serves until `shutdown` completes.
+    /// All bound addresses, in configuration order.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect()
+    }
+
+    /// Serves on every listener until `shutdown` completes (or one listener fails).
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), TelemetryError> {
-        tracing::info!(addr = %self.local_addr(), "metrics server listening");
-        axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(TelemetryError::Serve)
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut servers = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            let addr = listener.local_addr().ok();
+            tracing::info!(addr = ?addr, "metrics server listening");
+            let mut stop = stop_rx.clone();
+            let router = self.router.clone();
+            servers.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.wait_for(|stopped| *stopped).await;
+                    })
+                    .await
+            });
+        }
+        let first_exit = tokio::select! {
+            () = shutdown => None,
+            exit = servers.join_next() => exit,
+        };
+        let _ = stop_tx.send(true);
+        let mut result = flatten(first_exit);
+        while let Some(exit) = servers.join_next().await {
+            result = result.and(flatten(Some(exit)));
+        }
+        result
+    }
+}
+
+fn flatten(
+    exit: Option<Result<std::io::Result<()>, tokio::task::JoinError>>,
+) -> Result<(), TelemetryError> {
+    match exit {
+        None | Some(Ok(Ok(()))) => Ok(()),
+        Some(Ok(Err(e))) => Err(TelemetryError::Serve(e)),
+        Some(Err(join)) => Err(TelemetryError::Serve(std::io::Error::other(join))),
     }
 }
 

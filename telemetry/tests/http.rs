@@ -128,11 +128,10 @@ async fn server_config_from_metrics_table_reads_listen_and_token_file() {
     std::fs::write(&token_file, "from-file\n").unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let table = MetricsConfig {
-        listen: None,
         token_file: Some(token_file),
-        per_peer_labels: false,
+        ..MetricsConfig::default()
     };
-    let config = ServerConfig::from_config(&table, "127.0.0.1:0".parse().unwrap()).unwrap();
+    let config = ServerConfig::from_config(&table, &["127.0.0.1:0".parse().unwrap()]).unwrap();
     let server = MetricsServer::bind(config, Arc::new(Metrics::new(&table)), None)
         .await
         .unwrap();
@@ -160,4 +159,66 @@ async fn binding_a_busy_port_is_a_clear_error() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains(&addr.to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn every_listen_address_serves_and_shutdown_stops_all() {
+    let config = ServerConfig {
+        listen: vec![
+            "127.0.0.1:0".parse().unwrap(),
+            "127.0.0.2:0".parse().unwrap(),
+        ],
+        token: None,
+    };
+    let server = MetricsServer::bind(
+        config,
+        Arc::new(Metrics::new(&MetricsConfig::default())),
+        None,
+    )
+    .await
+    .unwrap();
+    let addrs = server.local_addrs();
+    assert_eq!(addrs.len(), 2);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    for addr in &addrs {
+        assert_eq!(
+            http_get(*addr, "/healthz", None).await.unwrap().status,
+            200,
+            "{addr}"
+        );
+    }
+    stop.send(()).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), task)
+        .await
+        .expect("serve returns after shutdown")
+        .unwrap()
+        .unwrap();
+    for addr in &addrs {
+        assert!(
+            http_get(*addr, "/healthz", None).await.is_err(),
+            "{addr} still serving"
+        );
+    }
+}
+
+#[tokio::test]
+async fn empty_listen_list_is_an_error() {
+    let config = ServerConfig {
+        listen: vec![],
+        token: None,
+    };
+    let err = MetricsServer::bind(
+        config,
+        Arc::new(Metrics::new(&MetricsConfig::default())),
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, ferry_telemetry::TelemetryError::NoListenAddress),
+        "{err}"
+    );
 }
