@@ -58,7 +58,13 @@ pub fn dns_server_binary() -> Result<PathBuf> {
 
 /// Starts an authoritative test DNS server in `ns` on `listen` (port 53) with `records`
 /// (`"name. 60 A 1.2.3.4"`), waiting until it is ready.
-pub fn dns_server(lab: &mut Lab, ns: &Ns, label: &str, listen: SocketAddr, records: &[&str]) -> Result<ProcId> {
+pub fn dns_server(
+    lab: &mut Lab,
+    ns: &Ns,
+    label: &str,
+    listen: SocketAddr,
+    records: &[&str],
+) -> Result<ProcId> {
     let bin = dns_server_binary()?.to_string_lossy().into_owned();
     let listen_s = listen.to_string();
     let mut argv = vec![bin.as_str(), "--listen", &listen_s, "--origin", "test."];
@@ -146,9 +152,17 @@ impl FerryHome {
 }
 
 /// A `[[relay]]` entry for a trusted peer.
-pub fn trusted_relay(name: &str, endpoint: SocketAddr, relay_public: &str, dns: &[IpAddr]) -> String {
+pub fn trusted_relay(
+    name: &str,
+    endpoint: SocketAddr,
+    relay_public: &str,
+    dns: &[IpAddr],
+) -> String {
     let dns: Vec<String> = dns.iter().map(|d| format!("\"{d}\"")).collect();
-    let addrs: Vec<String> = tunnel::CLIENT_ADDRS.iter().map(|a| format!("\"{a}\"")).collect();
+    let addrs: Vec<String> = tunnel::CLIENT_ADDRS
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect();
     format!(
         "[[relay]]\nname = \"{name}\"\nendpoint = \"{endpoint}\"\npublic-key = \"{relay_public}\"\naddress = [{}]\ndns = [{}]\nkeepalive = 5\n",
         addrs.join(", "),
@@ -219,7 +233,9 @@ impl WireCounters {
 
     /// Packets counted by `name`.
     pub fn packets(&self, name: &str) -> Result<u64> {
-        let out = self.ns.exec(&["nft", "list", "counter", "netdev", &self.table, name])?;
+        let out = self
+            .ns
+            .exec(&["nft", "list", "counter", "netdev", &self.table, name])?;
         let words: Vec<&str> = out.split_whitespace().collect();
         let i = words
             .iter()
@@ -330,15 +346,23 @@ impl ClientLab {
         let status = self.home.state.join("status.json");
         let lab = &mut self.topo.lab;
         let mut exited = false;
-        wait_until(Duration::from_secs(20), "ferry connect to be connected", || {
-            if !lab.is_running(id) {
-                exited = true;
-                return true;
-            }
-            std::fs::read_to_string(&status).is_ok_and(|s| s.contains("\"state\": \"connected\""))
-        })?;
+        wait_until(
+            Duration::from_secs(20),
+            "ferry connect to be connected",
+            || {
+                if !lab.is_running(id) {
+                    exited = true;
+                    return true;
+                }
+                std::fs::read_to_string(&status)
+                    .is_ok_and(|s| s.contains("\"state\": \"connected\""))
+            },
+        )?;
         if exited {
-            bail!("ferry connect exited:\n{}", self.topo.lab.log("ferry-connect"));
+            bail!(
+                "ferry connect exited:\n{}",
+                self.topo.lab.log("ferry-connect")
+            );
         }
         Ok(id)
     }
