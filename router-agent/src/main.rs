@@ -16,7 +16,7 @@ mod run;
 
 /// Ferry relay agent: a userspace WireGuard endpoint that relays clients' traffic to the internet.
 #[derive(Parser, Debug)]
-#[command(name = "ferry-agent", version, about, long_about = None)]
+#[command(name = "ferry-agent", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

@@ -166,10 +166,22 @@ impl EgressPolicy {
     }
 }
 
-/// Maps IPv4-mapped IPv6 addresses to IPv4 so a v4 rule cannot be bypassed through them.
+/// Maps IPv4-mapped (`::ffff:0:0/96`) and NAT64 well-known-prefix (`64:ff9b::/96`) IPv6
+/// addresses to the IPv4 address they carry, so a v4 rule cannot be bypassed through them
+/// (a router running NAT64 would otherwise reach `64:ff9b::192.168.1.1`).
 fn canonical(a: IpAddr) -> IpAddr {
     match a {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return IpAddr::V4(v4);
+            }
+            let s = v6.segments();
+            if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let o = v6.octets();
+                return IpAddr::V4(std::net::Ipv4Addr::new(o[12], o[13], o[14], o[15]));
+            }
+            a
+        }
         v4 => v4,
     }
 }
@@ -227,6 +239,9 @@ mod tests {
             "ff02::1",
             "::ffff:192.168.1.1",
             "::ffff:10.0.0.1",
+            "64:ff9b::c0a8:101",
+            "64:ff9b::a00:1",
+            "64:ff9b::7f00:1",
         ] {
             assert_eq!(p.check_addr(ip(named)), Verdict::Blocked, "{named}");
         }
