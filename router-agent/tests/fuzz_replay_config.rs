@@ -33,5 +33,8 @@ fn agent_config_corpus_replays_cleanly() {
             bad += 1;
         }
     }
-    assert!(valid >= 3 && bad >= 20, "corpus too small: {valid} valid, {bad} bad");
+    assert!(
+        valid >= 3 && bad >= 20,
+        "corpus too small: {valid} valid, {bad} bad"
+    );
 }

@@ -1,0 +1,59 @@
+//! Check for the `agent_config` fuzz target, shared with
+//! `router-agent/tests/fuzz_replay_config.rs`. Both include `router-agent/src/config.rs` as
+//! `crate::config` with `#[path]` (ferry-agent has no library target).
+//!
+//! Arbitrary text goes through `Config::parse` (TOML + validation). It must not panic, and
+//! an accepted config must satisfy everything the agent relies on later.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use ferry_relay_core::EgressPolicy;
+
+use crate::config::{Config, MAX_PEERS_LIMIT};
+
+/// Returns whether the text was accepted.
+pub(crate) fn check(data: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return false;
+    };
+    let v = match Config::parse(text, Path::new("/etc/ferry")) {
+        Ok(v) => v,
+        Err(e) => {
+            // Error messages are built from the input; formatting them must not panic.
+            let msg = format!("{e:#}");
+            assert!(!msg.is_empty());
+            return false;
+        }
+    };
+    assert!(v.private_key_file.is_absolute(), "key path not resolved");
+    assert_ne!(v.listen.port(), 0);
+    assert!(!v.address.is_empty());
+    let min_mtu = if v.address.iter().any(|a| a.addr().is_ipv6()) {
+        1280
+    } else {
+        576
+    };
+    assert!((min_mtu..=9000).contains(&v.mtu), "mtu {}", v.mtu);
+    let l = &v.raw.limits;
+    assert!((1..=MAX_PEERS_LIMIT).contains(&l.max_peers));
+    assert!(v.peers.len() <= l.max_peers);
+    let name = &v.raw.egress.tun_name;
+    assert!((1..=15).contains(&name.len()) && !name.contains('/'));
+    let (mut names, mut keys, mut nets) = (HashSet::new(), HashSet::new(), HashSet::new());
+    for p in &v.peers {
+        assert!(names.insert(p.name.clone()), "duplicate name accepted");
+        assert!(keys.insert(p.public_key), "duplicate key accepted");
+        assert!(!p.allowed_ips.is_empty());
+        for n in &p.allowed_ips {
+            assert!(nets.insert(n.trunc()), "duplicate allowed IP accepted");
+        }
+    }
+    assert!(v.tunnel_services.iter().all(|s| s.port != 0));
+    // The accepted values build a relay policy without panicking.
+    let policy = EgressPolicy::new(v.policy(Vec::new()), &v.tunnel_ips());
+    for a in v.tunnel_ips() {
+        let _ = policy.check_addr(a);
+    }
+    true
+}

@@ -1,0 +1,15 @@
+//! Arbitrary text as `ferry-agent`'s TOML config (`Config::parse`: TOML + validation).
+//! ferry-agent has no library target, so its `config.rs` is compiled in here with `#[path]`.
+//! Check in `checks/config.rs`, replayed by `router-agent/tests/fuzz_replay_config.rs`.
+#![no_main]
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../router-agent/src/config.rs"]
+mod config;
+
+#[path = "../checks/config.rs"]
+mod check;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    check::check(data);
+});
