@@ -170,7 +170,7 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
     };
     let app = router(state);
     let queue = Arc::new(std::sync::Mutex::new(bodies));
-    let t = Instant::now();
+    let (t, cpu0) = (Instant::now(), cpu_secs());
     let mut tasks = Vec::new();
     for _ in 0..a.submitters {
         let (app, queue) = (app.clone(), queue.clone());
@@ -201,6 +201,7 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
         t.await??;
     }
     let secs = t.elapsed().as_secs_f64();
+    let cpu = cpu_secs() - cpu0;
     let mut credited = 0;
     let mut earned = 0;
     for r in &relays {
@@ -240,6 +241,10 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
         println!(
             "ingest: {:.0} receipts/s ({secs:.2}s total, HTTP router + JSON + base64 + verify + store)",
             n as f64 / secs
+        );
+        println!(
+            "ingest CPU: {:.0} receipts per CPU-second ({cpu:.2} CPU-s; load-independent)",
+            n as f64 / cpu.max(1e-9)
         );
         println!(
             "verify only: {verify_rate:.0} receipts/s (2 Ed25519 verifications each, all cores)"
@@ -305,4 +310,16 @@ async fn store_only_rate<S: Store>(
         ensure!(res.iter().all(Result::is_ok), "store-only batch refused");
     }
     Ok(n as f64 / t.elapsed().as_secs_f64())
+}
+
+/// User + system CPU seconds of this process (Linux `/proc/self/stat`, USER_HZ = 100).
+fn cpu_secs() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the ")" that closes the command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
