@@ -70,6 +70,7 @@ pub(crate) struct Engine {
     failure: Option<String>,
     closing: Option<Instant>,
     closed: bool,
+    started: bool,
     status: Status,
     status_path: Option<PathBuf>,
     last_status: Option<Instant>,
@@ -146,6 +147,7 @@ impl Engine {
             failure: None,
             closing: None,
             closed: false,
+            started: false,
             status,
             status_path,
             last_status: None,
@@ -358,6 +360,17 @@ impl Engine {
     /// Timers: WireGuard handshakes/keepalives, Hello retransmission, close grace, status file.
     pub(crate) async fn on_tick(&mut self) {
         let now = Instant::now();
+        if !self.started {
+            // Handshake right away instead of waiting for the first packet or keepalive.
+            self.started = true;
+            if let TunnResult::WriteToNetwork(b) =
+                self.tunn.format_handshake_initiation(&mut self.out, false)
+            {
+                if let Err(e) = self.udp.send(b).await {
+                    tracing::trace!(error = %e, "udp send failed");
+                }
+            }
+        }
         match self.tunn.update_timers(&mut self.out) {
             TunnResult::WriteToNetwork(b) => {
                 if let Err(e) = self.udp.send(b).await {

@@ -1,0 +1,152 @@
+//! `ferry socks5` end to end, run as an unprivileged user (no TUN, no root): TCP CONNECT to
+//! IPv4, IPv6 and domain-name targets through the relay; names are resolved by the resolver
+//! behind the relay, through the tunnel.
+//! Needs root to build the lab: `cargo test -p ferry-e2e --test client_socks5 -- --ignored`.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use ferry_e2e::client::{ClientLab, DATA_NAME, WireCounters};
+use ferry_e2e::servers::pattern;
+use ferry_e2e::topology::{DATA_PORT, INET4, INET6, ROUTER_UP4, sa};
+use ferry_e2e::wait::wait_until;
+
+const LISTEN: &str = "127.0.0.1:1080";
+
+enum Dst<'a> {
+    Ip(SocketAddr),
+    Name(&'a str, u16),
+}
+
+/// SOCKS5 CONNECT + `GET n` through the proxy; returns (banner line, verified byte count),
+/// or the SOCKS reply code if the proxy refused.
+fn socks_fetch(lab: &ClientLab, dst: Dst<'_>, n: u64) -> Result<(String, u64), u8> {
+    let mut s = lab
+        .topo
+        .client
+        .enter(|| TcpStream::connect(LISTEN))
+        .unwrap()
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut a = [0u8; 2];
+    s.read_exact(&mut a).unwrap();
+    assert_eq!(a, [5, 0]);
+    let mut req = vec![5, 1, 0];
+    match dst {
+        Dst::Ip(SocketAddr::V4(v4)) => {
+            req.push(1);
+            req.extend(v4.ip().octets());
+            req.extend(v4.port().to_be_bytes());
+        }
+        Dst::Ip(SocketAddr::V6(v6)) => {
+            req.push(4);
+            req.extend(v6.ip().octets());
+            req.extend(v6.port().to_be_bytes());
+        }
+        Dst::Name(name, port) => {
+            req.extend([3, name.len() as u8]);
+            req.extend(name.as_bytes());
+            req.extend(port.to_be_bytes());
+        }
+    }
+    s.write_all(&req).unwrap();
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).unwrap();
+    if rep[1] != 0 {
+        return Err(rep[1]);
+    }
+    s.write_all(format!("GET {n}\n").as_bytes()).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let nl = all.iter().position(|b| *b == b'\n').unwrap();
+    let banner = String::from_utf8_lossy(&all[..nl]).into_owned();
+    let body = &all[nl + 1..];
+    for (i, b) in body.iter().enumerate() {
+        assert_eq!(*b, pattern(i as u64), "corrupted byte {i}");
+    }
+    Ok((banner, body.len() as u64))
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn socks5_as_nobody_fetches_by_address_and_by_name_through_the_tunnel() {
+    let mut lab = ClientLab::start(|_| {}).unwrap();
+    let wire = WireCounters::install(
+        &lab.topo.router,
+        &lab.topo.router_wan_if,
+        "fesockswire",
+        &[("dns", "meta l4proto { tcp, udp } th dport 53")],
+    )
+    .unwrap();
+    lab.home.give_to_nobody().unwrap();
+    let links_before = lab.topo.client.ip(&["-o", "link"]).unwrap().lines().count();
+    let mut argv = vec![
+        "setpriv".to_owned(),
+        "--reuid=nobody".into(),
+        "--regid=nogroup".into(),
+        "--clear-groups".into(),
+        "--".into(),
+    ];
+    argv.extend(
+        lab.home
+            .argv(&["socks5", "lab", "--listen", LISTEN])
+            .unwrap(),
+    );
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let proc = lab
+        .topo
+        .lab
+        .spawn_env(
+            &lab.topo.client,
+            "ferry-socks5",
+            &refs,
+            &[("FERRY_LOG", "debug")],
+        )
+        .unwrap();
+    let status = lab.home.state.join("status.json");
+    wait_until(Duration::from_secs(20), "socks5 connected", || {
+        std::fs::read_to_string(&status).is_ok_and(|s| s.contains("\"state\": \"connected\""))
+    })
+    .unwrap();
+    // Really unprivileged, and no TUN device appeared.
+    let st = std::fs::read_to_string(format!("/proc/{}/status", proc.pid())).unwrap();
+    let uid = st.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert!(
+        uid.split_whitespace().skip(1).all(|u| u == "65534"),
+        "{uid}"
+    );
+    let caps = st.lines().find(|l| l.starts_with("CapEff:")).unwrap();
+    assert!(caps.ends_with("0000000000000000"), "{caps}");
+    let links_after = lab.topo.client.ip(&["-o", "link"]).unwrap().lines().count();
+    assert_eq!(links_before, links_after);
+
+    let (banner, n) = socks_fetch(&lab, Dst::Ip(sa(INET4, DATA_PORT)), 2 << 20).unwrap();
+    assert_eq!(n, 2 << 20);
+    assert!(
+        banner.starts_with(&format!("inet {ROUTER_UP4}:")),
+        "{banner}"
+    );
+    let (_, n) = socks_fetch(&lab, Dst::Ip(sa(INET6, DATA_PORT)), 256 << 10).unwrap();
+    assert_eq!(n, 256 << 10);
+
+    // By name: resolved behind the relay; nothing asks the ISP resolver.
+    let name = DATA_NAME.trim_end_matches('.');
+    let (banner, n) = socks_fetch(&lab, Dst::Name(name, DATA_PORT), 1 << 20).unwrap();
+    assert_eq!(n, 1 << 20);
+    assert!(banner.starts_with("inet "), "{banner}");
+    assert_eq!(wire.packets("dns").unwrap(), 0);
+    // Unknown names and closed ports get proper SOCKS errors.
+    assert_eq!(
+        socks_fetch(&lab, Dst::Name("nope.test", DATA_PORT), 1),
+        Err(4)
+    );
+    assert_eq!(socks_fetch(&lab, Dst::Ip(sa(INET4, 9)), 1), Err(5));
+    let st = lab.status_json().unwrap();
+    assert!(st.contains("\"mode\": \"socks5\""), "{st}");
+    // Stops cleanly on SIGTERM.
+    let out = lab.topo.lab.stop(proc, Duration::from_secs(5));
+    assert!(out.contains("exit status: 0"), "{out}");
+}
