@@ -222,3 +222,18 @@ fn metrics_config_parses_kebab_case_and_rejects_unknown_keys() {
 fn toml_like<T: serde::de::DeserializeOwned>(json: &str) -> T {
     serde_json::from_str(json).unwrap()
 }
+
+#[test]
+fn drop_reason_slots_and_labels_are_distinct() {
+    let mut counts = DropCounts::default();
+    for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+        assert_eq!(reason.index(), i, "{reason:?}");
+        counts.add(reason, i as u64 + 1);
+    }
+    for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+        assert_eq!(counts.get(reason), i as u64 + 1);
+    }
+    let labels: std::collections::BTreeSet<_> =
+        DropReason::ALL.iter().map(|r| r.as_label()).collect();
+    assert_eq!(labels.len(), DropReason::ALL.len());
+}
