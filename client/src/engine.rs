@@ -506,3 +506,7 @@ fn persist(store: &Arc<Mutex<Store>>, rec: Record) -> Result<()> {
         _ => f(),
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

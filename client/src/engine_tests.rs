@@ -1,0 +1,330 @@
+//! The engine against an in-process relay (boringtun + ferry-metering's `RelayHub`) over
+//! loopback UDP: honest receipts are co-signed, stored and acknowledged; a final receipt is
+//! co-signed at close; a relay that claims bytes it never delivered is refused and the
+//! client disconnects.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+use ferry_keys::{WgPrivateKey, WgPublicKey};
+use ferry_metering::{
+    CONTROL_PORT, ClientConfig, CutOffReason, Direction, Message, ReceiptRejectReason, RelayConfig,
+    RelayEvent, RelayHub, RelayIdentity, control_datagram, decode, encode, udp_packet,
+};
+use ferry_receipts::{NetworkId, SessionId, Signature, SigningKey, Voucher};
+use ferry_store::Store;
+use tokio::net::UdpSocket;
+
+use super::*;
+use crate::config::{Paid as PaidCfg, Relay};
+use crate::packet::parse_udp;
+
+const NET: NetworkId = NetworkId([0x42; 16]);
+const RELAY_TUN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const CLIENT_TUN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+const ECHO: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2)), 7);
+const KIB: u64 = 1024;
+
+#[derive(Default)]
+struct RelayLog {
+    stored: Vec<ferry_receipts::CoSignedReceipt>,
+    events: Vec<RelayEvent>,
+}
+
+/// A relay that echoes UDP to `ECHO` and meters like the agent will; `phantom_down` extra
+/// bytes are metered (claimed) for every echoed packet without being sent.
+async fn mini_relay(
+    sock: UdpSocket,
+    mut tunn: Tunn,
+    mut hub: RelayHub<u8>,
+    phantom_down: u64,
+    log: Arc<Mutex<RelayLog>>,
+) {
+    let own = [IpAddr::V4(RELAY_TUN)];
+    let mut buf = vec![0u8; 65536];
+    let mut out = vec![0u8; 65536];
+    let mut client: Option<SocketAddr> = None;
+    loop {
+        let r = tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)).await;
+        let now = Instant::now();
+        let unix = unix_now();
+        let mut to_client: Vec<Vec<u8>> = Vec::new();
+        if let Ok(Ok((n, from))) = r {
+            client = Some(from);
+            let mut first = true;
+            loop {
+                let input: &[u8] = if first { &buf[..n] } else { &[] };
+                first = false;
+                match tunn.decapsulate(Some(from.ip()), input, &mut out) {
+                    TunnResult::WriteToNetwork(b) => {
+                        let _ = sock.send_to(b, from).await;
+                        continue;
+                    }
+                    TunnResult::WriteToTunnelV4(p, _) => {
+                        let pkt = p.to_vec();
+                        if let Some(c) = control_datagram(&pkt, &own) {
+                            let reply_to = c.from;
+                            match decode(c.payload) {
+                                Ok(Message::Hello(offer)) => {
+                                    let m =
+                                        match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix)
+                                        {
+                                            Ok(m) => m,
+                                            Err(r) => Message::Reject(r),
+                                        };
+                                    to_client.extend(udp_packet(c.to, reply_to, &encode(&m)));
+                                }
+                                _ => {
+                                    if let Some(co) = hub.handle_control(0, c.payload, now) {
+                                        log.lock().unwrap().stored.push(co);
+                                        if let Some(ack) = hub.persisted(0, co.body().seq) {
+                                            to_client.extend(udp_packet(
+                                                c.to,
+                                                reply_to,
+                                                &encode(&ack),
+                                            ));
+                                        }
+                                    }
+                                }
+                            }
+                        } else if let Some((src, dst, payload)) = parse_udp(&pkt) {
+                            if dst == ECHO
+                                && hub.on_bytes(0, Direction::Up, pkt.len() as u64, now)
+                                    == ferry_metering::Verdict::Forward
+                            {
+                                let reply = udp_packet(dst, src, payload).unwrap();
+                                let v = hub.on_bytes(0, Direction::Down, reply.len() as u64, now);
+                                if phantom_down > 0 {
+                                    let _ = hub.on_bytes(0, Direction::Down, phantom_down, now);
+                                }
+                                if v == ferry_metering::Verdict::Forward {
+                                    to_client.push(reply);
+                                }
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                break;
+            }
+        }
+        hub.handle_timeout(now, unix);
+        while let Some((_, m)) = hub.poll_transmit(now, unix) {
+            let from = SocketAddr::new(RELAY_TUN.into(), CONTROL_PORT);
+            let to = SocketAddr::new(CLIENT_TUN.into(), CONTROL_PORT);
+            to_client.extend(udp_packet(from, to, &encode(&m)));
+        }
+        while let Some((_, e)) = hub.poll_event() {
+            log.lock().unwrap().events.push(e);
+        }
+        if let TunnResult::WriteToNetwork(b) = tunn.update_timers(&mut out) {
+            if let Some(c) = client {
+                let _ = sock.send_to(b, c).await;
+            }
+        }
+        for p in to_client {
+            if let (TunnResult::WriteToNetwork(b), Some(c)) =
+                (tunn.encapsulate(&p, &mut out), client)
+            {
+                let _ = sock.send_to(b, c).await;
+            }
+        }
+    }
+}
+
+struct Fixture {
+    engine: Engine,
+    udp: Arc<UdpSocket>,
+    log: Arc<Mutex<RelayLog>>,
+    store: Arc<Mutex<Store>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn fixture(phantom_down: u64) -> Fixture {
+    let relay_wg = WgPrivateKey::from_bytes(&[9; 32]);
+    let client_wg = WgPrivateKey::from_bytes(&[7; 32]);
+    let relay_id = Arc::new(SigningKey::from_seed(&[1; 32]));
+    let client_id = Arc::new(SigningKey::from_seed(&[2; 32]));
+    let ledger = SigningKey::from_seed(&[3; 32]);
+    let voucher = Voucher {
+        network_id: NET,
+        ledger_key: ledger.public_key(),
+        client_key: client_id.public_key(),
+        nonce: [5; 16],
+        allowance_bytes: 1 << 30,
+        price_micros_per_gib: 1_000_000,
+        issued_at: unix_now() - 10,
+        expires_at: unix_now() + 3600,
+        signature: Signature::ZERO,
+    }
+    .sign(&ledger);
+    let cfg = RelayConfig {
+        receipt_every_bytes: 64 * KIB,
+        receipt_every: Duration::from_secs(1),
+        credit_window_bytes: 8 << 20,
+        retransmit_after: Duration::from_millis(500),
+        close_grace: Duration::from_secs(3),
+        ..RelayConfig::default()
+    };
+    cfg.validate().unwrap();
+    let hub = RelayHub::new(
+        cfg,
+        RelayIdentity {
+            network_id: NET,
+            ledger_key: ledger.public_key(),
+            key: relay_id.clone(),
+        },
+    );
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = sock.local_addr().unwrap();
+    let tunn = Tunn::new(
+        relay_wg.static_secret(),
+        x25519_dalek::PublicKey::from(client_wg.public_key().0),
+        None,
+        None,
+        1,
+        None,
+    );
+    let log = Arc::new(Mutex::new(RelayLog::default()));
+    tokio::spawn(mini_relay(sock, tunn, hub, phantom_down, log.clone()));
+
+    let relay = Relay {
+        name: "mini".into(),
+        endpoint,
+        public_key: WgPublicKey(relay_wg.public_key().0),
+        address: vec!["10.77.0.2/32".parse().unwrap()],
+        dns: vec![],
+        mtu: 1420,
+        keepalive: 0,
+        paid: Some(PaidCfg {
+            identity_key: relay_id.public_key(),
+            control_address: RELAY_TUN.into(),
+            voucher: None,
+        }),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Mutex::new(Store::open(dir.path().join("r.log")).unwrap().0));
+    let udp = relay_socket(endpoint).await.unwrap();
+    let paid = PaidSetup {
+        identity: client_id,
+        voucher,
+        store: store.clone(),
+        kick: None,
+        cfg: ClientConfig::default(),
+    };
+    let engine = Engine::new(&relay, &client_wg, udp.clone(), Some(paid), "test", None).unwrap();
+    Fixture {
+        engine,
+        udp,
+        log,
+        store,
+        _dir: dir,
+    }
+}
+
+/// Drives the engine for `dur`, sending `per_tick` echo packets of `size` bytes every 10 ms
+/// while `send` is true. Returns the echo bytes received (inner packet lengths).
+async fn drive(f: &mut Fixture, dur: Duration, per_tick: usize, size: usize) -> u64 {
+    let src = SocketAddr::new(CLIENT_TUN.into(), 40000);
+    let pkt = udp_packet(src, ECHO, &vec![0xab; size]).unwrap();
+    let deadline = Instant::now() + dur;
+    let mut got = 0;
+    let mut buf = vec![0u8; 65536];
+    let mut last_tick = Instant::now() - Duration::from_secs(1);
+    while Instant::now() < deadline && f.engine.failure().is_none() && !f.engine.closed() {
+        if last_tick.elapsed() >= Duration::from_millis(100) {
+            f.engine.on_tick().await;
+            last_tick = Instant::now();
+        }
+        if f.engine.is_up() {
+            for _ in 0..per_tick {
+                f.engine.send_inner(&pkt).await;
+            }
+        }
+        while let Ok(Ok(n)) =
+            tokio::time::timeout(Duration::from_millis(10), f.udp.recv(&mut buf)).await
+        {
+            for p in f.engine.handle_datagram(&buf[..n]).await {
+                got += p.len() as u64;
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honest_receipts_are_cosigned_stored_acked_and_the_final_one_at_close() {
+    let mut f = fixture(0).await;
+    let got = drive(&mut f, Duration::from_secs(3), 4, 1000).await;
+    assert!(f.engine.failure().is_none(), "{:?}", f.engine.failure());
+    assert!(got > 256 * KIB, "echoed only {got} bytes");
+    let st = f.engine.status_mut().clone();
+    let last = st.last_receipt.expect("no receipt co-signed");
+    assert!(last.seq >= 2, "{last:?}");
+    assert!(st.session_id.is_some());
+    // Every receipt the relay stored, the client stored too (same bytes).
+    let relay_stored = f.log.lock().unwrap().stored.clone();
+    assert!(!relay_stored.is_empty());
+    {
+        let store = f.store.lock().unwrap();
+        let latest = store.latest(&SessionId([7; 16])).unwrap();
+        assert!(relay_stored.contains(latest));
+        assert_eq!(store.pending_count(), 1, "not yet submitted to a ledger");
+    }
+    // Close: the relay's final receipt covers every byte and is co-signed.
+    f.engine.close().await;
+    drive(&mut f, Duration::from_secs(4), 0, 0).await;
+    assert!(f.engine.closed());
+    let log = f.log.lock().unwrap();
+    assert!(
+        log.events
+            .contains(&RelayEvent::Closed { acknowledged: true }),
+        "{:?}",
+        log.events
+    );
+    let fin = log.stored.last().unwrap();
+    let (up, down) = (f.engine.up, f.engine.down);
+    // Exactly what the client counted (control traffic excluded on both sides).
+    assert_eq!((fin.body().bytes_up, fin.body().bytes_down), (up, down));
+    assert_eq!(
+        f.engine.status_mut().spend_micros,
+        crate::status::spend_micros(up + down, 1_000_000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_claiming_undelivered_bytes_is_refused_and_the_client_disconnects() {
+    // 64 KiB of phantom download per echoed packet: far beyond 2 % + 1 MiB quickly.
+    let mut f = fixture(64 * KIB).await;
+    drive(&mut f, Duration::from_secs(5), 4, 1000).await;
+    let why = f
+        .engine
+        .failure()
+        .expect("over-claim not refused")
+        .to_owned();
+    assert!(why.contains("more bytes than the client counted"), "{why}");
+    // The relay learned why and cut us off.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = f.log.lock().unwrap();
+    assert!(
+        log.events
+            .contains(&RelayEvent::CutOff(CutOffReason::Rejected(
+                ReceiptRejectReason::OverClaim
+            ))),
+        "{:?}",
+        log.events
+    );
+    // Nothing over-claimed was co-signed.
+    for c in &log.stored {
+        assert!(
+            c.body().bytes_down
+                <= ClientConfig::default()
+                    .tolerance
+                    .max_claim(c.client_observed_down)
+        );
+    }
+}
