@@ -345,3 +345,111 @@ fn apply_one(
         clamped,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{self, NETWORK};
+
+    fn setup(allowance: u64) -> (BatchState, SigningKeys) {
+        let keys = SigningKeys {
+            relay: testkit::key(2, 0),
+            client: testkit::key(3, 0),
+        };
+        let mut st = BatchState::default();
+        st.keys.insert((keys.relay.public_key(), Role::Relay));
+        st.keys.insert((keys.client.public_key(), Role::Client));
+        st.vouchers.insert(
+            VoucherId([1; 32]),
+            VoucherRow {
+                id: VoucherId([1; 32]),
+                client_key: keys.client.public_key(),
+                allowance_bytes: allowance,
+                price_micros_per_gib: 7,
+                issued_at: 0,
+                expires_at: 1_700_000_000,
+                used_bytes: 0,
+                cost_micros: 0,
+                encoded: Vec::new(),
+            },
+        );
+        (st, keys)
+    }
+
+    struct SigningKeys {
+        relay: ferry_receipts::SigningKey,
+        client: ferry_receipts::SigningKey,
+    }
+
+    fn item(k: &SigningKeys, seq: u64, up: u64, down: u64) -> VerifiedReceipt {
+        let r = testkit::receipt(
+            NETWORK,
+            &k.relay,
+            &k.client,
+            VoucherId([1; 32]),
+            7,
+            testkit::session(1),
+            seq,
+            up,
+            down,
+        );
+        VerifiedReceipt {
+            encoded: r.encode(),
+            receipt: r,
+        }
+    }
+
+    #[test]
+    fn new_session_advanced_twice_in_one_batch_is_one_insert() {
+        let (mut st, k) = setup(1 << 40);
+        let items = [item(&k, 1, 1, 1), item(&k, 2, 5, 5), item(&k, 2, 5, 5)];
+        let (res, w) = apply_batch(&mut st, &items, 7200, 3600);
+        assert_eq!(res[2], Ok(Outcome::Duplicate));
+        assert_eq!(w.new_sessions.len(), 1);
+        assert!(w.updated_sessions.is_empty());
+        assert_eq!(w.accepted.len(), 2);
+        assert_eq!(w.accepted[1].credited_bytes, 8);
+        assert_eq!(w.accepted[0].epoch, 2);
+    }
+
+    #[test]
+    fn existing_session_update_remembers_the_loaded_seq() {
+        let (mut st, k) = setup(1 << 40);
+        apply_batch(&mut st, &[item(&k, 3, 1, 1)], 0, 3600);
+        let (_, w) = apply_batch(&mut st, &[item(&k, 4, 2, 2), item(&k, 6, 3, 3)], 0, 3600);
+        assert_eq!(
+            w.updated_sessions.values().copied().collect::<Vec<_>>(),
+            [3]
+        );
+    }
+
+    #[test]
+    fn session_after_voucher_expiry_and_huge_counters_are_refused() {
+        let (mut st, k) = setup(1 << 40);
+        st.vouchers.get_mut(&VoucherId([1; 32])).unwrap().expires_at = 10;
+        let (res, w) = apply_batch(&mut st, &[item(&k, 1, 1, 1)], 0, 3600);
+        assert!(matches!(res[0], Err(Reject::VoucherMismatch(_))));
+        assert!(w.is_empty());
+        let (mut st, k) = setup(u64::MAX);
+        let (res, _) = apply_batch(&mut st, &[item(&k, 1, 1 << 62, 1 << 62)], 0, 3600);
+        assert_eq!(res[0], Err(Reject::TooLarge));
+    }
+
+    #[test]
+    fn clamped_delta_and_money_floor() {
+        let (mut st, k) = setup(1 << 30);
+        let (res, w) = apply_batch(&mut st, &[item(&k, 1, 1 << 30, 1 << 30)], 0, 3600);
+        assert_eq!(
+            res[0],
+            Ok(Outcome::Advanced {
+                epoch: 0,
+                credited_bytes: 1 << 30,
+                clamped: true
+            })
+        );
+        assert_eq!(w.accepted[0].credited_micros, 7);
+        let s = st.sessions.values().next().unwrap();
+        assert!(s.clamped);
+        assert_eq!(st.vouchers[&VoucherId([1; 32])].used_bytes, 1 << 30);
+    }
+}
