@@ -57,6 +57,8 @@ pub(crate) struct Egress {
     pub(crate) tunnel_services: Vec<String>,
     #[serde(default = "yes")]
     pub(crate) tunnel_ping: bool,
+    #[serde(default = "yes")]
+    pub(crate) tun_offload: bool,
 }
 
 impl Default for Egress {
@@ -69,6 +71,7 @@ impl Default for Egress {
             deny: Vec::new(),
             tunnel_services: Vec::new(),
             tunnel_ping: true,
+            tun_offload: true,
         }
     }
 }

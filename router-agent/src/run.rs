@@ -91,9 +91,11 @@ async fn run_async(cfg: Validated, key: WgPrivateKey) -> Result<()> {
     match cfg.raw.egress.mode {
         EgressMode::Tun => {
             let e = &cfg.raw.egress;
-            let tun = TunEgress::create(&e.tun_name, cfg.mtu, &cfg.address).with_context(|| {
-                format!("creating TUN {} (needs root/CAP_NET_ADMIN)", e.tun_name)
-            })?;
+            let tun = TunEgress::create(&e.tun_name, cfg.mtu, &cfg.address, e.tun_offload)
+                .with_context(|| {
+                    format!("creating TUN {} (needs root/CAP_NET_ADMIN)", e.tun_name)
+                })?;
+            tracing::info!(tun = tun.name(), offload = tun.offload(), "TUN device up");
             // Guards are dropped (table removed, sysctls restored) when this scope ends.
             let (_fwd, _nat) = if e.masquerade {
                 let has_v6 = cfg.address.iter().any(|a| a.addr().is_ipv6());

@@ -12,7 +12,7 @@ mod host;
 mod shell;
 mod socket;
 
-pub use egress::{Egress, TunEgress, UserspaceEgress};
+pub use egress::{Egress, HEADROOM, TUN_MIN_BATCH, TunEgress, UserspaceEgress};
 pub use host::{ForwardingGuard, NatGuard, local_addresses};
 pub use shell::{SharedRelay, Shell, ShellConfig};
 pub use socket::{SOCKET_BUFFER, UdpEndpoint, bind_udp};

@@ -18,7 +18,7 @@ use ferry_relay_core::{Action, Relay, TIMER_INTERVAL, buffer_len};
 use quinn_udp::RecvMeta;
 use tokio::task::JoinSet;
 
-use crate::egress::Egress;
+use crate::egress::{Egress, HEADROOM, TUN_MIN_BATCH};
 use crate::socket::UdpEndpoint;
 
 /// The relay shared between the shell's tasks and observers (metering, telemetry).
@@ -29,7 +29,7 @@ pub type SharedRelay = Arc<Mutex<Relay>>;
 pub struct ShellConfig {
     /// Tunnel MTU (largest inner packet).
     pub mtu: usize,
-    /// Packets processed per lock acquisition in the egress -> udp direction.
+    /// Packets processed per lock acquisition in the egress -> udp direction (at least 128).
     pub batch: usize,
 }
 
@@ -48,18 +48,6 @@ pub struct Shell<E: Egress> {
     udp: Arc<UdpEndpoint>,
     egress: Arc<E>,
     cfg: ShellConfig,
-}
-
-enum Out {
-    Tun {
-        start: usize,
-        len: usize,
-    },
-    Udp {
-        dst: SocketAddr,
-        start: usize,
-        len: usize,
-    },
 }
 
 impl<E: Egress> Shell<E> {
@@ -130,8 +118,12 @@ async fn udp_to_egress<E: Egress>(
     let rx_len = if gro > 1 { 64 * 1024 } else { slot_len };
     let mut rx: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; rx_len]).collect();
     let mut meta = vec![RecvMeta::default(); batch];
-    let mut arena = vec![0u8; slot_len * batch];
-    let mut outs: Vec<Out> = Vec::with_capacity(batch);
+    // Decrypted packets, each at [HEADROOM..] of its own buffer (what `send_batch` wants).
+    let mut tun_bufs: Vec<Vec<u8>> = Vec::new();
+    // Datagrams to send back (handshake responses, cookies, flushed queues): (dst, range).
+    let mut udp_out: Vec<u8> = Vec::new();
+    let mut udp_meta: Vec<(SocketAddr, usize, usize)> = Vec::new();
+    let mut scratch = vec![0u8; slot_len];
     loop {
         let n = {
             let mut iovs: Vec<IoSliceMut<'_>> = rx.iter_mut().map(|b| IoSliceMut::new(b)).collect();
@@ -142,64 +134,51 @@ async fn udp_to_egress<E: Egress>(
             }
         };
         let now = Instant::now();
-        outs.clear();
+        udp_out.clear();
+        udp_meta.clear();
+        let mut t = 0;
         {
             let mut r = lock(&relay);
-            let mut k = 0;
             for (m, data) in meta.iter().zip(&rx).take(n) {
                 let stride = if m.stride == 0 { m.len } else { m.stride };
                 for seg in data[..m.len].chunks(stride.max(1)) {
-                    let base = k * slot_len;
-                    let buf = slot(&mut arena, k, slot_len);
-                    let head = buf.as_ptr() as usize;
-                    match r.handle_udp(m.addr, seg, now, buf) {
+                    if tun_bufs.len() <= t {
+                        tun_bufs.push(Vec::with_capacity(HEADROOM + slot_len));
+                    }
+                    let tb = &mut tun_bufs[t];
+                    tb.resize(HEADROOM + slot_len, 0);
+                    let (_, body) = tb.split_at_mut(HEADROOM);
+                    let head = body.as_ptr() as usize;
+                    match r.handle_udp(m.addr, seg, now, body) {
                         Action::WriteTun(p) => {
-                            let off = (p.as_ptr() as usize).saturating_sub(head);
-                            outs.push(Out::Tun {
-                                start: base + off,
-                                len: p.len(),
-                            });
-                            k += 1;
+                            let (off, len) = ((p.as_ptr() as usize).saturating_sub(head), p.len());
+                            if off != 0 {
+                                tb.copy_within(HEADROOM + off..HEADROOM + off + len, HEADROOM);
+                            }
+                            tb.truncate(HEADROOM + len);
+                            t += 1;
                         }
                         Action::SendUdp { dst, bytes } => {
-                            let off = (bytes.as_ptr() as usize).saturating_sub(head);
-                            outs.push(Out::Udp {
-                                dst,
-                                start: base + off,
-                                len: bytes.len(),
-                            });
-                            k += 1;
+                            udp_meta.push((dst, udp_out.len(), bytes.len()));
+                            udp_out.extend_from_slice(bytes);
                         }
                         Action::Done | Action::Drop(_) => {}
                     }
                 }
             }
-            loop {
-                let base = k * slot_len;
-                let buf = slot(&mut arena, k, slot_len);
-                let head = buf.as_ptr() as usize;
-                let Some(t) = r.poll_transmit(buf) else { break };
-                let off = (t.bytes.as_ptr() as usize).saturating_sub(head);
-                outs.push(Out::Udp {
-                    dst: t.dst,
-                    start: base + off,
-                    len: t.bytes.len(),
-                });
-                k += 1;
+            while let Some(tx) = r.poll_transmit(&mut scratch) {
+                udp_meta.push((tx.dst, udp_out.len(), tx.bytes.len()));
+                udp_out.extend_from_slice(tx.bytes);
             }
         }
-        for o in &outs {
-            match *o {
-                Out::Tun { start, len } => {
-                    if let Err(e) = egress.send(&arena[start..start + len]).await {
-                        tracing::debug!(error = %e, "egress write failed");
-                    }
-                }
-                Out::Udp { dst, start, len } => {
-                    if let Err(e) = udp.send(dst, &arena[start..start + len], None).await {
-                        tracing::debug!(error = %e, "udp send failed");
-                    }
-                }
+        if t > 0 {
+            if let Err(e) = egress.send_batch(&mut tun_bufs[..t]).await {
+                tracing::debug!(error = %e, "egress write failed");
+            }
+        }
+        for &(dst, start, len) in &udp_meta {
+            if let Err(e) = udp.send(dst, &udp_out[start..start + len], None).await {
+                tracing::debug!(error = %e, "udp send failed");
             }
         }
     }
@@ -211,7 +190,7 @@ async fn egress_to_udp<E: Egress>(
     egress: Arc<E>,
     cfg: ShellConfig,
 ) -> io::Result<()> {
-    let batch = cfg.batch.max(1);
+    let batch = cfg.batch.max(2 * TUN_MIN_BATCH);
     // Full-MTU packets encrypt to exactly `stride` bytes, so consecutive ones are GSO-contiguous.
     let stride = buffer_len(cfg.mtu);
     let in_len = cfg.mtu.max(1280) + 64;
@@ -221,17 +200,7 @@ async fn egress_to_udp<E: Egress>(
     // (dst, slot, offset in slot, len)
     let mut outs: Vec<(SocketAddr, usize, usize, usize)> = Vec::with_capacity(batch);
     loop {
-        lens[0] = egress.recv(&mut inbufs[0]).await?;
-        let mut cnt = 1;
-        while cnt < batch {
-            match egress.try_recv(&mut inbufs[cnt]) {
-                Some(n) => {
-                    lens[cnt] = n;
-                    cnt += 1;
-                }
-                None => break,
-            }
-        }
+        let cnt = egress.recv_batch(&mut inbufs, &mut lens).await?;
         let now = Instant::now();
         outs.clear();
         {
