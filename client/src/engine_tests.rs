@@ -144,13 +144,17 @@ struct Fixture {
     _dir: tempfile::TempDir,
 }
 
-async fn fixture(phantom_down: u64) -> Fixture {
-    let relay_wg = WgPrivateKey::from_bytes(&[9; 32]);
-    let client_wg = WgPrivateKey::from_bytes(&[7; 32]);
-    let relay_id = Arc::new(SigningKey::from_seed(&[1; 32]));
-    let client_id = Arc::new(SigningKey::from_seed(&[2; 32]));
-    let ledger = SigningKey::from_seed(&[3; 32]);
-    let voucher = Voucher {
+fn keys() -> (Arc<SigningKey>, Arc<SigningKey>, SigningKey) {
+    (
+        Arc::new(SigningKey::from_seed(&[1; 32])),
+        Arc::new(SigningKey::from_seed(&[2; 32])),
+        SigningKey::from_seed(&[3; 32]),
+    )
+}
+
+fn local_voucher() -> Voucher {
+    let (_, client_id, ledger) = keys();
+    Voucher {
         network_id: NET,
         ledger_key: ledger.public_key(),
         client_key: client_id.public_key(),
@@ -161,7 +165,13 @@ async fn fixture(phantom_down: u64) -> Fixture {
         expires_at: unix_now() + 3600,
         signature: Signature::ZERO,
     }
-    .sign(&ledger);
+    .sign(&ledger)
+}
+
+async fn fixture(phantom_down: u64, voucher: Voucher) -> Fixture {
+    let relay_wg = WgPrivateKey::from_bytes(&[9; 32]);
+    let client_wg = WgPrivateKey::from_bytes(&[7; 32]);
+    let (relay_id, client_id, _) = keys();
     let cfg = RelayConfig {
         receipt_every_bytes: 64 * KIB,
         receipt_every: Duration::from_secs(1),
@@ -174,8 +184,8 @@ async fn fixture(phantom_down: u64) -> Fixture {
     let hub = RelayHub::new(
         cfg,
         RelayIdentity {
-            network_id: NET,
-            ledger_key: ledger.public_key(),
+            network_id: voucher.network_id,
+            ledger_key: voucher.ledger_key,
             key: relay_id.clone(),
         },
     );
@@ -258,7 +268,7 @@ async fn drive(f: &mut Fixture, dur: Duration, per_tick: usize, size: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_receipts_are_cosigned_stored_acked_and_the_final_one_at_close() {
-    let mut f = fixture(0).await;
+    let mut f = fixture(0, local_voucher()).await;
     let got = drive(&mut f, Duration::from_secs(3), 4, 1000).await;
     assert!(f.engine.failure().is_none(), "{:?}", f.engine.failure());
     assert!(got > 256 * KIB, "echoed only {got} bytes");
@@ -299,7 +309,7 @@ async fn honest_receipts_are_cosigned_stored_acked_and_the_final_one_at_close() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_claiming_undelivered_bytes_is_refused_and_the_client_disconnects() {
     // 64 KiB of phantom download per echoed packet: far beyond 2 % + 1 MiB quickly.
-    let mut f = fixture(64 * KIB).await;
+    let mut f = fixture(64 * KIB, local_voucher()).await;
     drive(&mut f, Duration::from_secs(5), 4, 1000).await;
     let why = f
         .engine
@@ -327,4 +337,93 @@ async fn a_relay_claiming_undelivered_bytes_is_refused_and_the_client_disconnect
                     .max_claim(c.client_observed_down)
         );
     }
+}
+
+/// A real ledger (SQLite in memory) behind its HTTP API on loopback; returns its base URL.
+async fn ledger_server() -> String {
+    use ferry_ledger::http::{AppState, router, system_clock};
+    use ferry_ledger::{Ledger, Params, Role, SqliteStore};
+    let (relay_id, client_id, ledger_key) = keys();
+    let params = Params {
+        network_id: NET,
+        epoch_secs: 3600,
+        price_micros_per_gib: 1_000_000,
+        voucher_ttl_secs: 86_400,
+        max_batch: 100,
+        request_skew_secs: 300,
+        refund_grace_secs: 3600,
+    };
+    let ledger = Arc::new(Ledger::new(
+        SqliteStore::open_in_memory().unwrap(),
+        ledger_key,
+        params,
+    ));
+    let now = unix_now();
+    ledger
+        .register(relay_id.public_key(), Role::Relay, now)
+        .await
+        .unwrap();
+    ledger
+        .register(client_id.public_key(), Role::Client, now)
+        .await
+        .unwrap();
+    ledger
+        .credit(client_id.public_key(), 5_000_000)
+        .await
+        .unwrap();
+    let app = router(AppState {
+        ledger,
+        admin_token_hash: None,
+        open_registration: false,
+        max_body_bytes: 1 << 20,
+        clock: system_clock(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_submits() {
+    let url = ledger_server().await;
+    let (_, client_id, _) = keys();
+    let (voucher, answer) =
+        crate::ledger::request_voucher(&url, &client_id, 1 << 30, [8; 16], unix_now())
+            .await
+            .unwrap();
+    assert_eq!(voucher.client_key, client_id.public_key());
+    assert_eq!(voucher.allowance_bytes, 1 << 30);
+    assert_eq!(answer["cost_micros"], 1_000_000);
+    // Not enough balance for a second, larger one: the ledger's refusal is reported.
+    let err = crate::ledger::request_voucher(&url, &client_id, 10 << 30, [9; 16], unix_now())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err:#}");
+
+    let mut f = fixture(0, voucher).await;
+    drive(&mut f, Duration::from_secs(2), 4, 1000).await;
+    f.engine.close().await;
+    drive(&mut f, Duration::from_secs(4), 0, 0).await;
+    assert!(f.engine.closed() && f.engine.failure().is_none());
+    let pending = f.store.lock().unwrap().pending_count();
+    assert_eq!(pending, 1);
+    // The client's own submission reaches the ledger (the relay's would be idempotent).
+    let mut sub = ferry_store::Submitter::new(
+        f.store.clone(),
+        ferry_store::HttpLedger::new(&url, Duration::from_secs(5)).unwrap(),
+        ferry_store::SubmitterConfig::default(),
+        Box::new(|| 7),
+    );
+    let done = sub.attempt().await.unwrap();
+    assert!(done >= 1, "nothing accepted");
+    assert_eq!(f.store.lock().unwrap().pending_count(), 0);
+    // Submitting the relay's copy of the same receipt again is harmless (duplicate/stale).
+    let last = *f.log.lock().unwrap().stored.last().unwrap();
+    let again = ferry_store::HttpLedger::new(&url, Duration::from_secs(5))
+        .unwrap()
+        .post_batch(&[last])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![ferry_store::ItemOutcome::Accepted]);
 }
