@@ -1,8 +1,9 @@
 #!/bin/sh
 # Runs every OpenWrt check that needs no cross build (well under a minute): sh -n and shellcheck
 # on all shell scripts, jq on the JSON files, node --check and a behaviour test of the LuCI view,
-# the UCI->TOML rendering, the init script, the uci-defaults firewall script and the .ipk builder.
-# Needs: shellcheck, jq, node, python3 >= 3.11 (tomllib), GNU tar/gzip, file; busybox optional
+# the UCI->TOML rendering, the init script, the uci-defaults firewall script, the .ipk builder
+# and the feed Makefile.
+# Needs: shellcheck, jq, node, python3 >= 3.11 (tomllib), GNU make/tar/gzip, file; busybox optional
 # (then the renderer is also tested under busybox ash, OpenWrt's shell).
 # Usage: openwrt/tests/run.sh     (exit status 0 when everything passed)
 set -u
@@ -26,7 +27,7 @@ step() {
 	fi
 }
 
-for tool in shellcheck jq node python3; do
+for tool in shellcheck jq node python3 make; do
 	command -v "$tool" >/dev/null 2>&1 || {
 		echo "openwrt/tests/run.sh: $tool is required" >&2
 		exit 1
@@ -63,6 +64,7 @@ step "UCI -> TOML rendering (tests/test-render.sh)" sh openwrt/tests/test-render
 step "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-init.sh
 step "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
 step ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
+step "feed Makefile vs mkipk.sh (tests/test-feed-makefile.sh)" sh openwrt/tests/test-feed-makefile.sh
 
 echo "openwrt: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -1,0 +1,76 @@
+#!/bin/sh
+# Tests openwrt/package/ferry/Makefile outside a buildroot: with stand-ins for rules.mk,
+# package.mk and lang/rust/rust-package.mk it is parsed by GNU make, Build/Compile must call
+# Build/Compile/Cargo on the router-agent workspace member, and Package/ferry/install must lay
+# out exactly the files, modes and paths that mkipk.sh packs (so both packagings agree).
+set -eu
+HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
+ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
+tmp=$(mktemp -d)
+trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
+pass=0 fail=0
+check() {
+	name=$1
+	shift
+	if "$@" >"$tmp/out" 2>&1; then
+		pass=$((pass + 1))
+		echo "ok   - $name"
+	else
+		fail=$((fail + 1))
+		echo "FAIL - $name"
+		sed 's/^/       /' "$tmp/out"
+	fi
+}
+
+mkdir -p "$tmp/top" "$tmp/inc" "$tmp/feed/lang/rust" "$tmp/feed/net" "$tmp/pkginst/bin"
+cp -R "$ROOT/openwrt/package/ferry" "$tmp/feed/net/ferry"
+printf 'stand-in\n' >"$tmp/pkginst/bin/ferry-agent"
+cat >"$tmp/top/rules.mk" <<'MK'
+INSTALL_DIR:=install -d -m0755
+INSTALL_BIN:=install -m0755
+INSTALL_DATA:=install -m0644
+INSTALL_CONF:=install -m0600
+MK
+cat >"$tmp/inc/package.mk" <<'MK'
+define BuildPackage
+install-test:
+	$$(call Package/$(1)/install,$$(DEST))
+compile-test:
+	$$(file >$$(OUT),$$(call Build/Compile))
+conffiles-test:
+	$$(file >$$(OUT),$$(Package/$(1)/conffiles))
+endef
+MK
+cat >"$tmp/feed/lang/rust/rust-package.mk" <<'MK'
+RUST_ARCH_DEPENDS:=@(rust-arches)
+define Build/Compile/Cargo
+cargo-install --path $(PKG_BUILD_DIR)/$(1) --locked
+endef
+define RustBinPackage
+endef
+MK
+mk() { make -s -C "$tmp/feed/net/ferry" TOPDIR="$tmp/top" INCLUDE_DIR="$tmp/inc" \
+	PKG_INSTALL_DIR="$tmp/pkginst" PKG_BUILD_DIR=/build DEST="$tmp/root" "$@"; }
+
+check "Makefile parses; Build/Compile installs the router-agent crate with --locked" \
+	sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build OUT='$tmp/compile' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked' '$tmp/compile'"
+check "conffiles: /etc/config/ferry and /etc/ferry/" \
+	sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' OUT='$tmp/conffiles' conffiles-test") && [ \"\$(grep . '$tmp/conffiles' | tr '\n' ' ')\" = '/etc/config/ferry /etc/ferry/ ' ]"
+check "Package/ferry/install runs" mk install-test
+check "kmod-tun and the rust arch list are dependencies" \
+	grep -Eq '^  DEPENDS:=\$\(RUST_ARCH_DEPENDS\) \+kmod-tun$' "$tmp/feed/net/ferry/Makefile"
+
+# The tree mkipk.sh packs, from its data.tar.gz, compared with what the Makefile installed.
+SOURCE_DATE_EPOCH=1700000000 FERRY_AGENT_BIN="$tmp/pkginst/bin/ferry-agent" \
+	"$ROOT/openwrt/mkipk.sh" -o "$tmp/ipk" mipsel >/dev/null
+mkdir -p "$tmp/ipkx"
+tar -C "$tmp/ipkx" -xzf "$tmp/ipk/"*.ipk ./data.tar.gz
+tar --numeric-owner -tvzf "$tmp/ipkx/data.tar.gz" | awk '{ p = $6; sub(/^\.\//, "", p); sub(/\/$/, "", p); print $1, p }' |
+	LC_ALL=C sort >"$tmp/ipk.tree"
+(cd "$tmp/root" && find . -mindepth 1 | sed 's|^\./||' | LC_ALL=C sort | while read -r p; do
+	echo "$(stat -c %A "$p") $p"
+done) | LC_ALL=C sort >"$tmp/make.tree"
+check "feed Makefile and mkipk.sh install the same paths with the same modes" diff "$tmp/ipk.tree" "$tmp/make.tree"
+
+echo "test-feed-makefile: $pass passed, $fail failed"
+[ "$fail" -eq 0 ]
