@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod control;
 mod keycmd;
 mod peers;
 mod run;

@@ -6,12 +6,16 @@ use anyhow::{Context, Result};
 use ferry_keys::WgPrivateKey;
 use ferry_netstack::{NetstackConfig, UserspaceEgress};
 use ferry_relay_core::{IpNet, PeerConfig, PublicKey, Relay, RelayConfig, Verdict};
+use std::sync::{Arc, Mutex};
+
 use ferry_relay_io::{
-    ForwardingGuard, NatGuard, Shell, ShellConfig, TunEgress, bind_udp, local_addresses,
+    ForwardingGuard, NatGuard, SharedRelay, Shell, ShellConfig, TunEgress, bind_udp,
+    local_addresses,
 };
 use ring::rand::SecureRandom;
 
 use crate::config::{Config, EgressMode, Validated};
+use crate::control;
 
 pub(crate) fn check_config(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -41,7 +45,7 @@ pub(crate) fn run(path: &Path) -> Result<()> {
         .thread_name("ferry-agent")
         .build()
         .context("starting tokio runtime")?;
-    rt.block_on(run_async(cfg, key))
+    rt.block_on(run_async(path, cfg, key))
 }
 
 fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
@@ -71,8 +75,8 @@ fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
     Ok(relay)
 }
 
-async fn run_async(cfg: Validated, key: WgPrivateKey) -> Result<()> {
-    let relay = build_relay(&cfg, &key)?;
+async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()> {
+    let relay: SharedRelay = Arc::new(Mutex::new(build_relay(&cfg, &key)?));
     let udp = bind_udp(cfg.listen).with_context(|| format!("binding UDP {}", cfg.listen))?;
     let shell_cfg = ShellConfig {
         mtu: usize::from(cfg.mtu),
@@ -88,7 +92,8 @@ async fn run_async(cfg: Validated, key: WgPrivateKey) -> Result<()> {
         gro = udp.gro_segments(),
         "ferry-agent starting"
     );
-    match cfg.raw.egress.mode {
+    let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
+    let result = match cfg.raw.egress.mode {
         EgressMode::Tun => {
             let e = &cfg.raw.egress;
             let tun = TunEgress::create(&e.tun_name, cfg.mtu, &cfg.address, e.tun_offload)
@@ -108,27 +113,37 @@ async fn run_async(cfg: Validated, key: WgPrivateKey) -> Result<()> {
             } else {
                 (None, None)
             };
-            Shell::new(relay, udp, tun, shell_cfg)
+            Shell::with_shared(relay.clone(), udp, tun, shell_cfg)
                 .run(shutdown_signal())
                 .await
-                .context("relay stopped")?;
         }
         EgressMode::Userspace => {
-            let policy = relay.policy().clone();
+            let shared = relay.clone();
             let ns = NetstackConfig {
                 mtu: usize::from(cfg.mtu),
                 ..NetstackConfig::default()
             }
-            .with_policy(move |ip| policy.check_addr(ip) == Verdict::Allow);
+            .with_policy(move |ip| {
+                shared
+                    .lock()
+                    .is_ok_and(|r| r.policy().check_addr(ip) == Verdict::Allow)
+            });
             let egress = UserspaceEgress::new(ns);
-            Shell::new(relay, udp, egress, shell_cfg)
+            Shell::with_shared(relay.clone(), udp, egress, shell_cfg)
                 .run(shutdown_signal())
                 .await
-                .context("relay stopped")?;
         }
-    }
-    tracing::info!("ferry-agent stopped");
-    Ok(())
+    };
+    control.abort();
+    let stats = relay.lock().map(|r| r.stats().clone()).unwrap_or_default();
+    tracing::info!(
+        udp_rx = stats.udp_rx_packets,
+        udp_tx = stats.udp_tx_packets,
+        handshakes = stats.handshakes,
+        drops = stats.total_drops(),
+        "ferry-agent stopped"
+    );
+    result.context("relay stopped")
 }
 
 async fn shutdown_signal() {

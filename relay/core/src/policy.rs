@@ -112,6 +112,11 @@ impl EgressPolicy {
         }
     }
 
+    /// Replaces the router's own addresses (they change with DHCP/PPPoE on the WAN).
+    pub fn set_router_addresses(&mut self, addresses: Vec<IpAddr>) {
+        self.cfg.router_addresses = addresses;
+    }
+
     /// Decides on an inner packet sent by a client.
     pub(crate) fn check(&self, hdr: &IpHeader) -> Verdict {
         let dst = canonical(hdr.dst);

@@ -227,6 +227,11 @@ impl Relay {
         &self.policy
     }
 
+    /// Replaces the router's own addresses used by the egress policy.
+    pub fn set_router_addresses(&mut self, addresses: Vec<IpAddr>) {
+        self.policy.set_router_addresses(addresses);
+    }
+
     /// Relay-wide counters.
     pub fn stats(&self) -> &Stats {
         &self.stats

@@ -275,6 +275,18 @@ fn egress_policy_blocks_lan_router_and_tunnel_address() {
 }
 
 #[test]
+fn router_addresses_can_change_at_runtime() {
+    let (mut relay, _, mut client, now) = connected(PolicyConfig::default(), 0);
+    let pkt = testpkt::tcp(ip("10.77.0.2"), ip("100.200.0.1"), 80);
+    assert!(upstream(&mut relay, &mut client, &pkt, now).is_ok());
+    relay.set_router_addresses(vec![ip("100.200.0.1")]);
+    assert_eq!(
+        upstream(&mut relay, &mut client, &pkt, now),
+        Err(DropReason::Policy)
+    );
+}
+
+#[test]
 fn allow_list_opens_a_private_range() {
     let policy = PolicyConfig {
         allow: vec!["192.168.50.0/24".parse().unwrap()],

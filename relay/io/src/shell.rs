@@ -53,8 +53,13 @@ pub struct Shell<E: Egress> {
 impl<E: Egress> Shell<E> {
     /// Wraps the parts; nothing runs until [`run`](Self::run).
     pub fn new(relay: Relay, udp: UdpEndpoint, egress: E, cfg: ShellConfig) -> Self {
+        Self::with_shared(Arc::new(Mutex::new(relay)), udp, egress, cfg)
+    }
+
+    /// Like [`new`](Self::new) with a relay already shared (e.g. with the egress's policy hook).
+    pub fn with_shared(relay: SharedRelay, udp: UdpEndpoint, egress: E, cfg: ShellConfig) -> Self {
         Self {
-            relay: Arc::new(Mutex::new(relay)),
+            relay,
             udp: Arc::new(udp),
             egress: Arc::new(egress),
             cfg,
