@@ -84,6 +84,7 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
             voucher_ttl_secs: 1 << 40,
             max_batch: a.batch.max(1),
             request_skew_secs: 300,
+            refund_grace_secs: 3600,
         },
     ));
     let now = 1_700_000_000;

@@ -116,6 +116,9 @@ pub struct Config {
     /// Allowed clock difference of signed voucher requests.
     #[serde(default = "default_skew")]
     pub request_skew_seconds: u64,
+    /// Time after voucher expiry before it may be closed and refunded.
+    #[serde(default = "default_grace")]
+    pub refund_grace_seconds: u64,
     #[serde(skip)]
     base: PathBuf,
 }
@@ -143,6 +146,9 @@ fn default_batch() -> usize {
 }
 fn default_skew() -> u64 {
     300
+}
+fn default_grace() -> u64 {
+    86400
 }
 
 impl Config {
@@ -215,6 +221,7 @@ impl Config {
             voucher_ttl_secs: self.voucher_ttl_seconds,
             max_batch: self.max_batch,
             request_skew_secs: self.request_skew_seconds,
+            refund_grace_secs: self.refund_grace_seconds,
         })
     }
 

@@ -79,6 +79,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/clients/{key}/credit", post(credit::<S>))
         .route("/v1/vouchers", post(issue::<S>))
         .route("/v1/vouchers/{id}", get(voucher::<S>))
+        .route("/v1/vouchers/{id}/close", post(close_voucher::<S>))
         .route("/v1/receipts", post(submit::<S>))
         .route("/v1/receipts/batch", post(submit_batch::<S>))
         .route("/v1/relays/{key}", get(relay::<S>))
@@ -413,6 +414,22 @@ async fn voucher<S: Store>(
         "issued_at": v.issued_at,
         "expires_at": v.expires_at,
         "cost_micros": v.cost_micros,
+    })))
+}
+
+async fn close_voucher<S: Store>(
+    State(st): State<AppState<S>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    check_admin(&st, &headers)?;
+    let id = VoucherId(parse_hex("voucher id", &id)?);
+    let c = st.ledger.close_voucher(id, (st.clock)()).await?;
+    Ok(Json(json!({
+        "voucher_id": id.to_hex(),
+        "used_bytes": c.used_bytes,
+        "refunded_micros": c.refunded_micros,
+        "already_closed": c.already_closed,
     })))
 }
 

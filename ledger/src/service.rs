@@ -11,7 +11,7 @@ use ring::signature::{ED25519, UnparsedPublicKey};
 use crate::domain::{Outcome, Reject, Role, VoucherRow};
 use crate::merkle::{self, Hash};
 use crate::money::voucher_cost_micros;
-use crate::store::{ClientAccount, RelayEarnings, Store, StoreError, VoucherInsert};
+use crate::store::{ClientAccount, RelayEarnings, Store, StoreError, VoucherClose, VoucherInsert};
 pub use crate::verify::{verify_all, verify_one};
 
 /// Tunables the service needs (validated by the config loader).
@@ -29,6 +29,9 @@ pub struct Params {
     pub max_batch: usize,
     /// How far a signed voucher request's timestamp may be from the ledger's clock.
     pub request_skew_secs: u64,
+    /// How long after expiry a voucher may be closed and its unused part refunded (late
+    /// receipts of sessions started before expiry still count until then).
+    pub refund_grace_secs: u64,
 }
 
 /// Why a request failed.
@@ -66,6 +69,10 @@ impl From<StoreError> for LedgerError {
             StoreError::UnknownClient => Self::NotFound("client"),
             StoreError::InsufficientFunds { have, need } => Self::InsufficientFunds { have, need },
             StoreError::Overflow => Self::BadRequest("amount out of range".into()),
+            StoreError::UnknownVoucher => Self::NotFound("voucher"),
+            StoreError::TooEarly(t) => {
+                Self::BadRequest(format!("voucher can be closed from unix time {t}"))
+            }
             e => Self::Store(e),
         }
     }
@@ -364,6 +371,18 @@ impl<S: Store> Ledger<S> {
             cost_micros: cost,
             balance_micros: balance,
         })
+    }
+
+    /// Closes an expired voucher and refunds its unused part to the client.
+    pub async fn close_voucher(
+        &self,
+        id: VoucherId,
+        now: u64,
+    ) -> Result<VoucherClose, LedgerError> {
+        Ok(self
+            .store
+            .close_voucher(id, now, self.params.refund_grace_secs)
+            .await?)
     }
 
     /// Looks up an issued voucher.

@@ -144,6 +144,12 @@ async fn info_and_admin_flow<S: Store>(store: S) {
     )
     .await;
     assert_eq!((s, &v2["voucher"]), (StatusCode::OK, &v["voucher"]));
+    // Closing (refund) is admin-only and only after expiry + grace.
+    let close = format!("/v1/vouchers/{}/close", voucher.id());
+    let (s, _) = call(&app, "POST", &close, None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v3) = call(&app, "POST", &close, Some(TOKEN), None).await;
+    assert_eq!((s, code(&v3)), (StatusCode::BAD_REQUEST, "bad_request"));
     // Without admin token and without signature: refused.
     let (s, _) = call(&app, "POST", "/v1/vouchers", None, Some(body)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);

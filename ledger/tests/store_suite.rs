@@ -22,6 +22,7 @@ both_stores!(
     epoch_report_and_proofs,
     random_orders_match_final_counters,
     parallel_submitters_never_double_credit,
+    closing_a_voucher_refunds_the_unused_part,
 );
 
 fn enc(r: &CoSignedReceipt) -> Vec<u8> {
@@ -617,4 +618,69 @@ async fn postgres_instances_sharing_a_database_never_double_credit() {
     }
     instances_race(stores).await;
     guard.cleanup().await;
+}
+
+async fn closing_a_voucher_refunds_the_unused_part<S: Store>(store: S) {
+    let w = World::new(store, 1, 1, 10 << 30).await;
+    let c = w.clients[0].public_key();
+    let v = &w.vouchers[0];
+    let r1 = w.receipt(0, 0, 1, 1, 1 << 30, (2 << 30) + 12345);
+    w.ledger.submit_one(enc(&r1), NOW).await.unwrap();
+    let before = w.ledger.client(c).await.unwrap();
+    let early = w.ledger.close_voucher(v.id(), v.expires_at).await;
+    assert!(
+        matches!(early, Err(LedgerError::BadRequest(_))),
+        "{early:?}"
+    );
+    let closed = w
+        .ledger
+        .close_voucher(v.id(), v.expires_at + 3600)
+        .await
+        .unwrap();
+    let used = (3 << 30) + 12345;
+    let cost = voucher_cost_micros(10 << 30, PRICE).unwrap();
+    let want = cost - voucher_cost_micros(used, PRICE).unwrap();
+    assert_eq!(
+        (
+            closed.used_bytes,
+            closed.refunded_micros,
+            closed.already_closed
+        ),
+        (used, want, false)
+    );
+    let after = w.ledger.client(c).await.unwrap();
+    assert_eq!(after.balance_micros, before.balance_micros + want);
+    assert_eq!(after.spent_micros, before.spent_micros - want);
+    // Idempotent.
+    let again = w
+        .ledger
+        .close_voucher(v.id(), v.expires_at + 9999)
+        .await
+        .unwrap();
+    assert_eq!((again.refunded_micros, again.already_closed), (want, true));
+    assert_eq!(w.ledger.client(c).await.unwrap(), after);
+    // Late receipts advance the session but credit nothing more.
+    let r2 = w.receipt(0, 0, 1, 2, 2 << 30, 3 << 30);
+    let o = w.ledger.submit_one(enc(&r2), NOW).await.unwrap();
+    assert_eq!(
+        o,
+        Outcome::Advanced {
+            epoch: NOW / 3600,
+            credited_bytes: 0,
+            clamped: true
+        }
+    );
+    let earned = w
+        .ledger
+        .relay(w.relays[0].public_key())
+        .await
+        .unwrap()
+        .earned_micros;
+    assert!(
+        earned <= after.spent_micros,
+        "relay paid {earned} > client charged {}",
+        after.spent_micros
+    );
+    let missing = w.ledger.close_voucher(VoucherId([7; 32]), NOW).await;
+    assert!(matches!(missing, Err(LedgerError::NotFound("voucher"))));
 }

@@ -49,6 +49,12 @@ pub enum StoreError {
     /// A stored row could not be decoded (corruption or a foreign writer).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// No voucher with this id.
+    #[error("voucher not found")]
+    UnknownVoucher,
+    /// The voucher cannot be closed before this unix time.
+    #[error("voucher can be closed from unix time {0}")]
+    TooEarly(u64),
     /// Concurrent writers kept conflicting; the caller may retry.
     #[error("too many conflicting concurrent writers, retry")]
     Contention,
@@ -131,6 +137,17 @@ pub enum VoucherInsert {
     AlreadyIssued,
 }
 
+/// Result of closing a voucher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VoucherClose {
+    /// Micros returned to the client: `cost − ceil(used × price / 2^30)`.
+    pub refunded_micros: u64,
+    /// Bytes relays were credited from it (final).
+    pub used_bytes: u64,
+    /// It had already been closed; nothing changed.
+    pub already_closed: bool,
+}
+
 /// Row counts and sums over every table: equal snapshots mean nothing was written.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
@@ -191,6 +208,16 @@ pub trait Store: Send + Sync + 'static {
         id: VoucherId,
     ) -> impl Future<Output = Result<Option<VoucherRow>, StoreError>> + Send;
 
+    /// Closes a voucher once `now ≥ expires_at + grace`: its allowance shrinks to what
+    /// was used (later receipts credit nothing) and the unused part is refunded to the
+    /// client's balance. Idempotent.
+    fn close_voucher(
+        &self,
+        id: VoucherId,
+        now: u64,
+        grace_secs: u64,
+    ) -> impl Future<Output = Result<VoucherClose, StoreError>> + Send;
+
     /// Applies verified receipts in one transaction; one result per item, in order.
     fn ingest(
         &self,
@@ -230,6 +257,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counts and sums over every table.
     fn snapshot(&self) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+}
+
+/// The refund of a voucher closed after `used` of it was credited.
+pub(crate) fn refund_of(cost: u64, used: u64, price: u64) -> u64 {
+    cost.saturating_sub(crate::money::voucher_cost_micros(used, price).unwrap_or(u64::MAX))
 }
 
 pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {

@@ -16,7 +16,7 @@ use tokio_postgres::{NoTls, Row};
 use super::sqlite::decode_session;
 use super::{
     BatchKeys, ClientAccount, ItemResult, LeafInfo, RelayEarnings, Snapshot, Store, StoreError,
-    StoredReceipt, VoucherInsert, arr, to_i64, to_u64,
+    StoredReceipt, VoucherClose, VoucherInsert, arr, refund_of, to_i64, to_u64,
 };
 use crate::domain::{BatchState, Role, VerifiedReceipt, VoucherRow, apply_batch};
 
@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS vouchers (
   id BYTEA PRIMARY KEY, client_key BYTEA NOT NULL, allowance_bytes BIGINT NOT NULL,
   price BIGINT NOT NULL, issued_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
   used_bytes BIGINT NOT NULL CHECK (used_bytes <= allowance_bytes),
-  cost_micros BIGINT NOT NULL, encoded BYTEA NOT NULL);
+  cost_micros BIGINT NOT NULL, encoded BYTEA NOT NULL,
+  closed BOOLEAN NOT NULL DEFAULT FALSE, refunded_micros BIGINT NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS vouchers_client ON vouchers (client_key);
 CREATE TABLE IF NOT EXISTS sessions (
   relay_key BYTEA NOT NULL, session_id BYTEA NOT NULL, client_key BYTEA NOT NULL,
@@ -510,6 +511,61 @@ impl Store for PgStore {
             .await?
             .map(|r| voucher_from_row(&r))
             .transpose()
+    }
+
+    async fn close_voucher(
+        &self,
+        id: VoucherId,
+        now: u64,
+        grace: u64,
+    ) -> Result<VoucherClose, StoreError> {
+        let mut c = self.pool.get().await.map_err(pool_err)?;
+        let tx = c.transaction().await?;
+        let row = tx
+            .query_opt(
+                "SELECT client_key, price, expires_at, used_bytes, cost_micros, closed,
+                   refunded_micros FROM vouchers WHERE id = $1 FOR UPDATE",
+                &[&id.as_bytes().as_slice()],
+            )
+            .await?
+            .ok_or(StoreError::UnknownVoucher)?;
+        let client: Vec<u8> = row.get(0);
+        let (price, expires, used, cost) = (
+            to_u64(row.get(1))?,
+            to_u64(row.get(2))?,
+            to_u64(row.get(3))?,
+            to_u64(row.get(4))?,
+        );
+        if row.get::<_, bool>(5) {
+            return Ok(VoucherClose {
+                refunded_micros: to_u64(row.get(6))?,
+                used_bytes: used,
+                already_closed: true,
+            });
+        }
+        let from = expires.saturating_add(grace);
+        if now < from {
+            return Err(StoreError::TooEarly(from));
+        }
+        let refund = to_i64(refund_of(cost, used, price))?;
+        tx.execute(
+            "UPDATE vouchers SET allowance_bytes = used_bytes, closed = TRUE, refunded_micros = $1
+             WHERE id = $2",
+            &[&refund, &id.as_bytes().as_slice()],
+        )
+        .await?;
+        tx.execute(
+            "UPDATE clients SET balance_micros = balance_micros + $1,
+               spent_micros = spent_micros - $1 WHERE key = $2",
+            &[&refund, &client],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(VoucherClose {
+            refunded_micros: to_u64(refund)?,
+            used_bytes: used,
+            already_closed: false,
+        })
     }
 
     async fn ingest(

@@ -11,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 
 use super::{
     BatchKeys, ClientAccount, ItemResult, LeafInfo, RelayEarnings, Snapshot, Store, StoreError,
-    StoredReceipt, VoucherInsert, arr, to_i64, to_u64,
+    StoredReceipt, VoucherClose, VoucherInsert, arr, refund_of, to_i64, to_u64,
 };
 use crate::domain::{BatchState, Role, SessionRow, VerifiedReceipt, VoucherRow, apply_batch};
 
@@ -26,7 +26,8 @@ CREATE TABLE IF NOT EXISTS vouchers (
   id BLOB PRIMARY KEY, client_key BLOB NOT NULL, allowance_bytes INTEGER NOT NULL,
   price INTEGER NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
   used_bytes INTEGER NOT NULL CHECK (used_bytes <= allowance_bytes),
-  cost_micros INTEGER NOT NULL, encoded BLOB NOT NULL);
+  cost_micros INTEGER NOT NULL, encoded BLOB NOT NULL,
+  closed INTEGER NOT NULL DEFAULT 0, refunded_micros INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS vouchers_client ON vouchers (client_key);
 CREATE TABLE IF NOT EXISTS sessions (
   relay_key BLOB NOT NULL, session_id BLOB NOT NULL, client_key BLOB NOT NULL,
@@ -412,6 +413,62 @@ impl Store for SqliteStore {
                 .optional()?
                 .map(decode_voucher)
                 .transpose()
+        })
+        .await
+    }
+
+    async fn close_voucher(
+        &self,
+        id: VoucherId,
+        now: u64,
+        grace: u64,
+    ) -> Result<VoucherClose, StoreError> {
+        self.write(move |tx| {
+            let row: Option<(Vec<u8>, [i64; 6], bool, i64)> = tx
+                .query_row(
+                    "SELECT client_key, allowance_bytes, price, expires_at, used_bytes, cost_micros, 0,
+                       closed, refunded_micros FROM vouchers WHERE id = ?1",
+                    [id.as_bytes().as_slice()],
+                    |r| {
+                        Ok((
+                            r.get(0)?,
+                            [r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?],
+                            r.get(7)?,
+                            r.get(8)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let (client, n, closed, refunded) = row.ok_or(StoreError::UnknownVoucher)?;
+            let (price, expires, used, cost) =
+                (to_u64(n[1])?, to_u64(n[2])?, to_u64(n[3])?, to_u64(n[4])?);
+            if closed {
+                return Ok(VoucherClose {
+                    refunded_micros: to_u64(refunded)?,
+                    used_bytes: used,
+                    already_closed: true,
+                });
+            }
+            let from = expires.saturating_add(grace);
+            if now < from {
+                return Err(StoreError::TooEarly(from));
+            }
+            let refund = refund_of(cost, used, price);
+            tx.execute(
+                "UPDATE vouchers SET allowance_bytes = used_bytes, closed = 1, refunded_micros = ?1
+                 WHERE id = ?2",
+                params![to_i64(refund)?, id.as_bytes().as_slice()],
+            )?;
+            tx.execute(
+                "UPDATE clients SET balance_micros = balance_micros + ?1,
+                   spent_micros = spent_micros - ?1 WHERE key = ?2",
+                params![to_i64(refund)?, client],
+            )?;
+            Ok(VoucherClose {
+                refunded_micros: refund,
+                used_bytes: used,
+                already_closed: false,
+            })
         })
         .await
     }

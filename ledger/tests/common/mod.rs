@@ -19,6 +19,7 @@ pub fn params() -> Params {
         voucher_ttl_secs: 86_400,
         max_batch: 2000,
         request_skew_secs: 300,
+        refund_grace_secs: 3600,
     }
 }
 
