@@ -186,9 +186,11 @@ impl Upstream {
             Protocol::Udp => vec![ProtocolConfig::Udp],
             Protocol::Tcp => vec![ProtocolConfig::Tcp],
             Protocol::Plain => vec![ProtocolConfig::Udp, ProtocolConfig::Tcp],
+            #[cfg(feature = "dot")]
             Protocol::Tls => vec![ProtocolConfig::Tls {
                 server_name: tls_name()?,
             }],
+            #[cfg(feature = "doh")]
             Protocol::Https => {
                 let path = self.path.as_deref().unwrap_or("/dns-query");
                 if !path.starts_with('/') {
@@ -201,6 +203,16 @@ impl Upstream {
                     server_name: tls_name()?,
                     path: Arc::from(path),
                 }]
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                // Still check the name so the error message is the most useful one.
+                tls_name()?;
+                return Err(DnsError::Config(format!(
+                    "upstream {}: protocol {other:?} needs ferry-dns built with the {} feature",
+                    self.address,
+                    if other == Protocol::Tls { "dot" } else { "doh" }
+                )));
             }
         };
         let connections = protocols
@@ -256,6 +268,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "doh")]
     fn full_table_parses_and_validates() {
         let cfg = parse(
             r#"

@@ -163,7 +163,15 @@ fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsError> {
     );
     *builder.options_mut() = opts;
     if let Some(ca_file) = &config.ca_file {
-        builder = builder.with_tls_config(tls_config(ca_file)?);
+        #[cfg(feature = "dot")]
+        {
+            builder = builder.with_tls_config(tls_config(ca_file)?);
+        }
+        #[cfg(not(feature = "dot"))]
+        return Err(DnsError::Config(format!(
+            "ca-file {} needs ferry-dns built with the dot feature",
+            ca_file.display()
+        )));
     }
     builder
         .build()
@@ -171,6 +179,7 @@ fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsError> {
 }
 
 /// Client TLS config trusting only the CA certificates in `ca_file`.
+#[cfg(feature = "dot")]
 fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, DnsError> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;

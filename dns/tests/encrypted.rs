@@ -1,5 +1,6 @@
 //! DNS-over-TLS and DNS-over-HTTPS upstreams: the forwarder talks to the test server's DoT and
 //! DoH listeners (certificate from a throwaway CA) and checks the certificate.
+#![cfg(all(feature = "doh", feature = "testserver-tls"))]
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};

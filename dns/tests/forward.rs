@@ -1,5 +1,6 @@
 //! The forwarder against a real upstream (the in-memory test server) over loopback, queried
 //! with hickory's client.
+#![cfg(feature = "testserver")]
 #![allow(clippy::unwrap_used)]
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -1,4 +1,5 @@
 //! The standalone `ferry-dns-testserver` binary (used by the netns e2e harness).
+#![cfg(feature = "testserver-tls")]
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
