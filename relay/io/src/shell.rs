@@ -117,10 +117,15 @@ async fn udp_to_egress<E: Egress>(
     egress: Arc<E>,
     cfg: ShellConfig,
 ) -> io::Result<()> {
-    let batch = quinn_udp::BATCH_SIZE;
     let gro = udp.gro_segments().max(1);
     let slot_len = (buffer_len(cfg.mtu) + 128).max(2048);
-    let rx_len = if gro > 1 { 64 * 1024 } else { slot_len };
+    // With GRO each buffer can hold a 64 KiB train of datagrams: fewer buffers suffice
+    // (router memory), without GRO recvmmsg fills up to BATCH_SIZE small ones.
+    let (batch, rx_len) = if gro > 1 {
+        (8, 64 * 1024)
+    } else {
+        (quinn_udp::BATCH_SIZE, slot_len)
+    };
     let mut rx: Vec<Vec<u8>> = (0..batch).map(|_| vec![0u8; rx_len]).collect();
     let mut meta = vec![RecvMeta::default(); batch];
     // Decrypted packets, each at [HEADROOM..] of its own buffer (what `send_batch` wants).
