@@ -13,6 +13,7 @@ use ferry_receipts::{PublicKey, SessionId, VoucherId};
 
 use crate::domain::{Outcome, Reject, Role, VerifiedReceipt, VoucherRow};
 
+mod pg_rows;
 mod postgres;
 mod sqlite;
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use ferry_receipts::{PublicKey, SessionId, VoucherId};
-use tokio_postgres::error::SqlState;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::NoTls;
 
+use super::pg_rows::{ReceiptCols, SessionCols, overflow, retryable, voucher_from_row};
 use super::sqlite::decode_session;
 use super::{
     BatchKeys, ClientAccount, ItemResult, LeafInfo, RelayEarnings, Snapshot, Store, StoreError,
@@ -307,96 +307,6 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(results)
-    }
-}
-
-#[derive(Default)]
-struct SessionCols<'a> {
-    r: Vec<&'a [u8]>,
-    sid: Vec<&'a [u8]>,
-    client: Vec<&'a [u8]>,
-    voucher: Vec<&'a [u8]>,
-    old: Vec<i64>,
-    seq: Vec<i64>,
-    latest: Vec<Vec<u8>>,
-    cb: Vec<i64>,
-    cm: Vec<i64>,
-    cl: Vec<bool>,
-    n: Vec<i64>,
-}
-
-impl<'a> SessionCols<'a> {
-    fn push(
-        &mut self,
-        key: &'a (PublicKey, SessionId),
-        old: i64,
-        s: &'a crate::domain::SessionRow,
-    ) -> Result<(), StoreError> {
-        let b = s.latest.body();
-        self.r.push(key.0.as_bytes().as_slice());
-        self.sid.push(key.1.as_bytes().as_slice());
-        self.client.push(b.client_key.as_bytes().as_slice());
-        self.voucher.push(b.voucher_id.as_bytes().as_slice());
-        self.old.push(old);
-        self.seq.push(to_i64(b.seq)?);
-        self.latest.push(s.latest.encode());
-        self.cb.push(to_i64(s.credited_bytes)?);
-        self.cm.push(to_i64(s.credited_micros)?);
-        self.cl.push(s.clamped);
-        self.n.push(to_i64(s.receipts)?);
-        Ok(())
-    }
-}
-
-#[derive(Default)]
-struct ReceiptCols<'a> {
-    r: Vec<&'a [u8]>,
-    sid: Vec<&'a [u8]>,
-    seq: Vec<i64>,
-    client: Vec<&'a [u8]>,
-    voucher: Vec<&'a [u8]>,
-    epoch: Vec<i64>,
-    at: Vec<i64>,
-    total: Vec<i64>,
-    cb: Vec<i64>,
-    cm: Vec<i64>,
-    cl: Vec<bool>,
-    enc: Vec<&'a [u8]>,
-    leaf: Vec<&'a [u8]>,
-}
-
-fn voucher_from_row(row: &Row) -> Result<VoucherRow, StoreError> {
-    Ok(VoucherRow {
-        id: VoucherId(arr(row.get::<_, &[u8]>(0))?),
-        client_key: PublicKey(arr(row.get::<_, &[u8]>(1))?),
-        allowance_bytes: to_u64(row.get(2))?,
-        price_micros_per_gib: to_u64(row.get(3))?,
-        issued_at: to_u64(row.get(4))?,
-        expires_at: to_u64(row.get(5))?,
-        used_bytes: to_u64(row.get(6))?,
-        cost_micros: to_u64(row.get(7))?,
-        encoded: row.get(8),
-    })
-}
-
-fn retryable(e: &StoreError) -> bool {
-    match e {
-        StoreError::Contention => true,
-        StoreError::Postgres(e) => matches!(
-            e.code(),
-            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE
-                || *c == SqlState::T_R_DEADLOCK_DETECTED
-                || *c == SqlState::UNIQUE_VIOLATION
-        ),
-        _ => false,
-    }
-}
-
-fn overflow(e: tokio_postgres::Error) -> StoreError {
-    if e.code() == Some(&SqlState::NUMERIC_VALUE_OUT_OF_RANGE) {
-        StoreError::Overflow
-    } else {
-        StoreError::Postgres(e)
     }
 }
 
