@@ -9,11 +9,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use boringtun::noise::{Tunn, TunnResult};
+use boringtun::noise::Tunn;
 use ferry_keys::{WgPrivateKey, WgPublicKey};
 use ferry_metering::{
-    CONTROL_PORT, ClientConfig, CutOffReason, Direction, Message, ReceiptRejectReason, RelayConfig,
-    RelayEvent, RelayHub, RelayIdentity, control_datagram, decode, encode, udp_packet,
+    ClientConfig, CutOffReason, ReceiptRejectReason, RelayConfig, RelayEvent, RelayHub,
+    RelayIdentity, udp_packet,
 };
 use ferry_receipts::{NetworkId, SessionId, Signature, SigningKey, Voucher};
 use ferry_store::Store;
@@ -21,120 +21,11 @@ use tokio::net::UdpSocket;
 
 use super::*;
 use crate::config::{Paid as PaidCfg, Relay};
-use crate::packet::parse_udp;
+use crate::testrelay::{CLIENT_TUN, RELAY_TUN, RelayLog, mini_relay};
 
 const NET: NetworkId = NetworkId([0x42; 16]);
-const RELAY_TUN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-const CLIENT_TUN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 const ECHO: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 2)), 7);
 const KIB: u64 = 1024;
-
-#[derive(Default)]
-struct RelayLog {
-    stored: Vec<ferry_receipts::CoSignedReceipt>,
-    events: Vec<RelayEvent>,
-}
-
-/// A relay that echoes UDP to `ECHO` and meters like the agent will; `phantom_down` extra
-/// bytes are metered (claimed) for every echoed packet without being sent.
-async fn mini_relay(
-    sock: UdpSocket,
-    mut tunn: Tunn,
-    mut hub: RelayHub<u8>,
-    phantom_down: u64,
-    log: Arc<Mutex<RelayLog>>,
-) {
-    let own = [IpAddr::V4(RELAY_TUN)];
-    let mut buf = vec![0u8; 65536];
-    let mut out = vec![0u8; 65536];
-    let mut client: Option<SocketAddr> = None;
-    loop {
-        let r = tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)).await;
-        let now = Instant::now();
-        let unix = unix_now();
-        let mut to_client: Vec<Vec<u8>> = Vec::new();
-        if let Ok(Ok((n, from))) = r {
-            client = Some(from);
-            let mut first = true;
-            loop {
-                let input: &[u8] = if first { &buf[..n] } else { &[] };
-                first = false;
-                match tunn.decapsulate(Some(from.ip()), input, &mut out) {
-                    TunnResult::WriteToNetwork(b) => {
-                        let _ = sock.send_to(b, from).await;
-                        continue;
-                    }
-                    TunnResult::WriteToTunnelV4(p, _) => {
-                        let pkt = p.to_vec();
-                        if let Some(c) = control_datagram(&pkt, &own) {
-                            let reply_to = c.from;
-                            match decode(c.payload) {
-                                Ok(Message::Hello(offer)) => {
-                                    let m =
-                                        match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix)
-                                        {
-                                            Ok(m) => m,
-                                            Err(r) => Message::Reject(r),
-                                        };
-                                    to_client.extend(udp_packet(c.to, reply_to, &encode(&m)));
-                                }
-                                _ => {
-                                    if let Some(co) = hub.handle_control(0, c.payload, now) {
-                                        log.lock().unwrap().stored.push(co);
-                                        if let Some(ack) = hub.persisted(0, co.body().seq) {
-                                            to_client.extend(udp_packet(
-                                                c.to,
-                                                reply_to,
-                                                &encode(&ack),
-                                            ));
-                                        }
-                                    }
-                                }
-                            }
-                        } else if let Some((src, dst, payload)) = parse_udp(&pkt) {
-                            if dst == ECHO
-                                && hub.on_bytes(0, Direction::Up, pkt.len() as u64, now)
-                                    == ferry_metering::Verdict::Forward
-                            {
-                                let reply = udp_packet(dst, src, payload).unwrap();
-                                let v = hub.on_bytes(0, Direction::Down, reply.len() as u64, now);
-                                if phantom_down > 0 {
-                                    let _ = hub.on_bytes(0, Direction::Down, phantom_down, now);
-                                }
-                                if v == ferry_metering::Verdict::Forward {
-                                    to_client.push(reply);
-                                }
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                break;
-            }
-        }
-        hub.handle_timeout(now, unix);
-        while let Some((_, m)) = hub.poll_transmit(now, unix) {
-            let from = SocketAddr::new(RELAY_TUN.into(), CONTROL_PORT);
-            let to = SocketAddr::new(CLIENT_TUN.into(), CONTROL_PORT);
-            to_client.extend(udp_packet(from, to, &encode(&m)));
-        }
-        while let Some((_, e)) = hub.poll_event() {
-            log.lock().unwrap().events.push(e);
-        }
-        if let TunnResult::WriteToNetwork(b) = tunn.update_timers(&mut out) {
-            if let Some(c) = client {
-                let _ = sock.send_to(b, c).await;
-            }
-        }
-        for p in to_client {
-            if let (TunnResult::WriteToNetwork(b), Some(c)) =
-                (tunn.encapsulate(&p, &mut out), client)
-            {
-                let _ = sock.send_to(b, c).await;
-            }
-        }
-    }
-}
 
 struct Fixture {
     engine: Engine,

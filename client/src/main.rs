@@ -21,6 +21,8 @@ mod session;
 mod socks;
 mod stack;
 mod status;
+#[cfg(test)]
+mod testrelay;
 
 use std::process::ExitCode;
 

@@ -23,8 +23,13 @@ fn build(package: &str, bin: &str, features: &[&str]) -> Result<PathBuf> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
+    let (kind, sub) = match bin.strip_prefix("example:") {
+        Some(e) => (["--example", e], "examples"),
+        None => (["--bin", bin], ""),
+    };
     cmd.current_dir(&workspace)
-        .args(["build", "--quiet", "-p", package, "--bin", bin]);
+        .args(["build", "--quiet", "-p", package])
+        .args(kind);
     for f in features {
         cmd.args(["--features", f]);
     }
@@ -32,7 +37,7 @@ fn build(package: &str, bin: &str, features: &[&str]) -> Result<PathBuf> {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace.join("target"));
-    Ok(target.join("debug").join(bin))
+    Ok(target.join("debug").join(sub).join(kind[1]))
 }
 
 /// Path of the `ferry` binary (built once; `FERRY_BIN` overrides).
@@ -44,6 +49,47 @@ pub fn ferry_binary() -> Result<PathBuf> {
     })
     .clone()
     .map_err(|e| anyhow!(e))
+}
+
+/// Path of the test-only paid relay `ferry-test-relay` (client/examples; built once).
+pub fn test_relay_binary() -> Result<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        build("ferry-client", "example:ferry-test-relay", &[]).map_err(|e| format!("{e:#}"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Starts `ferry connect <relay> --tun <tun>` in `ns` (log label `ferry-connect`) and waits
+/// until its status file says connected.
+pub fn start_connect(
+    lab: &mut Lab,
+    ns: &Ns,
+    home: &FerryHome,
+    relay: &str,
+    tun: &str,
+) -> Result<ProcId> {
+    let argv = home.argv(&["connect", relay, "--tun", tun])?;
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let id = lab.spawn_env(ns, "ferry-connect", &refs, &[("FERRY_LOG", "debug")])?;
+    let status = home.state.join("status.json");
+    let mut exited = false;
+    wait_until(
+        Duration::from_secs(20),
+        "ferry connect to be connected",
+        || {
+            if !lab.is_running(id) {
+                exited = true;
+                return true;
+            }
+            std::fs::read_to_string(&status).is_ok_and(|s| s.contains("\"state\": \"connected\""))
+        },
+    )?;
+    if exited {
+        bail!("ferry connect exited:\n{}", lab.log("ferry-connect"));
+    }
+    Ok(id)
 }
 
 /// Path of `ferry-dns-testserver` (built once).
@@ -335,36 +381,13 @@ impl ClientLab {
     /// Starts `ferry connect lab` in the client namespace and waits until it is connected.
     pub fn connect(&mut self) -> Result<ProcId> {
         let tun = self.tun();
-        let argv = self.home.argv(&["connect", "lab", "--tun", &tun])?;
-        let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let id = self.topo.lab.spawn_env(
+        start_connect(
+            &mut self.topo.lab,
             &self.topo.client,
-            "ferry-connect",
-            &refs,
-            &[("FERRY_LOG", "debug")],
-        )?;
-        let status = self.home.state.join("status.json");
-        let lab = &mut self.topo.lab;
-        let mut exited = false;
-        wait_until(
-            Duration::from_secs(20),
-            "ferry connect to be connected",
-            || {
-                if !lab.is_running(id) {
-                    exited = true;
-                    return true;
-                }
-                std::fs::read_to_string(&status)
-                    .is_ok_and(|s| s.contains("\"state\": \"connected\""))
-            },
-        )?;
-        if exited {
-            bail!(
-                "ferry connect exited:\n{}",
-                self.topo.lab.log("ferry-connect")
-            );
-        }
-        Ok(id)
+            &self.home,
+            "lab",
+            &tun,
+        )
     }
 
     /// `ferry status --json`.
