@@ -10,7 +10,7 @@ if ! command -v pg_lsclusters >/dev/null 2>&1; then
 fi
 ver=$(pg_lsclusters -h | awk 'NR==1 {print $1}')
 if [ -z "$ver" ]; then
-  ver=$(ls /usr/lib/postgresql | sort -n | tail -1)
+  ver=$(find /usr/lib/postgresql -mindepth 1 -maxdepth 1 -printf "%f\n" | sort -n | tail -1)
   pg_createcluster "$ver" main >&2
 fi
 if ! pg_lsclusters -h | awk -v v="$ver" '$1==v && $2=="main" {print $4}' | grep -q online; then
