@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 echo "== cargo fmt --check"; cargo fmt --all --check
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+if [ "$(id -u)" -eq 0 ]; then
+  # The ledger's store suite also runs against a real PostgreSQL (installed by setup.sh).
+  export FERRY_TEST_POSTGRES_URL="${FERRY_TEST_POSTGRES_URL:-$(bash ledger/ci-postgres.sh)}"
+fi
 echo "== cargo test (workspace)"; cargo test --workspace --locked
 if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
   echo "== end-to-end tests (network namespaces, root)"
