@@ -12,6 +12,8 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 echo "== cargo test (workspace)"; cargo test --workspace --locked
 if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
+  echo "== root-only tests: real Prometheus scrape, tmpfs ENOSPC"
+  cargo test -p ferry-telemetry -p ferry-store --locked -- --ignored
   echo "== end-to-end tests (network namespaces, root)"
   cargo test -p ferry-e2e --locked -- --ignored --test-threads=1
 else
