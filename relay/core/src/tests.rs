@@ -656,3 +656,28 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn timer_sweep_emits_persistent_keepalive_to_the_endpoint() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    let mut cfg = peer_cfg(2, "10.77.0.2/32", "fd77::2/128");
+    cfg.persistent_keepalive = Some(1);
+    relay.add_peer(cfg).unwrap();
+    let mut client = Client::new(2, &relay);
+    let now = Instant::now();
+    handshake(&mut relay, &mut client, now);
+    // boringtun's timers use its own clock: let one keepalive interval pass for real.
+    std::thread::sleep(Duration::from_millis(1100));
+    relay.handle_timeout(now + Duration::from_millis(1100));
+    let mut buf = vec![0u8; 2048];
+    let t = relay.poll_transmit(&mut buf).expect("keepalive due");
+    assert_eq!(t.dst, client.addr);
+    assert_eq!(t.bytes.len(), OVERHEAD, "an empty data message");
+    let keepalive = t.bytes.to_vec();
+    assert!(
+        relay.poll_transmit(&mut buf).is_none(),
+        "one per peer per sweep"
+    );
+    let (back, inner) = client.recv(&keepalive);
+    assert!(back.is_empty() && inner.is_empty());
+}
