@@ -306,13 +306,7 @@ fn parse(p: &[u8]) -> Option<(IpAddr, IpAddr, u8, &[u8])> {
         6 => {
             let src: [u8; 16] = p.get(8..24)?.try_into().ok()?;
             let dst: [u8; 16] = p.get(24..40)?.try_into().ok()?;
-            // Extension headers are not walked: the port check is skipped for them (l4 empty).
-            let next = *p.get(6)?;
-            let l4 = if matches!(next, 6 | 17 | 58) {
-                p.get(40..)?
-            } else {
-                &[]
-            };
+            let (next, l4) = walk_v6(*p.get(6)?, p.get(40..)?);
             Some((src.into(), dst.into(), next, l4))
         }
         _ => None,
@@ -326,6 +320,29 @@ pub(crate) struct Outcome {
     pub(crate) ops: usize,
     /// Client packets written to the egress.
     pub(crate) egress: usize,
+}
+
+/// Skips IPv6 hop-by-hop, routing, destination-options and (first) fragment headers; returns
+/// the upper-layer protocol and its bytes, or (0, empty) when that is not reachable.
+fn walk_v6(mut next: u8, mut rest: &[u8]) -> (u8, &[u8]) {
+    for _ in 0..16 {
+        let skip = match next {
+            0 | 43 | 60 => match rest.get(1) {
+                Some(&len) => (usize::from(len) + 1) * 8,
+                None => return (0, &[]),
+            },
+            44 => match rest.get(2..4) {
+                Some(o) if u16::from_be_bytes([o[0], o[1]]) >> 3 == 0 => 8,
+                _ => return (0, &[]),
+            },
+            _ => return (next, rest),
+        };
+        match (rest.first(), rest.get(skip..)) {
+            (Some(&n), Some(r)) => (next, rest) = (n, r),
+            _ => return (0, &[]),
+        }
+    }
+    (0, &[])
 }
 
 /// Runs one fuzz input.
