@@ -1,7 +1,8 @@
 //! Configuration of the userspace egress (plain struct; the agent maps its TOML onto it).
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,11 @@ pub struct NetstackConfig {
     /// Optional destination check applied before any dial (the relay core already applies the
     /// egress policy; this is defense in depth). `None` allows every destination.
     pub policy: Option<PolicyFn>,
+    /// Services of the agent itself on the relay's tunnel addresses: a TCP or UDP flow to a
+    /// key (e.g. `10.77.0.1:53`) is dialed at the value (e.g. the DNS forwarder on
+    /// `127.0.0.1:5353`) instead, without asking [`Self::policy`] (the relay core already
+    /// allowed it as a tunnel service). Replies still come from the key's address. Default empty.
+    pub local_services: BTreeMap<SocketAddr, SocketAddr>,
 }
 
 impl NetstackConfig {
@@ -48,8 +54,20 @@ impl NetstackConfig {
         self
     }
 
+    /// Route flows to `service` (a tunnel address and port) to the local socket `target`.
+    #[must_use]
+    pub fn with_local_service(mut self, service: SocketAddr, target: SocketAddr) -> Self {
+        self.local_services.insert(service, target);
+        self
+    }
+
     pub(crate) fn allows(&self, ip: IpAddr) -> bool {
         self.policy.as_ref().is_none_or(|p| p(ip))
+    }
+
+    /// The local service a flow to `remote` is handed to, if any.
+    pub(crate) fn local_service(&self, remote: SocketAddr) -> Option<SocketAddr> {
+        self.local_services.get(&remote).copied()
     }
 }
 
@@ -67,6 +85,7 @@ impl Default for NetstackConfig {
             udp_queue: 64,
             out_queue: 1024,
             policy: None,
+            local_services: BTreeMap::new(),
         }
     }
 }
@@ -85,6 +104,7 @@ impl fmt::Debug for NetstackConfig {
             .field("udp_queue", &self.udp_queue)
             .field("out_queue", &self.out_queue)
             .field("policy", &self.policy.as_ref().map(|_| "<fn>"))
+            .field("local_services", &self.local_services)
             .finish()
     }
 }

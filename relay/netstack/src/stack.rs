@@ -51,7 +51,8 @@ pub enum Event {
     TcpDial {
         /// The new flow.
         flow: FlowId,
-        /// Original destination.
+        /// Where to dial: the original destination, or the target of a
+        /// [`NetstackConfig::local_services`](crate::NetstackConfig::local_services) entry.
         remote: SocketAddr,
     },
     /// Open a UDP socket to `remote`; pull datagrams with [`NetStack::poll_udp_datagram`],
@@ -59,7 +60,8 @@ pub enum Event {
     UdpOpen {
         /// The new flow.
         flow: FlowId,
-        /// Original destination.
+        /// Where to dial: the original destination, or the target of a
+        /// [`NetstackConfig::local_services`](crate::NetstackConfig::local_services) entry.
         remote: SocketAddr,
     },
 }
@@ -459,7 +461,7 @@ impl NetStack {
         {
             self.stats.refused_limit += 1;
             true
-        } else if !self.dialable(client.ip(), remote.ip()) {
+        } else if !self.dialable(client, remote) {
             self.stats.refused_policy += 1;
             true
         } else {
@@ -485,7 +487,11 @@ impl NetStack {
             },
         );
         self.tcp_index.insert((client, remote), id);
-        self.events.push_back(Event::TcpDial { flow: id, remote });
+        let dial = self.cfg.local_service(remote).unwrap_or(remote);
+        self.events.push_back(Event::TcpDial {
+            flow: id,
+            remote: dial,
+        });
     }
 
     fn queue_for_smoltcp(&mut self, pkt: &[u8]) {
@@ -496,9 +502,14 @@ impl NetStack {
         self.device.rx.push_back(pkt.to_vec());
     }
 
-    /// Never dial non-unicast or unspecified addresses (connecting to 0.0.0.0 reaches the
+    /// Local services (the agent's own, on its tunnel address) are always dialable. Otherwise
+    /// never dial non-unicast or unspecified addresses (connecting to 0.0.0.0 reaches the
     /// router itself on Linux), nor across address families; then ask the policy hook.
-    fn dialable(&self, client: IpAddr, remote: IpAddr) -> bool {
+    fn dialable(&self, client: SocketAddr, remote: SocketAddr) -> bool {
+        if self.cfg.local_service(remote).is_some() {
+            return true;
+        }
+        let (client, remote) = (client.ip(), remote.ip());
         let unicast = match remote {
             IpAddr::V4(a) => !(a.is_unspecified() || a.is_broadcast() || a.is_multicast()),
             IpAddr::V6(a) => !(a.is_unspecified() || a.is_multicast()),

@@ -399,3 +399,37 @@ fn simultaneous_dials_to_one_destination_keep_clients_apart() {
     };
     assert_eq!(&buf[..n], b"from b");
 }
+
+#[test]
+fn local_service_is_dialed_at_its_target_despite_the_policy_and_replies_from_the_tunnel_address() {
+    let dns: SocketAddr = "10.77.0.1:53".parse().unwrap();
+    let forwarder: SocketAddr = "127.0.0.1:5300".parse().unwrap();
+    // The policy refuses the tunnel address itself (as the relay policy's check_addr does).
+    let tunnel: IpAddr = dns.ip();
+    let cfg = NetstackConfig::default()
+        .with_policy(move |ip| ip != tunnel)
+        .with_local_service(dns, forwarder);
+    let mut w = World::new(cfg);
+    let client: SocketAddr = "10.77.0.2:40000".parse().unwrap();
+    w.core
+        .handle_client_packet(&udp_packet(client, dns, b"query"), w.now);
+    w.core.poll(w.now);
+    let flow = match w.events().as_slice() {
+        [Event::UdpOpen { flow, remote }] if *remote == forwarder => *flow,
+        other => panic!("expected UdpOpen to the forwarder, got {other:?}"),
+    };
+    w.core.udp_reply(flow, b"answer", w.now);
+    let pkt = w.core.poll_client_packet().unwrap();
+    assert_eq!(parse_udp(&pkt), Some((dns, client, b"answer".to_vec())));
+
+    // TCP to the service is dialed at the target too.
+    w.client.connect(dns, 4096);
+    w.pump();
+    assert_eq!(dial_flow(&w.events()).1, forwarder);
+
+    // Other ports on the tunnel address still go through the policy hook (refused).
+    w.client.connect(SocketAddr::new(tunnel, 22), 4096);
+    w.pump();
+    assert!(w.events().is_empty());
+    assert_eq!(w.core.stats().refused_policy, 1);
+}

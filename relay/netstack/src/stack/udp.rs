@@ -82,7 +82,7 @@ impl NetStack {
                     trace!("refusing UDP flow: limit");
                     return;
                 }
-                if !self.dialable(client.ip(), remote.ip()) {
+                if !self.dialable(client, remote) {
                     self.stats.refused_policy += 1;
                     trace!("refusing UDP flow: policy");
                     return;
@@ -101,7 +101,11 @@ impl NetStack {
                     },
                 );
                 self.udp_index.insert((client, remote), id);
-                self.events.push_back(Event::UdpOpen { flow: id, remote });
+                let dial = self.cfg.local_service(remote).unwrap_or(remote);
+                self.events.push_back(Event::UdpOpen {
+                    flow: id,
+                    remote: dial,
+                });
                 id
             }
         };
