@@ -11,7 +11,9 @@ use clap::{Parser, Subcommand};
 
 mod config;
 mod control;
+mod dns;
 mod keycmd;
+mod observability;
 mod peers;
 mod run;
 

@@ -65,6 +65,8 @@ pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
     let filter = filter_from_env_or(&config.filter)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // No colour codes in syslog/procd or log files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match config.format {
         LogFormat::Compact => builder.compact().try_init(),

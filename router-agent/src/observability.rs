@@ -1,0 +1,383 @@
+//! `[metrics]`: the agent's `/metrics`, `/healthz` and `/status` (ferry-telemetry's server).
+//!
+//! Nothing here runs per packet: at scrape time the snapshot closure locks the relay once,
+//! copies its counters, and fills a `ferry_telemetry::Snapshot`. `/status` is the JSON document
+//! the LuCI page shows (fields documented in docs/openwrt.md).
+//!
+//! Listen addresses default to the router's LAN (private IPv4) addresses plus 127.0.0.1, port
+//! 9586: reachable from the household, never from the WAN or through the tunnel (the relay's
+//! policy blocks router addresses and tunnel ports other than `tunnel-services`).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use ferry_dns::ForwarderStats;
+use ferry_relay_core::{DropReason as RelayDrop, PeerCounters, Stats};
+use ferry_relay_io::SharedRelay;
+use ferry_telemetry::server::DEFAULT_PORT;
+use ferry_telemetry::{
+    DnsStats, DropReason, FsyncRecorder, Metrics, MetricsConfig, MetricsServer, PeerTraffic,
+    ServerConfig, Snapshot, StatusSource,
+};
+use serde_json::json;
+
+use crate::config::Validated;
+
+/// A session counts as active this long after its last handshake (WireGuard's
+/// REJECT_AFTER_TIME: without a new handshake the session can no longer carry data).
+const SESSION_ACTIVE: Duration = Duration::from_secs(180);
+
+/// What `/status` reports besides live relay state.
+#[derive(Debug, Clone)]
+pub(crate) struct StaticInfo {
+    /// Relay public key (base64).
+    pub(crate) public_key: String,
+    /// WireGuard listen address.
+    pub(crate) listen: String,
+    /// `tun` or `userspace`.
+    pub(crate) egress_mode: &'static str,
+    /// Configured peer names by public key (paying session peers have none).
+    pub(crate) names: HashMap<[u8; 32], String>,
+}
+
+/// The metrics side of a running agent.
+pub(crate) struct Observability {
+    /// Hand to the receipt store once it is wired in (`fsync.record(elapsed)`).
+    #[allow(dead_code)] // TODO(H10): the store is not in the agent yet.
+    pub(crate) fsync: FsyncRecorder,
+}
+
+/// Counter state that makes the aggregate byte counters monotonic across peer removals
+/// (a removed peer's last counters are kept in `retired`).
+#[derive(Default)]
+struct Totals {
+    retired: PeerCounters,
+    last: HashMap<[u8; 32], PeerCounters>,
+}
+
+impl Totals {
+    /// Folds the current per-peer counters in; returns (received, sent) since start.
+    fn update(&mut self, current: &[([u8; 32], PeerCounters)]) -> (u64, u64) {
+        let now: HashMap<[u8; 32], PeerCounters> = current.iter().copied().collect();
+        for (key, old) in &self.last {
+            // Gone, or re-added (counters restarted): keep what it had counted.
+            let restarted = now.get(key).is_some_and(|c| {
+                c.from_client_bytes < old.from_client_bytes
+                    || c.to_client_bytes < old.to_client_bytes
+            });
+            if restarted || !now.contains_key(key) {
+                add(&mut self.retired, old);
+            }
+        }
+        let mut sum = self.retired;
+        for c in now.values() {
+            add(&mut sum, c);
+        }
+        self.last = now;
+        (sum.from_client_bytes, sum.to_client_bytes)
+    }
+}
+
+fn add(acc: &mut PeerCounters, c: &PeerCounters) {
+    acc.from_client_bytes = acc.from_client_bytes.saturating_add(c.from_client_bytes);
+    acc.to_client_bytes = acc.to_client_bytes.saturating_add(c.to_client_bytes);
+}
+
+/// Completes when the agent stops.
+pub(crate) type StopFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A stop switch (send `true`) and a factory of futures completing when it is thrown.
+pub(crate) fn stopper() -> (
+    tokio::sync::watch::Sender<bool>,
+    impl Fn() -> StopFuture + Clone,
+) {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let make = move || -> StopFuture {
+        let mut rx = rx.clone();
+        Box::pin(async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        })
+    };
+    (tx, make)
+}
+
+/// Starts the metrics server if `[metrics] enabled`. Explicit `listen` addresses must all
+/// bind; of the defaults, those that cannot be bound are skipped with a warning.
+pub(crate) async fn start(
+    cfg: &Validated,
+    relay: SharedRelay,
+    dns: Option<Arc<ForwarderStats>>,
+    info: StaticInfo,
+    shutdown: &impl Fn() -> StopFuture,
+) -> Result<Option<Observability>> {
+    let mc: &MetricsConfig = &cfg.raw.metrics;
+    if !mc.enabled {
+        return Ok(None);
+    }
+    let mut metrics = Metrics::new(mc);
+    let per_peer = metrics.per_peer_labels();
+    let fsync = metrics.fsync_recorder();
+    let totals = Mutex::new(Totals::default());
+    let snap_relay = relay.clone();
+    metrics.register_agent(move || snapshot(&snap_relay, dns.as_deref(), per_peer, &totals));
+    let metrics = Arc::new(metrics);
+    let started = Instant::now();
+    let status: StatusSource = Arc::new(move || status(&relay, &info, started));
+
+    let explicit = !mc.listen.is_empty();
+    let defaults = default_listen(&cfg.tunnel_ips());
+    let server_cfg = ServerConfig::from_config(mc, &defaults).context("[metrics]")?;
+    let mut addrs = Vec::new();
+    let groups: Vec<Vec<SocketAddr>> = if explicit {
+        vec![server_cfg.listen.clone()]
+    } else {
+        server_cfg.listen.iter().map(|a| vec![*a]).collect()
+    };
+    for listen in groups {
+        let one = ServerConfig {
+            listen: listen.clone(),
+            token: server_cfg.token.clone(),
+        };
+        match MetricsServer::bind(one, metrics.clone(), Some(status.clone())).await {
+            Ok(server) => {
+                addrs.extend(server.local_addrs());
+                let stop = shutdown();
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve(stop).await {
+                        tracing::warn!(error = %e, "metrics server stopped");
+                    }
+                });
+            }
+            Err(e) if explicit => return Err(e).context("[metrics] listen"),
+            Err(e) => tracing::warn!(error = %e, "metrics: skipping a default listen address"),
+        }
+    }
+    if addrs.is_empty() {
+        tracing::warn!("metrics enabled but no listen address could be bound");
+    }
+    Ok(Some(Observability { fsync }))
+}
+
+/// The router's private IPv4 (LAN) addresses other than the tunnel's, then 127.0.0.1; all
+/// on port 9586.
+pub(crate) fn default_listen(tunnel_ips: &[IpAddr]) -> Vec<SocketAddr> {
+    let host = ferry_relay_io::local_addresses().unwrap_or_default();
+    lan_listen(&host, tunnel_ips)
+}
+
+fn lan_listen(host: &[IpAddr], tunnel_ips: &[IpAddr]) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = host
+        .iter()
+        .filter(|ip| matches!(ip, IpAddr::V4(v4) if v4.is_private()) && !tunnel_ips.contains(ip))
+        .map(|ip| SocketAddr::new(*ip, DEFAULT_PORT))
+        .collect();
+    out.push(ferry_telemetry::server::DEFAULT_LISTEN);
+    out
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+struct PeerRow {
+    key: [u8; 32],
+    endpoint: Option<SocketAddr>,
+    counters: PeerCounters,
+    since_handshake: Option<Duration>,
+}
+
+/// Copies what we need under one short lock.
+fn read_relay(relay: &SharedRelay) -> Option<(Stats, Vec<PeerRow>)> {
+    let r = relay.lock().ok()?;
+    let rows = r
+        .peers()
+        .map(|p| PeerRow {
+            key: p.public_key,
+            endpoint: p.endpoint,
+            counters: p.counters,
+            since_handshake: r.tunnel_stats(p.id).and_then(|t| t.since_last_handshake),
+        })
+        .collect();
+    Some((r.stats().clone(), rows))
+}
+
+fn snapshot(
+    relay: &SharedRelay,
+    dns: Option<&ForwarderStats>,
+    per_peer: bool,
+    totals: &Mutex<Totals>,
+) -> Snapshot {
+    let mut s = Snapshot::default();
+    s.dns = dns.map(|d| {
+        let d = d.snapshot();
+        DnsStats {
+            queries: d.queries,
+            upstream_failures: d.upstream_failures,
+        }
+    });
+    let Some((stats, rows)) = read_relay(relay) else {
+        return s;
+    };
+    let now = unix_now();
+    let counters: Vec<_> = rows.iter().map(|p| (p.key, p.counters)).collect();
+    if let Ok(mut t) = totals.lock() {
+        (s.received_bytes, s.sent_bytes) = t.update(&counters);
+    }
+    let handshake_unix = |p: &PeerRow| {
+        p.since_handshake
+            .map_or(0, |d| now.saturating_sub(d.as_secs()))
+    };
+    s.latest_handshake_unix = rows.iter().map(handshake_unix).max().unwrap_or(0);
+    s.peers_configured = rows.len() as u64;
+    s.sessions_active = rows
+        .iter()
+        .filter(|p| p.since_handshake.is_some_and(|d| d < SESSION_ACTIVE))
+        .count() as u64;
+    s.handshakes = stats.handshakes;
+    for (reason, n) in stats.drop_counts() {
+        s.drops.add(map_drop(reason), n);
+    }
+    if per_peer {
+        s.peers = rows
+            .iter()
+            .map(|p| PeerTraffic {
+                public_key: b64(&p.key),
+                sent_bytes: p.counters.to_client_bytes,
+                received_bytes: p.counters.from_client_bytes,
+                latest_handshake_unix: handshake_unix(p),
+            })
+            .collect();
+    }
+    // TODO(H10): receipts, unacknowledged_bytes and earned_bytes from metering/store stats
+    // once the metering hub runs in the agent; until then they export 0.
+    s
+}
+
+/// Relay-core drop reasons folded into the exported label set (by their stable names).
+fn map_drop(r: RelayDrop) -> DropReason {
+    match r.as_str() {
+        "policy" | "tunnel_address" => DropReason::Policy,
+        "allowed_ips" => DropReason::AllowedIps,
+        "rate_limit" | "handshake_rate_limit" | "under_load" => DropReason::RateLimit,
+        "credit_window" => DropReason::CreditWindow,
+        "unknown_peer" => DropReason::UnknownPeer,
+        "malformed" => DropReason::Malformed,
+        _ => DropReason::Other,
+    }
+}
+
+fn b64(key: &[u8; 32]) -> String {
+    ferry_keys::WgPublicKey(*key).to_base64()
+}
+
+/// The `/status` document for LuCI (docs/openwrt.md).
+fn status(relay: &SharedRelay, info: &StaticInfo, started: Instant) -> serde_json::Value {
+    let rows = read_relay(relay).map(|(_, rows)| rows).unwrap_or_default();
+    let peers: Vec<_> = rows
+        .iter()
+        .map(|p| {
+            json!({
+                "name": info.names.get(&p.key),
+                "public_key": b64(&p.key),
+                "endpoint": p.endpoint.map(|e| e.to_string()),
+                "last_handshake_secs": p.since_handshake.map(|d| d.as_secs()),
+                "rx_bytes": p.counters.from_client_bytes,
+                "tx_bytes": p.counters.to_client_bytes,
+            })
+        })
+        .collect();
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": started.elapsed().as_secs(),
+        "public_key": info.public_key,
+        "listen": info.listen,
+        "egress_mode": info.egress_mode,
+        "peers": peers,
+    })
+}
+
+/// Peer names from the config, keyed by public key.
+pub(crate) fn peer_names(cfg: &Validated) -> HashMap<[u8; 32], String> {
+    cfg.peers
+        .iter()
+        .map(|p| (*p.public_key.as_bytes(), p.name.clone()))
+        .collect()
+}
+
+/// Drop-reason mapping as a table (for docs and the test below).
+#[cfg(test)]
+fn drop_table() -> std::collections::BTreeMap<&'static str, &'static str> {
+    RelayDrop::ALL
+        .iter()
+        .map(|r| (r.as_str(), map_drop(*r).as_label()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn c(from: u64, to: u64) -> PeerCounters {
+        PeerCounters {
+            from_client_bytes: from,
+            to_client_bytes: to,
+            ..PeerCounters::default()
+        }
+    }
+
+    #[test]
+    fn totals_stay_monotonic_when_peers_leave_or_restart() {
+        let mut t = Totals::default();
+        assert_eq!(
+            t.update(&[([1; 32], c(10, 100)), ([2; 32], c(5, 50))]),
+            (15, 150)
+        );
+        // Peer 2 removed: its bytes stay counted.
+        assert_eq!(t.update(&[([1; 32], c(12, 120))]), (17, 170));
+        // Peer 1 re-added (counters restart at 3/30): the old 12/120 are kept.
+        assert_eq!(t.update(&[([1; 32], c(3, 30))]), (17 + 3, 170 + 30));
+        assert_eq!(t.update(&[]), (20, 200));
+    }
+
+    #[test]
+    fn every_relay_drop_reason_maps_to_a_telemetry_label() {
+        let t = drop_table();
+        assert_eq!(t.len(), RelayDrop::ALL.len());
+        assert_eq!(t["policy"], "policy");
+        assert_eq!(t["tunnel_address"], "policy");
+        assert_eq!(t["allowed_ips"], "allowed_ips");
+        assert_eq!(t["handshake_rate_limit"], "rate_limit");
+        if let Some(v) = t.get("credit_window") {
+            assert_eq!(*v, "credit_window");
+        }
+        assert_eq!(t["auth"], "other");
+    }
+
+    #[test]
+    fn default_listen_is_private_v4_plus_loopback_never_wan_or_tunnel() {
+        let host: Vec<IpAddr> = [
+            "192.168.1.1",
+            "203.0.113.5",
+            "10.77.0.1",
+            "127.0.0.1",
+            "fd00::1",
+        ]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect();
+        let tunnel = ["10.77.0.1".parse().unwrap()];
+        let got = lan_listen(&host, &tunnel);
+        let want: Vec<SocketAddr> = vec![
+            "192.168.1.1:9586".parse().unwrap(),
+            "127.0.0.1:9586".parse().unwrap(),
+        ];
+        assert_eq!(got, want);
+    }
+}
