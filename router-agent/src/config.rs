@@ -20,15 +20,18 @@ pub(crate) struct Config {
     pub(crate) limits: Limits,
     #[serde(default, rename = "peer")]
     pub(crate) peers: Vec<Peer>,
-    /// `[log]`: default filter and format (FERRY_LOG / RUST_LOG override the filter).
+    /// `[identity]`: relay receipts key (paid sessions, see `config_paid.rs`).
     #[serde(default)]
-    pub(crate) log: ferry_telemetry::LogConfig,
-    /// `[metrics]`: /metrics, /healthz, /status (see `observability.rs`).
+    pub(crate) identity: Option<crate::config_paid::Identity>,
+    /// `[network]`: network id, ledger key and URL (paid sessions).
     #[serde(default)]
-    pub(crate) metrics: ferry_telemetry::MetricsConfig,
-    /// `[dns]`: the forwarder on the tunnel addresses; absent = off (see `dns.rs`).
+    pub(crate) network: Option<crate::config_paid::Network>,
+    /// `[metering]`: receipt cadence, credit window, receipt store.
     #[serde(default)]
-    pub(crate) dns: Option<ferry_dns::DnsConfig>,
+    pub(crate) metering: crate::config_paid::Metering,
+    /// `[paid]`: admit paying clients.
+    #[serde(default)]
+    pub(crate) paid: Option<crate::config_paid::Paid>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -148,6 +151,8 @@ pub(crate) struct Validated {
     pub(crate) deny: Vec<IpNet>,
     pub(crate) tunnel_services: Vec<Service>,
     pub(crate) peers: Vec<ValidPeer>,
+    /// Paid sessions (None = disabled).
+    pub(crate) paid: Option<crate::config_paid::PaidSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -228,7 +233,7 @@ impl Config {
         }
         let allow = cidrs("egress.allow", &e.allow)?;
         let deny = cidrs("egress.deny", &e.deny)?;
-        let mut tunnel_services = e
+        let tunnel_services = e
             .tunnel_services
             .iter()
             .enumerate()
@@ -236,7 +241,6 @@ impl Config {
                 parse_service(s).with_context(|| format!("egress.tunnel-services[{i}]: {s:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
-        add_dns_services(self.dns.as_ref(), &mut tunnel_services)?;
 
         let l = &self.limits;
         if !(1..=MAX_PEERS_LIMIT).contains(&l.max_peers) {
@@ -298,7 +302,16 @@ impl Config {
                 persistent_keepalive: p.persistent_keepalive,
             });
         }
+        let paid = crate::config_paid::validate(
+            self.identity.as_ref(),
+            self.network.as_ref(),
+            &self.metering,
+            self.paid.as_ref(),
+            listen,
+            base_dir,
+        )?;
         Ok(Validated {
+            paid,
             private_key_file,
             listen,
             mtu,
@@ -347,25 +360,6 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet> {
         return Ok(IpNet::from(a));
     }
     bail!("{s:?} is not a valid CIDR (expected e.g. \"10.77.0.2/32\" or \"fd77::2/128\")")
-}
-
-/// An enabled `[dns]` is validated and opens udp/53 and tcp/53 (only) on the relay's tunnel
-/// addresses, where the forwarder listens.
-pub(crate) fn add_dns_services(
-    dns: Option<&ferry_dns::DnsConfig>,
-    services: &mut Vec<Service>,
-) -> Result<()> {
-    let Some(dns) = dns.filter(|d| d.enabled) else {
-        return Ok(());
-    };
-    dns.validate().map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
-    for proto in [Proto::Udp, Proto::Tcp] {
-        let service = Service { proto, port: 53 };
-        if !services.contains(&service) {
-            services.push(service);
-        }
-    }
-    Ok(())
 }
 
 fn parse_service(s: &str) -> Result<Service> {

@@ -5,14 +5,17 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_relay_core::{PeerConfig, PublicKey, Relay};
+use ferry_relay_core::{PeerConfig, PeerId, PublicKey, Relay};
 use ferry_relay_io::{SharedRelay, local_addresses};
 
 use crate::config::{Config, ValidPeer};
 
 const ADDRESS_REFRESH: Duration = Duration::from_secs(30);
 
-pub(crate) async fn run(config: PathBuf, relay: SharedRelay) {
+/// Peers that belong to paid sessions (SIGHUP must not remove them); None without metering.
+pub(crate) type PaidPeers = Option<std::sync::Arc<dyn Fn(PeerId) -> bool + Send + Sync>>;
+
+pub(crate) async fn run(config: PathBuf, relay: SharedRelay, paid: PaidPeers) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(ADDRESS_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -20,7 +23,7 @@ pub(crate) async fn run(config: PathBuf, relay: SharedRelay) {
         tokio::select! {
             _ = tick.tick() => refresh_addresses(&relay),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
-                reload_peers(&config, &relay);
+                reload_peers(&config, &relay, &paid);
             }
         }
     }
@@ -37,7 +40,7 @@ fn refresh_addresses(relay: &SharedRelay) {
     }
 }
 
-fn reload_peers(config: &std::path::Path, relay: &SharedRelay) {
+fn reload_peers(config: &std::path::Path, relay: &SharedRelay, paid: &PaidPeers) {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -46,7 +49,8 @@ fn reload_peers(config: &std::path::Path, relay: &SharedRelay) {
         }
     };
     let Ok(mut r) = relay.lock() else { return };
-    let (added, removed) = sync_peers(&mut r, &cfg.peers);
+    let is_paid = |id: PeerId| paid.as_ref().is_some_and(|f| f(id));
+    let (added, removed) = sync_peers(&mut r, &cfg.peers, &is_paid);
     tracing::info!(
         added,
         removed,
@@ -56,12 +60,20 @@ fn reload_peers(config: &std::path::Path, relay: &SharedRelay) {
 }
 
 /// Makes the relay's peer table equal to `peers` (by public key and allowed IPs); returns
-/// (added, removed). Unchanged peers keep their sessions and counters.
-pub(crate) fn sync_peers(relay: &mut Relay, peers: &[ValidPeer]) -> (usize, usize) {
+/// (added, removed). Unchanged peers keep their sessions and counters; peers for which
+/// `is_paid` holds (paid sessions, not from the config) are left alone.
+pub(crate) fn sync_peers(
+    relay: &mut Relay,
+    peers: &[ValidPeer],
+    is_paid: &dyn Fn(PeerId) -> bool,
+) -> (usize, usize) {
     let wanted: HashMap<[u8; 32], &ValidPeer> = peers.iter().map(|p| (p.public_key.0, p)).collect();
     let mut removed = 0;
     let current: Vec<_> = relay.peers().collect();
     for info in current {
+        if is_paid(info.id) {
+            continue;
+        }
         let keep = wanted.get(&info.public_key).is_some_and(|p| {
             let mut a: Vec<_> = p.allowed_ips.iter().map(|n| n.trunc()).collect();
             let mut b = info.allowed_ips.clone();
@@ -124,16 +136,16 @@ mod tests {
             index_salt: 0,
         });
         let v1 = peers(&(peer("a", 2, "10.77.0.2/32") + &peer("b", 3, "10.77.0.3/32")));
-        assert_eq!(sync_peers(&mut relay, &v1), (2, 0));
+        assert_eq!(sync_peers(&mut relay, &v1, &|_| false), (2, 0));
         let a_id = relay.peers().next().unwrap().id;
         // b removed, a unchanged, c added, then b's address reused by c.
         let v2 = peers(&(peer("a", 2, "10.77.0.2/32") + &peer("c", 4, "10.77.0.3/32")));
-        assert_eq!(sync_peers(&mut relay, &v2), (1, 1));
+        assert_eq!(sync_peers(&mut relay, &v2, &|_| false), (1, 1));
         assert_eq!(relay.peers().next().unwrap().id, a_id);
         assert_eq!(relay.peers().count(), 2);
         // a's address changes: re-created.
         let v3 = peers(&(peer("a", 2, "10.77.0.9/32") + &peer("c", 4, "10.77.0.3/32")));
-        assert_eq!(sync_peers(&mut relay, &v3), (1, 1));
-        assert_eq!(sync_peers(&mut relay, &v3), (0, 0));
+        assert_eq!(sync_peers(&mut relay, &v3, &|_| false), (1, 1));
+        assert_eq!(sync_peers(&mut relay, &v3, &|_| false), (0, 0));
     }
 }

@@ -10,10 +10,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod config;
+mod config_paid;
 mod control;
-mod dns;
+mod identity;
 mod keycmd;
-mod observability;
+mod metering;
+mod metering_hello;
 mod peers;
 mod run;
 
@@ -88,6 +90,16 @@ enum Cmd {
         #[arg(long)]
         dns: Option<String>,
     },
+    /// Print the relay's identity public key (hex) from `[identity] key-file`; register it
+    /// at the ledger as a relay. `--generate` creates the key file (0600) if it is missing.
+    Identity {
+        /// Agent configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Create the identity key file if it does not exist.
+        #[arg(long)]
+        generate: bool,
+    },
     /// Validate a config file (and the private key file) without starting.
     CheckConfig {
         /// Agent configuration file.
@@ -139,6 +151,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             private_key_file.as_deref(),
             dns.as_deref(),
         ),
+        Cmd::Identity { config, generate } => identity::identity(&config, generate),
         Cmd::CheckConfig { config } => run::check_config(&config),
     }
 }

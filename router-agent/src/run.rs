@@ -9,14 +9,14 @@ use ferry_relay_core::{IpNet, PeerConfig, PublicKey, Relay, RelayConfig, Verdict
 use std::sync::{Arc, Mutex};
 
 use ferry_relay_io::{
-    ForwardingGuard, NatGuard, SharedRelay, Shell, ShellConfig, TunEgress, bind_udp,
+    Egress, ForwardingGuard, NatGuard, SharedRelay, Shell, ShellConfig, TunEgress, bind_udp,
     local_addresses,
 };
 use ring::rand::SecureRandom;
 
 use crate::config::{Config, EgressMode, Validated};
 use crate::control;
-use crate::{dns, observability};
+use crate::metering::Metering;
 
 pub(crate) fn check_config(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -37,8 +37,8 @@ pub(crate) fn check_config(path: &Path) -> Result<()> {
 }
 
 pub(crate) fn run(path: &Path) -> Result<()> {
+    init_tracing();
     let cfg = Config::load(path)?;
-    init_tracing(&cfg.raw.log)?;
     let key = WgPrivateKey::load(&cfg.private_key_file)
         .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -78,6 +78,10 @@ fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
 
 async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()> {
     let relay: SharedRelay = Arc::new(Mutex::new(build_relay(&cfg, &key)?));
+    let metering = match &cfg.paid {
+        Some(p) => Some(Metering::setup(p, &relay, cfg.address.clone()).await?),
+        None => None,
+    };
     let udp = bind_udp(cfg.listen).with_context(|| format!("binding UDP {}", cfg.listen))?;
     let shell_cfg = ShellConfig {
         mtu: usize::from(cfg.mtu),
@@ -93,18 +97,8 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         gro = udp.gro_segments(),
         "ferry-agent starting"
     );
-    let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
-    let (stop_tx, stop) = observability::stopper();
-    let status_info = observability::StaticInfo {
-        public_key: key.public_key().to_string(),
-        listen: cfg.listen.to_string(),
-        egress_mode: match cfg.raw.egress.mode {
-            EgressMode::Tun => "tun",
-            EgressMode::Userspace => "userspace",
-        },
-        names: observability::peer_names(&cfg),
-    };
-    let dns_cfg = cfg.raw.dns.clone().filter(|d| d.enabled);
+    let paid_peers = metering.as_ref().map(Metering::paid_peers);
+    let control = tokio::spawn(control::run(path.to_owned(), relay.clone(), paid_peers));
     let result = match cfg.raw.egress.mode {
         EgressMode::Tun => {
             let e = &cfg.raw.egress;
@@ -125,25 +119,15 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
             } else {
                 (None, None)
             };
-            let dns = match &dns_cfg {
-                Some(d) => Some(dns::start_tun(d, &cfg.tunnel_ips(), stop()).await?),
-                None => None,
-            };
-            let dns_stats = dns.as_ref().map(|d| d.stats.clone());
-            observability::start(&cfg, relay.clone(), dns_stats, status_info, &stop).await?;
-            Shell::with_shared(relay.clone(), udp, tun, shell_cfg)
-                .run(shutdown_signal())
-                .await
+            run_shell(
+                Shell::with_shared(relay.clone(), udp, tun, shell_cfg),
+                metering,
+            )
+            .await
         }
         EgressMode::Userspace => {
-            let dns = match &dns_cfg {
-                Some(d) => Some(dns::start_userspace(d, stop()).await?),
-                None => None,
-            };
-            let dns_stats = dns.as_ref().map(|d| d.stats.clone());
-            observability::start(&cfg, relay.clone(), dns_stats, status_info, &stop).await?;
             let shared = relay.clone();
-            let mut ns = NetstackConfig {
+            let ns = NetstackConfig {
                 mtu: usize::from(cfg.mtu),
                 ..NetstackConfig::default()
             }
@@ -152,17 +136,15 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
                     .lock()
                     .is_ok_and(|r| r.policy().check_addr(ip) == Verdict::Allow)
             });
-            if let Some(d) = &dns {
-                ns.local_services = dns::local_services(&cfg.tunnel_ips(), d);
-            }
             let egress = UserspaceEgress::new(ns);
-            Shell::with_shared(relay.clone(), udp, egress, shell_cfg)
-                .run(shutdown_signal())
-                .await
+            run_shell(
+                Shell::with_shared(relay.clone(), udp, egress, shell_cfg),
+                metering,
+            )
+            .await
         }
     };
     control.abort();
-    let _ = stop_tx.send(true);
     let stats = relay.lock().map(|r| r.stats().clone()).unwrap_or_default();
     tracing::info!(
         udp_rx = stats.udp_rx_packets,
@@ -172,6 +154,24 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         "ferry-agent stopped"
     );
     result.context("relay stopped")
+}
+
+/// Runs the shell (and the paid-session tasks beside it) until SIGINT/SIGTERM; paid sessions
+/// get their final receipts before the shell stops.
+async fn run_shell<E: Egress>(shell: Shell<E>, metering: Option<Metering>) -> std::io::Result<()> {
+    let running = metering.map(|m| m.start(shell.relay(), shell.udp()));
+    let result = shell
+        .run(async {
+            shutdown_signal().await;
+            if let Some(m) = &running {
+                m.drain().await;
+            }
+        })
+        .await;
+    if let Some(m) = running {
+        m.stop().await;
+    }
+    result
 }
 
 async fn shutdown_signal() {
@@ -191,13 +191,14 @@ async fn shutdown_signal() {
     }
 }
 
-/// ferry-telemetry's subscriber (FERRY_LOG, then RUST_LOG, then `[log] filter`), with its
-/// privacy floor: the DNS crates never log query names.
-fn init_tracing(log: &ferry_telemetry::LogConfig) -> Result<()> {
-    let mut log = log.clone();
+fn init_tracing() {
     // boringtun logs routine session expiry at ERROR/WARN; keep it quiet unless asked for.
-    if !log.filter.contains("boringtun") {
-        log.filter.push_str(",boringtun=off");
-    }
-    ferry_telemetry::logging::init(&log).context("[log]")
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

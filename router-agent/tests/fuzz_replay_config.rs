@@ -8,6 +8,10 @@ use std::path::PathBuf;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../src/config.rs"]
 mod config;
+// `config.rs` refers to `crate::config_paid` ([identity], [network], [metering], [paid]).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../src/config_paid.rs"]
+mod config_paid;
 
 #[path = "../../fuzz/checks/config.rs"]
 mod check;

@@ -11,6 +11,7 @@
 //! or log destinations above TRACE. The tokio shell lives in `ferry-relay-io`.
 #![warn(missing_docs)]
 
+mod hook;
 mod packet;
 mod policy;
 mod ratelimit;
@@ -19,6 +20,7 @@ mod routing;
 mod stats;
 
 pub use boringtun::x25519::{PublicKey, StaticSecret};
+pub use hook::{HookDirection, PacketHook};
 pub use ipnet::IpNet;
 pub use policy::{
     DEFAULT_BLOCKED_V4, DEFAULT_BLOCKED_V6, EgressPolicy, PolicyConfig, Proto, Service, Verdict,

@@ -11,6 +11,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 
+use crate::hook::{HookDirection, PacketHook};
 use crate::packet::{self, IpHeader};
 use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
 use crate::ratelimit::{SourceLimiter, TokenBucket};
@@ -185,6 +186,7 @@ pub struct Relay {
     client_rate: u64,
     flush: Option<PeerId>,
     timer_cursor: usize,
+    hook: Option<Box<dyn PacketHook>>,
 }
 
 impl Relay {
@@ -214,7 +216,13 @@ impl Relay {
             client_rate: cfg.client_rate_bytes,
             flush: None,
             timer_cursor: usize::MAX,
+            hook: None,
         }
+    }
+
+    /// Installs the metering hook (see [`PacketHook`] for where it is called).
+    pub fn set_hook(&mut self, hook: Box<dyn PacketHook>) {
+        self.hook = Some(hook);
     }
 
     /// The relay's static public key.
@@ -444,6 +452,14 @@ impl Relay {
                 return self.drop(DropReason::RateLimit);
             }
         }
+        if let Some(h) = &mut self.hook {
+            if !h.admit(id, HookDirection::Down, packet, now) {
+                return self.drop(DropReason::CreditWindow);
+            }
+        }
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return self.drop(DropReason::NoRoute);
+        };
         match peer.tunn.encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(out) => {
                 if out.first() == Some(&MSG_DATA) {
@@ -585,6 +601,11 @@ impl Relay {
         if self.routes.lookup(hdr.src) != Some(id) {
             return self.drop(DropReason::AllowedIps);
         }
+        if let Some(h) = &mut self.hook {
+            if h.divert(id, pkt, now) {
+                return Action::Done;
+            }
+        }
         match self.policy.check(&hdr) {
             Verdict::Allow => {}
             Verdict::Blocked => return self.drop(DropReason::Policy),
@@ -598,6 +619,14 @@ impl Relay {
                 return self.drop(DropReason::RateLimit);
             }
         }
+        if let Some(h) = &mut self.hook {
+            if !h.admit(id, HookDirection::Up, pkt, now) {
+                return self.drop(DropReason::CreditWindow);
+            }
+        }
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return self.drop(DropReason::UnknownPeer);
+        };
         peer.counters.from_client_bytes += pkt.len() as u64;
         peer.counters.from_client_packets += 1;
         self.stats.egress_tx_packets += 1;

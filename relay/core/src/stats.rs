@@ -36,11 +36,13 @@ pub enum DropReason {
     BufferTooSmall,
     /// Any other protocol error.
     Protocol,
+    /// Refused by the metering hook (credit window full, session not active).
+    CreditWindow,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for exporting).
-    pub const ALL: [Self; 15] = [
+    pub const ALL: [Self; 16] = [
         Self::Policy,
         Self::TunnelAddress,
         Self::AllowedIps,
@@ -56,6 +58,7 @@ impl DropReason {
         Self::UnderLoad,
         Self::BufferTooSmall,
         Self::Protocol,
+        Self::CreditWindow,
     ];
 
     /// A stable snake_case name (metric label).
@@ -76,6 +79,7 @@ impl DropReason {
             Self::UnderLoad => "under_load",
             Self::BufferTooSmall => "buffer_too_small",
             Self::Protocol => "protocol",
+            Self::CreditWindow => "credit_window",
         }
     }
 

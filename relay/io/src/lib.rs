@@ -9,10 +9,12 @@
 
 mod egress;
 mod host;
+mod metering_hook;
 mod shell;
 mod socket;
 
 pub use egress::{Egress, HEADROOM, TUN_MIN_BATCH, TunEgress, UserspaceEgress};
 pub use host::{ForwardingGuard, NatGuard, local_addresses};
+pub use metering_hook::inject_to_client;
 pub use shell::{SharedRelay, Shell, ShellConfig};
 pub use socket::{SOCKET_BUFFER, UdpEndpoint, bind_udp};

@@ -71,6 +71,12 @@ impl<E: Egress> Shell<E> {
         self.relay.clone()
     }
 
+    /// The WireGuard UDP socket (for [`crate::inject_to_client`]: agent-originated packets
+    /// such as metering control replies).
+    pub fn udp(&self) -> Arc<UdpEndpoint> {
+        self.udp.clone()
+    }
+
     /// Runs until `shutdown` completes (Ok) or a socket/device fails (Err).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
         let mut tasks = JoinSet::new();

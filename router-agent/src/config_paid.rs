@@ -1,0 +1,228 @@
+//! Config sections for paid sessions: `[identity]`, `[network]`, `[metering]`, `[paid]`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ferry_metering::{CONTROL_PORT, CreditMode, RelayConfig as MeterConfig};
+use ferry_receipts::{NetworkId, PublicKey};
+use serde::Deserialize;
+
+const MIB: f64 = 1_048_576.0;
+
+/// `[identity]`: the relay's Ed25519 receipts key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Identity {
+    /// base64 Ed25519 seed (ferry-keys format), mode 0600.
+    pub(crate) key_file: PathBuf,
+}
+
+/// `[network]`: which Ferry network and ledger this relay serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Network {
+    /// Network id, 32 hex characters.
+    pub(crate) id: String,
+    /// Ledger Ed25519 public key, 64 hex characters (vouchers are signed with it).
+    pub(crate) ledger_key: String,
+    /// `http://host:port` of the ledger; without it receipts stay in the store.
+    #[serde(default)]
+    pub(crate) ledger_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum CreditModeCfg {
+    Stop,
+    Throttle,
+}
+
+/// `[metering]`: receipt cadence, credit window and the receipt store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Metering {
+    /// Directory of the receipt store (`receipts.log`); on flash, never /tmp.
+    #[serde(default = "default_state_dir")]
+    pub(crate) state_dir: PathBuf,
+    #[serde(default = "default_every_mib")]
+    pub(crate) receipt_every_mib: f64,
+    #[serde(default = "default_every_secs")]
+    pub(crate) receipt_every_secs: u64,
+    #[serde(default = "default_window_mib")]
+    pub(crate) credit_window_mib: f64,
+    #[serde(default = "default_credit_mode")]
+    pub(crate) mode: CreditModeCfg,
+    #[serde(default = "default_free_rate")]
+    pub(crate) free_rate_kbit: u64,
+    #[serde(default = "default_cosign_timeout")]
+    pub(crate) cosign_timeout_secs: u64,
+    #[serde(default = "default_close_grace")]
+    pub(crate) close_grace_secs: u64,
+    /// Test builds only (`--features test-hooks`): claim this many percent more bytes than
+    /// were forwarded, to test that clients refuse over-claiming relays.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub(crate) test_overclaim_percent: u64,
+}
+
+impl Default for Metering {
+    fn default() -> Self {
+        Self {
+            state_dir: default_state_dir(),
+            receipt_every_mib: default_every_mib(),
+            receipt_every_secs: default_every_secs(),
+            credit_window_mib: default_window_mib(),
+            mode: default_credit_mode(),
+            free_rate_kbit: default_free_rate(),
+            cosign_timeout_secs: default_cosign_timeout(),
+            close_grace_secs: default_close_grace(),
+            #[cfg(feature = "test-hooks")]
+            test_overclaim_percent: 0,
+        }
+    }
+}
+
+/// `[paid]`: whether paying clients are admitted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct Paid {
+    #[serde(default)]
+    pub(crate) enabled: bool,
+    /// Public UDP address for `Hello` (default: the WireGuard listen IP, port 51821).
+    #[serde(default)]
+    pub(crate) hello_listen: Option<String>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/etc/ferry/state")
+}
+fn default_every_mib() -> f64 {
+    4.0
+}
+fn default_every_secs() -> u64 {
+    30
+}
+fn default_window_mib() -> f64 {
+    16.0
+}
+fn default_credit_mode() -> CreditModeCfg {
+    CreditModeCfg::Stop
+}
+fn default_free_rate() -> u64 {
+    256
+}
+fn default_cosign_timeout() -> u64 {
+    60
+}
+fn default_close_grace() -> u64 {
+    10
+}
+
+/// Validated paid-session settings (present only when `[paid] enabled = true`).
+#[derive(Debug, Clone)]
+pub(crate) struct PaidSettings {
+    pub(crate) identity_key_file: PathBuf,
+    pub(crate) network_id: NetworkId,
+    pub(crate) ledger_key: PublicKey,
+    pub(crate) ledger_url: Option<String>,
+    pub(crate) store_path: PathBuf,
+    pub(crate) hello_listen: SocketAddr,
+    pub(crate) meter: MeterConfig,
+    pub(crate) overclaim_percent: u64,
+}
+
+fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base_dir.join(p)
+    }
+}
+
+fn mib_to_bytes(field: &str, v: f64) -> Result<u64> {
+    if !(v.is_finite() && v > 0.0 && v <= 1_048_576.0) {
+        bail!("metering.{field}: {v} must be > 0 and at most 1048576 (MiB)");
+    }
+    // In range by the check above; `as` saturates anyway.
+    Ok((v * MIB).round() as u64)
+}
+
+/// Validates the paid sections. `None` when paid sessions are disabled.
+pub(crate) fn validate(
+    identity: Option<&Identity>,
+    network: Option<&Network>,
+    metering: &Metering,
+    paid: Option<&Paid>,
+    wg_listen: SocketAddr,
+    base_dir: &Path,
+) -> Result<Option<PaidSettings>> {
+    let every = mib_to_bytes("receipt-every-mib", metering.receipt_every_mib)?;
+    let window = mib_to_bytes("credit-window-mib", metering.credit_window_mib)?;
+    let mode = match metering.mode {
+        CreditModeCfg::Stop => CreditMode::Stop,
+        CreditModeCfg::Throttle => {
+            if metering.free_rate_kbit == 0 {
+                bail!("metering.free-rate-kbit: must be > 0 in throttle mode");
+            }
+            CreditMode::Throttle {
+                free_rate_bytes_per_sec: metering.free_rate_kbit.saturating_mul(125),
+            }
+        }
+    };
+    let meter = MeterConfig {
+        receipt_every_bytes: every,
+        receipt_every: Duration::from_secs(metering.receipt_every_secs),
+        credit_window_bytes: window,
+        mode,
+        cosign_timeout: Duration::from_secs(metering.cosign_timeout_secs),
+        close_grace: Duration::from_secs(metering.close_grace_secs),
+        ..MeterConfig::default()
+    };
+    meter.validate().map_err(|e| {
+        anyhow::anyhow!(
+            "metering: {e} (receipt-every-mib must be <= credit-window-mib, durations > 0)"
+        )
+    })?;
+    let Some(paid) = paid.filter(|p| p.enabled) else {
+        return Ok(None);
+    };
+    let identity = identity.context("[paid] enabled needs [identity] key-file")?;
+    let network = network.context("[paid] enabled needs [network] id and ledger-key")?;
+    let network_id = NetworkId::from_hex(network.id.trim())
+        .with_context(|| format!("network.id: {:?} is not 32 hex characters", network.id))?;
+    let ledger_key = PublicKey::from_hex(network.ledger_key.trim()).with_context(|| {
+        format!(
+            "network.ledger-key: {:?} is not 64 hex characters",
+            network.ledger_key
+        )
+    })?;
+    if let Some(u) = &network.ledger_url {
+        ferry_store::HttpLedger::new(u, Duration::from_secs(10))
+            .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
+    }
+    let hello_listen = match &paid.hello_listen {
+        Some(s) => s
+            .parse()
+            .with_context(|| format!("paid.hello-listen: {s:?} is not an address:port"))?,
+        None => SocketAddr::new(wg_listen.ip(), CONTROL_PORT),
+    };
+    if identity.key_file.as_os_str().is_empty() {
+        bail!("identity.key-file: must not be empty");
+    }
+    #[cfg(feature = "test-hooks")]
+    let overclaim_percent = metering.test_overclaim_percent;
+    #[cfg(not(feature = "test-hooks"))]
+    let overclaim_percent = 0;
+    Ok(Some(PaidSettings {
+        identity_key_file: resolve(base_dir, &identity.key_file),
+        network_id,
+        ledger_key,
+        ledger_url: network.ledger_url.clone(),
+        store_path: resolve(base_dir, &metering.state_dir).join("receipts.log"),
+        hello_listen,
+        meter,
+        overclaim_percent,
+    }))
+}

@@ -1,0 +1,544 @@
+//! Paid sessions: wires ferry-metering's `RelayHub` (receipt exchange, credit window) and
+//! ferry-store (durable receipts, ledger submitter) into the running relay.
+//!
+//! - startup ([`Metering::setup`]): open the store (recovering a torn tail), re-admit the
+//!   peers of sessions that were open when the agent stopped and resume them from their
+//!   latest stored co-signed receipt, install the [`Hook`] in the relay;
+//! - the hook, called by the relay core under its lock: control datagrams to
+//!   `<relay tunnel address>:51821` are diverted to the hub before the egress policy and are
+//!   never metered; every other packet of a paid peer is metered by `RelayHub::on_bytes`
+//!   after allowed-IPs, policy and rate limit, and dropped unless it fits the credit window;
+//! - tasks ([`Metering::start`]): the public Hello listener (`metering_hello.rs`), the
+//!   persist loop (co-signed receipts are fsynced by the batching `Persister` *before* the
+//!   `Ack`; the packet path never waits for it), the timer/driver loop (receipts,
+//!   retransmissions, cut-offs, closes) and the ledger `Submitter`.
+//!
+//! Lock order: relay → hub (the hook runs inside the relay lock). Tasks never hold the hub
+//! lock while taking the relay lock, and never hold either across an await.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use ferry_metering::{
+    CONTROL_PORT, Direction, Message, RelayEvent, RelayHub, RelayIdentity, Verdict,
+    control_datagram, encode, is_control_reply, udp_packet,
+};
+use ferry_receipts::{CoSignedReceipt, SessionAccept, SessionId, SessionOffer};
+use ferry_relay_core::{HookDirection, IpNet, PacketHook, PeerConfig, PeerId, PublicKey};
+use ferry_relay_io::{SharedRelay, UdpEndpoint, inject_to_client};
+use ferry_store::{HttpLedger, PersistError, Persister, Record, Store, Submitter, SubmitterConfig};
+use tokio::sync::{Notify, mpsc};
+
+use crate::config_paid::PaidSettings;
+
+/// Driver tick when no session timer is earlier.
+const TICK: Duration = Duration::from_millis(250);
+/// Compaction check interval.
+const COMPACT_EVERY: Duration = Duration::from_secs(60);
+
+/// A paid peer's session facts the shell needs besides the hub.
+#[derive(Debug, Clone)]
+pub(crate) struct PaidPeer {
+    pub(crate) session: SessionId,
+    pub(crate) offer: SessionOffer,
+    pub(crate) accept: SessionAccept,
+    pub(crate) v4: Option<Ipv4Addr>,
+    pub(crate) v6: Option<Ipv6Addr>,
+}
+
+/// State shared by the hook and the tasks.
+pub(crate) struct Shared {
+    pub(crate) hub: Mutex<RelayHub<PeerId>>,
+    pub(crate) store: Arc<Mutex<Store>>,
+    pub(crate) identity: RelayIdentity,
+    pub(crate) own: Vec<IpAddr>,
+    pub(crate) subnets: Vec<IpNet>,
+    pub(crate) peers: Mutex<BTreeMap<PeerId, PaidPeer>>,
+    pub(crate) wake: Notify,
+    pub(crate) persister: Persister,
+    pub(crate) kick: Option<Arc<Notify>>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Paid-session machinery, set up before the shell starts.
+pub(crate) struct Metering {
+    shared: Arc<Shared>,
+    settings: PaidSettings,
+    cosigned_rx: mpsc::UnboundedReceiver<(PeerId, CoSignedReceipt)>,
+    submitter: Option<Submitter>,
+    hello: tokio::net::UdpSocket,
+}
+
+impl Metering {
+    /// Opens the store, resumes open sessions (re-adding their peers to `relay`), binds the
+    /// Hello socket and installs the metering hook in the relay.
+    pub(crate) async fn setup(
+        settings: &PaidSettings,
+        relay: &SharedRelay,
+        subnets: Vec<IpNet>,
+    ) -> Result<Self> {
+        let key = ferry_keys::load_identity(&settings.identity_key_file)
+            .with_context(|| format!("identity key {}", settings.identity_key_file.display()))?;
+        if let Some(dir) = settings.store_path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating state dir {}", dir.display()))?;
+        }
+        let (store, report) = Store::open(&settings.store_path)
+            .with_context(|| format!("receipt store {}", settings.store_path.display()))?;
+        if report.dropped_bytes > 0 {
+            tracing::warn!(
+                dropped = report.dropped_bytes,
+                "receipt store: a torn or corrupt tail was cut off"
+            );
+        }
+        let store = Arc::new(Mutex::new(store));
+        let (persister, _) = Persister::spawn(store.clone(), 64, Duration::from_millis(20));
+        let identity = RelayIdentity {
+            network_id: settings.network_id,
+            ledger_key: settings.ledger_key,
+            key: Arc::new(key),
+        };
+        let submitter = match &settings.ledger_url {
+            Some(url) => {
+                let ledger = HttpLedger::new(url, Duration::from_secs(10))?;
+                let rng = ring::rand::SystemRandom::new();
+                let random = Box::new(move || {
+                    let mut b = [0u8; 8];
+                    let _ = ring::rand::SecureRandom::fill(&rng, &mut b);
+                    u64::from_le_bytes(b)
+                });
+                Some(Submitter::new(
+                    store.clone(),
+                    ledger,
+                    SubmitterConfig::default(),
+                    random,
+                ))
+            }
+            None => {
+                tracing::warn!("no network.ledger-url: co-signed receipts stay in the store");
+                None
+            }
+        };
+        let own = subnets.iter().map(IpNet::addr).collect();
+        let shared = Arc::new(Shared {
+            hub: Mutex::new(RelayHub::new(settings.meter.clone(), identity.clone())),
+            store,
+            identity,
+            own,
+            subnets,
+            peers: Mutex::new(BTreeMap::new()),
+            wake: Notify::new(),
+            persister,
+            kick: submitter.as_ref().map(Submitter::kicker),
+        });
+        let resumed = resume_sessions(&shared, relay);
+        let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
+            .await
+            .with_context(|| format!("binding the Hello port {}", settings.hello_listen))?;
+        let (tx, cosigned_rx) = mpsc::unbounded_channel();
+        lock(relay).set_hook(Box::new(Hook {
+            shared: shared.clone(),
+            cosigned: tx,
+            overclaim_percent: settings.overclaim_percent,
+        }));
+        tracing::info!(
+            relay_identity = %shared.identity.key.public_key().to_hex(),
+            hello = %settings.hello_listen,
+            resumed,
+            store = %settings.store_path.display(),
+            "paid sessions enabled"
+        );
+        if settings.overclaim_percent > 0 {
+            tracing::warn!(
+                percent = settings.overclaim_percent,
+                "TEST HOOK: receipts over-claim on purpose"
+            );
+        }
+        Ok(Self {
+            shared,
+            settings: settings.clone(),
+            cosigned_rx,
+            submitter,
+            hello,
+        })
+    }
+
+    /// A predicate telling which relay peers are paid sessions (SIGHUP keeps them).
+    pub(crate) fn paid_peers(&self) -> Arc<dyn Fn(PeerId) -> bool + Send + Sync> {
+        let shared = self.shared.clone();
+        Arc::new(move |p| lock(&shared.peers).contains_key(&p))
+    }
+
+    /// Starts the Hello listener, persist loop, driver and submitter on the shell's socket.
+    /// Returns a handle whose [`Running::drain`] closes every session at shutdown.
+    pub(crate) fn start(self, relay: SharedRelay, udp: Arc<UdpEndpoint>) -> Running {
+        let Self {
+            shared,
+            settings,
+            mut cosigned_rx,
+            submitter,
+            hello,
+        } = self;
+        let stop = Arc::new(Notify::new());
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(crate::metering_hello::run(
+            hello,
+            shared.clone(),
+            relay.clone(),
+        ));
+        {
+            let (shared, relay, udp) = (shared.clone(), relay.clone(), udp.clone());
+            tasks.spawn(async move {
+                while let Some((peer, c)) = cosigned_rx.recv().await {
+                    tokio::spawn(persist_cosigned(
+                        shared.clone(),
+                        relay.clone(),
+                        udp.clone(),
+                        peer,
+                        c,
+                    ));
+                }
+            });
+        }
+        tasks.spawn(drive(shared.clone(), relay.clone(), udp.clone()));
+        if let Some(s) = submitter {
+            let stop = stop.clone();
+            tasks.spawn(async move { s.run(async move { stop.notified().await }).await });
+        }
+        Running {
+            shared,
+            tasks,
+            stop,
+            close_grace: settings.meter.close_grace,
+        }
+    }
+}
+
+/// The running metering tasks.
+pub(crate) struct Running {
+    shared: Arc<Shared>,
+    tasks: tokio::task::JoinSet<()>,
+    stop: Arc<Notify>,
+    close_grace: Duration,
+}
+
+impl Running {
+    /// Shutdown: sends every session its final receipt and waits (at most `close-grace`
+    /// + 1 s) for the co-signatures, while the shell keeps forwarding control traffic.
+    pub(crate) async fn drain(&self) {
+        let n = {
+            let mut hub = lock(&self.shared.hub);
+            hub.close_all(Instant::now());
+            hub.len()
+        };
+        if n == 0 {
+            return;
+        }
+        tracing::info!(sessions = n, "closing paid sessions (final receipts)");
+        self.shared.wake.notify_one();
+        let deadline = Instant::now() + self.close_grace + Duration::from_secs(1);
+        while Instant::now() < deadline && !lock(&self.shared.hub).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the tasks (the submitter gets a last chance to finish its request).
+    pub(crate) async fn stop(mut self) {
+        self.stop.notify_waiters();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.tasks.shutdown().await;
+    }
+}
+
+/// The relay core's view of metering (see `ferry_relay_core::PacketHook`).
+struct Hook {
+    shared: Arc<Shared>,
+    cosigned: mpsc::UnboundedSender<(PeerId, CoSignedReceipt)>,
+    overclaim_percent: u64,
+}
+
+impl PacketHook for Hook {
+    fn divert(&mut self, peer: PeerId, packet: &[u8], now: Instant) -> bool {
+        let Some(d) = control_datagram(packet, &self.shared.own) else {
+            return false;
+        };
+        let c = lock(&self.shared.hub).handle_control(peer, d.payload, now);
+        if let Some(c) = c {
+            let _ = self.cosigned.send((peer, c));
+        }
+        self.shared.wake.notify_one();
+        true
+    }
+
+    fn admit(&mut self, peer: PeerId, dir: HookDirection, packet: &[u8], now: Instant) -> bool {
+        let dir = match dir {
+            HookDirection::Up => Direction::Up,
+            HookDirection::Down => {
+                if is_control_reply(packet, &self.shared.own) {
+                    return true;
+                }
+                Direction::Down
+            }
+        };
+        let mut hub = lock(&self.shared.hub);
+        let ok = hub.on_bytes(peer, dir, packet.len() as u64, now) == Verdict::Forward;
+        if ok && self.overclaim_percent > 0 && hub.session(peer).is_some() {
+            let extra = packet.len() as u64 * self.overclaim_percent / 100;
+            let _ = hub.on_bytes(peer, dir, extra, now);
+        }
+        ok
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Re-admits the peers of sessions the store says are open; returns how many.
+fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {
+    let now = Instant::now();
+    let entries: Vec<_> = lock(&shared.store).open_sessions().cloned().collect();
+    let mut n = 0;
+    for e in entries {
+        let Some(o) = e.open else { continue };
+        let (v4, v6) = decode_addrs(&o.extra);
+        let allowed: Vec<IpNet> = v4
+            .map(|a| IpNet::from(IpAddr::V4(a)))
+            .into_iter()
+            .chain(v6.map(|a| IpNet::from(IpAddr::V6(a))))
+            .collect();
+        let added = lock(relay).add_peer(PeerConfig {
+            public_key: PublicKey::from(o.offer.client_wg_key),
+            allowed_ips: allowed,
+            preshared_key: None,
+            persistent_keepalive: None,
+        });
+        let peer = match added {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(session = %o.accept.session_id, error = %e, "stored session not resumed");
+                continue;
+            }
+        };
+        let voucher = &o.offer.voucher;
+        let own_total = e.latest.map_or(0, |c| c.body().total_bytes());
+        let others = lock(&shared.store)
+            .voucher_spent(&voucher.id())
+            .saturating_sub(own_total);
+        lock(&shared.hub).resume(
+            peer,
+            o.accept.clone(),
+            voucher.allowance_bytes.saturating_sub(others),
+            voucher.expires_at,
+            e.latest,
+            now,
+        );
+        tracing::info!(
+            session = %o.accept.session_id,
+            seq = e.latest.map_or(0, |c| c.body().seq),
+            "paid session resumed from the store"
+        );
+        lock(&shared.peers).insert(
+            peer,
+            PaidPeer {
+                session: o.accept.session_id,
+                offer: o.offer.clone(),
+                accept: o.accept.clone(),
+                v4,
+                v6,
+            },
+        );
+        n += 1;
+    }
+    n
+}
+
+/// `SessionOpen.extra`: the client's tunnel addresses, IPv4 (4) + IPv6 (16), unspecified = none.
+pub(crate) fn encode_addrs(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<u8> {
+    let mut b = v4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets().to_vec();
+    b.extend_from_slice(&v6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets());
+    b
+}
+
+pub(crate) fn decode_addrs(b: &[u8]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
+    let v4 = <[u8; 4]>::try_from(b.get(..4).unwrap_or_default())
+        .ok()
+        .map(Ipv4Addr::from)
+        .filter(|a| !a.is_unspecified());
+    let v6 = <[u8; 16]>::try_from(b.get(4..20).unwrap_or_default())
+        .ok()
+        .map(Ipv6Addr::from)
+        .filter(|a| !a.is_unspecified());
+    (v4, v6)
+}
+
+/// Sends one control message to a paid peer inside its tunnel (from our tunnel address:51821
+/// to its tunnel address:51821).
+pub(crate) async fn send_control(
+    shared: &Shared,
+    relay: &SharedRelay,
+    udp: &UdpEndpoint,
+    peer: PeerId,
+    m: &Message,
+) {
+    let Some(to) = lock(&shared.peers)
+        .get(&peer)
+        .and_then(|p| p.v4.map(IpAddr::V4).or(p.v6.map(IpAddr::V6)))
+    else {
+        return;
+    };
+    let Some(from) = shared.own.iter().find(|a| a.is_ipv4() == to.is_ipv4()) else {
+        return;
+    };
+    let Some(pkt) = udp_packet(
+        SocketAddr::new(*from, CONTROL_PORT),
+        SocketAddr::new(to, CONTROL_PORT),
+        &encode(m),
+    ) else {
+        return;
+    };
+    inject_to_client(relay, udp, &pkt).await;
+}
+
+/// Stores a co-signed receipt (fsync, batched), then extends credit and sends the `Ack`.
+async fn persist_cosigned(
+    shared: Arc<Shared>,
+    relay: SharedRelay,
+    udp: Arc<UdpEndpoint>,
+    peer: PeerId,
+    c: CoSignedReceipt,
+) {
+    let seq = c.body().seq;
+    match shared.persister.persist(vec![Record::CoSigned(c)]).await {
+        Ok(()) => {
+            let ack = {
+                let mut hub = lock(&shared.hub);
+                // The peer slot may have been reused by another session meanwhile.
+                if hub.session(peer).map(|s| s.session_id()) == Some(c.body().session_id) {
+                    hub.persisted(peer, seq)
+                } else {
+                    None
+                }
+            };
+            if let Some(ack) = ack {
+                send_control(&shared, &relay, &udp, peer, &ack).await;
+            }
+            if let Some(k) = &shared.kick {
+                k.notify_one();
+            }
+            shared.wake.notify_one();
+        }
+        Err(PersistError::NoSpace) => {
+            tracing::warn!(
+                "receipt store full: co-signed receipt not acknowledged, credit not extended"
+            );
+        }
+        Err(e) => tracing::warn!(error = %e, "co-signed receipt not stored"),
+    }
+}
+
+/// Ends a session: forget it, remove its peer, record that it closed.
+pub(crate) async fn end_session(shared: &Shared, relay: &SharedRelay, peer: PeerId) {
+    lock(&shared.hub).remove(peer);
+    let Some(p) = lock(&shared.peers).remove(&peer) else {
+        return;
+    };
+    lock(relay).remove_peer(peer);
+    if let Err(e) = shared
+        .persister
+        .persist(vec![Record::SessionClosed(p.session)])
+        .await
+    {
+        tracing::warn!(session = %p.session, error = %e, "session close not recorded (it resumes after a restart)");
+    }
+    if let Some(k) = &shared.kick {
+        k.notify_one();
+    }
+}
+
+/// Timers, outgoing receipts and session events.
+async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
+    let mut last_compact = Instant::now();
+    loop {
+        let now = Instant::now();
+        let sleep = lock(&shared.hub)
+            .poll_timeout()
+            .map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
+        tokio::select! {
+            () = shared.wake.notified() => {}
+            () = tokio::time::sleep(sleep) => {}
+        }
+        let (now, unix) = (Instant::now(), unix_now());
+        let (msgs, events) = {
+            let mut hub = lock(&shared.hub);
+            hub.handle_timeout(now, unix);
+            let mut msgs = Vec::new();
+            while let Some(m) = hub.poll_transmit(now, unix) {
+                msgs.push(m);
+            }
+            let mut events = Vec::new();
+            while let Some(e) = hub.poll_event() {
+                events.push(e);
+            }
+            (msgs, events)
+        };
+        for (peer, m) in msgs {
+            send_control(&shared, &relay, &udp, peer, &m).await;
+        }
+        for (peer, e) in events {
+            match e {
+                RelayEvent::CutOff(reason) => {
+                    tracing::info!(peer = peer.get(), ?reason, "paid client cut off");
+                    end_session(&shared, &relay, peer).await;
+                }
+                RelayEvent::Closed { acknowledged } => {
+                    tracing::info!(peer = peer.get(), acknowledged, "paid session closed");
+                    end_session(&shared, &relay, peer).await;
+                }
+                RelayEvent::AllowanceExhausted => {
+                    tracing::info!(
+                        peer = peer.get(),
+                        "voucher allowance or validity used up; closing"
+                    );
+                }
+            }
+        }
+        if now.duration_since(last_compact) >= COMPACT_EVERY {
+            last_compact = now;
+            let store = shared.store.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut s = lock(&store);
+                if s.should_compact() {
+                    if let Err(e) = s.compact(unix_now()) {
+                        tracing::warn!(error = %e, "receipt store compaction failed");
+                    }
+                }
+            })
+            .await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_addresses_round_trip_through_the_session_record() {
+        let v4 = Some(Ipv4Addr::new(10, 77, 0, 9));
+        let v6: Option<Ipv6Addr> = "fd77::9".parse().ok();
+        assert_eq!(decode_addrs(&encode_addrs(v4, v6)), (v4, v6));
+        assert_eq!(decode_addrs(&encode_addrs(None, v6)), (None, v6));
+        assert_eq!(decode_addrs(&encode_addrs(v4, None)), (v4, None));
+        assert_eq!(decode_addrs(&[1, 2]), (None, None));
+    }
+}

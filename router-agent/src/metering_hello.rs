@@ -1,0 +1,258 @@
+//! The public Hello listener (UDP, default port 51821 on the WireGuard listen address): a
+//! paying client is not yet a WireGuard peer when it offers a session, so `Hello` arrives
+//! outside the tunnel. The offer is verified offline (network, relay key, client signature,
+//! voucher signed by the ledger key and unexpired, allowance left on this relay); then the
+//! client's WireGuard key is added as a peer with tunnel addresses allocated from the relay's
+//! subnets, the session is stored (fsync) and only then `Accept` + `Address` are sent.
+//! Replies are smaller than the 399-byte Hello (no amplification). A repeated Hello (lost
+//! Accept) gets the same answer; a new offer from the same key replaces the old session.
+
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_metering::{Message, SessionRejectReason, decode, encode};
+use ferry_receipts::{SessionId, SessionOffer, VerifyError};
+use ferry_relay_core::{IpNet, PeerConfig, PublicKey, Relay};
+use ferry_relay_io::SharedRelay;
+use ferry_store::{Record, SessionOpen};
+use tokio::net::UdpSocket;
+
+use crate::metering::{PaidPeer, Shared, encode_addrs, end_session, lock};
+
+/// Largest number of candidate addresses scanned per family when allocating.
+const SCAN_LIMIT: usize = 70_000;
+
+pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(error = %e, "hello socket receive failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(Message::Hello(offer)) = decode(&buf[..n]) else {
+            tracing::trace!("non-Hello datagram on the Hello port dropped");
+            continue;
+        };
+        let replies = on_hello(&shared, &relay, offer).await;
+        for m in replies {
+            if let Err(e) = sock.send_to(&encode(&m), from).await {
+                tracing::debug!(error = %e, "hello reply send failed");
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn reject_reason(e: VerifyError) -> SessionRejectReason {
+    match e {
+        VerifyError::WrongNetwork => SessionRejectReason::WrongNetwork,
+        VerifyError::WrongKey => SessionRejectReason::WrongKey,
+        VerifyError::Expired => SessionRejectReason::VoucherExpired,
+        _ => SessionRejectReason::BadSignature,
+    }
+}
+
+fn address_msg(p: &PaidPeer) -> Message {
+    Message::Address {
+        v4: p.v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
+        v6: p.v6.unwrap_or(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> Vec<Message> {
+    let (now, unix) = (Instant::now(), unix_now());
+    let existing = lock(relay).peer_by_key(&offer.client_wg_key);
+    if let Some(peer) = existing {
+        let known = lock(&shared.peers).get(&peer).cloned();
+        match known {
+            // A trusted peer from the config: never billed, no session.
+            None => {
+                tracing::debug!("Hello from a trusted peer's key ignored");
+                return Vec::new();
+            }
+            Some(p) if p.offer == offer => {
+                return vec![Message::Accept(p.accept.clone()), address_msg(&p)];
+            }
+            Some(p) => {
+                tracing::info!(session = %p.session, "client opened a new session; old one ends");
+                end_session(shared, relay, peer).await;
+            }
+        }
+    }
+    let id = &shared.identity;
+    if let Err(e) = offer.verify(&id.network_id, &id.key.public_key(), &id.ledger_key, unix) {
+        tracing::debug!(error = %e, "session offer refused");
+        return vec![Message::Reject(reject_reason(e))];
+    }
+    let spent = lock(&shared.store).voucher_spent(&offer.voucher.id());
+    let added = {
+        let mut r = lock(relay);
+        match allocate(&r, &shared.subnets, &shared.own) {
+            Some((v4, v6)) => {
+                let allowed_ips: Vec<IpNet> = v4
+                    .map(|a| IpNet::from(IpAddr::V4(a)))
+                    .into_iter()
+                    .chain(v6.map(|a| IpNet::from(IpAddr::V6(a))))
+                    .collect();
+                r.add_peer(PeerConfig {
+                    public_key: PublicKey::from(offer.client_wg_key),
+                    allowed_ips,
+                    preshared_key: None,
+                    persistent_keepalive: None,
+                })
+                .map(|p| (p, v4, v6))
+                .map_err(|e| e.to_string())
+            }
+            None => Err("tunnel subnets full".to_owned()),
+        }
+    };
+    let (peer, v4, v6) = match added {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::warn!(error = %e, "paid client not admitted");
+            return vec![Message::Reject(SessionRejectReason::Busy)];
+        }
+    };
+    let session_id = match random_session_id() {
+        Some(s) => s,
+        None => {
+            lock(relay).remove_peer(peer);
+            return vec![Message::Reject(SessionRejectReason::Busy)];
+        }
+    };
+    let opened = lock(&shared.hub).open(peer, &offer, session_id, spent, now, unix);
+    let accept = match opened {
+        Ok(Message::Accept(a)) => a,
+        Ok(_) => {
+            lock(&shared.hub).remove(peer);
+            lock(relay).remove_peer(peer);
+            return vec![Message::Reject(SessionRejectReason::Busy)];
+        }
+        Err(reason) => {
+            lock(relay).remove_peer(peer);
+            return vec![Message::Reject(reason)];
+        }
+    };
+    let paid = PaidPeer {
+        session: session_id,
+        offer: offer.clone(),
+        accept: accept.clone(),
+        v4,
+        v6,
+    };
+    lock(&shared.peers).insert(peer, paid.clone());
+    let record = Record::SessionOpen(Box::new(SessionOpen {
+        accept: accept.clone(),
+        offer,
+        extra: encode_addrs(v4, v6),
+    }));
+    // The Accept commits us to the session: store it first (fsync).
+    if let Err(e) = shared.persister.persist(vec![record]).await {
+        tracing::warn!(error = %e, "session not stored; offer refused");
+        lock(&shared.hub).remove(peer);
+        lock(&shared.peers).remove(&peer);
+        lock(relay).remove_peer(peer);
+        return vec![Message::Reject(SessionRejectReason::Busy)];
+    }
+    tracing::info!(session = %session_id, peer = peer.get(), "paid session opened");
+    tracing::debug!(v4 = ?v4, v6 = ?v6, "paid client tunnel addresses");
+    vec![Message::Accept(accept), address_msg(&paid)]
+}
+
+fn random_session_id() -> Option<SessionId> {
+    let mut b = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).ok()?;
+    Some(SessionId(b))
+}
+
+/// The first free host address of each tunnel subnet family (not the relay's own, not in any
+/// peer's allowed IPs). `None` if no family has a free address.
+pub(crate) fn allocate(
+    relay: &Relay,
+    subnets: &[IpNet],
+    own: &[IpAddr],
+) -> Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+    let taken: Vec<IpNet> = relay.peers().flat_map(|p| p.allowed_ips).collect();
+    let own: HashSet<IpAddr> = own.iter().copied().collect();
+    let free = |net: &IpNet| {
+        net.hosts()
+            .take(SCAN_LIMIT)
+            // IPv6 hosts() starts at the subnet-router anycast address (the network itself).
+            .find(|a| {
+                *a != net.network() && !own.contains(a) && !taken.iter().any(|t| t.contains(a))
+            })
+    };
+    let v4 = subnets
+        .iter()
+        .filter(|n| n.addr().is_ipv4())
+        .find_map(free)
+        .and_then(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+    let v6 = subnets
+        .iter()
+        .filter(|n| n.addr().is_ipv6())
+        .find_map(free)
+        .and_then(|a| match a {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        });
+    (v4.is_some() || v6.is_some()).then_some((v4, v6))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use ferry_relay_core::{PolicyConfig, RelayConfig, StaticSecret};
+
+    use super::*;
+
+    #[test]
+    fn allocation_skips_own_and_taken_addresses() {
+        let mut relay = Relay::new(RelayConfig {
+            private_key: StaticSecret::from([1u8; 32]),
+            tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
+            policy: PolicyConfig::default(),
+            max_peers: 10,
+            client_rate_bytes: 0,
+            index_salt: 0,
+        });
+        let subnets: Vec<IpNet> = vec![
+            "10.77.0.1/24".parse().unwrap(),
+            "fd77::1/64".parse().unwrap(),
+        ];
+        let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
+        let (v4, v6) = allocate(&relay, &subnets, &own).unwrap();
+        assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 2)));
+        assert_eq!(v6, "fd77::2".parse().ok());
+        relay
+            .add_peer(PeerConfig {
+                public_key: PublicKey::from([9u8; 32]),
+                allowed_ips: vec![
+                    "10.77.0.2/31".parse().unwrap(),
+                    "fd77::2/128".parse().unwrap(),
+                ],
+                preshared_key: None,
+                persistent_keepalive: None,
+            })
+            .unwrap();
+        let (v4, v6) = allocate(&relay, &subnets, &own).unwrap();
+        assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 4)));
+        assert_eq!(v6, "fd77::3".parse().ok());
+        let tiny: Vec<IpNet> = vec!["10.77.0.1/32".parse().unwrap()];
+        assert!(allocate(&relay, &tiny, &own).is_none());
+    }
+}
