@@ -32,6 +32,15 @@ pub(crate) struct Config {
     /// `[paid]`: admit paying clients.
     #[serde(default)]
     pub(crate) paid: Option<crate::config_paid::Paid>,
+    /// `[log]`: default filter and format (FERRY_LOG / RUST_LOG override the filter).
+    #[serde(default)]
+    pub(crate) log: ferry_telemetry::LogConfig,
+    /// `[metrics]`: /metrics, /healthz, /status (see `observability.rs`).
+    #[serde(default)]
+    pub(crate) metrics: ferry_telemetry::MetricsConfig,
+    /// `[dns]`: the forwarder on the tunnel addresses; absent = off (see `dns.rs`).
+    #[serde(default)]
+    pub(crate) dns: Option<ferry_dns::DnsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -233,7 +242,7 @@ impl Config {
         }
         let allow = cidrs("egress.allow", &e.allow)?;
         let deny = cidrs("egress.deny", &e.deny)?;
-        let tunnel_services = e
+        let mut tunnel_services = e
             .tunnel_services
             .iter()
             .enumerate()
@@ -241,6 +250,7 @@ impl Config {
                 parse_service(s).with_context(|| format!("egress.tunnel-services[{i}]: {s:?}"))
             })
             .collect::<Result<Vec<_>>>()?;
+        add_dns_services(self.dns.as_ref(), &mut tunnel_services)?;
 
         let l = &self.limits;
         if !(1..=MAX_PEERS_LIMIT).contains(&l.max_peers) {
@@ -360,6 +370,25 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet> {
         return Ok(IpNet::from(a));
     }
     bail!("{s:?} is not a valid CIDR (expected e.g. \"10.77.0.2/32\" or \"fd77::2/128\")")
+}
+
+/// An enabled `[dns]` is validated and opens udp/53 and tcp/53 (only) on the relay's tunnel
+/// addresses, where the forwarder listens.
+pub(crate) fn add_dns_services(
+    dns: Option<&ferry_dns::DnsConfig>,
+    services: &mut Vec<Service>,
+) -> Result<()> {
+    let Some(dns) = dns.filter(|d| d.enabled) else {
+        return Ok(());
+    };
+    dns.validate().map_err(|e| anyhow::anyhow!("[dns]: {e}"))?;
+    for proto in [Proto::Udp, Proto::Tcp] {
+        let service = Service { proto, port: 53 };
+        if !services.contains(&service) {
+            services.push(service);
+        }
+    }
+    Ok(())
 }
 
 fn parse_service(s: &str) -> Result<Service> {

@@ -12,10 +12,12 @@ use clap::{Parser, Subcommand};
 mod config;
 mod config_paid;
 mod control;
+mod dns;
 mod identity;
 mod keycmd;
 mod metering;
 mod metering_hello;
+mod observability;
 mod peers;
 mod run;
 

@@ -17,6 +17,7 @@ use ring::rand::SecureRandom;
 use crate::config::{Config, EgressMode, Validated};
 use crate::control;
 use crate::metering::Metering;
+use crate::{dns, observability};
 
 pub(crate) fn check_config(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
@@ -37,8 +38,8 @@ pub(crate) fn check_config(path: &Path) -> Result<()> {
 }
 
 pub(crate) fn run(path: &Path) -> Result<()> {
-    init_tracing();
     let cfg = Config::load(path)?;
+    init_tracing(&cfg.raw.log)?;
     let key = WgPrivateKey::load(&cfg.private_key_file)
         .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -99,6 +100,17 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
     );
     let paid_peers = metering.as_ref().map(Metering::paid_peers);
     let control = tokio::spawn(control::run(path.to_owned(), relay.clone(), paid_peers));
+    let (stop_tx, stop) = observability::stopper();
+    let status_info = observability::StaticInfo {
+        public_key: key.public_key().to_string(),
+        listen: cfg.listen.to_string(),
+        egress_mode: match cfg.raw.egress.mode {
+            EgressMode::Tun => "tun",
+            EgressMode::Userspace => "userspace",
+        },
+        names: observability::peer_names(&cfg),
+    };
+    let dns_cfg = cfg.raw.dns.clone().filter(|d| d.enabled);
     let result = match cfg.raw.egress.mode {
         EgressMode::Tun => {
             let e = &cfg.raw.egress;
@@ -119,6 +131,12 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
             } else {
                 (None, None)
             };
+            let dns = match &dns_cfg {
+                Some(d) => Some(dns::start_tun(d, &cfg.tunnel_ips(), stop()).await?),
+                None => None,
+            };
+            let dns_stats = dns.as_ref().map(|d| d.stats.clone());
+            observability::start(&cfg, relay.clone(), dns_stats, status_info, &stop).await?;
             run_shell(
                 Shell::with_shared(relay.clone(), udp, tun, shell_cfg),
                 metering,
@@ -126,8 +144,14 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
             .await
         }
         EgressMode::Userspace => {
+            let dns = match &dns_cfg {
+                Some(d) => Some(dns::start_userspace(d, stop()).await?),
+                None => None,
+            };
+            let dns_stats = dns.as_ref().map(|d| d.stats.clone());
+            observability::start(&cfg, relay.clone(), dns_stats, status_info, &stop).await?;
             let shared = relay.clone();
-            let ns = NetstackConfig {
+            let mut ns = NetstackConfig {
                 mtu: usize::from(cfg.mtu),
                 ..NetstackConfig::default()
             }
@@ -136,6 +160,9 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
                     .lock()
                     .is_ok_and(|r| r.policy().check_addr(ip) == Verdict::Allow)
             });
+            if let Some(d) = &dns {
+                ns.local_services = dns::local_services(&cfg.tunnel_ips(), d);
+            }
             let egress = UserspaceEgress::new(ns);
             run_shell(
                 Shell::with_shared(relay.clone(), udp, egress, shell_cfg),
@@ -145,6 +172,7 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         }
     };
     control.abort();
+    let _ = stop_tx.send(true);
     let stats = relay.lock().map(|r| r.stats().clone()).unwrap_or_default();
     tracing::info!(
         udp_rx = stats.udp_rx_packets,
@@ -191,14 +219,13 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_tracing() {
+/// ferry-telemetry's subscriber (FERRY_LOG, then RUST_LOG, then `[log] filter`), with its
+/// privacy floor: the DNS crates never log query names.
+fn init_tracing(log: &ferry_telemetry::LogConfig) -> Result<()> {
+    let mut log = log.clone();
     // boringtun logs routine session expiry at ERROR/WARN; keep it quiet unless asked for.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=off"));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+    if !log.filter.contains("boringtun") {
+        log.filter.push_str(",boringtun=off");
+    }
+    ferry_telemetry::logging::init(&log).context("[log]")
 }
