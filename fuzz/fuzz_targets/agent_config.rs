@@ -6,6 +6,10 @@
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../router-agent/src/config.rs"]
 mod config;
+// `config.rs` refers to `crate::config_paid` ([identity], [network], [metering], [paid]).
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../router-agent/src/config_paid.rs"]
+mod config_paid;
 
 #[path = "../checks/config.rs"]
 mod check;
