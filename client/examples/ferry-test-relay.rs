@@ -106,10 +106,13 @@ fn main() {
                 .unwrap();
             rt.block_on(async {
                 let sock = tokio::net::UdpSocket::bind(opt("listen")).await.unwrap();
+                let mut hello_addr = sock.local_addr().unwrap();
+                hello_addr.set_port(ferry_metering::CONTROL_PORT);
+                let hello = tokio::net::UdpSocket::bind(hello_addr).await.unwrap();
                 println!("identity {}", identity.public_key().to_hex());
                 println!("ready {}", sock.local_addr().unwrap());
                 let log = Arc::new(Mutex::new(testrelay::RelayLog::default()));
-                testrelay::mini_relay(sock, tunn, hub, phantom, log).await;
+                testrelay::mini_relay(sock, Some(hello), tunn, hub, phantom, log).await;
             });
         }
         _ => panic!("usage: ferry-test-relay voucher|run ..."),

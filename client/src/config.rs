@@ -46,7 +46,9 @@ pub(crate) struct RelayEntry {
     pub(crate) endpoint: SocketAddr,
     /// The relay's WireGuard public key (base64).
     pub(crate) public_key: String,
-    /// Our tunnel addresses (`10.77.0.2/32`, `fd77::2/128`).
+    /// Our tunnel addresses (`10.77.0.2/32`, `fd77::2/128`). Paid relays assign them at
+    /// session setup (`Address`), which overrides this.
+    #[serde(default)]
     pub(crate) address: Vec<String>,
     /// DNS servers to use while connected (the relay's resolver, reached through the tunnel).
     #[serde(default)]
@@ -63,6 +65,8 @@ pub(crate) struct RelayEntry {
     pub(crate) control_address: Option<IpAddr>,
     /// Paid sessions: the voucher file (base64). Default `<key dir>/voucher`.
     pub(crate) voucher: Option<PathBuf>,
+    /// Paid sessions: the relay's public Hello port (default: endpoint IP, port 51821).
+    pub(crate) hello: Option<SocketAddr>,
 }
 
 fn default_mtu() -> u16 {
@@ -92,6 +96,7 @@ pub(crate) struct Paid {
     pub(crate) identity_key: PublicKey,
     pub(crate) control_address: IpAddr,
     pub(crate) voucher: Option<PathBuf>,
+    pub(crate) hello: SocketAddr,
 }
 
 impl Config {
@@ -145,8 +150,8 @@ impl RelayEntry {
             .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("{}: public-key", ctx()))?;
         ensure!(
-            !self.address.is_empty(),
-            "{}: address must list at least one tunnel address",
+            !self.address.is_empty() || self.identity_key.is_some(),
+            "{}: address must list at least one tunnel address (only paid relays assign them)",
             ctx()
         );
         let address = self
@@ -177,6 +182,10 @@ impl RelayEntry {
                     identity_key: PublicKey(b),
                     control_address,
                     voucher: self.voucher.clone(),
+                    hello: self.hello.unwrap_or(SocketAddr::new(
+                        self.endpoint.ip(),
+                        ferry_metering::CONTROL_PORT,
+                    )),
                 })
             }
         };
@@ -260,6 +269,23 @@ mod tests {
         .unwrap();
         let p = c.relay("home").unwrap().paid.unwrap();
         assert_eq!(p.identity_key.0, [0xab; 32]);
+        assert_eq!(p.hello, "198.51.100.1:51821".parse().unwrap());
+        // Paid relays may leave the addresses to the relay; trusted ones may not.
+        let no_addr = relay(&format!(
+            "identity-key = \"{k}\"\ncontrol-address = \"10.77.0.1\""
+        ))
+        .replace("address = [\"10.77.0.2/32\", \"fd77::2/128\"]\n", "");
+        assert!(
+            Config::parse(&no_addr)
+                .unwrap()
+                .relay("home")
+                .unwrap()
+                .address
+                .is_empty()
+        );
+        let trusted_no_addr =
+            relay("").replace("address = [\"10.77.0.2/32\", \"fd77::2/128\"]\n", "");
+        assert!(Config::parse(&trusted_no_addr).is_err());
     }
 
     #[test]

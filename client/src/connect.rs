@@ -39,7 +39,9 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
     let endpoint = setup.relay.endpoint;
     let mut applied = Applied::load(&paths.state);
 
-    netcfg::kill_switch_on(&args.tun, endpoint)?;
+    let mut allowed = vec![endpoint];
+    allowed.extend(setup.relay.paid.as_ref().map(|p| p.hello));
+    netcfg::kill_switch_on(&args.tun, &allowed)?;
     applied.kill_switch = true;
     applied.save(&paths.state)?;
     let route = netcfg::pin_endpoint_route(endpoint.ip())?;
@@ -51,6 +53,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
+        open_paid_session(&mut setup).await?;
         let relay = &setup.relay;
         let tun = tun_rs::DeviceBuilder::new()
             .name(&args.tun)
@@ -110,6 +113,32 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),
     }
+}
+
+/// For a paid relay: `Hello` outside the tunnel; adopts the addresses the relay assigned.
+pub(crate) async fn open_paid_session(setup: &mut crate::session::Setup) -> Result<()> {
+    let (Some(paid), Some(rp)) = (setup.paid.as_mut(), setup.relay.paid.as_ref()) else {
+        return Ok(());
+    };
+    let boot = crate::bootstrap::bootstrap(
+        paid,
+        rp.identity_key,
+        setup.wg.public_key().0,
+        rp.hello,
+        Duration::from_secs(15),
+    )
+    .await?;
+    let nets = crate::bootstrap::host_nets(boot.v4, boot.v6);
+    if !nets.is_empty() {
+        setup.relay.address = nets;
+    }
+    anyhow::ensure!(
+        !setup.relay.address.is_empty(),
+        "the relay assigned no tunnel address and none is configured"
+    );
+    tracing::info!("paid session accepted by the relay");
+    paid.boot = Some(boot);
+    Ok(())
 }
 
 async fn drive(

@@ -44,6 +44,9 @@ pub(crate) struct PaidSetup {
     pub(crate) kick: Option<Arc<Notify>>,
     /// Over-claim tolerance.
     pub(crate) cfg: ClientConfig,
+    /// The session, if it was opened outside the tunnel (see `bootstrap`); otherwise the
+    /// engine says `Hello` inside the tunnel.
+    pub(crate) boot: Option<crate::bootstrap::Bootstrapped>,
 }
 
 struct Paid {
@@ -136,6 +139,10 @@ impl Engine {
                 .as_ref()
                 .map_or(0, |o| o.voucher.price_micros_per_gib)
         });
+        if let Some(a) = paid.as_ref().and_then(|p| p.session.accept()) {
+            status.session_id = Some(a.session_id.to_hex());
+            status.price_micros_per_gib = Some(a.price_micros_per_gib);
+        }
         Ok(Self {
             tunn,
             udp,
@@ -458,6 +465,27 @@ impl Paid {
             local: SocketAddr::new(local_ip, CONTROL_PORT),
             remote: SocketAddr::new(rp.control_address, CONTROL_PORT),
         };
+        if let Some(b) = setup.boot {
+            let rec = Record::SessionOpen(Box::new(SessionOpen {
+                accept: b.accept,
+                offer: b.offer,
+                extra: Vec::new(),
+            }));
+            if let Err(e) = persist(&setup.store, rec) {
+                tracing::warn!(error = %e, "could not store the session record");
+            }
+            return Ok(Self {
+                session: b.session,
+                control,
+                hello: Vec::new(),
+                offer: None,
+                last_hello: None,
+                accepted: true,
+                final_cosigned: false,
+                store: setup.store,
+                kick: setup.kick,
+            });
+        }
         let mut session = ClientSession::new(
             setup.cfg,
             setup.identity.clone(),

@@ -59,7 +59,7 @@ fn local_voucher() -> Voucher {
     .sign(&ledger)
 }
 
-async fn fixture(phantom_down: u64, voucher: Voucher) -> Fixture {
+async fn fixture(phantom_down: u64, voucher: Voucher, outside: bool) -> Fixture {
     let relay_wg = WgPrivateKey::from_bytes(&[9; 32]);
     let client_wg = WgPrivateKey::from_bytes(&[7; 32]);
     let (relay_id, client_id, _) = keys();
@@ -81,6 +81,8 @@ async fn fixture(phantom_down: u64, voucher: Voucher) -> Fixture {
         },
     );
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hello = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let hello_addr = hello.local_addr().unwrap();
     let endpoint = sock.local_addr().unwrap();
     let tunn = Tunn::new(
         relay_wg.static_secret(),
@@ -91,7 +93,14 @@ async fn fixture(phantom_down: u64, voucher: Voucher) -> Fixture {
         None,
     );
     let log = Arc::new(Mutex::new(RelayLog::default()));
-    tokio::spawn(mini_relay(sock, tunn, hub, phantom_down, log.clone()));
+    tokio::spawn(mini_relay(
+        sock,
+        Some(hello),
+        tunn,
+        hub,
+        phantom_down,
+        log.clone(),
+    ));
 
     let relay = Relay {
         name: "mini".into(),
@@ -105,18 +114,36 @@ async fn fixture(phantom_down: u64, voucher: Voucher) -> Fixture {
             identity_key: relay_id.public_key(),
             control_address: RELAY_TUN.into(),
             voucher: None,
+            hello: hello_addr,
         }),
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Mutex::new(Store::open(dir.path().join("r.log")).unwrap().0));
     let udp = relay_socket(endpoint).await.unwrap();
-    let paid = PaidSetup {
-        identity: client_id,
+    let mut paid = PaidSetup {
+        identity: client_id.clone(),
         voucher,
         store: store.clone(),
         kick: None,
         cfg: ClientConfig::default(),
+        boot: None,
     };
+    if outside {
+        let b = crate::bootstrap::bootstrap(
+            &paid,
+            relay_id.public_key(),
+            client_wg.public_key().0,
+            hello_addr,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (b.v4, b.v6),
+            (Some(CLIENT_TUN), Some("fd77::2".parse().unwrap()))
+        );
+        paid.boot = Some(b);
+    }
     let engine = Engine::new(&relay, &client_wg, udp.clone(), Some(paid), "test", None).unwrap();
     Fixture {
         engine,
@@ -159,7 +186,7 @@ async fn drive(f: &mut Fixture, dur: Duration, per_tick: usize, size: usize) -> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn honest_receipts_are_cosigned_stored_acked_and_the_final_one_at_close() {
-    let mut f = fixture(0, local_voucher()).await;
+    let mut f = fixture(0, local_voucher(), true).await;
     let got = drive(&mut f, Duration::from_secs(3), 4, 1000).await;
     assert!(f.engine.failure().is_none(), "{:?}", f.engine.failure());
     assert!(got > 256 * KIB, "echoed only {got} bytes");
@@ -200,7 +227,8 @@ async fn honest_receipts_are_cosigned_stored_acked_and_the_final_one_at_close() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_claiming_undelivered_bytes_is_refused_and_the_client_disconnects() {
     // 64 KiB of phantom download per echoed packet: far beyond 2 % + 1 MiB quickly.
-    let mut f = fixture(64 * KIB, local_voucher()).await;
+    // Hello inside the tunnel here (the legacy path), outside in the other tests.
+    let mut f = fixture(64 * KIB, local_voucher(), false).await;
     drive(&mut f, Duration::from_secs(5), 4, 1000).await;
     let why = f
         .engine
@@ -292,11 +320,12 @@ async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_subm
         .unwrap_err();
     assert!(err.to_string().contains("refused"), "{err:#}");
 
-    let mut f = fixture(0, voucher).await;
+    let mut f = fixture(0, voucher, true).await;
     drive(&mut f, Duration::from_secs(2), 4, 1000).await;
     f.engine.close().await;
-    drive(&mut f, Duration::from_secs(4), 0, 0).await;
-    assert!(f.engine.closed() && f.engine.failure().is_none());
+    drive(&mut f, Duration::from_secs(6), 0, 0).await;
+    assert!(f.engine.closed(), "{:?}", f.engine.failure());
+    assert!(f.engine.failure().is_none(), "{:?}", f.engine.failure());
     let pending = f.store.lock().unwrap().pending_count();
     assert_eq!(pending, 1);
     // The client's own submission reaches the ledger (the relay's would be idempotent).

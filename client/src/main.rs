@@ -9,6 +9,7 @@
 //! the host unprotected between `connect` and `disconnect` (the kill switch is installed
 //! before the tunnel exists and is removed only by `ferry disconnect`).
 
+mod bootstrap;
 mod cli;
 mod cmds;
 mod config;

@@ -54,11 +54,15 @@ impl Applied {
 /// The kill-switch ruleset: on output, only loopback, the tunnel device and the WireGuard
 /// datagrams to the relay endpoint may leave; everything else is dropped (IPv4 and IPv6).
 /// Replacing an existing table happens in the same nft transaction, so there is no gap.
-pub(crate) fn kill_switch_rules(tun: &str, endpoint: SocketAddr) -> String {
-    let daddr = match endpoint.ip() {
-        IpAddr::V4(a) => format!("ip daddr {a}"),
-        IpAddr::V6(a) => format!("ip6 daddr {a}"),
-    };
+pub(crate) fn kill_switch_rules(tun: &str, allowed: &[SocketAddr]) -> String {
+    let mut allow = String::new();
+    for ep in allowed {
+        let daddr = match ep.ip() {
+            IpAddr::V4(a) => format!("ip daddr {a}"),
+            IpAddr::V6(a) => format!("ip6 daddr {a}"),
+        };
+        allow.push_str(&format!("\t\t{daddr} udp dport {} accept\n", ep.port()));
+    }
     format!(
         "table inet {TABLE} {{}}\n\
          delete table inet {TABLE}\n\
@@ -67,7 +71,7 @@ pub(crate) fn kill_switch_rules(tun: &str, endpoint: SocketAddr) -> String {
          \t\ttype filter hook output priority 0; policy drop;\n\
          \t\toifname \"lo\" accept\n\
          \t\toifname \"{tun}\" accept\n\
-         \t\t{daddr} udp dport {port} accept\n\
+         {allow}\
          \t\tcounter comment \"ferry kill switch\"\n\
          \t}}\n\
          \tchain forward {{\n\
@@ -75,14 +79,14 @@ pub(crate) fn kill_switch_rules(tun: &str, endpoint: SocketAddr) -> String {
          \t\toifname \"{tun}\" accept\n\
          \t\tiifname \"{tun}\" ct state established,related accept\n\
          \t}}\n\
-         }}\n",
-        port = endpoint.port()
+         }}\n"
     )
 }
 
-/// Installs (or atomically replaces) the kill switch.
-pub(crate) fn kill_switch_on(tun: &str, endpoint: SocketAddr) -> Result<()> {
-    nft_script(&kill_switch_rules(tun, endpoint)).context("installing the kill switch")
+/// Installs (or atomically replaces) the kill switch; `allowed` are the relay's UDP
+/// endpoints (WireGuard, and the Hello port of a paid relay).
+pub(crate) fn kill_switch_on(tun: &str, allowed: &[SocketAddr]) -> Result<()> {
+    nft_script(&kill_switch_rules(tun, allowed)).context("installing the kill switch")
 }
 
 /// Removes the kill switch (no error if it is absent).
@@ -224,14 +228,21 @@ mod tests {
 
     #[test]
     fn kill_switch_allows_only_loopback_tunnel_and_the_endpoint() {
-        let r = kill_switch_rules("ferry0", "198.51.100.1:51820".parse().unwrap());
+        let r = kill_switch_rules(
+            "ferry0",
+            &[
+                "198.51.100.1:51820".parse().unwrap(),
+                "198.51.100.1:51821".parse().unwrap(),
+            ],
+        );
         assert!(r.contains("policy drop;"));
         assert!(r.contains("oifname \"lo\" accept"));
         assert!(r.contains("oifname \"ferry0\" accept"));
         assert!(r.contains("ip daddr 198.51.100.1 udp dport 51820 accept"));
+        assert!(r.contains("ip daddr 198.51.100.1 udp dport 51821 accept"));
         // Replace in one transaction: create-if-missing, delete, re-create.
         assert!(r.starts_with("table inet ferry {}\ndelete table inet ferry\n"));
-        let r6 = kill_switch_rules("t", "[2001:db8::1]:4000".parse().unwrap());
+        let r6 = kill_switch_rules("t", &["[2001:db8::1]:4000".parse().unwrap()]);
         assert!(r6.contains("ip6 daddr 2001:db8::1 udp dport 4000 accept"));
     }
 

@@ -102,6 +102,7 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
             store,
             kick: submitter.as_ref().map(|s| s.kicker()),
             cfg: ClientConfig { tolerance },
+            boot: None,
         }),
         submitter,
     })

@@ -123,6 +123,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitC
         .enable_all()
         .build()?;
     rt.block_on(async {
+        crate::connect::open_paid_session(&mut setup).await?;
         let relay = setup.relay.clone();
         let listener = TcpListener::bind(args.listen)
             .await

@@ -39,6 +39,7 @@ pub(crate) struct RelayLog {
 /// Runs the relay forever.
 pub(crate) async fn mini_relay(
     sock: UdpSocket,
+    hello: Option<UdpSocket>,
     mut tunn: Tunn,
     mut hub: RelayHub<u8>,
     phantom_down: u64,
@@ -48,12 +49,44 @@ pub(crate) async fn mini_relay(
     let mut buf = vec![0u8; 65536];
     let mut out = vec![0u8; 65536];
     let mut client: Option<SocketAddr> = None;
+    let mut hbuf = vec![0u8; 2048];
     loop {
-        let r = tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)).await;
+        let hello_recv = async {
+            match &hello {
+                Some(h) => h.recv_from(&mut hbuf).await,
+                None => std::future::pending().await,
+            }
+        };
+        let (r, h) = tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut buf)) => (Some(r), None),
+            h = hello_recv => (None, Some(h)),
+        };
         let now = Instant::now();
         let unix = crate::engine::unix_now();
         let mut to_client: Vec<Vec<u8>> = Vec::new();
-        if let Ok(Ok((n, from))) = r {
+        if let (Some(Ok((n, from))), Some(hs)) = (h, &hello) {
+            // Bootstrap outside the tunnel: Accept + Address, or Reject.
+            if let Ok(Message::Hello(offer)) = decode(&hbuf[..n]) {
+                let replies = match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix) {
+                    Ok(m) => vec![
+                        m,
+                        Message::Address {
+                            v4: CLIENT_TUN,
+                            v6: "fd77::2".parse().unwrap(),
+                        },
+                    ],
+                    Err(r) => vec![Message::Reject(r)],
+                };
+                eprintln!(
+                    "relay session offer answered outside the tunnel: {:?}",
+                    replies[0]
+                );
+                for m in replies {
+                    let _ = hs.send_to(&encode(&m), from).await;
+                }
+            }
+        }
+        if let Some(Ok(Ok((n, from)))) = r {
             client = Some(from);
             let mut first = true;
             loop {

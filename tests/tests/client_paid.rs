@@ -91,14 +91,11 @@ fn paid_lab(phantom_down: u64) -> PaidLab {
             .flatten()
     })
     .unwrap();
-    let addrs: Vec<String> = tunnel::CLIENT_ADDRS
-        .iter()
-        .map(|a| format!("\"{a}\""))
-        .collect();
+    // No `address`: the relay assigns it in `Address` after accepting the Hello, which goes
+    // outside the tunnel to the relay's Hello port (endpoint IP, 51821).
     home.write_config(&format!(
-        "[[relay]]\nname = \"paid\"\nendpoint = \"{listen}\"\npublic-key = \"{}\"\naddress = [{}]\nkeepalive = 5\nidentity-key = \"{identity}\"\ncontrol-address = \"10.77.0.1\"\n",
+        "[[relay]]\nname = \"paid\"\nendpoint = \"{listen}\"\npublic-key = \"{}\"\nkeepalive = 5\nidentity-key = \"{identity}\"\ncontrol-address = \"10.77.0.1\"\n",
         relay_key.public,
-        addrs.join(", ")
     ))
     .unwrap();
     PaidLab {
@@ -160,7 +157,14 @@ fn paid_session_cosigns_receipts_automatically_and_the_final_one_at_disconnect()
     assert!(st.contains("\"session_id\": \"07070707"), "{st}");
     assert!(!st.contains("\"spend_micros\": 0,"), "{st}");
     let log = lab.topo.lab.log("test-relay");
+    assert!(log.contains("answered outside the tunnel: Accept"), "{log}");
     assert!(log.contains("relay stored co-signed receipt seq"), "{log}");
+    // The addresses the relay assigned are on the TUN.
+    let addrs = lab.topo.client.ip(&["addr", "show", &tun]).unwrap();
+    assert!(
+        addrs.contains("10.77.0.2/32") && addrs.contains("fd77::2/128"),
+        "{addrs}"
+    );
 
     lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
     wait_until(Duration::from_secs(5), "relay closed acknowledged", || {

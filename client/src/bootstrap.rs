@@ -1,0 +1,108 @@
+//! Opening a paid session before the tunnel exists (docs/metering.md, "Bootstrap"): the
+//! client is not yet a WireGuard peer of the relay, so `Hello` goes as plain UDP to the
+//! relay's public Hello port (default: endpoint IP, port 51821). The relay verifies the offer,
+//! admits our WireGuard key and answers `Accept` + `Address` (our tunnel addresses), or
+//! `Reject`. Everything after that runs inside the tunnel.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use ferry_metering::{ClientSession, Message, decode, encode};
+use ferry_receipts::{SessionAccept, SessionOffer};
+use tokio::net::UdpSocket;
+
+use crate::engine::{PaidSetup, unix_now};
+
+const RETRY: Duration = Duration::from_secs(1);
+
+/// An accepted session, ready for the engine.
+pub(crate) struct Bootstrapped {
+    pub(crate) session: ClientSession,
+    pub(crate) offer: SessionOffer,
+    pub(crate) accept: SessionAccept,
+    pub(crate) v4: Option<Ipv4Addr>,
+    pub(crate) v6: Option<Ipv6Addr>,
+}
+
+/// Sends `Hello` to `hello` until the relay accepts (and sends our addresses) or refuses.
+pub(crate) async fn bootstrap(
+    setup: &PaidSetup,
+    relay_key: ferry_receipts::PublicKey,
+    wg_public: [u8; 32],
+    hello: SocketAddr,
+    timeout: Duration,
+) -> Result<Bootstrapped> {
+    let mut session = ClientSession::new(
+        setup.cfg,
+        setup.identity.clone(),
+        setup.voucher.network_id,
+        relay_key,
+    );
+    let mut nonce = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let msg = session.hello(setup.voucher.clone(), wg_public, nonce, unix_now());
+    let Message::Hello(offer) = &msg else {
+        bail!("internal: hello() did not build a Hello");
+    };
+    let offer = offer.clone();
+    let frame = encode(&msg);
+    let bind: SocketAddr = if hello.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(hello)
+        .await
+        .with_context(|| format!("relay Hello port {hello}"))?;
+    let deadline = Instant::now() + timeout;
+    let mut buf = vec![0u8; 2048];
+    let mut accept = None;
+    let mut addr = None;
+    while Instant::now() < deadline {
+        let _ = sock.send(&frame).await;
+        let until = Instant::now() + RETRY;
+        while Instant::now() < until {
+            let left = until.saturating_duration_since(Instant::now());
+            let Ok(r) = tokio::time::timeout(left, sock.recv(&mut buf)).await else {
+                break;
+            };
+            let Ok(n) = r else { continue };
+            match decode(&buf[..n]) {
+                Ok(Message::Accept(a)) => {
+                    session.handle_accept(a.clone()).map_err(|e| {
+                        anyhow::anyhow!("relay sent an unusable session accept: {e}")
+                    })?;
+                    accept = Some(a);
+                }
+                Ok(Message::Address { v4, v6 }) => addr = Some((v4, v6)),
+                Ok(Message::Reject(r)) => bail!("relay refused the session: {r}"),
+                _ => tracing::trace!("unexpected datagram on the Hello socket"),
+            }
+            if let (Some(a), Some((v4, v6))) = (&accept, addr) {
+                return Ok(Bootstrapped {
+                    session,
+                    offer,
+                    accept: a.clone(),
+                    v4: (!v4.is_unspecified()).then_some(v4),
+                    v6: (!v6.is_unspecified()).then_some(v6),
+                });
+            }
+        }
+    }
+    bail!("no answer from the relay's Hello port {hello} within {timeout:?}")
+}
+
+/// Our tunnel addresses as host prefixes.
+pub(crate) fn host_nets(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<ipnet::IpNet> {
+    let mut v = Vec::new();
+    if let Some(a) = v4 {
+        v.push(ipnet::IpNet::from(IpAddr::V4(a)));
+    }
+    if let Some(a) = v6 {
+        v.push(ipnet::IpNet::from(IpAddr::V6(a)));
+    }
+    v
+}
