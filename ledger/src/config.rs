@@ -119,8 +119,15 @@ pub struct Config {
     /// Time after voucher expiry before it may be closed and refunded.
     #[serde(default = "default_grace")]
     pub refund_grace_seconds: u64,
+    /// Serve `GET /metrics` (Prometheus, aggregate counters only) on `listen`.
+    #[serde(default = "default_metrics")]
+    pub metrics: bool,
     #[serde(skip)]
     base: PathBuf,
+}
+
+fn default_metrics() -> bool {
+    true
 }
 
 fn default_listen() -> String {

@@ -16,6 +16,7 @@ pub mod http;
 pub mod merkle;
 pub mod money;
 pub mod service;
+pub mod stats;
 pub mod store;
 pub mod testkit;
 pub mod verify;

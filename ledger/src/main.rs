@@ -242,11 +242,15 @@ async fn serve<S: Store>(cfg: &Config, ledger: Ledger<S>, token: Option<String>)
         clock: system_clock(),
     };
     let ledger_key = state.ledger.public_key();
+    let mut app = router(state.clone());
+    if cfg.metrics {
+        app = app.merge(ferry_ledger::stats::metrics_router(state.ledger.stats()));
+    }
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, %ledger_key, "ferry-ledger serving");
-    axum::serve(listener, router(state))
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown())
         .await
         .context("http server")

@@ -250,12 +250,23 @@ pub struct Ledger<S> {
     store: S,
     key: SigningKey,
     params: Params,
+    stats: std::sync::Arc<crate::stats::LedgerStats>,
 }
 
 impl<S: Store> Ledger<S> {
     /// A ledger signing vouchers with `key`.
     pub fn new(store: S, key: SigningKey, params: Params) -> Self {
-        Self { store, key, params }
+        Self {
+            store,
+            key,
+            params,
+            stats: Default::default(),
+        }
+    }
+
+    /// Counters for `/metrics` (see [`crate::stats`]).
+    pub fn stats(&self) -> std::sync::Arc<crate::stats::LedgerStats> {
+        self.stats.clone()
     }
 
     /// The store (tests and benchmarks inspect it).
@@ -363,7 +374,10 @@ impl<S: Store> Ledger<S> {
             encoded: voucher.encode(),
         };
         let balance = match self.store.insert_voucher(row).await? {
-            VoucherInsert::Issued { balance_micros } => Some(balance_micros),
+            VoucherInsert::Issued { balance_micros } => {
+                self.stats.voucher_issued();
+                Some(balance_micros)
+            }
             VoucherInsert::AlreadyIssued => None,
         };
         Ok(IssuedVoucher {
@@ -379,10 +393,14 @@ impl<S: Store> Ledger<S> {
         id: VoucherId,
         now: u64,
     ) -> Result<VoucherClose, LedgerError> {
-        Ok(self
+        let closed = self
             .store
             .close_voucher(id, now, self.params.refund_grace_secs)
-            .await?)
+            .await?;
+        if !closed.already_closed {
+            self.stats.voucher_closed();
+        }
+        Ok(closed)
     }
 
     /// Looks up an issued voucher.
@@ -430,10 +448,12 @@ impl<S: Store> Ledger<S> {
                 out[pos] = Some(r.map_err(ItemError::Rejected));
             }
         }
-        Ok(out
+        let out: Vec<SubmitResult> = out
             .into_iter()
             .map(|r| r.unwrap_or(Err(ItemError::Malformed("internal: no result"))))
-            .collect())
+            .collect();
+        self.stats.count_results(&out);
+        Ok(out)
     }
 
     /// Submits one receipt; refusals become [`LedgerError::Receipt`].
