@@ -7,8 +7,9 @@
 //! agent's log and every file in the lab directory (config, keys, logs and any state the agent
 //! writes next to its config) are searched for the canaries in every textual form.
 //!
-//! Pending: a canary DNS name once the agent serves DNS (the `ferry-dns` forwarder has its own
-//! canary log test in dns/); receipts state once metering is integrated into the agent.
+//! A canary name is resolved through the agent's DNS forwarder (`[dns]`, upstream: a test
+//! server on the internet host) and must not appear either. Pending: a paid session, so the
+//! receipts store is part of the searched state.
 #![allow(clippy::unwrap_used)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -30,11 +31,13 @@ const CANARY6: Ipv6Addr = Ipv6Addr::new(0x2a0a, 0xcafe, 0x77, 0, 0, 0, 0xc4, 0x9
 /// In 10.0.0.0/8: blocked, exercises the policy-drop path.
 const CANARY_BLOCKED: Ipv4Addr = Ipv4Addr::new(10, 123, 45, 67);
 const CANARY_PORT: u16 = 8443;
+/// Resolved through the agent's DNS forwarder (upstream: a test server on the internet host).
+const CANARY_NAME: &str = "canary-h9x.ferry-privacy.test";
 const CANARY_UDP: u16 = 5353;
 
 /// Every way a canary could be written down.
 fn needles() -> Vec<String> {
-    let mut v = Vec::new();
+    let mut v = vec!["canary-h9x".to_owned(), "ferry-privacy".to_owned()];
     for a in [CANARY4, CANARY_BLOCKED] {
         v.push(a.to_string());
         v.push(format!(
@@ -80,6 +83,12 @@ fn find_canaries(dir: &Path) -> Vec<(String, String)> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
+                continue;
+            }
+            // The upstream DNS server is "the internet", not the agent.
+            if p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("dns-upstream"))
+            {
                 continue;
             }
             let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap_or_default()).into_owned();
@@ -131,6 +140,20 @@ fn restart_agent_with_filter(s: &mut Scenario, filter: &str, label: &str) -> Pro
 /// A session to the canaries; asserts it really went through (positive control).
 fn canary_session(s: &Scenario) {
     let c = &s.topo.client;
+    // The name resolves through the agent's forwarder on its tunnel address.
+    for server in ["10.77.0.1", "fd77::1"] {
+        let out = c
+            .exec(&[
+                "dig",
+                "+short",
+                "+time=3",
+                "+tries=2",
+                &format!("@{server}"),
+                CANARY_NAME,
+            ])
+            .unwrap();
+        assert_eq!(out.trim(), CANARY4.to_string(), "DNS via {server}");
+    }
     for ip in [IpAddr::from(CANARY4), IpAddr::from(CANARY6)] {
         let f = fetch(c, sa(ip, CANARY_PORT), MIB, T).unwrap();
         assert_eq!((f.bytes, f.banner.as_str()), (MIB, "canary"));
@@ -154,8 +177,23 @@ fn canary_session(s: &Scenario) {
 }
 
 fn privacy(egress: Egress) {
-    let mut s = Scenario::start(egress, |_| {}).unwrap();
+    let mut s = Scenario::start(egress, |c| {
+        c.extra = format!(
+            "\n[dns]\nenabled = true\n\n[[dns.upstream]]\nprotocol = \"udp\"\naddress = \"{INET4}\"\n"
+        );
+    })
+    .unwrap();
     let inet = s.topo.inet.clone();
+    let record = format!("{CANARY_NAME}. 60 A {CANARY4}");
+    let inet_ns = inet.clone();
+    ferry_e2e::client::dns_server(
+        &mut s.topo.lab,
+        &inet_ns,
+        "dns-upstream",
+        sa(INET4, 53),
+        &[&record],
+    )
+    .unwrap();
     inet.addr("lo", &format!("{CANARY4}/32")).unwrap();
     inet.addr("lo", &format!("{CANARY6}/128")).unwrap();
     inet.addr("lo", &format!("{CANARY_BLOCKED}/32")).unwrap();
