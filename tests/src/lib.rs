@@ -16,6 +16,7 @@ pub mod agent;
 pub mod client;
 pub mod multipeer;
 pub mod netns;
+pub mod observability;
 pub mod scenario;
 pub mod servers;
 pub mod topology;
