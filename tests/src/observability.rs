@@ -105,6 +105,19 @@ pub fn http_get(ns: &Ns, url: &str, bearer: Option<&str>) -> Result<(u16, String
     Ok((code.trim().parse().unwrap_or(0), body.to_owned()))
 }
 
+/// TCP segments retransmitted by `ns` so far (`RetransSegs` of `/proc/net/snmp`, per netns).
+pub fn tcp_retrans_segs(ns: &Ns) -> Result<u64> {
+    let snmp = ns.exec(&["cat", "/proc/net/snmp"])?;
+    parse_retrans(&snmp).context("RetransSegs not in /proc/net/snmp")
+}
+
+fn parse_retrans(snmp: &str) -> Option<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RetransSegs")?;
+    values.split_whitespace().nth(i)?.parse().ok()
+}
+
 /// The value of `series` (exact name and labels) in Prometheus text exposition.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
@@ -261,6 +274,13 @@ canary.ferry.test.\t60\tIN\tA\t203.0.113.7
             parse_dig(";; connection timed out; no servers could be reached\n"),
             None
         );
+    }
+
+    #[test]
+    fn retransmitted_segments_are_read_from_snmp() {
+        let snmp = "Ip: Forwarding\nIp: 1\nTcp: RtoAlgorithm OutSegs RetransSegs InErrs\nTcp: 1 900 17 0\n";
+        assert_eq!(parse_retrans(snmp), Some(17));
+        assert_eq!(parse_retrans("Ip: x\nIp: 1\n"), None);
     }
 
     #[test]
