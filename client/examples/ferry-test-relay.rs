@@ -70,6 +70,7 @@ fn main() {
             .sign(&ledger);
             let text = base64::engine::general_purpose::STANDARD.encode(v.encode());
             std::fs::write(opt("out"), format!("{text}\n")).unwrap();
+            println!("ledger {}", ledger.public_key().to_hex());
         }
         "run" => {
             let identity = Arc::new(SigningKey::from_seed(&hex_arr(&opt("identity-seed"))));

@@ -95,10 +95,26 @@ pub(crate) async fn relay_socket(endpoint: SocketAddr) -> Result<Arc<UdpSocket>>
         (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
     };
     let s = UdpSocket::bind(bind).await.context("binding UDP socket")?;
+    set_buffers(&s);
     s.connect(endpoint)
         .await
         .with_context(|| format!("connecting UDP socket to {endpoint}"))?;
     Ok(Arc::new(s))
+}
+
+/// Large socket buffers: a full-speed download overflows the default 212 KB receive buffer,
+/// and every datagram lost after the relay counted it is billed (FIELD-NOTES: 4 MiB).
+fn set_buffers(s: &UdpSocket) {
+    const BUF: usize = 4 << 20;
+    use nix::sys::socket::{setsockopt, sockopt};
+    use std::os::fd::AsFd;
+    let fd = s.as_fd();
+    if setsockopt(&fd, sockopt::RcvBufForce, &BUF).is_err() {
+        let _ = setsockopt(&fd, sockopt::RcvBuf, &BUF);
+    }
+    if setsockopt(&fd, sockopt::SndBufForce, &BUF).is_err() {
+        let _ = setsockopt(&fd, sockopt::SndBuf, &BUF);
+    }
 }
 
 impl Engine {
