@@ -3,10 +3,11 @@
 use std::future::poll_fn;
 use std::hash::{BuildHasher, Hasher};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+// portable-atomic: 32-bit MIPS routers have no native 64-bit atomics (lock-based fallback there).
+use portable_atomic::{AtomicU64, Ordering};
 use smoltcp::time::Instant as SmolInstant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
