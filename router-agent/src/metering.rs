@@ -89,8 +89,9 @@ impl Metering {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating state dir {}", dir.display()))?;
         }
-        let (store, report) = Store::open(&settings.store_path)
-            .with_context(|| format!("receipt store {}", settings.store_path.display()))?;
+        let (store, report) =
+            Store::open_with(&settings.store_path, crate::observability::fsync_timer())
+                .with_context(|| format!("receipt store {}", settings.store_path.display()))?;
         if report.dropped_bytes > 0 {
             tracing::warn!(
                 dropped = report.dropped_bytes,
@@ -167,6 +168,14 @@ impl Metering {
             submitter,
             hello,
         })
+    }
+
+    /// Handles the metrics snapshot reads (see `observability::MeteringSource`).
+    pub(crate) fn stats_source(&self) -> crate::observability::MeteringSource {
+        crate::observability::MeteringSource {
+            shared: self.shared.clone(),
+            submitted: self.submitter.as_ref().map(Submitter::stats),
+        }
     }
 
     /// A predicate telling which relay peers are paid sessions (SIGHUP keeps them).

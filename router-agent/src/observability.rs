@@ -46,8 +46,8 @@ pub(crate) struct StaticInfo {
 
 /// The metrics side of a running agent.
 pub(crate) struct Observability {
-    /// Hand to the receipt store once it is wired in (`fsync.record(elapsed)`).
-    #[allow(dead_code)] // TODO(H10): the store is not in the agent yet.
+    /// The store's fsync latency recorder (also reachable through [`fsync_timer`]).
+    #[allow(dead_code)]
     pub(crate) fsync: FsyncRecorder,
 }
 
@@ -90,6 +90,59 @@ fn add(acc: &mut PeerCounters, c: &PeerCounters) {
 /// Completes when the agent stops.
 pub(crate) type StopFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// Set once metrics are up; the store's log file reports fsync latency into it.
+static FSYNC: std::sync::OnceLock<FsyncRecorder> = std::sync::OnceLock::new();
+
+/// Wraps the receipt store's files so each `fdatasync` is timed into
+/// `ferry_store_fsync_seconds` (pass to `Store::open_with`).
+pub(crate) fn fsync_timer() -> ferry_store::FileWrapper {
+    Arc::new(|f| Box::new(TimedFile(f)) as Box<dyn ferry_store::LogFile>)
+}
+
+struct TimedFile(std::fs::File);
+
+impl ferry_store::LogFile for TimedFile {
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        std::io::Write::write_all(&mut self.0, buf)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        let started = Instant::now();
+        let r = self.0.sync_data();
+        if let Some(rec) = FSYNC.get() {
+            rec.record(started.elapsed());
+        }
+        r
+    }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.0.set_len(len)
+    }
+}
+
+/// Paid-session state read at scrape time (receipts pending/submitted, unacknowledged bytes).
+pub(crate) struct MeteringSource {
+    pub(crate) shared: Arc<crate::metering::Shared>,
+    pub(crate) submitted: Option<Arc<Mutex<ferry_store::SubmitterStats>>>,
+}
+
+impl MeteringSource {
+    fn fill(&self, s: &mut Snapshot) {
+        use crate::metering::lock;
+        s.receipts.pending = lock(&self.shared.store).pending_count() as u64;
+        s.receipts.submitted = self.submitted.as_ref().map_or(0, |m| lock(m).accepted);
+        let peers: Vec<_> = lock(&self.shared.peers).keys().copied().collect();
+        let hub = lock(&self.shared.hub);
+        s.unacknowledged_bytes = peers
+            .iter()
+            .filter_map(|p| hub.session(*p))
+            .map(|session| session.unacknowledged_bytes())
+            .fold(0u64, u64::saturating_add);
+        // TODO(H10): receipts issued/cosigned/rejected and earned bytes need counters in the
+        // metering event loop (metering.rs `drive`/`persist_cosigned`); they export 0 until then.
+    }
+}
+
 /// A stop switch (send `true`) and a factory of futures completing when it is thrown.
 pub(crate) fn stopper() -> (
     tokio::sync::watch::Sender<bool>,
@@ -111,6 +164,7 @@ pub(crate) async fn start(
     cfg: &Validated,
     relay: SharedRelay,
     dns: Option<Arc<ForwarderStats>>,
+    metering: Option<MeteringSource>,
     info: StaticInfo,
     shutdown: &impl Fn() -> StopFuture,
 ) -> Result<Option<Observability>> {
@@ -121,9 +175,16 @@ pub(crate) async fn start(
     let mut metrics = Metrics::new(mc);
     let per_peer = metrics.per_peer_labels();
     let fsync = metrics.fsync_recorder();
+    let _ = FSYNC.set(fsync.clone());
     let totals = Mutex::new(Totals::default());
     let snap_relay = relay.clone();
-    metrics.register_agent(move || snapshot(&snap_relay, dns.as_deref(), per_peer, &totals));
+    metrics.register_agent(move || {
+        let mut s = snapshot(&snap_relay, dns.as_deref(), per_peer, &totals);
+        if let Some(m) = &metering {
+            m.fill(&mut s);
+        }
+        s
+    });
     let metrics = Arc::new(metrics);
     let started = Instant::now();
     let status: StatusSource = Arc::new(move || status(&relay, &info, started));
@@ -254,8 +315,6 @@ fn snapshot(
             })
             .collect();
     }
-    // TODO(H10): receipts, unacknowledged_bytes and earned_bytes from metering/store stats
-    // once the metering hub runs in the agent; until then they export 0.
     s
 }
 
@@ -330,6 +389,29 @@ mod tests {
             to_client_bytes: to,
             ..PeerCounters::default()
         }
+    }
+
+    #[test]
+    fn store_fsyncs_are_timed_into_the_histogram() {
+        let metrics = Metrics::new(&MetricsConfig::default());
+        let _ = FSYNC.set(metrics.fsync_recorder());
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) =
+            ferry_store::Store::open_with(dir.path().join("receipts.log"), fsync_timer()).unwrap();
+        store
+            .append(ferry_store::Record::Submitted {
+                session_id: ferry_receipts::SessionId([7; 16]),
+                seq: 1,
+            })
+            .unwrap();
+        let text = metrics.encode().unwrap();
+        let count: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ferry_store_fsync_seconds_count "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(count >= 1, "{text}");
     }
 
     #[test]

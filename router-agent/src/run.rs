@@ -136,7 +136,9 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
                 None => None,
             };
             let dns_stats = dns.as_ref().map(|d| d.stats.clone());
-            observability::start(&cfg, relay.clone(), dns_stats, status_info, &stop).await?;
+            let source = metering.as_ref().map(Metering::stats_source);
+            observability::start(&cfg, relay.clone(), dns_stats, source, status_info, &stop)
+                .await?;
             run_shell(
                 Shell::with_shared(relay.clone(), udp, tun, shell_cfg),
                 metering,
@@ -149,7 +151,9 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
                 None => None,
             };
             let dns_stats = dns.as_ref().map(|d| d.stats.clone());
-            observability::start(&cfg, relay.clone(), dns_stats, status_info, &stop).await?;
+            let source = metering.as_ref().map(Metering::stats_source);
+            observability::start(&cfg, relay.clone(), dns_stats, source, status_info, &stop)
+                .await?;
             let shared = relay.clone();
             let mut ns = NetstackConfig {
                 mtu: usize::from(cfg.mtu),
