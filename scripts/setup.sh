@@ -4,7 +4,7 @@ set -euo pipefail
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 pkgs=(iproute2 iptables nftables wireguard-tools wireguard-go iperf3 jq curl python3 procps
       netcat-openbsd tcpdump dnsutils postgresql prometheus sqlite3 shellcheck
-      busybox nodejs make util-linux)
+      busybox nodejs make util-linux iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
