@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::disallowed_methods)]
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
@@ -680,4 +681,93 @@ fn timer_sweep_emits_persistent_keepalive_to_the_endpoint() {
     );
     let (back, inner) = client.recv(&keepalive);
     assert!(back.is_empty() && inner.is_empty());
+}
+
+/// Diverts UDP to port 51821, admits packets while `budget` bytes last, records what it saw.
+struct BudgetHook {
+    diverted: Arc<Mutex<usize>>,
+    admitted: Arc<Mutex<Vec<(PeerId, HookDirection, usize)>>>,
+    budget: usize,
+}
+
+impl PacketHook for BudgetHook {
+    fn divert(&mut self, _peer: PeerId, p: &[u8], _now: Instant) -> bool {
+        let control = p.len() >= 28 && p[9] == 17 && u16::from_be_bytes([p[22], p[23]]) == 51821;
+        if control {
+            *self.diverted.lock().unwrap() += 1;
+        }
+        control
+    }
+
+    fn admit(&mut self, peer: PeerId, dir: HookDirection, p: &[u8], _now: Instant) -> bool {
+        if p.len() > self.budget {
+            return false;
+        }
+        self.budget -= p.len();
+        self.admitted.lock().unwrap().push((peer, dir, p.len()));
+        true
+    }
+}
+
+#[test]
+fn metering_hook_diverts_control_before_policy_and_gates_forwarding_after_it() {
+    let (mut relay, id, mut client, now) = connected(PolicyConfig::default(), 0);
+    let diverted = Arc::new(Mutex::new(0));
+    let admitted = Arc::new(Mutex::new(Vec::new()));
+    relay.set_hook(Box::new(BudgetHook {
+        diverted: diverted.clone(),
+        admitted: admitted.clone(),
+        budget: 200,
+    }));
+    // Control to the relay's own address (the policy would block it): consumed, not counted.
+    let ctl = testpkt::udp(ip("10.77.0.2"), ip("10.77.0.1"), 51821, b"frame");
+    let mut buf = vec![0u8; 2048];
+    let dg = client.seal(&ctl);
+    assert_eq!(
+        relay.handle_udp(client.addr, &dg, now, &mut buf),
+        Action::Done
+    );
+    assert_eq!(*diverted.lock().unwrap(), 1);
+    // Allowed-IPs comes first: a spoofed control packet is dropped, not diverted.
+    let spoof = testpkt::udp(ip("10.77.0.9"), ip("10.77.0.1"), 51821, b"frame");
+    assert_eq!(
+        upstream(&mut relay, &mut client, &spoof, now),
+        Err(DropReason::AllowedIps)
+    );
+    // The policy runs before admit: a LAN destination never reaches the meter.
+    let lan = testpkt::udp(ip("10.77.0.2"), ip("192.168.1.1"), 80, b"x");
+    assert_eq!(
+        upstream(&mut relay, &mut client, &lan, now),
+        Err(DropReason::Policy)
+    );
+    assert_eq!(*diverted.lock().unwrap(), 1);
+    assert!(admitted.lock().unwrap().is_empty());
+    // 128-byte packets: the first fits the 200-byte budget, the second does not.
+    let out = testpkt::udp(ip("10.77.0.2"), ip("1.1.1.1"), 443, &[7u8; 100]);
+    assert_eq!(
+        upstream(&mut relay, &mut client, &out, now),
+        Ok(out.clone())
+    );
+    assert_eq!(
+        upstream(&mut relay, &mut client, &out, now),
+        Err(DropReason::CreditWindow)
+    );
+    // Downstream: a 30-byte reply fits the remaining 72 bytes, a 128-byte one is refused.
+    let small = testpkt::udp(ip("1.1.1.1"), ip("10.77.0.2"), 40000, b"hi");
+    assert!(matches!(
+        relay.handle_tun(&small, now, &mut buf),
+        Action::SendUdp { .. }
+    ));
+    let big = testpkt::udp(ip("1.1.1.1"), ip("10.77.0.2"), 40000, &[7u8; 100]);
+    assert_eq!(
+        relay.handle_tun(&big, now, &mut buf),
+        Action::Drop(DropReason::CreditWindow)
+    );
+    assert_eq!(
+        *admitted.lock().unwrap(),
+        vec![(id, HookDirection::Up, 128), (id, HookDirection::Down, 30)]
+    );
+    let c = relay.peer_counters(id).unwrap();
+    assert_eq!((c.from_client_bytes, c.to_client_bytes), (128, 30));
+    assert_eq!(relay.stats().drops(DropReason::CreditWindow), 2);
 }
