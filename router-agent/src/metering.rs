@@ -36,6 +36,8 @@ use crate::config_paid::PaidSettings;
 
 /// Driver tick when no session timer is earlier.
 const TICK: Duration = Duration::from_millis(250);
+/// Shortest driver sleep (unless woken by a control datagram or a persisted receipt).
+const MIN_SLEEP: Duration = Duration::from_millis(20);
 /// Compaction check interval.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
@@ -479,9 +481,12 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
     let mut last_compact = Instant::now();
     loop {
         let now = Instant::now();
+        // A session timer can stay in the past (e.g. a receipt is due but 8 are already
+        // outstanding): never spin, receipts do not need better than MIN_SLEEP.
         let sleep = lock(&shared.hub)
             .poll_timeout()
-            .map_or(TICK, |t| t.saturating_duration_since(now).min(TICK));
+            .map_or(TICK, |t| t.saturating_duration_since(now).min(TICK))
+            .max(MIN_SLEEP);
         tokio::select! {
             () = shared.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
