@@ -5,14 +5,24 @@
 //! client addresses at INFO/DEBUG (hickory-server logs every query at INFO, hickory-resolver
 //! and hickory-net log names at DEBUG) are capped at WARN, so `FERRY_LOG=debug` cannot leak
 //! what tunnel clients resolve.
+//!
+//! The filter is tracing-subscriber's [`Targets`] (`target=level` directives, longest target
+//! prefix wins), not `EnvFilter`: EnvFilter's regex engine costs ~290 KB in the stripped MIPS
+//! router binary. Span and field filters (`target[span{field=x}]=debug`) are therefore not
+//! supported.
 
 use serde::Deserialize;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::TelemetryError;
 
 /// Environment variable read first for the log filter.
 pub const FERRY_LOG_ENV: &str = "FERRY_LOG";
+
+/// Environment variable read when [`FERRY_LOG_ENV`] is unset or empty.
+pub const RUST_LOG_ENV: &str = "RUST_LOG";
 
 /// Directives appended after the user's filter; they win over anything the user wrote for the
 /// same targets.
@@ -38,7 +48,8 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct LogConfig {
-    /// `EnvFilter` syntax, e.g. `info` or `info,ferry_relay_io=debug`. Used when neither
+    /// Comma-separated `level`, `target=level` or `target` directives, e.g. `info` or
+    /// `info,ferry_relay_io=debug` (no span/field filters). Used when neither
     /// `FERRY_LOG` nor `RUST_LOG` is set.
     #[serde(default = "default_filter")]
     pub filter: String,
@@ -63,42 +74,60 @@ fn default_filter() -> String {
 /// Installs the global subscriber (stderr). Call once, early in `main`.
 pub fn init(config: &LogConfig) -> Result<(), TelemetryError> {
     let filter = filter_from_env_or(&config.filter)?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         // No colour codes in syslog/procd or log files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     let result = match config.format {
-        LogFormat::Compact => builder.compact().try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Compact => registry.with(fmt.compact()).try_init(),
+        LogFormat::Json => registry.with(fmt.json()).try_init(),
     };
     result.map_err(|_| TelemetryError::SubscriberAlreadySet)
 }
 
 /// The filter `init` would use: `FERRY_LOG`, else `RUST_LOG`, else `default`, plus the floor.
-pub fn filter_from_env_or(default: &str) -> Result<EnvFilter, TelemetryError> {
-    let spec = [FERRY_LOG_ENV, EnvFilter::DEFAULT_ENV]
+pub fn filter_from_env_or(default: &str) -> Result<Targets, TelemetryError> {
+    let spec = [FERRY_LOG_ENV, RUST_LOG_ENV]
         .iter()
         .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
         .unwrap_or_else(|| default.to_owned());
     filter(&spec)
 }
 
-/// Parses `spec` (EnvFilter syntax) and applies [`PRIVACY_FLOOR`]. Tests that capture logs use
-/// this too, so they see exactly what production would emit.
-pub fn filter(spec: &str) -> Result<EnvFilter, TelemetryError> {
+/// Parses `spec` (comma-separated `level` / `target=level` / `target` directives; blanks
+/// around directives and empty directives are ignored; no directive at all means `error`) and
+/// applies [`PRIVACY_FLOOR`]. Tests that capture logs use this too, so they see exactly what
+/// production would emit.
+pub fn filter(spec: &str) -> Result<Targets, TelemetryError> {
     let invalid = |reason: String| TelemetryError::LogFilter {
         filter: spec.to_owned(),
         reason,
     };
-    let mut filter = EnvFilter::builder()
-        .with_regex(false)
-        .parse(spec)
-        .map_err(|e| invalid(e.to_string()))?;
-    for directive in PRIVACY_FLOOR {
-        filter = filter.add_directive(directive.parse().map_err(|e| invalid(format!("{e}")))?);
+    let directives: Vec<&str> = spec
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    // `Targets` would accept `target[{field}]=level` and rank it above the floor's plain
+    // `target=level`; refuse it instead.
+    if directives.iter().any(|d| d.contains('[')) {
+        return Err(invalid("span/field filters are not supported".to_owned()));
     }
-    Ok(filter)
+    let user = if directives.is_empty() {
+        Targets::new().with_default(LevelFilter::ERROR)
+    } else {
+        directives
+            .join(",")
+            .parse::<Targets>()
+            .map_err(|e| invalid(e.to_string()))?
+    };
+    let floor: Targets = PRIVACY_FLOOR
+        .join(",")
+        .parse()
+        .map_err(|e| invalid(format!("privacy floor: {e}")))?;
+    // A later directive for the same target replaces an earlier one, so the floor wins.
+    Ok(user.with_targets(floor.iter()))
 }
 
 #[cfg(test)]
@@ -106,7 +135,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::sync::{Arc, Mutex};
-    use tracing_subscriber::layer::SubscriberExt;
 
     #[derive(Clone, Default)]
     struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -151,6 +179,41 @@ mod tests {
     fn invalid_filter_is_an_error_not_a_panic() {
         let err = filter("info,=[").unwrap_err();
         assert!(matches!(err, TelemetryError::LogFilter { .. }), "{err}");
+    }
+
+    #[test]
+    fn field_filters_and_bad_levels_are_refused() {
+        for spec in ["hickory_server[{query}]=trace", "info,ferry=loud", "a=b=c"] {
+            let err = filter(spec).unwrap_err();
+            assert!(
+                matches!(err, TelemetryError::LogFilter { .. }),
+                "{spec}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn directives_follow_longest_target_prefix_and_tolerate_blanks() {
+        let out = captured(" warn , ferry_relay_io=debug,,boringtun=off ", || {
+            tracing::debug!(target: "ferry_relay_io::udp", "io debug line");
+            tracing::info!(target: "ferry_agent", "agent info line");
+            tracing::warn!(target: "ferry_agent", "agent warn line");
+            tracing::error!(target: "boringtun::noise", "boringtun error line");
+        });
+        assert!(out.contains("io debug line"), "{out}");
+        assert!(!out.contains("agent info line"), "{out}");
+        assert!(out.contains("agent warn line"), "{out}");
+        assert!(!out.contains("boringtun error line"), "{out}");
+    }
+
+    #[test]
+    fn empty_filter_means_errors_only() {
+        let out = captured(" , ", || {
+            tracing::warn!(target: "ferry_agent", "agent warn line");
+            tracing::error!(target: "ferry_agent", "agent error line");
+        });
+        assert!(!out.contains("agent warn line"), "{out}");
+        assert!(out.contains("agent error line"), "{out}");
     }
 
     #[test]
