@@ -71,12 +71,16 @@ ensure_tools() {
     nice -n 10 cargo install --locked --root "$TOOLS" boringtun-cli >&2
     BT=$TOOLS/bin/boringtun-cli
   fi
-  local t
+  local t src
+  mkdir -p "$OUTDIR/bin"
   for t in $IMPLS; do
     case $t in
-      ferry-z)  FERRY_BIN[$t]=${FERRY_Z:-$(build_ferry release)} ;;
-      ferry-o3|ferry-us) FERRY_BIN[$t]=${FERRY_O3:-$(build_ferry bench-fast)} ;;
+      ferry-z)  src=${FERRY_Z:-$(build_ferry release)} ;;
+      ferry-o3|ferry-us) src=${FERRY_O3:-$(build_ferry bench-fast)} ;;
+      *) continue ;;
     esac
+    # Private copy: the shared target dir may be rebuilt by others while the bench runs.
+    cp "$src" "$OUTDIR/bin/ferry-agent-$t"; FERRY_BIN[$t]=$OUTDIR/bin/ferry-agent-$t
   done
 }
 
