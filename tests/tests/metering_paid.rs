@@ -37,7 +37,17 @@ const PKT: u64 = PAYLOAD as u64 + 28;
 const SINK_PORT: u16 = 9000;
 const LABEL: &str = "agent";
 
+/// Unmounts a tmpfs on drop (before the lab removes its directory).
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).output();
+    }
+}
+
 struct Paid {
+    _tmpfs: Option<Tmpfs>,
     topo: Topology,
     ledger: Ledger,
     bin: PathBuf,
@@ -50,6 +60,11 @@ struct Paid {
 }
 
 fn setup(metering: &str, echo: bool, behaviour: Behaviour) -> Paid {
+    setup_with(metering, echo, behaviour, false)
+}
+
+/// With `tmpfs`, the agent's state dir is a 1 MiB tmpfs (to fill it up).
+fn setup_with(metering: &str, echo: bool, behaviour: Behaviour, tmpfs: bool) -> Paid {
     let bin = agent_test_binary().unwrap();
     let mut topo = Topology::build().unwrap();
     let dir = topo.lab.dir().to_owned();
@@ -69,6 +84,16 @@ fn setup(metering: &str, echo: bool, behaviour: Behaviour) -> Paid {
     let relay_wg = KeyPair::generate().unwrap();
     let key_file = relay_wg.write_private(&dir, "relay-wg.key").unwrap();
     let state_dir = dir.join("state");
+    let tmpfs = tmpfs.then(|| {
+        std::fs::create_dir_all(&state_dir).unwrap();
+        ferry_e2e::netns::run(
+            std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs"])
+                .arg(&state_dir),
+        )
+        .unwrap();
+        Tmpfs(state_dir.clone())
+    });
     let mut cfg = AgentConfig::new(Egress::Tun);
     cfg.extra = paid_sections(&id_file, &ledger, &state_dir, metering);
     let config = dir.join("agent.toml");
@@ -87,6 +112,7 @@ fn setup(metering: &str, echo: bool, behaviour: Behaviour) -> Paid {
         behaviour,
     };
     Paid {
+        _tmpfs: tmpfs,
         topo,
         ledger,
         bin,
@@ -383,5 +409,99 @@ fn kill_9_chaos_loses_no_acknowledged_receipt_and_sessions_resume() {
         total(&fin),
         r.up_bytes + r.down_bytes,
         (r.up_bytes + r.down_bytes).saturating_sub(total(&fin)),
+    );
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn full_disk_stops_credit_without_panic_and_recovers_when_space_returns() {
+    let mut p = setup_with(
+        "receipt-every-mib = 0.125\nreceipt-every-secs = 1\ncredit-window-mib = 1\n",
+        true,
+        Behaviour::Honest,
+        true,
+    );
+    let w = MIB;
+    let client = PaidClient::start(&p.topo.client, p.spec.clone()).unwrap();
+    client
+        .wait(Duration::from_secs(10), "session accepted", |r| {
+            r.address.is_some()
+        })
+        .unwrap();
+    client.set_rate(200);
+    client
+        .wait(Duration::from_secs(10), "receipts acked", |r| {
+            r.acked.len() >= 2
+        })
+        .unwrap();
+    // Fill the state dir's file system.
+    let filler = p.state_dir.join("filler");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4096"])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    // The log's last tmpfs page may still take a few records: measure from the first refusal.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !p.topo.lab.log(LABEL).contains("receipt store full") {
+        assert!(
+            Instant::now() < deadline,
+            "store never reported a full disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let full_at = client.report();
+    let sink_at = p.sink.datagrams.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(5));
+    let during = client.report();
+    let sink_during = p.sink.datagrams.load(Ordering::Relaxed);
+    let forwarded_up = (sink_during - sink_at) * PKT;
+    let new_acks = during.acked.len() - full_at.acked.len();
+    eprintln!(
+        "disk full: {new_acks} acks while full (1 may have been in flight), up forwarded {forwarded_up} B (W = {w}, up+down counted), receipts seen {} -> {}",
+        full_at.receipts_seen, during.receipts_seen
+    );
+    assert!(new_acks <= 1, "acks while the store is full: {new_acks}");
+    assert!(
+        2 * forwarded_up <= w + 2 * (w / 8),
+        "credit kept extending while full: {forwarded_up}"
+    );
+    assert!(
+        during.receipts_seen > full_at.receipts_seen,
+        "relay keeps asking"
+    );
+    // Space returns: the retransmitted co-signature is stored and acked, traffic resumes.
+    std::fs::remove_file(&filler).unwrap();
+    client
+        .wait(Duration::from_secs(15), "acks after space returned", |r| {
+            r.acked.len() > during.acked.len() + 1
+        })
+        .unwrap();
+    let resumed_from = p.sink.datagrams.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        p.sink.datagrams.load(Ordering::Relaxed) > resumed_from + 100,
+        "traffic did not resume"
+    );
+    client.close();
+    let r = client
+        .wait(Duration::from_secs(15), "final receipt", |r| r.closed)
+        .unwrap();
+    let fin = *r.cosigned.last().unwrap();
+    // Packets dropped at the full window were never billed: billing = what got through.
+    assert_eq!(
+        fin.body().bytes_up,
+        p.sink.datagrams.load(Ordering::Relaxed) * PKT
+    );
+    assert!(
+        p.topo.lab.is_running(p.agent),
+        "agent died on the full disk"
+    );
+    let (credited, _) = ledger_credit(&p, total(&fin));
+    assert_eq!(credited, total(&fin));
+    eprintln!(
+        "disk full: recovered; final seq {} total {} B credited",
+        fin.body().seq,
+        total(&fin)
     );
 }
