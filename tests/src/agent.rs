@@ -37,6 +37,7 @@ fn build_agent() -> Result<PathBuf> {
         .args([
             "build",
             "--quiet",
+            "--locked",
             "-p",
             "ferry-agent",
             "--bin",
