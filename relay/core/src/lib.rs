@@ -2,7 +2,8 @@
 //! `noise::Tunn`, with cryptokey routing, egress policy and rate limits.
 //!
 //! Owns: the peer table (keyed by receiver index and public key), handshake admission
-//! (MAC/cookie check on a shared boringtun `RateLimiter`, per-source bucket under load),
+//! (MAC1 check; under load a per-source bucket and a relay-wide DH budget, beyond which
+//! boringtun cookie replies are demanded),
 //! allowed-IPs checks, endpoint roaming, the egress policy, per-client token buckets, per-peer
 //! u64 byte counters of accepted traffic, and drop statistics.
 //!
@@ -11,6 +12,7 @@
 //! or log destinations above TRACE. The tokio shell lives in `ferry-relay-io`.
 #![warn(missing_docs)]
 
+mod admission;
 mod hook;
 mod packet;
 mod policy;
@@ -19,6 +21,7 @@ mod relay;
 mod routing;
 mod stats;
 
+pub use admission::DEFAULT_HANDSHAKE_BUDGET;
 pub use boringtun::x25519::{PublicKey, StaticSecret};
 pub use hook::{HookDirection, PacketHook};
 pub use ipnet::IpNet;
@@ -34,3 +37,5 @@ pub use stats::{DropReason, PeerCounters, Stats, TunnelStats};
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_flood;

@@ -2,19 +2,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use boringtun::noise::handshake::parse_handshake_anon;
-use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 
+use crate::admission::{Admission, HandshakeAdmission};
 use crate::hook::{HookDirection, PacketHook};
 use crate::packet::{self, IpHeader};
 use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
-use crate::ratelimit::{SourceLimiter, TokenBucket};
+use crate::ratelimit::TokenBucket;
 use crate::routing::AllowedIps;
 use crate::stats::{DropReason, PeerCounters, Stats, TunnelStats};
 
@@ -35,15 +34,8 @@ pub const fn buffer_len(mtu: usize) -> usize {
     }
 }
 
-const COOKIE_REPLY_LEN: usize = 64;
 const MSG_COOKIE_REPLY: u8 = 3;
 const MSG_DATA: u8 = 4;
-/// Handshake messages per second (all sources) above which the relay is "under load".
-const DEFAULT_HANDSHAKE_LOAD_LIMIT: u64 = 100;
-/// Per-source handshake bucket while under load (kernel WireGuard's numbers).
-const SOURCE_RATE: u64 = 20;
-const SOURCE_BURST: u64 = 5;
-const SOURCE_TABLE_MAX: usize = 16_384;
 /// Boringtun's `Tunn` index is 24 bits (it shifts it left by 8 for the session counter).
 const INDEX_MASK: u32 = 0x00ff_ffff;
 
@@ -170,17 +162,13 @@ struct Peer {
 pub struct Relay {
     secret: StaticSecret,
     public: PublicKey,
-    rate_limiter: Arc<RateLimiter>,
+    admission: HandshakeAdmission,
     peers: Vec<Option<Peer>>,
     free: Vec<u32>,
     by_key: HashMap<[u8; 32], PeerId>,
     routes: AllowedIps<PeerId>,
     policy: EgressPolicy,
     stats: Stats,
-    sources: SourceLimiter,
-    load_window: Option<Instant>,
-    load_count: u64,
-    load_limit: u64,
     index_salt: u32,
     max_peers: usize,
     client_rate: u64,
@@ -193,24 +181,17 @@ impl Relay {
     /// Creates an empty relay.
     pub fn new(cfg: RelayConfig) -> Self {
         let public = PublicKey::from(&cfg.private_key);
-        // `Tunn::decapsulate` verifies handshakes a second time on the shared limiter, so each
-        // handshake counts twice: double the limit to keep DEFAULT_HANDSHAKE_LOAD_LIMIT per second.
-        let rate_limiter = Arc::new(RateLimiter::new(&public, 2 * DEFAULT_HANDSHAKE_LOAD_LIMIT));
         let policy = EgressPolicy::new(cfg.policy, &cfg.tunnel_addresses);
         Self {
             secret: cfg.private_key,
             public,
-            rate_limiter,
+            admission: HandshakeAdmission::new(&public),
             peers: Vec::new(),
             free: Vec::new(),
             by_key: HashMap::new(),
             routes: AllowedIps::default(),
             policy,
             stats: Stats::default(),
-            sources: SourceLimiter::new(SOURCE_RATE, SOURCE_BURST, SOURCE_TABLE_MAX),
-            load_window: None,
-            load_count: 0,
-            load_limit: DEFAULT_HANDSHAKE_LOAD_LIMIT,
             index_salt: cfg.index_salt & INDEX_MASK,
             max_peers: cfg.max_peers.min(INDEX_MASK as usize),
             client_rate: cfg.client_rate_bytes,
@@ -218,6 +199,13 @@ impl Relay {
             timer_cursor: usize::MAX,
             hook: None,
         }
+    }
+
+    /// Sets how many handshakes per second (relay-wide) are processed without a cookie round
+    /// trip while the relay is under load ([`DEFAULT_HANDSHAKE_BUDGET`](crate::DEFAULT_HANDSHAKE_BUDGET)
+    /// by default); 0 = plain WireGuard (a cookie for every new handshake under load).
+    pub fn set_handshake_budget(&mut self, per_sec: u64) {
+        self.admission.set_budget(per_sec);
     }
 
     /// Installs the metering hook (see [`PacketHook`] for where it is called).
@@ -279,7 +267,7 @@ impl Relay {
             cfg.preshared_key,
             cfg.persistent_keepalive,
             slot ^ self.index_salt,
-            Some(self.rate_limiter.clone()),
+            Some(self.admission.tunn_limiter()),
         );
         let allowed_ips: Vec<IpNet> = cfg.allowed_ips.iter().map(IpNet::trunc).collect();
         for net in &allowed_ips {
@@ -480,8 +468,7 @@ impl Relay {
 
     /// Advances timers; call every [`TIMER_INTERVAL`], then drain [`poll_transmit`](Self::poll_transmit).
     pub fn handle_timeout(&mut self, now: Instant) {
-        self.rate_limiter.reset_count();
-        self.sources.sweep(now);
+        self.admission.sweep(now);
         self.timer_cursor = 0;
     }
 
@@ -536,9 +523,9 @@ impl Relay {
         }
     }
 
-    /// MAC/cookie check, load accounting and per-source limit for handshake messages.
-    /// `Ok(peer)` to continue, `Err(Some(len))` cookie reply of `len` bytes in `buf`,
-    /// `Err(None)` dropped (already counted).
+    /// Handshake admission (see [`crate::admission`]): `Ok(peer)` to continue (`None`: no
+    /// such peer), `Err(Some(len))` cookie reply of `len` bytes in `buf`, `Err(None)` dropped
+    /// (already counted).
     fn admit_handshake(
         &mut self,
         src: SocketAddr,
@@ -546,31 +533,14 @@ impl Relay {
         now: Instant,
         buf: &mut [u8],
     ) -> Result<Option<PeerId>, Option<usize>> {
-        let under_load = self.note_handshake(now);
-        let mut cookie = [0u8; COOKIE_REPLY_LEN];
-        let packet = match self
-            .rate_limiter
-            .verify_packet(Some(src.ip()), datagram, &mut cookie)
-        {
-            Ok(p) => p,
-            Err(TunnResult::WriteToNetwork(c)) => {
-                let len = c.len();
-                buf[..len].copy_from_slice(&cookie[..len]);
-                return Err(Some(len));
-            }
-            Err(TunnResult::Err(e)) => {
-                self.stats.count_drop(DropReason::from_wg(&e));
-                return Err(None);
-            }
-            Err(_) => {
-                self.stats.count_drop(DropReason::Protocol);
+        let packet = match self.admission.admit(src.ip(), datagram, now, buf) {
+            Admission::Process(p) => p,
+            Admission::Cookie(len) => return Err(Some(len)),
+            Admission::Drop(reason) => {
+                self.stats.count_drop(reason);
                 return Err(None);
             }
         };
-        if under_load && !self.sources.allow(src.ip(), now) {
-            self.stats.count_drop(DropReason::HandshakeRateLimit);
-            return Err(None);
-        }
         Ok(match packet {
             Packet::HandshakeInit(init) => parse_handshake_anon(&self.secret, &self.public, &init)
                 .ok()
@@ -578,19 +548,6 @@ impl Relay {
             Packet::HandshakeResponse(resp) => self.peer_for_index(resp.receiver_idx),
             _ => None,
         })
-    }
-
-    /// Counts one handshake message in the current one-second window; true if under load.
-    fn note_handshake(&mut self, now: Instant) -> bool {
-        match self.load_window {
-            Some(start) if now.saturating_duration_since(start) < Duration::from_secs(1) => {}
-            _ => {
-                self.load_window = Some(now);
-                self.load_count = 0;
-            }
-        }
-        self.load_count += 1;
-        self.load_count > self.load_limit
     }
 
     /// Cryptokey routing + egress policy + rate limit for a decrypted client packet.
