@@ -7,7 +7,7 @@
 //! Replies are smaller than the 399-byte Hello (no amplification). A repeated Hello (lost
 //! Accept) gets the same answer; a new offer from the same key replaces the old session.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,9 +23,40 @@ use crate::metering::{PaidPeer, Shared, encode_addrs, end_session, lock};
 
 /// Largest number of candidate addresses scanned per family when allocating.
 const SCAN_LIMIT: usize = 70_000;
+/// Hellos per second per source address (each costs two Ed25519 verifications); a client
+/// repeats its Hello every ~2 s, so this only bites floods.
+const HELLO_PER_SEC: u32 = 5;
+/// Sources tracked at once; beyond this the table starts over.
+const HELLO_SOURCES: usize = 4096;
+
+/// Per-source Hello budget: `HELLO_PER_SEC` per one-second window.
+#[derive(Debug, Default)]
+pub(crate) struct HelloLimiter {
+    windows: HashMap<IpAddr, (Instant, u32)>,
+}
+
+impl HelloLimiter {
+    /// True if a Hello from `src` may be processed now.
+    pub(crate) fn allow(&mut self, src: IpAddr, now: Instant) -> bool {
+        if self.windows.len() >= HELLO_SOURCES && !self.windows.contains_key(&src) {
+            self.windows
+                .retain(|_, (t, _)| now.saturating_duration_since(*t).as_secs() < 1);
+            if self.windows.len() >= HELLO_SOURCES {
+                self.windows.clear();
+            }
+        }
+        let w = self.windows.entry(src).or_insert((now, 0));
+        if now.saturating_duration_since(w.0).as_secs() >= 1 {
+            *w = (now, 0);
+        }
+        w.1 += 1;
+        w.1 <= HELLO_PER_SEC
+    }
+}
 
 pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay) {
     let mut buf = vec![0u8; 2048];
+    let mut limiter = HelloLimiter::default();
     loop {
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -35,6 +66,10 @@ pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay
                 continue;
             }
         };
+        if !limiter.allow(from.ip(), Instant::now()) {
+            tracing::trace!("Hello rate limit");
+            continue;
+        }
         let Ok(Message::Hello(offer)) = decode(&buf[..n]) else {
             tracing::trace!("non-Hello datagram on the Hello port dropped");
             continue;
@@ -219,6 +254,26 @@ mod tests {
     use ferry_relay_core::{PolicyConfig, RelayConfig, StaticSecret};
 
     use super::*;
+
+    #[test]
+    fn hello_limiter_allows_a_few_per_second_per_source() {
+        let mut l = HelloLimiter::default();
+        let t0 = Instant::now();
+        let (a, b): (IpAddr, IpAddr) = (
+            "198.51.100.2".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        let allowed = (0..20).filter(|_| l.allow(a, t0)).count();
+        assert_eq!(allowed, HELLO_PER_SEC as usize);
+        assert!(l.allow(b, t0), "other sources are unaffected");
+        assert!(!l.allow(a, t0 + std::time::Duration::from_millis(900)));
+        assert!(l.allow(a, t0 + std::time::Duration::from_secs(1)));
+        for i in 0..(HELLO_SOURCES as u32 + 10) {
+            let ip = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(l.allow(ip, t0));
+        }
+        assert!(l.windows.len() <= HELLO_SOURCES);
+    }
 
     #[test]
     fn allocation_skips_own_and_taken_addresses() {
