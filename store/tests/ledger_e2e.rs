@@ -28,6 +28,7 @@ async fn co_signed_receipts_reach_the_real_ledger_and_credit_the_relay() {
         voucher_ttl_secs: 86_400,
         max_batch: 2000,
         request_skew_secs: 300,
+        refund_grace_secs: 3600,
     };
     let ledger = Arc::new(Ledger::new(
         SqliteStore::open_in_memory().unwrap(),
