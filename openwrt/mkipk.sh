@@ -87,7 +87,7 @@ ferry_ipk() {
 	install -m 0755 "$PKG/ipk/prerm" "$work/control/prerm"
 	pack ferry "$OWRT" "$work" \
 		"Ferry bandwidth-sharing WireGuard relay agent (static ferry-agent, procd, UCI, fw4 zone)" \
-		"kmod-tun"
+		"kmod-tun, ip-tiny"
 	rm -rf "$work"
 }
 

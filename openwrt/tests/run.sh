@@ -2,7 +2,7 @@
 # Runs every OpenWrt check that needs no cross build (well under a minute): sh -n and shellcheck
 # on all shell scripts, jq on the JSON files, node --check and a behaviour test of the LuCI view,
 # the UCI->TOML rendering, the init script, the uci-defaults firewall script, the .ipk builder
-# and the feed Makefile.
+# and the feed Makefile; no std 64-bit atomics in the agent's crates (32-bit MIPS lacks them).
 # Needs: shellcheck, jq, node, python3 >= 3.11 (tomllib), GNU make/tar/gzip, file; busybox optional
 # (then the renderer is also tested under busybox ash, OpenWrt's shell).
 # Usage: openwrt/tests/run.sh     (exit status 0 when everything passed)
@@ -65,6 +65,7 @@ step "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-i
 step "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
 step ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
 step "feed Makefile vs mkipk.sh (tests/test-feed-makefile.sh)" sh openwrt/tests/test-feed-makefile.sh
+step "no std 64-bit atomics in the agent (tests/test-atomics.sh)" sh openwrt/tests/test-atomics.sh
 
 echo "openwrt: $pass passed, $fail failed"
 [ "$fail" -eq 0 ]

@@ -44,7 +44,7 @@ MK
 cat >"$tmp/feed/lang/rust/rust-package.mk" <<'MK'
 RUST_ARCH_DEPENDS:=@(rust-arches)
 define Build/Compile/Cargo
-cargo-install --path $(PKG_BUILD_DIR)/$(1) --locked
+cargo-install --path $(PKG_BUILD_DIR)/$(1) --locked$(if $(strip $(2)), $(strip $(2)))
 endef
 define RustBinPackage
 endef
@@ -57,8 +57,16 @@ check "Makefile parses; Build/Compile installs the router-agent crate with --loc
 check "conffiles: /etc/config/ferry and /etc/ferry/" \
 	sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' OUT='$tmp/conffiles' conffiles-test") && [ \"\$(grep . '$tmp/conffiles' | tr '\n' ' ')\" = '/etc/config/ferry /etc/ferry/ ' ]"
 check "Package/ferry/install runs" mk install-test
-check "kmod-tun and the rust arch list are dependencies" \
-	grep -Eq '^  DEPENDS:=\$\(RUST_ARCH_DEPENDS\) \+kmod-tun$' "$tmp/feed/net/ferry/Makefile"
+check "kmod-tun, ip-tiny (TUN mode runs ip) and the rust arch list are dependencies" \
+	grep -Eq '^  DEPENDS:=\$\(RUST_ARCH_DEPENDS\) \+kmod-tun \+ip-tiny$' "$tmp/feed/net/ferry/Makefile"
+for a in mips mipsel; do
+	check "ARCH=$a builds the small feature set (--no-default-features)" \
+		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked --no-default-features' '$tmp/compile-$a'"
+done
+for a in aarch64 arm x86_64; do
+	check "ARCH=$a builds the default features" \
+		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked' '$tmp/compile-$a'"
+done
 
 # The tree mkipk.sh packs, from its data.tar.gz, compared with what the Makefile installed.
 SOURCE_DATE_EPOCH=1700000000 FERRY_AGENT_BIN="$tmp/pkginst/bin/ferry-agent" \
