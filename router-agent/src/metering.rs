@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) wake: Notify,
     pub(crate) persister: Persister,
     pub(crate) kick: Option<Arc<Notify>>,
+    /// Receipt counters for `/metrics`.
+    pub(crate) counters: crate::observability::ReceiptCounters,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -139,6 +141,7 @@ impl Metering {
             wake: Notify::new(),
             persister,
             kick: submitter.as_ref().map(Submitter::kicker),
+            counters: Default::default(),
         });
         let resumed = resume_sessions(&shared, relay);
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
@@ -279,6 +282,9 @@ impl PacketHook for Hook {
         let Some(d) = control_datagram(packet, &self.shared.own) else {
             return false;
         };
+        if let Ok(Message::ReceiptRejected { .. }) = ferry_metering::decode(d.payload) {
+            self.shared.counters.rejected();
+        }
         let c = lock(&self.shared.hub).handle_control(peer, d.payload, now);
         if let Some(c) = c {
             let _ = self.cosigned.send((peer, c));
@@ -435,6 +441,12 @@ async fn persist_cosigned(
                 let mut hub = lock(&shared.hub);
                 // The peer slot may have been reused by another session meanwhile.
                 if hub.session(peer).map(|s| s.session_id()) == Some(c.body().session_id) {
+                    let before = hub
+                        .session(peer)
+                        .and_then(|s| s.acknowledged().map(|a| a.body().total_bytes()));
+                    shared
+                        .counters
+                        .cosigned(c.body().total_bytes(), before.unwrap_or(0));
                     hub.persisted(peer, seq)
                 } else {
                     None
@@ -506,6 +518,9 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
             (msgs, events)
         };
         for (peer, m) in msgs {
+            if matches!(m, Message::Receipt(_)) {
+                shared.counters.issued();
+            }
             send_control(&shared, &relay, &udp, peer, &m).await;
         }
         for (peer, e) in events {

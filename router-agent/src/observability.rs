@@ -11,6 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -120,6 +121,35 @@ impl ferry_store::LogFile for TimedFile {
     }
 }
 
+/// Receipt-exchange counters bumped by the metering tasks (never per data packet).
+#[derive(Debug, Default)]
+pub(crate) struct ReceiptCounters {
+    issued: AtomicU64,
+    cosigned: AtomicU64,
+    rejected: AtomicU64,
+    earned: AtomicU64,
+}
+
+impl ReceiptCounters {
+    /// A signed receipt was sent to a client.
+    pub(crate) fn issued(&self) {
+        self.issued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A co-signed receipt covering `total` bytes was stored; the session's previous stored
+    /// one covered `before` (cumulative counters: only the difference is newly earned).
+    pub(crate) fn cosigned(&self, total: u64, before: u64) {
+        self.cosigned.fetch_add(1, Ordering::Relaxed);
+        self.earned
+            .fetch_add(total.saturating_sub(before), Ordering::Relaxed);
+    }
+
+    /// A client refused a receipt (`ReceiptRejected`).
+    pub(crate) fn rejected(&self) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Paid-session state read at scrape time (receipts pending/submitted, unacknowledged bytes).
 pub(crate) struct MeteringSource {
     pub(crate) shared: Arc<crate::metering::Shared>,
@@ -138,8 +168,11 @@ impl MeteringSource {
             .filter_map(|p| hub.session(*p))
             .map(|session| session.unacknowledged_bytes())
             .fold(0u64, u64::saturating_add);
-        // TODO(H10): receipts issued/cosigned/rejected and earned bytes need counters in the
-        // metering event loop (metering.rs `drive`/`persist_cosigned`); they export 0 until then.
+        let c = &self.shared.counters;
+        s.receipts.issued = c.issued.load(Ordering::Relaxed);
+        s.receipts.cosigned = c.cosigned.load(Ordering::Relaxed);
+        s.receipts.rejected = c.rejected.load(Ordering::Relaxed);
+        s.earned_bytes = c.earned.load(Ordering::Relaxed);
     }
 }
 
