@@ -8,7 +8,7 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use ferry_relay_core::EgressPolicy;
+use ferry_relay_core::{EgressPolicy, IpNet};
 
 use crate::config::{Config, MAX_PEERS_LIMIT};
 
@@ -39,7 +39,25 @@ pub(crate) fn check(data: &[u8]) -> bool {
     assert!((1..=MAX_PEERS_LIMIT).contains(&l.max_peers));
     assert!(v.peers.len() <= l.max_peers);
     let name = &v.raw.egress.tun_name;
-    assert!((1..=15).contains(&name.len()) && !name.contains('/'));
+    // A name Linux accepts (dev_valid_name): 1..=15 bytes, not "." or "..", no '/', ':', space.
+    assert!((1..=15).contains(&name.len()), "tun-name {name:?}");
+    assert!(name != "." && name != "..", "tun-name {name:?}");
+    assert!(
+        !name.contains(['/', ':']) && !name.chars().any(char::is_whitespace),
+        "tun-name {name:?}"
+    );
+    // Operator networks in IPv4-mapped or NAT64 notation are stored as IPv4 networks.
+    for n in v.allow.iter().chain(&v.deny) {
+        if let IpNet::V6(n6) = n {
+            let o = n6.network().octets();
+            let mapped = o[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
+            let nat64 = o[..12] == [0, 0x64, 0xff, 0x9b, 0, 0, 0, 0, 0, 0, 0, 0];
+            assert!(
+                n6.prefix_len() < 96 || !(mapped || nat64),
+                "{n} kept as IPv6"
+            );
+        }
+    }
     let (mut names, mut keys, mut nets) = (HashSet::new(), HashSet::new(), HashSet::new());
     for p in &v.peers {
         assert!(names.insert(p.name.clone()), "duplicate name accepted");

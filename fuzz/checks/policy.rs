@@ -5,7 +5,8 @@
 //! fuzzed destinations. The decisions must follow the documented order (tunnel address,
 //! deny, allow, default block) and an independent list of the ranges the household must be
 //! protected from (written here from the team brief, not copied from the policy), and an
-//! IPv4 destination must get the same verdict in its IPv4-mapped IPv6 form.
+//! IPv4 destination must get the same verdict in its IPv4-mapped IPv6 form. Operator networks
+//! written in IPv4-mapped or NAT64 notation (prefix >= 96) apply to the IPv4 network they carry.
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -50,6 +51,20 @@ pub(crate) fn canonical(a: IpAddr) -> IpAddr {
         return IpAddr::V4(Ipv4Addr::new(o[12], o[13], o[14], o[15]));
     }
     a
+}
+
+/// An operator network: one written in IPv4-mapped or NAT64 notation with a prefix of at
+/// least 96 bits denotes the IPv4 network it carries (known gap G4, now normalised).
+fn operator_net(n: &IpNet) -> IpNet {
+    if let IpNet::V6(v6) = n {
+        let len = v6.prefix_len();
+        if let (true, IpAddr::V4(v4)) = (len >= 96, canonical(IpAddr::V6(v6.network()))) {
+            if let Ok(net) = ipnet::Ipv4Net::new(v4, len - 96) {
+                return IpNet::V4(net.trunc());
+            }
+        }
+    }
+    *n
 }
 
 /// `64:ff9b::a.b.c.d`.
@@ -112,8 +127,8 @@ pub(crate) fn check(data: &[u8]) -> usize {
             let n64 = nat64(v4);
             assert_eq!(verdict, policy.check_addr(n64), "{dst} vs {n64}");
         }
-        let denied = cfg.deny.iter().any(|n| n.contains(&c));
-        let allowed = cfg.allow.iter().any(|n| n.contains(&c));
+        let denied = cfg.deny.iter().any(|n| operator_net(n).contains(&c));
+        let allowed = cfg.allow.iter().any(|n| operator_net(n).contains(&c));
         let is_router = cfg.router_addresses.iter().any(|a| canonical(*a) == c);
         let is_protected = protected.iter().any(|n| n.contains(&c));
         if TUNNEL.contains(&c) {

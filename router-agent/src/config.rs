@@ -228,20 +228,17 @@ impl Config {
         };
 
         let e = &self.egress;
-        if e.tun_name.is_empty()
-            || e.tun_name.len() > 15
-            || !e
-                .tun_name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        {
-            bail!(
-                "egress.tun-name: {:?} must be 1..=15 characters of [A-Za-z0-9-_.]",
-                e.tun_name
-            );
-        }
-        let allow = cidrs("egress.allow", &e.allow)?;
-        let deny = cidrs("egress.deny", &e.deny)?;
+        check_ifname(&e.tun_name).context("egress.tun-name")?;
+        // Mapped/NAT64 notation (::ffff:a.b.c.d/n, 64:ff9b::a.b.c.d/n, n >= 96) means the IPv4
+        // network: destinations are compared in IPv4 form, so such entries would never match.
+        let allow = cidrs("egress.allow", &e.allow)?
+            .into_iter()
+            .map(ferry_relay_core::canonical_net)
+            .collect();
+        let deny = cidrs("egress.deny", &e.deny)?
+            .into_iter()
+            .map(ferry_relay_core::canonical_net)
+            .collect();
         let mut tunnel_services = e
             .tunnel_services
             .iter()
@@ -358,6 +355,24 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {
         .enumerate()
         .map(|(i, s)| parse_cidr(s).with_context(|| format!("{field}[{i}]")))
         .collect()
+}
+
+/// A name Linux accepts for a network interface (`dev_valid_name`: 1..=15 bytes, not `.` or
+/// `..`, no `/`, `:` or whitespace), further limited to `[A-Za-z0-9-_.]` for nft and shells.
+pub(crate) fn check_ifname(name: &str) -> Result<()> {
+    if name.is_empty() || name.len() > 15 {
+        bail!("{name:?} must be 1..=15 characters long (Linux interface name)");
+    }
+    if name == "." || name == ".." {
+        bail!("{name:?} is not a valid Linux interface name");
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+    {
+        bail!("{name:?} contains {c:?}; use only [A-Za-z0-9-_.] (no '/', ':' or whitespace)");
+    }
+    Ok(())
 }
 
 /// Parses "10.77.0.1/24" or a bare address (as /32 or /128).

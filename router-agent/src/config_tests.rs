@@ -117,6 +117,59 @@ fn bad_values_give_clear_errors() {
 }
 
 #[test]
+fn tun_name_must_be_a_linux_interface_name() {
+    for bad in [
+        "",
+        ".",
+        "..",
+        "a/b",
+        "fe:0",
+        "fe 0",
+        "tab\t",
+        "sixteen-chars-xx",
+        "ü",
+    ] {
+        let text = minimal() + &format!("[egress]\ntun-name = {bad:?}\n");
+        let e = err(&text);
+        assert!(e.contains("egress.tun-name"), "{bad:?}: {e}");
+    }
+    for good in ["ferry0", "f", "fe.0", "...", "fifteen-chars-x", "wg_-.9"] {
+        let text = minimal() + &format!("[egress]\ntun-name = {good:?}\n");
+        let v = Config::parse(&text, Path::new("/")).unwrap();
+        assert_eq!(v.raw.egress.tun_name, good);
+    }
+}
+
+#[test]
+fn mapped_and_nat64_allow_deny_entries_become_ipv4_networks() {
+    let text = minimal()
+        + "[egress]\ndeny = [\"::ffff:8.8.8.0/120\", \"2001:db8::/32\"]\n"
+        + "allow = [\"64:ff9b::192.168.1.0/120\", \"::ffff:10.1.2.3\"]\n";
+    let v = Config::parse(&text, Path::new("/")).unwrap();
+    let show = |l: &[IpNet]| l.iter().map(ToString::to_string).collect::<Vec<_>>();
+    assert_eq!(show(&v.deny), ["8.8.8.0/24", "2001:db8::/32"]);
+    assert_eq!(show(&v.allow), ["192.168.1.0/24", "10.1.2.3/32"]);
+    let policy = ferry_relay_core::EgressPolicy::new(v.policy(Vec::new()), &[]);
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    assert_eq!(
+        policy.check_addr(ip("8.8.8.8")),
+        ferry_relay_core::Verdict::Blocked
+    );
+    assert_eq!(
+        policy.check_addr(ip("192.168.1.9")),
+        ferry_relay_core::Verdict::Allow
+    );
+    assert_eq!(
+        policy.check_addr(ip("10.1.2.3")),
+        ferry_relay_core::Verdict::Allow
+    );
+    assert_eq!(
+        policy.check_addr(ip("10.1.2.4")),
+        ferry_relay_core::Verdict::Blocked
+    );
+}
+
+#[test]
 fn ipv4_only_allows_smaller_mtu() {
     let text = "[wireguard]\nprivate-key-file = \"/k\"\naddress = [\"10.77.0.1/24\"]\nmtu = 1000\n";
     assert_eq!(Config::parse(text, Path::new("/")).unwrap().mtu, 1000);

@@ -27,6 +27,7 @@ pub use hook::{HookDirection, PacketHook};
 pub use ipnet::IpNet;
 pub use policy::{
     DEFAULT_BLOCKED_V4, DEFAULT_BLOCKED_V6, EgressPolicy, PolicyConfig, Proto, Service, Verdict,
+    canonical_net,
 };
 pub use ratelimit::TokenBucket;
 pub use relay::{

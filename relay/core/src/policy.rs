@@ -105,6 +105,10 @@ impl EgressPolicy {
             .chain(DEFAULT_BLOCKED_V6)
             .filter_map(|s| s.parse::<IpNet>().ok())
             .collect();
+        let mut cfg = cfg;
+        for n in cfg.allow.iter_mut().chain(cfg.deny.iter_mut()) {
+            *n = canonical_net(*n);
+        }
         Self {
             cfg,
             tunnel_addresses: tunnel_addresses.to_vec(),
@@ -169,6 +173,27 @@ impl EgressPolicy {
             Verdict::TunnelAddress
         }
     }
+}
+
+/// Rewrites an operator network written in IPv4-mapped (`::ffff:a.b.c.d/n`) or NAT64
+/// well-known-prefix (`64:ff9b::a.b.c.d/n`) notation, `n >= 96`, as the IPv4 network it
+/// denotes (`a.b.c.d/(n-96)`), because destinations are compared in canonical (IPv4) form and
+/// such a network would otherwise never match. Other networks are returned truncated to their
+/// prefix; broader IPv6 networks (e.g. `::/0`) apply to native IPv6 destinations only (the
+/// IPv4 carried by a mapped or NAT64 destination is judged by the IPv4 rules).
+pub fn canonical_net(net: IpNet) -> IpNet {
+    let net = net.trunc();
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    let prefix = v6.prefix_len();
+    if prefix < 96 {
+        return net;
+    }
+    let IpAddr::V4(v4) = canonical(IpAddr::V6(v6.network())) else {
+        return net;
+    };
+    ipnet::Ipv4Net::new(v4, prefix - 96).map_or(net, IpNet::V4)
 }
 
 /// Maps IPv4-mapped (`::ffff:0:0/96`) and NAT64 well-known-prefix (`64:ff9b::/96`) IPv6
@@ -344,5 +369,45 @@ mod tests {
             check(&open, testpkt::tcp(c4, ip("10.77.0.3"), 22)),
             Verdict::Allow
         );
+    }
+
+    #[test]
+    fn mapped_and_nat64_operator_networks_are_rewritten_as_ipv4() {
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        for (written, v4) in [
+            ("::ffff:8.8.8.0/120", "8.8.8.0/24"),
+            ("::ffff:8.8.8.8/128", "8.8.8.8/32"),
+            ("::ffff:0:0/96", "0.0.0.0/0"),
+            ("64:ff9b::c0a8:100/120", "192.168.1.0/24"),
+            ("64:ff9b::192.168.1.77/128", "192.168.1.77/32"),
+            ("::ffff:10.1.2.3/104", "10.0.0.0/8"),
+        ] {
+            assert_eq!(canonical_net(net(written)), net(v4), "{written}");
+        }
+        // Native IPv6, IPv4, broader prefixes and local-use NAT64 are kept (truncated).
+        for (written, kept) in [
+            ("2001:db8::1/32", "2001:db8::/32"),
+            ("::/0", "::/0"),
+            ("64:ff9b::/64", "64:ff9b::/64"),
+            ("64:ff9b:1::a00:1/128", "64:ff9b:1::a00:1/128"),
+            ("10.1.2.3/8", "10.0.0.0/8"),
+        ] {
+            assert_eq!(canonical_net(net(written)), net(kept), "{written}");
+        }
+        // In a policy: a mapped deny blocks the IPv4 destination in every notation, a NAT64
+        // allow opens the private IPv4 range in every notation.
+        let p = policy(PolicyConfig {
+            deny: vec![net("::ffff:8.8.8.0/120")],
+            allow: vec![net("64:ff9b::c0a8:100/120")],
+            ..PolicyConfig::default()
+        });
+        for a in ["8.8.8.8", "::ffff:8.8.8.8", "64:ff9b::808:808"] {
+            assert_eq!(p.check_addr(ip(a)), Verdict::Blocked, "{a}");
+        }
+        for a in ["192.168.1.5", "::ffff:192.168.1.5", "64:ff9b::c0a8:105"] {
+            assert_eq!(p.check_addr(ip(a)), Verdict::Allow, "{a}");
+        }
+        assert_eq!(p.check_addr(ip("192.168.2.5")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("8.8.4.4")), Verdict::Allow);
     }
 }
