@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +23,8 @@ use ferry_telemetry::{
     DnsStats, DropReason, FsyncRecorder, Metrics, MetricsConfig, MetricsServer, PeerTraffic,
     ServerConfig, Snapshot, StatusSource,
 };
+// portable-atomic: 32-bit MIPS routers have no std AtomicU64 (openwrt/tests/test-atomics.sh).
+use portable_atomic::{AtomicU64, Ordering};
 use serde_json::json;
 
 use crate::config::Validated;
