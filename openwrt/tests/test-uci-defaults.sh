@@ -2,7 +2,8 @@
 # Tests /etc/uci-defaults/99-ferry (openwrt/package/ferry/files/ferry.uci-defaults) against a
 # stand-in `uci` (tests/lib/bin/uci) holding a default OpenWrt firewall: the fw4 zone "ferry" on
 # the agent's TUN device, forwarding to wan only, the WireGuard port opened on wan, idempotence,
-# and the agent's own masquerade switched on only when no wan zone masquerades.
+# and the agent's own masquerade switched on only when no wan zone masquerades (IPv4) or the
+# tunnel has IPv6 addresses and the wan zone has no masq6.
 set -eu
 HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
@@ -27,7 +28,8 @@ check() {
 }
 has() { grep -qxF "$1" "$FAKE_UCI_STATE"; }
 
-# state WAN_MASQ: a default OpenWrt firewall (lan, wan zones, lan->wan) and a ferry config.
+# state WAN_MASQ [WAN_MASQ6 [ADDRESS...]]: a default OpenWrt firewall (lan, wan zones,
+# lan->wan) and a ferry config (tunnel addresses: IPv4 only unless given).
 state() {
 	cat >"$FAKE_UCI_STATE" <<STATE
 firewall.cfg01e63d=defaults
@@ -47,6 +49,13 @@ ferry.main.tun_name=fy7
 ferry.main.listen_port=4500
 ferry.main.masquerade=0
 STATE
+	[ -z "${2:-}" ] || echo "firewall.cfg03dc81.masq6=$2" >>"$FAKE_UCI_STATE"
+	if [ $# -gt 2 ]; then
+		shift 2
+		for a in "$@"; do echo "ferry.main.address=$a" >>"$FAKE_UCI_STATE"; done
+	else
+		echo "ferry.main.address=10.77.0.1/24" >>"$FAKE_UCI_STATE"
+	fi
 	rm -f "$FAKE_UCI_STATE.log"
 }
 
@@ -81,6 +90,15 @@ check "second run writes nothing" test ! -e "$FAKE_UCI_STATE.log"
 state 0
 sh "$SCRIPT"
 check "wan without masq: agent masquerade switched on" has ferry.main.masquerade=1
+
+state 1 0 10.77.0.1/24 fd77::1/64
+sh "$SCRIPT"
+check "IPv6 tunnel, wan without masq6: agent masquerade switched on (NAT66 of the ULA)" has ferry.main.masquerade=1
+check "IPv6 tunnel: masq6 not forced onto the household's wan zone" sh -c "! grep -q 'masq6=1' '$FAKE_UCI_STATE'"
+
+state 1 1 10.77.0.1/24 fd77::1/64
+sh "$SCRIPT"
+check "IPv6 tunnel, wan with masq and masq6: agent masquerade stays off" has ferry.main.masquerade=0
 
 state 1
 sed -i '/^ferry\./d' "$FAKE_UCI_STATE"
