@@ -1,6 +1,6 @@
 //! Check for the `agent_config` fuzz target, shared with
-//! `router-agent/tests/fuzz_replay_config.rs`. Both include `router-agent/src/config.rs` as
-//! `crate::config` with `#[path]` (ferry-agent has no library target).
+//! `router-agent/tests/fuzz_replay_config.rs`. Both use ferry-agent's library target
+//! (`ferry_agent::config`).
 //!
 //! Arbitrary text goes through `Config::parse` (TOML + validation). It must not panic, and
 //! an accepted config must satisfy everything the agent relies on later.
@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ferry_relay_core::{EgressPolicy, IpNet};
 
-use crate::config::{Config, MAX_PEERS_LIMIT};
+use ferry_agent::config::{Config, MAX_PEERS_LIMIT};
 
 /// Returns whether the text was accepted.
 pub(crate) fn check(data: &[u8]) -> bool {

@@ -12,74 +12,74 @@ use serde::Deserialize;
 /// Whole agent configuration (`/etc/ferry/agent.toml`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Config {
-    pub(crate) wireguard: Wireguard,
+pub struct Config {
+    pub wireguard: Wireguard,
     #[serde(default)]
-    pub(crate) egress: Egress,
+    pub egress: Egress,
     #[serde(default)]
-    pub(crate) limits: Limits,
+    pub limits: Limits,
     #[serde(default, rename = "peer")]
-    pub(crate) peers: Vec<Peer>,
+    pub peers: Vec<Peer>,
     /// `[identity]`: relay receipts key (paid sessions, see `config_paid.rs`).
     #[serde(default)]
-    pub(crate) identity: Option<crate::config_paid::Identity>,
+    pub identity: Option<crate::config_paid::Identity>,
     /// `[network]`: network id, ledger key and URL (paid sessions).
     #[serde(default)]
-    pub(crate) network: Option<crate::config_paid::Network>,
+    pub network: Option<crate::config_paid::Network>,
     /// `[metering]`: receipt cadence, credit window, receipt store.
     #[serde(default)]
-    pub(crate) metering: crate::config_paid::Metering,
+    pub metering: crate::config_paid::Metering,
     /// `[paid]`: admit paying clients.
     #[serde(default)]
-    pub(crate) paid: Option<crate::config_paid::Paid>,
+    pub paid: Option<crate::config_paid::Paid>,
     /// `[log]`: default filter and format (FERRY_LOG / RUST_LOG override the filter).
     #[serde(default)]
-    pub(crate) log: ferry_telemetry::LogConfig,
+    pub log: ferry_telemetry::LogConfig,
     /// `[metrics]`: /metrics, /healthz, /status (see `observability.rs`).
     #[serde(default)]
-    pub(crate) metrics: ferry_telemetry::MetricsConfig,
+    pub metrics: ferry_telemetry::MetricsConfig,
     /// `[dns]`: the forwarder on the tunnel addresses; absent = off (see `dns.rs`).
     #[serde(default)]
-    pub(crate) dns: Option<ferry_dns::DnsConfig>,
+    pub dns: Option<ferry_dns::DnsConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Wireguard {
-    pub(crate) private_key_file: PathBuf,
+pub struct Wireguard {
+    pub private_key_file: PathBuf,
     #[serde(default = "default_listen")]
-    pub(crate) listen: String,
+    pub listen: String,
     #[serde(default = "default_mtu")]
-    pub(crate) mtu: u32,
-    pub(crate) address: Vec<String>,
+    pub mtu: u32,
+    pub address: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum EgressMode {
+pub enum EgressMode {
     Tun,
     Userspace,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Egress {
+pub struct Egress {
     #[serde(default = "default_mode")]
-    pub(crate) mode: EgressMode,
+    pub mode: EgressMode,
     #[serde(default = "default_tun_name")]
-    pub(crate) tun_name: String,
+    pub tun_name: String,
     #[serde(default = "yes")]
-    pub(crate) masquerade: bool,
+    pub masquerade: bool,
     #[serde(default)]
-    pub(crate) allow: Vec<String>,
+    pub allow: Vec<String>,
     #[serde(default)]
-    pub(crate) deny: Vec<String>,
+    pub deny: Vec<String>,
     #[serde(default)]
-    pub(crate) tunnel_services: Vec<String>,
+    pub tunnel_services: Vec<String>,
     #[serde(default = "yes")]
-    pub(crate) tunnel_ping: bool,
+    pub tunnel_ping: bool,
     #[serde(default = "yes")]
-    pub(crate) tun_offload: bool,
+    pub tun_offload: bool,
 }
 
 impl Default for Egress {
@@ -99,11 +99,11 @@ impl Default for Egress {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Limits {
+pub struct Limits {
     #[serde(default = "default_max_peers")]
-    pub(crate) max_peers: usize,
+    pub max_peers: usize,
     #[serde(default)]
-    pub(crate) client_rate_mbit: u64,
+    pub client_rate_mbit: u64,
 }
 
 impl Default for Limits {
@@ -117,12 +117,12 @@ impl Default for Limits {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Peer {
-    pub(crate) name: String,
-    pub(crate) public_key: String,
-    pub(crate) allowed_ips: Vec<String>,
+pub struct Peer {
+    pub name: String,
+    pub public_key: String,
+    pub allowed_ips: Vec<String>,
     #[serde(default)]
-    pub(crate) persistent_keepalive: Option<u16>,
+    pub persistent_keepalive: Option<u16>,
 }
 
 fn default_listen() -> String {
@@ -145,36 +145,36 @@ fn default_max_peers() -> usize {
 }
 
 /// Hard upper bound on `max-peers` (router memory; boringtun indices are 24 bits).
-pub(crate) const MAX_PEERS_LIMIT: usize = 65_536;
+pub const MAX_PEERS_LIMIT: usize = 65_536;
 
 /// A validated configuration with every string parsed.
 #[derive(Debug, Clone)]
-pub(crate) struct Validated {
-    pub(crate) raw: Config,
+pub struct Validated {
+    pub raw: Config,
     /// Private key path, resolved against the config file's directory.
-    pub(crate) private_key_file: PathBuf,
-    pub(crate) listen: SocketAddr,
-    pub(crate) mtu: u16,
-    pub(crate) address: Vec<IpNet>,
-    pub(crate) allow: Vec<IpNet>,
-    pub(crate) deny: Vec<IpNet>,
-    pub(crate) tunnel_services: Vec<Service>,
-    pub(crate) peers: Vec<ValidPeer>,
+    pub private_key_file: PathBuf,
+    pub listen: SocketAddr,
+    pub mtu: u16,
+    pub address: Vec<IpNet>,
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub tunnel_services: Vec<Service>,
+    pub peers: Vec<ValidPeer>,
     /// Paid sessions (None = disabled).
-    pub(crate) paid: Option<crate::config_paid::PaidSettings>,
+    pub paid: Option<crate::config_paid::PaidSettings>,
 }
 
 #[derive(Debug, Clone)]
-pub(crate) struct ValidPeer {
-    pub(crate) name: String,
-    pub(crate) public_key: WgPublicKey,
-    pub(crate) allowed_ips: Vec<IpNet>,
-    pub(crate) persistent_keepalive: Option<u16>,
+pub struct ValidPeer {
+    pub name: String,
+    pub public_key: WgPublicKey,
+    pub allowed_ips: Vec<IpNet>,
+    pub persistent_keepalive: Option<u16>,
 }
 
 impl Config {
     /// Reads, parses and validates `path`.
-    pub(crate) fn load(path: &Path) -> Result<Validated> {
+    pub fn load(path: &Path) -> Result<Validated> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
@@ -182,7 +182,7 @@ impl Config {
     }
 
     /// Parses and validates TOML text; relative paths resolve against `base_dir`.
-    pub(crate) fn parse(text: &str, base_dir: &Path) -> Result<Validated> {
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Validated> {
         let raw: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         raw.validate(base_dir)
     }
@@ -334,12 +334,12 @@ impl Config {
 
 impl Validated {
     /// The relay's own tunnel addresses (host parts).
-    pub(crate) fn tunnel_ips(&self) -> Vec<IpAddr> {
+    pub fn tunnel_ips(&self) -> Vec<IpAddr> {
         self.address.iter().map(IpNet::addr).collect()
     }
 
     /// Egress policy settings; `router_addresses` come from the host at startup.
-    pub(crate) fn policy(&self, router_addresses: Vec<IpAddr>) -> PolicyConfig {
+    pub fn policy(&self, router_addresses: Vec<IpAddr>) -> PolicyConfig {
         PolicyConfig {
             allow: self.allow.clone(),
             deny: self.deny.clone(),
@@ -359,7 +359,7 @@ fn cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {
 
 /// A name Linux accepts for a network interface (`dev_valid_name`: 1..=15 bytes, not `.` or
 /// `..`, no `/`, `:` or whitespace), further limited to `[A-Za-z0-9-_.]` for nft and shells.
-pub(crate) fn check_ifname(name: &str) -> Result<()> {
+pub fn check_ifname(name: &str) -> Result<()> {
     if name.is_empty() || name.len() > 15 {
         bail!("{name:?} must be 1..=15 characters long (Linux interface name)");
     }
@@ -376,7 +376,7 @@ pub(crate) fn check_ifname(name: &str) -> Result<()> {
 }
 
 /// Parses "10.77.0.1/24" or a bare address (as /32 or /128).
-pub(crate) fn parse_cidr(s: &str) -> Result<IpNet> {
+pub fn parse_cidr(s: &str) -> Result<IpNet> {
     let s = s.trim();
     if let Ok(n) = s.parse::<IpNet>() {
         return Ok(n);
@@ -389,7 +389,7 @@ pub(crate) fn parse_cidr(s: &str) -> Result<IpNet> {
 
 /// An enabled `[dns]` is validated and opens udp/53 and tcp/53 (only) on the relay's tunnel
 /// addresses, where the forwarder listens.
-pub(crate) fn add_dns_services(
+pub fn add_dns_services(
     dns: Option<&ferry_dns::DnsConfig>,
     services: &mut Vec<Service>,
 ) -> Result<()> {

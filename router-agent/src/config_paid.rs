@@ -14,27 +14,27 @@ const MIB: f64 = 1_048_576.0;
 /// `[identity]`: the relay's Ed25519 receipts key.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Identity {
+pub struct Identity {
     /// base64 Ed25519 seed (ferry-keys format), mode 0600.
-    pub(crate) key_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// `[network]`: which Ferry network and ledger this relay serves.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Network {
+pub struct Network {
     /// Network id, 32 hex characters.
-    pub(crate) id: String,
+    pub id: String,
     /// Ledger Ed25519 public key, 64 hex characters (vouchers are signed with it).
-    pub(crate) ledger_key: String,
+    pub ledger_key: String,
     /// `http://host:port` of the ledger; without it receipts stay in the store.
     #[serde(default)]
-    pub(crate) ledger_url: Option<String>,
+    pub ledger_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
-pub(crate) enum CreditModeCfg {
+pub enum CreditModeCfg {
     Stop,
     Throttle,
 }
@@ -42,29 +42,29 @@ pub(crate) enum CreditModeCfg {
 /// `[metering]`: receipt cadence, credit window and the receipt store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Metering {
+pub struct Metering {
     /// Directory of the receipt store (`receipts.log`); on flash, never /tmp.
     #[serde(default = "default_state_dir")]
-    pub(crate) state_dir: PathBuf,
+    pub state_dir: PathBuf,
     #[serde(default = "default_every_mib")]
-    pub(crate) receipt_every_mib: f64,
+    pub receipt_every_mib: f64,
     #[serde(default = "default_every_secs")]
-    pub(crate) receipt_every_secs: u64,
+    pub receipt_every_secs: u64,
     #[serde(default = "default_window_mib")]
-    pub(crate) credit_window_mib: f64,
+    pub credit_window_mib: f64,
     #[serde(default = "default_credit_mode")]
-    pub(crate) mode: CreditModeCfg,
+    pub mode: CreditModeCfg,
     #[serde(default = "default_free_rate")]
-    pub(crate) free_rate_kbit: u64,
+    pub free_rate_kbit: u64,
     #[serde(default = "default_cosign_timeout")]
-    pub(crate) cosign_timeout_secs: u64,
+    pub cosign_timeout_secs: u64,
     #[serde(default = "default_close_grace")]
-    pub(crate) close_grace_secs: u64,
+    pub close_grace_secs: u64,
     /// Test builds only (`--features test-hooks`): claim this many percent more bytes than
     /// were forwarded, to test that clients refuse over-claiming relays.
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
-    pub(crate) test_overclaim_percent: u64,
+    pub test_overclaim_percent: u64,
 }
 
 impl Default for Metering {
@@ -87,12 +87,12 @@ impl Default for Metering {
 /// `[paid]`: whether paying clients are admitted.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub(crate) struct Paid {
+pub struct Paid {
     #[serde(default)]
-    pub(crate) enabled: bool,
+    pub enabled: bool,
     /// Public UDP address for `Hello` (default: the WireGuard listen IP, port 51821).
     #[serde(default)]
-    pub(crate) hello_listen: Option<String>,
+    pub hello_listen: Option<String>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -122,15 +122,15 @@ fn default_close_grace() -> u64 {
 
 /// Validated paid-session settings (present only when `[paid] enabled = true`).
 #[derive(Debug, Clone)]
-pub(crate) struct PaidSettings {
-    pub(crate) identity_key_file: PathBuf,
-    pub(crate) network_id: NetworkId,
-    pub(crate) ledger_key: PublicKey,
-    pub(crate) ledger_url: Option<String>,
-    pub(crate) store_path: PathBuf,
-    pub(crate) hello_listen: SocketAddr,
-    pub(crate) meter: MeterConfig,
-    pub(crate) overclaim_percent: u64,
+pub struct PaidSettings {
+    pub identity_key_file: PathBuf,
+    pub network_id: NetworkId,
+    pub ledger_key: PublicKey,
+    pub ledger_url: Option<String>,
+    pub store_path: PathBuf,
+    pub hello_listen: SocketAddr,
+    pub meter: MeterConfig,
+    pub overclaim_percent: u64,
 }
 
 fn resolve(base_dir: &Path, p: &Path) -> PathBuf {
@@ -150,7 +150,7 @@ fn mib_to_bytes(field: &str, v: f64) -> Result<u64> {
 }
 
 /// Validates the paid sections. `None` when paid sessions are disabled.
-pub(crate) fn validate(
+pub fn validate(
     identity: Option<&Identity>,
     network: Option<&Network>,
     metering: &Metering,

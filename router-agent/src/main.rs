@@ -8,9 +8,10 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+// The config modules live in the library target (shared with the fuzz target and tests);
+// imported here so `crate::config` / `crate::config_paid` paths keep working.
+use ferry_agent::{config, config_paid};
 
-mod config;
-mod config_paid;
 mod control;
 mod dns;
 mod identity;

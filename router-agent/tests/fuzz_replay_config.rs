@@ -1,17 +1,8 @@
 //! Replays the committed cargo-fuzz corpus `fuzz/corpus/agent_config/` through the check the
-//! `agent_config` fuzz target runs (`fuzz/checks/config.rs`). ferry-agent has no library
-//! target, so `src/config.rs` is compiled in here with `#[path]`, as in the fuzz target.
+//! `agent_config` fuzz target runs (`fuzz/checks/config.rs`, which uses `ferry_agent::config`).
 #![allow(clippy::unwrap_used)]
 
 use std::path::PathBuf;
-
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/config.rs"]
-mod config;
-// `config.rs` refers to `crate::config_paid` ([identity], [network], [metering], [paid]).
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/config_paid.rs"]
-mod config_paid;
 
 #[path = "../../fuzz/checks/config.rs"]
 mod check;
