@@ -104,6 +104,14 @@ pub struct Limits {
     pub max_peers: usize,
     #[serde(default)]
     pub client_rate_mbit: u64,
+    /// Handshakes per second processed without a cookie round trip while under load
+    /// (relay-wide DH budget, see ferry-relay-core's admission); 0 = plain WireGuard cookies.
+    #[serde(default = "default_handshake_budget")]
+    pub handshake_budget: u64,
+}
+
+fn default_handshake_budget() -> u64 {
+    ferry_relay_core::DEFAULT_HANDSHAKE_BUDGET
 }
 
 impl Default for Limits {
@@ -111,6 +119,7 @@ impl Default for Limits {
         Self {
             max_peers: default_max_peers(),
             client_rate_mbit: 0,
+            handshake_budget: default_handshake_budget(),
         }
     }
 }
@@ -260,6 +269,12 @@ impl Config {
             bail!(
                 "limits.client-rate-mbit: {} is above 100000 (use 0 for unlimited)",
                 l.client_rate_mbit
+            );
+        }
+        if l.handshake_budget > 100_000 {
+            bail!(
+                "limits.handshake-budget: {} is above 100000 handshakes/s",
+                l.handshake_budget
             );
         }
         if self.peers.len() > l.max_peers {

@@ -84,6 +84,10 @@ fn bad_values_give_clear_errors() {
             "tunnel-services[0]",
         ),
         (minimal() + "[limits]\nmax-peers = 0\n", "limits.max-peers"),
+        (
+            minimal() + "[limits]\nhandshake-budget = 100001\n",
+            "limits.handshake-budget",
+        ),
         (minimal() + "bogus = 1\n", "unknown field"),
         (minimal() + "[peer]\n", "expected a sequence"),
         (minimal() + "[[peer]]\nname = \"x\"\n", "missing field"),
@@ -166,6 +170,24 @@ fn mapped_and_nat64_allow_deny_entries_become_ipv4_networks() {
     assert_eq!(
         policy.check_addr(ip("10.1.2.4")),
         ferry_relay_core::Verdict::Blocked
+    );
+}
+
+#[test]
+fn handshake_budget_defaults_to_the_relay_default_and_can_be_lowered() {
+    let v = Config::parse(&minimal(), Path::new("/")).unwrap();
+    assert_eq!(
+        v.raw.limits.handshake_budget,
+        ferry_relay_core::DEFAULT_HANDSHAKE_BUDGET
+    );
+    let text = minimal() + "[limits]\nhandshake-budget = 0\n";
+    assert_eq!(
+        Config::parse(&text, Path::new("/"))
+            .unwrap()
+            .raw
+            .limits
+            .handshake_budget,
+        0
     );
 }
 

@@ -64,6 +64,7 @@ fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
         client_rate_bytes: cfg.raw.limits.client_rate_mbit.saturating_mul(125_000),
         index_salt: u32::from_le_bytes(salt),
     });
+    relay.set_handshake_budget(cfg.raw.limits.handshake_budget);
     for p in &cfg.peers {
         relay
             .add_peer(PeerConfig {
