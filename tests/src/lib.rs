@@ -14,6 +14,7 @@
 
 pub mod agent;
 pub mod client;
+pub mod demo;
 pub mod metering;
 pub mod multipeer;
 pub mod netns;
