@@ -226,22 +226,6 @@ fn privacy(egress: Egress) {
             assert!(log.contains("DEBUG"), "DEBUG lines expected in {label}");
         }
         let hits = find_canaries(s.topo.lab.dir());
-        // Known gap (reported): ferry-netstack logs each new flow's remote address at DEBUG
-        // ("new TCP flow ... remote=..."). Team rule 6 permits destinations at DEBUG, this
-        // test's brief does not; enforced for that case only with FERRY_KNOWN_GAPS=1.
-        let netstack_debug = egress == Egress::Userspace && filter == "debug";
-        if netstack_debug && std::env::var_os("FERRY_KNOWN_GAPS").is_none() {
-            eprintln!(
-                "known gap, not enforced: {} canary hits at DEBUG: {hits:?}",
-                hits.len()
-            );
-            let debug_log = s.topo.lab.dir().join(format!("{label}.log"));
-            assert!(
-                hits.iter().all(|(f, _)| Path::new(f) == debug_log),
-                "canary outside the DEBUG log: {hits:?}"
-            );
-            continue;
-        }
         assert!(
             hits.is_empty(),
             "{egress:?} {filter}: canary found: {hits:?}"
