@@ -287,7 +287,8 @@ pub fn run(opts: &DemoOptions, cancel: &AtomicBool) -> Result<DemoReport> {
         .collect();
     let outcome = flow(opts, cancel, &bins, &mut topo, &mut report);
     // Step 9 runs whatever happened: stop everything, delete the namespaces.
-    if outcome.is_err() && std::env::var_os("FERRY_E2E_LOGS").is_none() {
+    let interrupted = cancel.load(Ordering::Relaxed);
+    if outcome.is_err() && !interrupted && std::env::var_os("FERRY_E2E_LOGS").is_none() {
         let mut logs: Vec<PathBuf> = std::fs::read_dir(topo.lab.dir())
             .map(|rd| rd.flatten().map(|e| e.path()).collect())
             .unwrap_or_default();
