@@ -518,7 +518,7 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
             (msgs, events)
         };
         for (peer, m) in msgs {
-            if matches!(m, Message::Receipt(_)) {
+            if matches!(m, Message::Receipt(_) | Message::FinalReceipt(_)) {
                 shared.counters.issued();
             }
             send_control(&shared, &relay, &udp, peer, &m).await;

@@ -695,11 +695,17 @@ fn flow(
         report.client_counted
     ));
     if let Some(e) = report.agent_metrics_earned {
+        let issued = metric_sum(&metrics, "ferry_receipts_issued_total").unwrap_or(0);
+        let cosigned = metric_sum(&metrics, "ferry_receipts_cosigned_total").unwrap_or(0);
         say(&format!(
-            "      agent /metrics: ferry_earned_bytes_total {e}, receipts issued {}, co-signed {}",
-            metric_sum(&metrics, "ferry_receipts_issued_total").unwrap_or(0),
-            metric_sum(&metrics, "ferry_receipts_cosigned_total").unwrap_or(0)
+            "      agent /metrics: ferry_earned_bytes_total {e}, receipts issued {issued}, co-signed {cosigned}"
         ));
+        // Every co-signed receipt was issued first (the final one included); re-sends may
+        // make `issued` larger, never smaller.
+        ensure!(
+            issued >= cosigned,
+            "agent metrics: {issued} receipts issued < {cosigned} co-signed"
+        );
     }
     let log = topo.lab.log(&agent.label);
     report.agent_closed_acknowledged = log
