@@ -7,7 +7,7 @@
 //! what tunnel clients resolve.
 //!
 //! The filter is tracing-subscriber's [`Targets`] (`target=level` directives, longest target
-//! prefix wins), not `EnvFilter`: EnvFilter's regex engine costs ~290 KB in the stripped MIPS
+//! prefix wins), not `EnvFilter`: EnvFilter's regex engine costs 236 KB in the stripped mipsel
 //! router binary. Span and field filters (`target[span{field=x}]=debug`) are therefore not
 //! supported.
 
