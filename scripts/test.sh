@@ -16,8 +16,12 @@ if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
   cargo test -p ferry-telemetry -p ferry-store --locked -- --ignored
   echo "== end-to-end tests (network namespaces, root)"
   cargo test -p ferry-e2e --locked -- --ignored --test-threads=1
+  # OpenWrt: packaging checks, then the mipsel cross build run under qemu with its size check.
+  # FERRY_CI_ARCHES=all builds all five router architectures (~12 more minutes).
+  sh openwrt/ci.sh
 else
   if [ "${CI:-}" = true ]; then echo "e2e tests need root in CI" >&2; exit 1; fi
-  echo "== end-to-end tests SKIPPED (need root and iproute2)"
+  echo "== end-to-end tests and OpenWrt cross build SKIPPED (need root and iproute2)"
+  sh openwrt/tests/run.sh
 fi
 echo "== all tests passed"
