@@ -12,18 +12,18 @@
 //! Needs root: `cargo test -p ferry-e2e --test metering_paid -- --ignored --test-threads=1`.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::agent::{AgentConfig, Egress};
 use ferry_e2e::metering::{
     Behaviour, ClientSpec, Ledger, PaidClient, UdpCounter, agent_test_binary, paid_sections,
-    random_seed, start_agent, write_identity,
+    start_agent,
 };
 use ferry_e2e::netns::ProcId;
+use ferry_e2e::paid_lab::PaidLab;
 use ferry_e2e::topology::{INET4, ROUTER_WAN4, Topology};
 use ferry_e2e::wg::{KeyPair, tunnel};
 use ferry_metering::{ReceiptRejectReason, Tolerance};
@@ -66,23 +66,18 @@ fn setup(metering: &str, echo: bool, behaviour: Behaviour) -> Paid {
 /// With `tmpfs`, the agent's state dir is a 1 MiB tmpfs (to fill it up).
 fn setup_with(metering: &str, echo: bool, behaviour: Behaviour, tmpfs: bool) -> Paid {
     let bin = agent_test_binary().unwrap();
-    let mut topo = Topology::build().unwrap();
-    let dir = topo.lab.dir().to_owned();
-    let (id_file, relay_id) =
-        write_identity(&dir, "relay-identity.key", random_seed().unwrap()).unwrap();
-    let client_id = Arc::new(SigningKey::from_seed(&random_seed().unwrap()));
-    let ledger = Ledger::start(
-        &mut topo.lab,
-        &topo.inet,
-        IpAddr::V4(INET4),
-        &[relay_id.public_key()],
-        &[client_id.public_key()],
-    )
-    .unwrap();
-    let voucher = ledger.voucher(&client_id.public_key(), 1 << 30).unwrap();
-    let sink = UdpCounter::start(&topo.inet, SocketAddr::from((INET4, SINK_PORT)), echo).unwrap();
-    let relay_wg = KeyPair::generate().unwrap();
-    let key_file = relay_wg.write_private(&dir, "relay-wg.key").unwrap();
+    let PaidLab {
+        mut topo,
+        dir,
+        id_file,
+        relay_id,
+        client_id,
+        ledger,
+        voucher,
+        sink,
+        relay_wg,
+        key_file,
+    } = PaidLab::build(SINK_PORT, echo).unwrap();
     let state_dir = dir.join("state");
     let tmpfs = tmpfs.then(|| {
         std::fs::create_dir_all(&state_dir).unwrap();

@@ -6,17 +6,17 @@
 //! shows the client's refusal in `ferry_receipts_rejected_total`.
 #![allow(clippy::unwrap_used)]
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::agent::{AgentConfig, Egress, agent_binary};
 use ferry_e2e::metering::{
     Behaviour, ClientSpec, Ledger, PaidClient, UdpCounter, agent_test_binary, paid_sections,
-    random_seed, start_agent, write_identity,
+    start_agent,
 };
 use ferry_e2e::netns::Ns;
 use ferry_e2e::observability::{http_get, sample};
+use ferry_e2e::paid_lab::PaidLab;
 use ferry_e2e::topology::{INET4, ROUTER_WAN4, Topology};
 use ferry_e2e::wait::wait_until;
 use ferry_e2e::wg::{KeyPair, tunnel};
@@ -38,23 +38,18 @@ fn setup(metering: &str, test_hooks: bool) -> Paid {
     } else {
         agent_binary().unwrap()
     };
-    let mut topo = Topology::build().unwrap();
-    let dir = topo.lab.dir().to_owned();
-    let (id_file, relay_id) =
-        write_identity(&dir, "relay-identity.key", random_seed().unwrap()).unwrap();
-    let client_id = Arc::new(SigningKey::from_seed(&random_seed().unwrap()));
-    let ledger = Ledger::start(
-        &mut topo.lab,
-        &topo.inet,
-        IpAddr::V4(INET4),
-        &[relay_id.public_key()],
-        &[client_id.public_key()],
-    )
-    .unwrap();
-    let voucher = ledger.voucher(&client_id.public_key(), 1 << 30).unwrap();
-    let sink = UdpCounter::start(&topo.inet, SocketAddr::from((INET4, SINK_PORT)), true).unwrap();
-    let relay_wg = KeyPair::generate().unwrap();
-    let key_file = relay_wg.write_private(&dir, "relay-wg.key").unwrap();
+    let PaidLab {
+        mut topo,
+        dir,
+        id_file,
+        relay_id,
+        client_id,
+        ledger,
+        voucher,
+        sink,
+        relay_wg,
+        key_file,
+    } = PaidLab::build(SINK_PORT, true).unwrap();
     let mut cfg = AgentConfig::new(Egress::Tun);
     cfg.extra = paid_sections(&id_file, &ledger, &dir.join("state"), metering);
     let config = dir.join("agent.toml");

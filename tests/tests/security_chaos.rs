@@ -18,7 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 use ferry_e2e::agent::{AgentConfig, Egress};
 use ferry_e2e::metering::{
     Behaviour, ClientSpec, LEDGER_PORT, Ledger, PaidClient, UdpCounter, agent_test_binary,
-    ledger_binary, paid_sections, random_seed, start_agent, write_identity,
+    ledger_binary, paid_sections, start_agent,
 };
 use ferry_e2e::netns::{Ns, ProcId};
+use ferry_e2e::paid_lab::PaidLab;
 use ferry_e2e::topology::{CLIENT_WAN4, INET4, ROUTER_WAN4, Topology};
 use ferry_e2e::wait::wait_tcp_port;
 use ferry_e2e::wg::{KeyPair, tunnel};
@@ -58,23 +59,18 @@ struct Chaos {
 
 fn setup(metering: &str) -> Chaos {
     let bin = agent_test_binary().unwrap();
-    let mut topo = Topology::build().unwrap();
-    let dir = topo.lab.dir().to_owned();
-    let (id_file, relay_id) =
-        write_identity(&dir, "relay-identity.key", random_seed().unwrap()).unwrap();
-    let client_id = Arc::new(SigningKey::from_seed(&random_seed().unwrap()));
-    let ledger = Ledger::start(
-        &mut topo.lab,
-        &topo.inet,
-        IpAddr::V4(INET4),
-        &[relay_id.public_key()],
-        &[client_id.public_key()],
-    )
-    .unwrap();
-    let voucher = ledger.voucher(&client_id.public_key(), 1 << 30).unwrap();
-    let sink = UdpCounter::start(&topo.inet, SocketAddr::from((INET4, SINK_PORT)), true).unwrap();
-    let relay_wg = KeyPair::generate().unwrap();
-    let key_file = relay_wg.write_private(&dir, "relay-wg.key").unwrap();
+    let PaidLab {
+        mut topo,
+        dir,
+        id_file,
+        relay_id,
+        client_id,
+        ledger,
+        voucher,
+        sink,
+        relay_wg,
+        key_file,
+    } = PaidLab::build(SINK_PORT, true).unwrap();
     let state_dir = dir.join("state");
     let mut cfg = AgentConfig::new(Egress::Tun);
     cfg.extra = paid_sections(&id_file, &ledger, &state_dir, metering);
