@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use crate::agent::{Agent, AgentConfig, Egress};
+use crate::multipeer::PeerSpec;
 use crate::servers::{TcpService, UdpEcho, probe_tcp, probe_udp};
 use crate::topology::{ADMIN_PORT, DATA_PORT, ECHO_PORT, Topology, sa};
 use crate::wg::{KeyPair, WgGo, stock_client, tunnel};
@@ -91,6 +92,30 @@ impl Scenario {
             config,
             topo,
         })
+    }
+
+    /// Like [`Scenario::start`], plus `n` trusted peers for the multi-peer client, each with
+    /// 10.77.0.(10+i)/32 and fd77::(100+i)/128 (n ≤ 200).
+    pub fn start_with_peers(egress: Egress, n: usize) -> Result<(Self, Vec<PeerSpec>)> {
+        let peers = (0..n)
+            .map(|i| {
+                Ok(PeerSpec {
+                    key: KeyPair::generate()?,
+                    inner: vec![
+                        format!("10.77.0.{}", 10 + i).parse()?,
+                        format!("fd77::{:x}", 0x100 + i).parse()?,
+                    ],
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let s = Self::start(egress, |cfg| {
+            for (i, p) in peers.iter().enumerate() {
+                let a4 = format!("{}/32", p.inner[0]);
+                let a6 = format!("{}/128", p.inner[1]);
+                cfg.peer(&format!("p{i}"), &p.key.public, &[&a4, &a6]);
+            }
+        })?;
+        Ok((s, peers))
     }
 
     /// Stops the agent and starts a new one with `config` and the same key.

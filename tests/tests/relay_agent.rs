@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use ferry_e2e::agent::{Agent, AgentConfig, Egress};
-use ferry_e2e::multipeer::{PeerSpec, run_peers};
+use ferry_e2e::multipeer::run_peers;
 use ferry_e2e::scenario::{Probe, Scenario, household_probes, probe_all};
 use ferry_e2e::servers::{connect, fetch, pattern, probe_tcp, probe_udp, upload};
 use ferry_e2e::topology::*;
@@ -297,23 +297,7 @@ fn roaming_client_keeps_its_tcp_stream() {
 /// echoed by the internet host, which sees only the router.
 fn fifty_peers(egress: Egress) {
     const N: usize = 50;
-    let peers: Vec<PeerSpec> = (0..N)
-        .map(|i| PeerSpec {
-            key: KeyPair::generate().unwrap(),
-            inner: vec![
-                format!("10.77.0.{}", 10 + i).parse().unwrap(),
-                format!("fd77::{:x}", 0x100 + i).parse().unwrap(),
-            ],
-        })
-        .collect();
-    let s = Scenario::start(egress, |cfg| {
-        for (i, p) in peers.iter().enumerate() {
-            let a4 = format!("{}/32", p.inner[0]);
-            let a6 = format!("{}/128", p.inner[1]);
-            cfg.peer(&format!("p{i}"), &p.key.public, &[&a4, &a6]);
-        }
-    })
-    .unwrap();
+    let (s, peers) = Scenario::start_with_peers(egress, N).unwrap();
     let targets = [sa(INET4, ECHO_PORT), sa(INET6, ECHO_PORT)];
     let t0 = Instant::now();
     let out = run_peers(

@@ -14,11 +14,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_e2e::agent::{Agent, Egress};
-use ferry_e2e::multipeer::{PeerSpec, run_peers};
+use ferry_e2e::multipeer::run_peers;
 use ferry_e2e::scenario::Scenario;
 use ferry_e2e::servers::fetch;
 use ferry_e2e::topology::*;
-use ferry_e2e::wg::KeyPair;
 
 const N: usize = 50;
 const MIB: u64 = 1 << 20;
@@ -55,23 +54,7 @@ fn sample(pid: u32) -> Option<(u64, usize)> {
 #[ignore = "needs root: netns"]
 fn fifty_clients_soak_no_fd_growth() {
     let egress = egress();
-    let peers: Vec<PeerSpec> = (0..N)
-        .map(|i| PeerSpec {
-            key: KeyPair::generate().unwrap(),
-            inner: vec![
-                format!("10.77.0.{}", 10 + i).parse().unwrap(),
-                format!("fd77::{:x}", 0x100 + i).parse().unwrap(),
-            ],
-        })
-        .collect();
-    let s = Scenario::start(egress, |cfg| {
-        for (i, p) in peers.iter().enumerate() {
-            let a4 = format!("{}/32", p.inner[0]);
-            let a6 = format!("{}/128", p.inner[1]);
-            cfg.peer(&format!("p{i}"), &p.key.public, &[&a4, &a6]);
-        }
-    })
-    .unwrap();
+    let (s, peers) = Scenario::start_with_peers(egress, N).unwrap();
     let pid = s.agent.proc.pid();
     let targets = [sa(INET4, ECHO_PORT), sa(INET6, ECHO_PORT)];
     let round = || {
