@@ -2,17 +2,29 @@
 //!
 //! With a bearer token configured, `/metrics` and `/status` answer 401 unless the request
 //! carries `Authorization: Bearer <token>`; `/healthz` stays open (it says only "ok").
+//!
+//! Served by hyper's HTTP/1 server directly (no axum/tower: the agent already links hyper for
+//! its receipt submitter, so this adds little to the router binary). hyper does the protocol;
+//! this module only routes on path and method. Connections are capped ([`MAX_CONNECTIONS`])
+//! and idle ones closed after [`HEADER_READ_TIMEOUT`].
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::{Semaphore, watch};
 
 use crate::TelemetryError;
 use crate::metrics::{Metrics, MetricsConfig};
@@ -127,14 +139,42 @@ impl ServerConfig {
     }
 }
 
+/// At most this many connections are served at once per [`MetricsServer`]; further clients
+/// wait in the kernel's accept backlog. Scrapers and the LuCI page need a handful; a router has
+/// little RAM to spare for more.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// A connection that has not sent a complete request head this long after connecting (or after
+/// its previous response, for keep-alive) is closed, so idle or slow-header clients cannot hold
+/// the [`MAX_CONNECTIONS`] slots.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// After shutdown, in-flight requests get this long to finish before their connections are
+/// dropped.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-connection read buffer cap (hyper's minimum is 8 KiB): bounds request heads, and so the
+/// memory one connection can pin, to 16 KiB; bigger heads get 431.
+const MAX_BUF_SIZE: usize = 16 * 1024;
+
+type Body = Full<Bytes>;
+
 /// A bound, not yet serving, metrics server.
-#[derive(Debug)]
 pub struct MetricsServer {
     listeners: Vec<tokio::net::TcpListener>,
-    router: Router,
+    state: Arc<AppState>,
 }
 
-#[derive(Clone)]
+impl std::fmt::Debug for MetricsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("listeners", &self.listeners)
+            .field("status", &self.state.status.is_some())
+            .field("token", &self.state.token)
+            .finish_non_exhaustive()
+    }
+}
+
 struct AppState {
     metrics: Arc<Metrics>,
     status: Option<StatusSource>,
@@ -159,17 +199,12 @@ impl MetricsServer {
                 .map_err(|source| TelemetryError::Bind { addr, source })?;
             listeners.push(listener);
         }
-        let state = AppState {
+        let state = Arc::new(AppState {
             metrics,
             status,
             token: config.token,
-        };
-        let router = Router::new()
-            .route("/metrics", get(metrics_handler))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/status", get(status_handler))
-            .with_state(state);
-        Ok(Self { listeners, router })
+        });
+        Ok(Self { listeners, state })
     }
 
     /// The first bound address (useful after binding port 0).
@@ -188,25 +223,29 @@ impl MetricsServer {
             .collect()
     }
 
-    /// Serves on every listener until `shutdown` completes (or one listener fails).
+    /// Serves on every listener until `shutdown` completes (or one listener fails). On
+    /// shutdown the listeners close at once; in-flight requests get a few seconds to finish.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), TelemetryError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_BUF_SIZE);
         let mut servers = tokio::task::JoinSet::new();
         for listener in self.listeners {
             let addr = listener.local_addr().ok();
             tracing::info!(addr = ?addr, "metrics server listening");
-            let mut stop = stop_rx.clone();
-            let router = self.router.clone();
-            servers.spawn(async move {
-                axum::serve(listener, router)
-                    .with_graceful_shutdown(async move {
-                        let _ = stop.wait_for(|stopped| *stopped).await;
-                    })
-                    .await
-            });
+            servers.spawn(accept_loop(
+                listener,
+                http.clone(),
+                self.state.clone(),
+                slots.clone(),
+                stop_rx.clone(),
+            ));
         }
         let first_exit = tokio::select! {
             () = shutdown => None,
@@ -221,53 +260,169 @@ impl MetricsServer {
     }
 }
 
-fn flatten(
-    exit: Option<Result<std::io::Result<()>, tokio::task::JoinError>>,
-) -> Result<(), TelemetryError> {
+/// Accepts on one listener until `stop` turns true (or its sender is gone), one task per
+/// connection, at most [`MAX_CONNECTIONS`] (shared by all listeners) at once.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    http: http1::Builder,
+    state: Arc<AppState>,
+    slots: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let Ok(slot) = slot else { break }; // the semaphore is never closed
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(conn) => conn,
+            Err(e) => {
+                drop(slot);
+                tokio::select! {
+                    () = accept_error_pause(e) => continue,
+                    _ = stop.wait_for(|stopped| *stopped) => break,
+                }
+            }
+        };
+        let state = state.clone();
+        let service = service_fn(move |req: Request<Incoming>| {
+            let response = respond(&state, &req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(%peer, error = %e, "metrics connection ended");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("metrics server: dropping connections still busy after shutdown");
+    }
+}
+
+/// Per-connection accept errors (the peer gave up) are ignored; others (e.g. out of file
+/// descriptors) are logged and retried after a second instead of spinning.
+async fn accept_error_pause(e: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "metrics server: accept failed");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}
+
+fn flatten(exit: Option<Result<(), tokio::task::JoinError>>) -> Result<(), TelemetryError> {
     match exit {
-        None | Some(Ok(Ok(()))) => Ok(()),
-        Some(Ok(Err(e))) => Err(TelemetryError::Serve(e)),
+        None | Some(Ok(())) => Ok(()),
         Some(Err(join)) => Err(TelemetryError::Serve(std::io::Error::other(join))),
     }
 }
 
-fn unauthorized() -> Response {
-    (
-        StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))],
-        "unauthorized\n",
+/// Routes on path, then method: unknown paths are 404 (empty body); other methods than GET and
+/// HEAD on a known path are 405 with `Allow: GET,HEAD`. hyper omits the body of HEAD replies.
+fn respond(state: &AppState, req: &Request<Incoming>) -> Response<Body> {
+    #[derive(Clone, Copy)]
+    enum Endpoint {
+        Metrics,
+        Healthz,
+        Status,
+    }
+    let endpoint = match req.uri().path() {
+        "/metrics" => Endpoint::Metrics,
+        "/healthz" => Endpoint::Healthz,
+        "/status" => Endpoint::Status,
+        _ => return reply(StatusCode::NOT_FOUND, None, Bytes::new()),
+    };
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut response = reply(StatusCode::METHOD_NOT_ALLOWED, None, Bytes::new());
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET,HEAD"));
+        return response;
+    }
+    match endpoint {
+        Endpoint::Healthz => text(StatusCode::OK, "ok\n"),
+        Endpoint::Metrics => metrics_response(state, req.headers()),
+        Endpoint::Status => status_response(state, req.headers()),
+    }
+}
+
+const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+fn reply(status: StatusCode, content_type: Option<&'static str>, body: Bytes) -> Response<Body> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    if let Some(content_type) = content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    reply(
+        status,
+        Some(TEXT_PLAIN),
+        Bytes::from_static(body.as_bytes()),
     )
-        .into_response()
+}
+
+fn unauthorized() -> Response<Body> {
+    let mut response = text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
 }
 
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
     state.token.as_ref().is_none_or(|t| t.matches(headers))
 }
 
-async fn metrics_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
+fn metrics_response(state: &AppState, headers: &HeaderMap) -> Response<Body> {
+    if !authorized(state, headers) {
         return unauthorized();
     }
     match state.metrics.encode() {
-        Ok(body) => (
-            [(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(OPENMETRICS_CONTENT_TYPE),
-            )],
-            body,
-        )
-            .into_response(),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response(),
+        Ok(body) => reply(
+            StatusCode::OK,
+            Some(OPENMETRICS_CONTENT_TYPE),
+            Bytes::from(body),
+        ),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
     }
 }
 
-async fn status_handler(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    if !authorized(&state, &headers) {
+fn status_response(state: &AppState, headers: &HeaderMap) -> Response<Body> {
+    if !authorized(state, headers) {
         return unauthorized();
     }
-    match &state.status {
-        Some(status) => axum::Json(status()).into_response(),
-        None => (StatusCode::NOT_FOUND, "no status source\n").into_response(),
+    let Some(status) = &state.status else {
+        return text(StatusCode::NOT_FOUND, "no status source\n");
+    };
+    match serde_json::to_vec(&status()) {
+        Ok(json) => reply(StatusCode::OK, Some("application/json"), Bytes::from(json)),
+        Err(e) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Some(TEXT_PLAIN),
+            Bytes::from(e.to_string()),
+        ),
     }
 }
 

@@ -6,9 +6,15 @@ mod support;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use ferry_telemetry::server::{BearerToken, OPENMETRICS_CONTENT_TYPE};
+use std::time::Duration;
+
+use ferry_telemetry::server::{
+    BearerToken, HEADER_READ_TIMEOUT, MAX_CONNECTIONS, OPENMETRICS_CONTENT_TYPE,
+};
 use ferry_telemetry::{Metrics, MetricsConfig, MetricsServer, ServerConfig, Snapshot};
-use support::{http_get, sample};
+use hyper::Method;
+use support::{http_get, http_request, sample};
+use tokio::io::AsyncReadExt;
 
 struct Running {
     addr: std::net::SocketAddr,
@@ -221,4 +227,119 @@ async fn empty_listen_list_is_an_error() {
         matches!(err, ferry_telemetry::TelemetryError::NoListenAddress),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn unknown_paths_are_404_and_other_methods_405_with_allow() {
+    let srv = start(None, true).await;
+    for path in ["/", "/nope", "/metrics/", "/healthz/x", "/Metrics"] {
+        let reply = http_get(srv.addr, path, None).await.unwrap();
+        assert_eq!((reply.status, reply.body.as_str()), (404, ""), "{path}");
+    }
+    for (method, path) in [
+        (Method::POST, "/metrics"),
+        (Method::PUT, "/status"),
+        (Method::DELETE, "/healthz"),
+        (Method::OPTIONS, "/metrics"),
+    ] {
+        let reply = http_request(srv.addr, method.clone(), path, &[])
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 405, "{method} {path}");
+        assert_eq!(reply.headers["allow"], "GET,HEAD", "{method} {path}");
+        assert!(reply.body.is_empty(), "{method} {path}");
+    }
+    let with_query = http_get(srv.addr, "/healthz?verbose=1", None)
+        .await
+        .unwrap();
+    assert_eq!((with_query.status, with_query.body.as_str()), (200, "ok\n"));
+}
+
+#[tokio::test]
+async fn head_answers_like_get_without_a_body() {
+    let srv = start(None, true).await;
+    let get = http_get(srv.addr, "/healthz", None).await.unwrap();
+    let head = http_request(srv.addr, Method::HEAD, "/healthz", &[])
+        .await
+        .unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.content_type, get.content_type);
+    assert_eq!(head.content_type, "text/plain; charset=utf-8");
+    assert_eq!(head.headers["content-length"], "3");
+    assert!(head.body.is_empty());
+    let metrics = http_request(srv.addr, Method::HEAD, "/metrics", &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            metrics.status,
+            metrics.content_type.as_str(),
+            metrics.body.as_str()
+        ),
+        (200, OPENMETRICS_CONTENT_TYPE, "")
+    );
+}
+
+#[tokio::test]
+async fn unauthorized_reply_names_the_bearer_scheme() {
+    let srv = start(Some("tok-123"), true).await;
+    for path in ["/metrics", "/status"] {
+        let reply = http_get(srv.addr, path, Some("nope")).await.unwrap();
+        assert_eq!(reply.status, 401, "{path}");
+        assert_eq!(reply.headers["www-authenticate"], "Bearer", "{path}");
+        assert_eq!(reply.body, "unauthorized\n", "{path}");
+    }
+    // Auth is checked before the method is served, but after routing.
+    let head = http_request(srv.addr, Method::HEAD, "/metrics", &[])
+        .await
+        .unwrap();
+    assert_eq!(head.status, 401);
+    assert_eq!(http_get(srv.addr, "/nope", None).await.unwrap().status, 404);
+}
+
+#[tokio::test]
+async fn oversized_request_head_is_refused() {
+    let srv = start(None, false).await;
+    let big = "x".repeat(32 * 1024);
+    let reply = http_request(srv.addr, Method::GET, "/healthz", &[("x-padding", &big)])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 431);
+    assert_eq!(
+        http_get(srv.addr, "/healthz", None).await.unwrap().status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn idle_connections_hold_slots_only_until_the_header_timeout() {
+    let srv = start(None, false).await;
+    // Fill every slot with connections that never send a request.
+    let mut idle = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        idle.push(tokio::net::TcpStream::connect(srv.addr).await.unwrap());
+    }
+    let addr = srv.addr;
+    let mut probe = tokio::spawn(async move { http_get(addr, "/healthz", None).await });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(1), &mut probe)
+            .await
+            .is_err(),
+        "a request beyond the connection cap was served at once"
+    );
+    // The server closes the idle connections after the header timeout, freeing the slots.
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(
+        HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        idle[0].read(&mut buf),
+    )
+    .await
+    .expect("idle connection closed by the server");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+    let reply = tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .expect("probe served once slots freed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200);
 }
