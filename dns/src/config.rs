@@ -13,13 +13,12 @@
 //! # path = "/dns-query"            # https only
 //! ```
 //! Optional `ca-file = "/etc/ferry/dns-ca.pem"` replaces the bundled webpki roots for
-//! tls/https upstreams.
+//! tls/https upstreams. Builds without the `dot`/`doh` features (the small-router builds) refuse
+//! `tls`/`https` upstreams and `ca-file` with an error naming the missing feature.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ProtocolConfig};
 use serde::Deserialize;
 
 use crate::DnsError;
@@ -165,53 +164,80 @@ impl Upstream {
         Ok(SocketAddr::new(ip, self.protocol.default_port()))
     }
 
-    pub(crate) fn to_name_server(&self) -> Result<NameServerConfig, DnsError> {
+    /// Checks the upstream against this build: address, `tls-name` and `path` where they
+    /// apply, and that its transport is compiled in. Returns the socket address.
+    pub(crate) fn check(&self) -> Result<SocketAddr, DnsError> {
         let addr = self.socket_addr()?;
-        let tls_name = || -> Result<Arc<str>, DnsError> {
-            match self.tls_name.as_deref().map(str::trim) {
-                Some(name) if !name.is_empty() => Ok(Arc::from(name)),
-                _ => Err(DnsError::Config(format!(
-                    "upstream {}: protocol {:?} needs tls-name",
-                    self.address, self.protocol
-                ))),
-            }
-        };
         if self.path.is_some() && self.protocol != Protocol::Https {
             return Err(DnsError::Config(format!(
                 "upstream {}: path is only valid for https",
                 self.address
             )));
         }
+        if matches!(self.protocol, Protocol::Tls | Protocol::Https) {
+            // Checked first so the error message is the most useful one.
+            self.tls_name()?;
+            let (compiled, feature) = match self.protocol {
+                Protocol::Tls => (cfg!(feature = "dot"), "dot"),
+                _ => (cfg!(feature = "doh"), "doh"),
+            };
+            if !compiled {
+                return Err(DnsError::Config(format!(
+                    "upstream {}: protocol {:?} needs ferry-dns built with the {feature} feature",
+                    self.address, self.protocol
+                )));
+            }
+            if self.protocol == Protocol::Https && !self.https_path().starts_with('/') {
+                return Err(DnsError::Config(format!(
+                    "upstream {}: path must start with '/'",
+                    self.address
+                )));
+            }
+        }
+        Ok(addr)
+    }
+
+    fn tls_name(&self) -> Result<&str, DnsError> {
+        match self.tls_name.as_deref().map(str::trim) {
+            Some(name) if !name.is_empty() => Ok(name),
+            _ => Err(DnsError::Config(format!(
+                "upstream {}: protocol {:?} needs tls-name",
+                self.address, self.protocol
+            ))),
+        }
+    }
+
+    #[cfg_attr(not(feature = "doh"), allow(dead_code))]
+    fn https_path(&self) -> &str {
+        self.path.as_deref().unwrap_or("/dns-query")
+    }
+
+    #[cfg(feature = "resolver")]
+    pub(crate) fn to_name_server(
+        &self,
+    ) -> Result<hickory_resolver::config::NameServerConfig, DnsError> {
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ProtocolConfig};
+        use std::sync::Arc;
+        let addr = self.check()?;
         let protocols = match self.protocol {
             Protocol::Udp => vec![ProtocolConfig::Udp],
             Protocol::Tcp => vec![ProtocolConfig::Tcp],
             Protocol::Plain => vec![ProtocolConfig::Udp, ProtocolConfig::Tcp],
             #[cfg(feature = "dot")]
             Protocol::Tls => vec![ProtocolConfig::Tls {
-                server_name: tls_name()?,
+                server_name: Arc::from(self.tls_name()?),
             }],
             #[cfg(feature = "doh")]
-            Protocol::Https => {
-                let path = self.path.as_deref().unwrap_or("/dns-query");
-                if !path.starts_with('/') {
-                    return Err(DnsError::Config(format!(
-                        "upstream {}: path must start with '/'",
-                        self.address
-                    )));
-                }
-                vec![ProtocolConfig::Https {
-                    server_name: tls_name()?,
-                    path: Arc::from(path),
-                }]
-            }
+            Protocol::Https => vec![ProtocolConfig::Https {
+                server_name: Arc::from(self.tls_name()?),
+                path: Arc::from(self.https_path()),
+            }],
+            // `check` refused transports that are not compiled in.
             #[allow(unreachable_patterns)]
             other => {
-                // Still check the name so the error message is the most useful one.
-                tls_name()?;
                 return Err(DnsError::Config(format!(
-                    "upstream {}: protocol {other:?} needs ferry-dns built with the {} feature",
-                    self.address,
-                    if other == Protocol::Tls { "dot" } else { "doh" }
+                    "upstream {}: protocol {other:?} is not compiled in",
+                    self.address
                 )));
             }
         };
@@ -236,7 +262,14 @@ impl DnsConfig {
             ));
         }
         for upstream in &self.upstream {
-            upstream.to_name_server()?;
+            upstream.check()?;
+        }
+        #[cfg(not(feature = "dot"))]
+        if let Some(ca_file) = &self.ca_file {
+            return Err(DnsError::Config(format!(
+                "ca-file {} needs ferry-dns built with the dot feature",
+                ca_file.display()
+            )));
         }
         if self.timeout_ms == 0 || self.timeout_ms > 30_000 {
             return Err(DnsError::Config("timeout-ms must be 1..=30000".into()));
@@ -308,6 +341,36 @@ mod tests {
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains("tls-name"), "{err}");
         }
+    }
+
+    #[test]
+    #[cfg(not(feature = "dot"))]
+    fn encrypted_upstreams_and_ca_file_name_the_missing_feature() {
+        for protocol in ["tls", "https"] {
+            let cfg = parse(&format!(
+                "[[upstream]]\nprotocol = \"{protocol}\"\naddress = \"9.9.9.9\"\ntls-name = \"dns.quad9.net\"\n"
+            ));
+            let err = cfg.validate().unwrap_err().to_string();
+            let feature = if protocol == "tls" { "dot" } else { "doh" };
+            assert!(
+                err.contains(&format!("needs ferry-dns built with the {feature} feature")),
+                "{err}"
+            );
+        }
+        let cfg = parse(
+            "ca-file = \"/etc/ferry/dns-ca.pem\"\n[[upstream]]\nprotocol = \"plain\"\naddress = \"9.9.9.9\"\n",
+        );
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(
+            err.contains(
+                "ca-file /etc/ferry/dns-ca.pem needs ferry-dns built with the dot feature"
+            ),
+            "{err}"
+        );
+        // Plain upstreams are fine without the features.
+        parse("[[upstream]]\nprotocol = \"plain\"\naddress = \"9.9.9.9\"\n")
+            .validate()
+            .unwrap();
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! Our own socket loops (not hickory-server's) because hickory-server logs every query name
 //! and client address at INFO. Here nothing about a query is logged at any level except its
 //! response code and latency at TRACE.
+//!
+//! Upstream backend: hickory-resolver with the `resolver` feature, else the lean plain-DNS
+//! backend ([`crate::upstream`]). Both sit behind the same [`Inner::respond`], so what clients
+//! see (ANY, AXFR, classes, FORMERR, EDNS, truncation) does not depend on the build.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,9 +15,13 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
+#[cfg(feature = "resolver")]
 use hickory_resolver::TokioResolver;
+#[cfg(feature = "resolver")]
 use hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
+#[cfg(feature = "resolver")]
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+#[cfg(feature = "resolver")]
 use hickory_resolver::net::{DnsError as UpstreamDnsError, NetError};
 // portable-atomic: 32-bit MIPS routers have no native 64-bit atomics (lock-based fallback there).
 use portable_atomic::{AtomicU64, Ordering};
@@ -67,7 +75,10 @@ pub struct Forwarder {
 }
 
 struct Inner {
+    #[cfg(feature = "resolver")]
     resolver: TokioResolver,
+    #[cfg(not(feature = "resolver"))]
+    lean: crate::upstream::Lean,
     stats: Arc<ForwarderStats>,
     inflight: Arc<Semaphore>,
     tcp_slots: Arc<Semaphore>,
@@ -92,7 +103,10 @@ impl Forwarder {
         if config.listen.is_empty() {
             return Err(DnsError::Config("dns listen address list is empty".into()));
         }
+        #[cfg(feature = "resolver")]
         let resolver = build_resolver(config)?;
+        #[cfg(not(feature = "resolver"))]
+        let lean = crate::upstream::Lean::new(config)?;
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
         for addr in &config.listen {
@@ -102,7 +116,10 @@ impl Forwarder {
         }
         let attempts = u32::try_from(config.attempts).unwrap_or(u32::MAX);
         let inner = Inner {
+            #[cfg(feature = "resolver")]
             resolver,
+            #[cfg(not(feature = "resolver"))]
+            lean,
             stats: Arc::default(),
             inflight: Arc::new(Semaphore::new(config.max_inflight)),
             tcp_slots: Arc::new(Semaphore::new(config.max_tcp_connections)),
@@ -144,6 +161,7 @@ impl Forwarder {
     }
 }
 
+#[cfg(feature = "resolver")]
 fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsError> {
     let name_servers = config
         .upstream
@@ -163,16 +181,10 @@ fn build_resolver(config: &DnsConfig) -> Result<TokioResolver, DnsError> {
         TokioRuntimeProvider::default(),
     );
     *builder.options_mut() = opts;
+    // Without `dot`, `validate` already refused a ca-file.
+    #[cfg(feature = "dot")]
     if let Some(ca_file) = &config.ca_file {
-        #[cfg(feature = "dot")]
-        {
-            builder = builder.with_tls_config(tls_config(ca_file)?);
-        }
-        #[cfg(not(feature = "dot"))]
-        return Err(DnsError::Config(format!(
-            "ca-file {} needs ferry-dns built with the dot feature",
-            ca_file.display()
-        )));
+        builder = builder.with_tls_config(tls_config(ca_file)?);
     }
     builder
         .build()
@@ -352,6 +364,30 @@ impl Inner {
         Some(resp)
     }
 
+    #[cfg(not(feature = "resolver"))]
+    async fn forward(
+        &self,
+        name: hickory_proto::rr::Name,
+        qtype: RecordType,
+        resp: &mut Message,
+    ) -> ResponseCode {
+        let deadline = Instant::now() + self.deadline;
+        let lookup = tokio::time::timeout(self.deadline, self.lean.resolve(&name, qtype, deadline));
+        match lookup.await {
+            Ok(Ok(answer)) => {
+                resp.add_answers(answer.answers);
+                resp.add_authorities(answer.authorities);
+                match answer.rcode {
+                    ResponseCode::NXDomain => ResponseCode::NXDomain,
+                    _ => ResponseCode::NoError,
+                }
+            }
+            // Timeouts, unreachable or misbehaving upstreams, upstream REFUSED/SERVFAIL.
+            Ok(Err(_)) | Err(_) => ResponseCode::ServFail,
+        }
+    }
+
+    #[cfg(feature = "resolver")]
     async fn forward(
         &self,
         name: hickory_proto::rr::Name,

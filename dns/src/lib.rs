@@ -13,10 +13,15 @@
 //! and the netns e2e harness ([`testserver`], binary `ferry-dns-testserver`). The agent
 //! depends on this crate with `default-features = false`.
 
+#[cfg_attr(feature = "resolver", allow(dead_code))]
+mod cache;
 mod config;
 mod forwarder;
+// Always compiled (its unit tests run in every build); only used without `resolver`.
 #[cfg(feature = "testserver")]
 pub mod testserver;
+#[cfg_attr(feature = "resolver", allow(dead_code))]
+mod upstream;
 
 pub use config::{DnsConfig, Protocol, Upstream};
 pub use forwarder::{Forwarder, ForwarderStats, StatsSnapshot};
