@@ -13,6 +13,7 @@ if [ "$(id -u)" -eq 0 ]; then
   export FERRY_TEST_POSTGRES_URL="${FERRY_TEST_POSTGRES_URL:-$(bash ledger/ci-postgres.sh)}"
 fi
 echo "== cargo test (workspace)"; cargo test --workspace --locked
+echo "== ferry-dns lean backend (router builds)"; cargo test -p ferry-dns --locked --no-default-features --features testserver
 if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
   echo "== root-only tests: real Prometheus scrape, tmpfs ENOSPC"
   cargo test -p ferry-telemetry -p ferry-store --locked -- --ignored
