@@ -1,8 +1,14 @@
 //! Ferry's private DNS forwarder for tunnel clients.
 //!
-//! Owns: UDP+TCP listeners on the relay's tunnel addresses, forwarding to configured upstreams
-//! (plain UDP/TCP, DNS-over-TLS, DNS-over-HTTPS via hickory-resolver), a bounded cache that
-//! respects TTLs (hickory's response cache), and counters for metrics.
+//! Owns: UDP+TCP listeners on the relay's tunnel addresses, forwarding to configured upstreams,
+//! a bounded cache that respects TTLs, and counters for metrics. Two upstream backends behind
+//! the same request handling (so clients see the same behaviour either way):
+//! - with the `resolver` feature (default; implied by `dot`/`doh`): hickory-resolver, for plain
+//!   UDP/TCP, DNS-over-TLS and DNS-over-HTTPS upstreams, with hickory's response cache;
+//! - without it (the small-router builds, `ferry-agent --no-default-features`): the lean backend
+//!   (`upstream`, `cache`): plain UDP/TCP upstreams only (`udp`, `tcp`, `plain`), hickory-proto
+//!   for the messages, tokio sockets, random IDs and source ports, reply ID/question checks, and
+//!   its own TTL cache. `tls`/`https` upstreams and `ca-file` are config errors there.
 //!
 //! Must not: log query names or client addresses at any level (only response codes and
 //! latency, at TRACE); answer zone transfers or ANY; grow without bound (queries in flight,
