@@ -81,6 +81,15 @@ pub(crate) struct Cache {
     entries: HashMap<(Name, RecordType), Entry>,
 }
 
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Cache {
     /// A cache of at most `capacity` entries (0: caches nothing).
     pub(crate) fn new(capacity: usize) -> Self {

@@ -135,7 +135,7 @@ impl Upstreams {
                 let index = (first + i) % n;
                 let try_deadline = deadline.min(now + self.timeout);
                 match self
-                    .ask(self.servers[index], name, qtype, try_deadline)
+                    .ask(self.servers[index], name, qtype, try_deadline, deadline)
                     .await
                 {
                     Ok(reply) => {
@@ -151,22 +151,24 @@ impl Upstreams {
         Err(LookupError::NoAnswer)
     }
 
+    /// One try: `try_deadline` for the exchange; a TCP retry after truncation gets a full
+    /// timeout of its own, within the lookup's `deadline`.
     async fn ask(
         &self,
         server: Server,
         name: &Name,
         qtype: RecordType,
+        try_deadline: Instant,
         deadline: Instant,
     ) -> Result<Reply, TryError> {
         let (message, len) = match server.transport {
-            Transport::Udp => udp_exchange(server.addr, name, qtype, deadline).await?,
-            Transport::Tcp => tcp_exchange(server.addr, name, qtype, deadline).await?,
+            Transport::Udp => udp_exchange(server.addr, name, qtype, try_deadline).await?,
+            Transport::Tcp => tcp_exchange(server.addr, name, qtype, try_deadline).await?,
             Transport::UdpThenTcp => {
-                let (message, len) = udp_exchange(server.addr, name, qtype, deadline).await?;
+                let (message, len) = udp_exchange(server.addr, name, qtype, try_deadline).await?;
                 if message.metadata.truncation {
-                    // The TCP retry gets a full timeout of its own.
-                    let deadline = Instant::now() + self.timeout;
-                    tcp_exchange(server.addr, name, qtype, deadline).await?
+                    let tcp_deadline = deadline.min(Instant::now() + self.timeout);
+                    tcp_exchange(server.addr, name, qtype, tcp_deadline).await?
                 } else {
                     (message, len)
                 }
@@ -274,14 +276,6 @@ async fn tcp_exchange(
 pub(crate) struct Lean {
     upstreams: Upstreams,
     cache: Mutex<Cache>,
-}
-
-impl std::fmt::Debug for Cache {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cache")
-            .field("len", &self.len())
-            .finish_non_exhaustive()
-    }
 }
 
 impl Lean {
