@@ -14,6 +14,7 @@ if [ "$(id -u)" -eq 0 ]; then
 fi
 echo "== cargo test (workspace)"; cargo test --workspace --locked
 echo "== ferry-dns lean backend (router builds)"; cargo test -p ferry-dns --locked --no-default-features --features testserver
+cargo clippy -p ferry-dns --locked --no-default-features --features testserver --all-targets -- -D warnings
 if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
   echo "== root-only tests: real Prometheus scrape, tmpfs ENOSPC"
   cargo test -p ferry-telemetry -p ferry-store --locked -- --ignored
