@@ -1,18 +1,21 @@
 #!/bin/sh
 # Cross-builds static, stripped ferry-agent binaries for OpenWrt routers, runs each under
 # qemu-user-static, checks the mipsel size budget and records sizes in docs/openwrt.md.
-# Also builds the unit tests of ferry-receipts and ferry-relay-core for aarch64 and mipsel and runs
+# Also builds the unit tests of ferry-receipts and ferry-relay-core for aarch64, mipsel and mips and runs
 # them under qemu (FERRY_QEMU_TEST_CRATES).
 #
 # Usage: openwrt/build.sh all | <arch>... | setup | test-qemu [<arch>...] | list
 #   <arch> is one of: aarch64 x86_64 armv7 mipsel mips (or the full Rust target triple).
 # Environment:
-#   FERRY_MIPSEL_MAX_BYTES  size ceiling for the stripped mipsel agent (default 2883584 = 2.75 MiB,
-#                           a regression ceiling; the 1.5 MiB target is not met by the agent
-#                           with metering, metrics and DNS: see docs/openwrt.md "Size budget")
+#   FERRY_MIPSEL_MAX_BYTES  size ceiling for the stripped mipsel agent (default 2228224 = 2.125 MiB,
+#                           a regression ceiling ~6 % above the agent of 2026-11-24 23:30; the
+#                           issue's 1.5 MiB target is not met by the agent with metering, metrics and
+#                           DNS: see docs/openwrt.md "Size budget")
 #   FERRY_SKIP_SETUP=1      do not install toolchains (fail instead if something is missing)
 #   FERRY_SKIP_TESTS=1      skip the unit tests under qemu
 #   FERRY_QEMU_TEST_CRATES  crates whose tests run under qemu (default: ferry-receipts ferry-relay-core)
+#   FERRY_QEMU_TEST_ARCHES  arches whose tests run under qemu when built (default: aarch64 mipsel mips;
+#                           mips is the big-endian one)
 #   PROPTEST_CASES          proptest cases for those tests (default 64)
 #   FERRY_NICE              niceness for cargo (default 15; the build machine is shared)
 #   FERRY_CROSS_TARGET_DIR  cargo target dir (default target/cross, apart from the shared target/)
@@ -25,12 +28,12 @@ cd "$ROOT"
 export CARGO_TARGET_DIR="${FERRY_CROSS_TARGET_DIR:-$ROOT/target/cross}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 NICENESS=${FERRY_NICE:-15}
-MIPSEL_MAX=${FERRY_MIPSEL_MAX_BYTES:-2883584}
+MIPSEL_MAX=${FERRY_MIPSEL_MAX_BYTES:-2228224}
 MIPSEL_TARGET=1572864
 # Under qemu the tests check codegen, not coverage: fewer proptest cases (default 256) keep the
 # mipsel run at about a minute instead of ~4 (measured).
 export PROPTEST_CASES="${PROPTEST_CASES:-64}"
-TEST_ARCHES="aarch64 mipsel"
+TEST_ARCHES=${FERRY_QEMU_TEST_ARCHES:-aarch64 mipsel mips}
 OVER_BUDGET=""
 TEST_CRATES=${FERRY_QEMU_TEST_CRATES:-ferry-receipts ferry-relay-core}
 DOC="$ROOT/docs/openwrt.md"

@@ -20,8 +20,8 @@ if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
   cargo test -p ferry-telemetry -p ferry-store --locked -- --ignored
   echo "== end-to-end tests (network namespaces, root)"
   cargo test -p ferry-e2e --locked -- --ignored --test-threads=1
-  # OpenWrt: packaging checks, then the mipsel cross build run under qemu with its size check.
-  # FERRY_CI_ARCHES=all builds all five router architectures (~12 more minutes).
+  # OpenWrt: packaging checks, then release cross builds for all five router architectures,
+  # each run under qemu, with the mipsel size check (FERRY_CI_ARCHES=mipsel: just that one).
   sh openwrt/ci.sh
 else
   if [ "${CI:-}" = true ]; then echo "e2e tests need root in CI" >&2; exit 1; fi
