@@ -15,6 +15,9 @@ fi
 echo "== cargo test (workspace)"; cargo test --workspace --locked
 echo "== ferry-dns lean backend (router builds)"; cargo test -p ferry-dns --locked --no-default-features --features testserver
 cargo clippy -p ferry-dns --locked --no-default-features --features testserver --all-targets -- -D warnings
+echo "== ferry-agent small feature set (mips/mipsel router builds)"
+cargo clippy -p ferry-agent --locked --no-default-features --all-targets -- -D warnings
+cargo test -p ferry-agent --locked --no-default-features
 if [ "$(id -u)" -eq 0 ] && command -v ip >/dev/null; then
   echo "== root-only tests: real Prometheus scrape, tmpfs ENOSPC"
   cargo test -p ferry-telemetry -p ferry-store --locked -- --ignored
