@@ -28,8 +28,15 @@ pub(crate) const DEFAULT_HANDSHAKE_LOAD_LIMIT: u64 = 100;
 ///
 /// An initiation from an unknown key costs one X25519 operation here, a known peer's about
 /// four (boringtun's handshake); 1000/s is ~5 % of one x86-64 core in an optimised build and
-/// leaves room on the 2-core test machine; slow routers should configure less.
-pub const DEFAULT_HANDSHAKE_BUDGET: u64 = 1000;
+/// leaves room on the 2-core test machine; slow routers should configure less. On 32-bit MIPS
+/// (the 8–16 MB-flash routers: a 24Kc/1004Kc core at 580–880 MHz, where curve25519-dalek's
+/// 32-bit backend needs on the order of a millisecond per X25519 — an estimate, no such
+/// hardware here) the default is 100/s, i.e. roughly a tenth of that core.
+pub const DEFAULT_HANDSHAKE_BUDGET: u64 = if cfg!(target_arch = "mips") {
+    100
+} else {
+    1000
+};
 /// Per-source handshake bucket while under load (kernel WireGuard's numbers).
 const SOURCE_RATE: u64 = 20;
 const SOURCE_BURST: u64 = 5;
