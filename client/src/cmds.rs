@@ -313,6 +313,16 @@ mod tests {
         assert!(text.contains("AllowedIPs = 0.0.0.0/0, ::/0"));
         assert!(text.contains("Endpoint = 198.51.100.1:51820"));
         assert!(text.contains("PersistentKeepalive = 25"));
+        // A host name is written as given: wg-quick resolves it itself.
+        let named = base.replace("198.51.100.1:51820", "home.dyndns.example:51820");
+        let text = export_wg(&Config::parse(&named).unwrap(), "home", &key).unwrap();
+        assert!(
+            text.contains("Endpoint = home.dyndns.example:51820\n"),
+            "{text}"
+        );
+        let v6 = base.replace("198.51.100.1:51820", "[2001:db8::1]:51820");
+        let text = export_wg(&Config::parse(&v6).unwrap(), "home", &key).unwrap();
+        assert!(text.contains("Endpoint = [2001:db8::1]:51820\n"), "{text}");
         let paid = format!(
             "{base}identity-key = \"{}\"\ncontrol-address = \"10.77.0.1\"\n",
             "11".repeat(32)

@@ -10,6 +10,8 @@ use ferry_receipts::PublicKey;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::endpoint::Endpoint;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -42,8 +44,9 @@ pub(crate) struct ClientSection {
 pub(crate) struct RelayEntry {
     /// Name used on the command line (`ferry connect NAME`).
     pub(crate) name: String,
-    /// The relay's WireGuard UDP endpoint `ip:port`.
-    pub(crate) endpoint: SocketAddr,
+    /// The relay's WireGuard UDP endpoint: `ip:port`, `[v6]:port` or `host:port` (a name is
+    /// resolved once when `connect`/`socks5` start).
+    pub(crate) endpoint: Endpoint,
     /// The relay's WireGuard public key (base64).
     pub(crate) public_key: String,
     /// Our tunnel addresses (`10.77.0.2/32`, `fd77::2/128`). Paid relays assign them at
@@ -81,7 +84,8 @@ fn default_keepalive() -> u16 {
 #[derive(Debug, Clone)]
 pub(crate) struct Relay {
     pub(crate) name: String,
-    pub(crate) endpoint: SocketAddr,
+    /// As configured (unresolved); see [`Endpoint::resolve`].
+    pub(crate) endpoint: Endpoint,
     pub(crate) public_key: WgPublicKey,
     pub(crate) address: Vec<IpNet>,
     pub(crate) dns: Vec<IpAddr>,
@@ -96,7 +100,16 @@ pub(crate) struct Paid {
     pub(crate) identity_key: PublicKey,
     pub(crate) control_address: IpAddr,
     pub(crate) voucher: Option<PathBuf>,
-    pub(crate) hello: SocketAddr,
+    /// The configured Hello address; `None` = the resolved endpoint IP, port 51821.
+    pub(crate) hello: Option<SocketAddr>,
+}
+
+impl Paid {
+    /// The Hello address, given the resolved WireGuard endpoint.
+    pub(crate) fn hello_addr(&self, endpoint: SocketAddr) -> SocketAddr {
+        self.hello
+            .unwrap_or(SocketAddr::new(endpoint.ip(), ferry_metering::CONTROL_PORT))
+    }
 }
 
 impl Config {
@@ -182,16 +195,13 @@ impl RelayEntry {
                     identity_key: PublicKey(b),
                     control_address,
                     voucher: self.voucher.clone(),
-                    hello: self.hello.unwrap_or(SocketAddr::new(
-                        self.endpoint.ip(),
-                        ferry_metering::CONTROL_PORT,
-                    )),
+                    hello: self.hello,
                 })
             }
         };
         Ok(Relay {
             name: self.name.clone(),
-            endpoint: self.endpoint,
+            endpoint: self.endpoint.clone(),
             public_key,
             address,
             dns: self.dns.clone(),
@@ -269,7 +279,11 @@ mod tests {
         .unwrap();
         let p = c.relay("home").unwrap().paid.unwrap();
         assert_eq!(p.identity_key.0, [0xab; 32]);
-        assert_eq!(p.hello, "198.51.100.1:51821".parse().unwrap());
+        assert_eq!(p.hello, None);
+        assert_eq!(
+            p.hello_addr("198.51.100.1:51820".parse().unwrap()),
+            "198.51.100.1:51821".parse().unwrap()
+        );
         // Paid relays may leave the addresses to the relay; trusted ones may not.
         let no_addr = relay(&format!(
             "identity-key = \"{k}\"\ncontrol-address = \"10.77.0.1\""
@@ -286,6 +300,60 @@ mod tests {
         let trusted_no_addr =
             relay("").replace("address = [\"10.77.0.2/32\", \"fd77::2/128\"]\n", "");
         assert!(Config::parse(&trusted_no_addr).is_err());
+    }
+
+    #[test]
+    fn endpoints_may_be_host_names_and_the_hello_default_follows_the_resolved_ip() {
+        let k = "ab".repeat(32);
+        let text = relay(&format!(
+            "identity-key = \"{k}\"\ncontrol-address = \"10.77.0.1\""
+        ))
+        .replace("198.51.100.1:51820", "home.dyndns.example:51820");
+        let r = Config::parse(&text).unwrap().relay("home").unwrap();
+        assert_eq!(r.endpoint.host(), Some("home.dyndns.example"));
+        assert_eq!(r.endpoint.to_string(), "home.dyndns.example:51820");
+        let p = r.paid.unwrap();
+        // The default Hello port uses whatever the name resolved to, never the name.
+        assert_eq!(
+            p.hello_addr("192.0.2.7:51820".parse().unwrap()),
+            "192.0.2.7:51821".parse().unwrap()
+        );
+        assert_eq!(
+            p.hello_addr("[2001:db8::7]:51820".parse().unwrap()),
+            "[2001:db8::7]:51821".parse().unwrap()
+        );
+        // An explicit hello wins.
+        let text = format!("{text}\nhello = \"192.0.2.9:4000\"");
+        let p = Config::parse(&text)
+            .unwrap()
+            .relay("home")
+            .unwrap()
+            .paid
+            .unwrap();
+        assert_eq!(
+            p.hello_addr("192.0.2.7:51820".parse().unwrap()),
+            "192.0.2.9:4000".parse().unwrap()
+        );
+        // IPv6 literals keep working.
+        let v6 = relay("").replace("198.51.100.1:51820", "[2001:db8::1]:51820");
+        let r = Config::parse(&v6).unwrap().relay("home").unwrap();
+        assert_eq!(r.endpoint.to_string(), "[2001:db8::1]:51820");
+    }
+
+    #[test]
+    fn a_bad_endpoint_is_a_config_error_saying_what_is_wrong() {
+        for (bad, want) in [
+            ("home.dyndns.example", "missing port"),
+            ("198.51.100.1", "missing port"),
+            ("home.dyndns.example:99999", "1..=65535"),
+            ("2001:db8::1:51820", "brackets"),
+            ("not a host:1", "not a valid host name"),
+        ] {
+            let text = relay("").replace("198.51.100.1:51820", bad);
+            let err = format!("{:#}", Config::parse(&text).unwrap_err());
+            assert!(err.contains(want), "{bad}: {err}");
+            assert!(err.contains("endpoint"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Order matters for leak protection: the kill switch goes in first (only loopback, the TUN
 //! device and WireGuard datagrams to the relay endpoint may leave), then the host route that
 //! pins the endpoint to the physical path, then the TUN device, the full-tunnel routes and
-//! DNS. Nothing is undone when the process stops, whatever the reason: after an error or a
+//! DNS. A host-name endpoint is resolved before all of this (`session::prepare`), while the
+//! system resolver still works; the kill switch then allows exactly the resolved address.
+//! Nothing is undone when the process stops, whatever the reason: after an error or a
 //! refused receipt the host stays cut off until `ferry disconnect` undoes everything.
 
 use std::path::Path;
@@ -36,11 +38,12 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
     }
     let mut setup = prepare(paths, cfg, &args.relay)?;
     std::fs::write(paths.pid(), format!("{}\n", std::process::id()))?;
-    let endpoint = setup.relay.endpoint;
+    // Resolved by `prepare`, before the kill switch: it allows exactly this address.
+    let endpoint = setup.endpoint;
     let mut applied = Applied::load(&paths.state);
 
     let mut allowed = vec![endpoint];
-    allowed.extend(setup.relay.paid.as_ref().map(|p| p.hello));
+    allowed.extend(setup.hello);
     netcfg::kill_switch_on(&args.tun, &allowed)?;
     applied.kill_switch = true;
     applied.save(&paths.state)?;
@@ -117,14 +120,16 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
 
 /// For a paid relay: `Hello` outside the tunnel; adopts the addresses the relay assigned.
 pub(crate) async fn open_paid_session(setup: &mut crate::session::Setup) -> Result<()> {
-    let (Some(paid), Some(rp)) = (setup.paid.as_mut(), setup.relay.paid.as_ref()) else {
+    let (Some(paid), Some(rp), Some(hello)) =
+        (setup.paid.as_mut(), setup.relay.paid.as_ref(), setup.hello)
+    else {
         return Ok(());
     };
     let boot = crate::bootstrap::bootstrap(
         paid,
         rp.identity_key,
         setup.wg.public_key().0,
-        rp.hello,
+        hello,
         Duration::from_secs(15),
     )
     .await?;

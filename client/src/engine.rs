@@ -143,13 +143,16 @@ impl Engine {
             (None, None) => None,
             _ => anyhow::bail!("paid relay without a voucher setup (internal)"),
         };
-        let mut status = Status::new(
-            mode,
-            &relay.name,
-            relay.endpoint.to_string(),
-            paid.is_some(),
-            unix_now(),
-        );
+        // The socket is connected to the resolved endpoint.
+        let endpoint = udp
+            .peer_addr()
+            .context("the relay socket is not connected")?;
+        // A host name is shown with what it resolved to: `relay.example:51820 (192.0.2.1:51820)`.
+        let shown = match relay.endpoint.host() {
+            Some(_) => format!("{} ({endpoint})", relay.endpoint),
+            None => endpoint.to_string(),
+        };
+        let mut status = Status::new(mode, &relay.name, shown, paid.is_some(), unix_now());
         status.price_micros_per_gib = paid.as_ref().map(|p| {
             p.offer
                 .as_ref()
@@ -162,7 +165,7 @@ impl Engine {
         Ok(Self {
             tunn,
             udp,
-            endpoint: relay.endpoint,
+            endpoint,
             out: vec![0u8; usize::from(relay.mtu) + WG_OVERHEAD + 64],
             paid,
             up: 0,

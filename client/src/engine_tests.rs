@@ -104,7 +104,7 @@ async fn fixture(phantom_down: u64, voucher: Voucher, outside: bool) -> Fixture 
 
     let relay = Relay {
         name: "mini".into(),
-        endpoint,
+        endpoint: endpoint.into(),
         public_key: WgPublicKey(relay_wg.public_key().0),
         address: vec!["10.77.0.2/32".parse().unwrap()],
         dns: vec![],
@@ -114,7 +114,7 @@ async fn fixture(phantom_down: u64, voucher: Voucher, outside: bool) -> Fixture 
             identity_key: relay_id.public_key(),
             control_address: RELAY_TUN.into(),
             voucher: None,
-            hello: hello_addr,
+            hello: Some(hello_addr),
         }),
     };
     let dir = tempfile::tempdir().unwrap();

@@ -14,6 +14,7 @@ mod cli;
 mod cmds;
 mod config;
 mod connect;
+mod endpoint;
 mod engine;
 mod ledger;
 mod netcfg;

@@ -1,6 +1,7 @@
 //! What `connect` and `socks5` share before the tunnel starts: keys, relay, voucher, the
 //! local receipt store and the ledger submitter.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,20 +17,39 @@ use crate::engine::{PaidSetup, unix_now};
 /// Ready-to-run pieces.
 pub(crate) struct Setup {
     pub(crate) relay: Relay,
+    /// The relay's WireGuard endpoint, resolved once at start (see [`crate::endpoint`]).
+    pub(crate) endpoint: SocketAddr,
+    /// Paid relays: where to say `Hello` (configured, or the resolved endpoint IP, 51821).
+    pub(crate) hello: Option<SocketAddr>,
     pub(crate) wg: WgPrivateKey,
     pub(crate) paid: Option<PaidSetup>,
     pub(crate) submitter: Option<Submitter>,
 }
 
-/// Loads keys and, for a paid relay, the voucher, the receipt store and the submitter.
+/// Loads keys, resolves the relay endpoint (before any kill switch exists: the system
+/// resolver still works) and, for a paid relay, loads the voucher, the receipt store and
+/// the submitter.
 pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup> {
     let relay = cfg.relay(relay)?;
     let wg = WgPrivateKey::load(&paths.wg())
         .map_err(key_err)
         .context("WireGuard key (run `ferry keygen`)")?;
+    let endpoint = relay.endpoint.resolve_blocking().map_err(|e| {
+        if relay.endpoint.host().is_some() && crate::netcfg::kill_switch_present() {
+            e.context(
+                "the kill switch of an earlier session is still on and blocks the resolver; \
+                 run `ferry disconnect` first",
+            )
+        } else {
+            e
+        }
+    })?;
+    let hello = relay.paid.as_ref().map(|p| p.hello_addr(endpoint));
     let Some(rp) = &relay.paid else {
         return Ok(Setup {
             relay,
+            endpoint,
+            hello,
             wg,
             paid: None,
             submitter: None,
@@ -95,6 +115,8 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
     };
     Ok(Setup {
         relay,
+        endpoint,
+        hello,
         wg,
         paid: Some(PaidSetup {
             identity: Arc::new(identity),

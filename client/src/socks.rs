@@ -128,7 +128,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitC
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        let udp = relay_socket(relay.endpoint).await?;
+        let udp = relay_socket(setup.endpoint).await?;
         let mut engine = Engine::new(
             &relay,
             &setup.wg,

@@ -44,7 +44,7 @@ pub(crate) struct Status {
     pub(crate) mode: String,
     /// Relay name from the config.
     pub(crate) relay: String,
-    /// Relay endpoint.
+    /// Relay endpoint in use: `ip:port`, or `host:port (ip:port)` for a resolved name.
     pub(crate) endpoint: String,
     /// Process id of the running client.
     pub(crate) pid: u32,
