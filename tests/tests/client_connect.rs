@@ -3,8 +3,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use ferry_e2e::agent::Agent;
 use ferry_e2e::client::{CANARY, CANARY_ISP, CANARY_TUNNEL, ClientLab, WireCounters};
 use ferry_e2e::servers::{fetch, probe_tcp, probe_udp, upload};
 use ferry_e2e::topology::{
@@ -100,6 +102,107 @@ fn connect_fetches_from_the_internet_host_over_ipv4_and_ipv6_then_disconnect_res
     let st = lab.status_json().unwrap();
     assert!(st.contains("\"state\": \"stopped\""), "{st}");
     assert!(st.contains("\"kill_switch\": false"), "{st}");
+}
+
+/// `/etc/netns/<ns>/hosts`, which `ip netns exec` bind-mounts over `/etc/hosts` for every
+/// program it starts in that namespace. Removed on drop (the lab's resolv.conf guard removes
+/// the directory).
+struct NetnsHosts(PathBuf);
+
+impl NetnsHosts {
+    fn create(ns: &str, text: &str) -> Self {
+        let dir = PathBuf::from("/etc/netns").join(ns);
+        std::fs::create_dir_all(&dir).unwrap();
+        let guard = Self(dir.join("hosts"));
+        std::fs::write(&guard.0, text).unwrap();
+        guard
+    }
+}
+
+impl Drop for NetnsHosts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn a_host_name_endpoint_is_resolved_at_start_and_the_kill_switch_allows_exactly_that_address() {
+    const NAME: &str = "relay.ferry.test";
+    let mut lab = ClientLab::start(|_| {}).unwrap();
+    let ep = Agent::endpoint();
+    let cfg_path = lab.home.dir.join("client.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let named = format!("endpoint = \"{NAME}:{}\"", ep.port());
+    let cfg = cfg.replace(&format!("endpoint = \"{ep}\""), &named);
+    assert!(cfg.contains(&named), "{cfg}");
+    lab.home.write_config(&cfg).unwrap();
+    let tun = lab.tun();
+    let connect = lab.home.argv(&["connect", "lab", "--tun", &tun]).unwrap();
+    let connect: Vec<&str> = connect.iter().map(String::as_str).collect();
+
+    // Positive control: no DNS server knows the name, so without the hosts entry `connect`
+    // fails at once, names the host, and leaves the host untouched (no kill switch, no pid).
+    let out = lab.topo.client.exec_unchecked(&connect).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("\"{NAME}\"")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!lab.kill_switch_present());
+    assert!(!lab.home.state.join("ferry.pid").exists());
+    assert!(
+        probe_tcp(
+            &lab.topo.client,
+            sa(INET4, DATA_PORT),
+            Duration::from_secs(1)
+        )
+        .is_none()
+    );
+
+    // With the name in the namespace's hosts file, the system resolver finds it.
+    let _hosts = NetnsHosts::create(
+        lab.topo.client.name(),
+        &format!("127.0.0.1 localhost\n{} {NAME}\n", ep.ip()),
+    );
+    lab.connect().unwrap();
+    let c = &lab.topo.client;
+    let got = fetch(c, sa(INET4, DATA_PORT), 1 << 20, T).unwrap();
+    assert_eq!(got.banner, "inet");
+    assert_eq!(got.peer_seen.ip(), std::net::IpAddr::from(ROUTER_UP4));
+
+    // The kill switch allows exactly the resolved address (and nothing by name).
+    let rules = c.exec(&["nft", "list", "table", "inet", "ferry"]).unwrap();
+    let allows: Vec<&str> = rules.lines().filter(|l| l.contains("daddr")).collect();
+    assert_eq!(allows.len(), 1, "{rules}");
+    assert!(
+        allows[0].contains(&format!(
+            "ip daddr {} udp dport {} accept",
+            ep.ip(),
+            ep.port()
+        )),
+        "{rules}"
+    );
+    // The endpoint route pins the resolved address too.
+    let r4 = c.ip(&["-4", "route"]).unwrap();
+    assert!(
+        r4.contains(&format!("{ROUTER_WAN4} via")) || r4.contains(&format!("{ROUTER_WAN4} dev")),
+        "{r4}"
+    );
+    // Status shows the name and what it resolved to.
+    let st = lab.status_json().unwrap();
+    assert!(
+        st.contains(&format!("\"endpoint\": \"{NAME}:{} ({ep})\"", ep.port())),
+        "{st}"
+    );
+    // export-wg keeps the name for wg-quick.
+    let wg = lab.home.cli(c, &["export-wg", "lab"]).unwrap();
+    assert!(
+        wg.contains(&format!("Endpoint = {NAME}:{}\n", ep.port())),
+        "{wg}"
+    );
+
+    lab.disconnect().unwrap();
+    assert!(!lab.kill_switch_present());
 }
 
 fn json_u64(text: &str, key: &str) -> u64 {
