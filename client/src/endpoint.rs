@@ -250,13 +250,9 @@ mod tests {
         assert_eq!(a.port(), 51820);
     }
 
-    #[tokio::test]
-    async fn an_unresolvable_name_is_an_error_naming_the_host() {
-        // `.invalid` never resolves (RFC 6761); no hosts file maps it.
-        let e: Endpoint = "no-such-relay.invalid:51820".parse().unwrap();
-        let msg = format!("{:#}", e.resolve().await.unwrap_err());
-        assert!(msg.contains("\"no-such-relay.invalid\""), "{msg}");
-    }
+    // The failure path (an unresolvable name is an error naming the host, nothing changed on
+    // the host) is tested in netns by tests/tests/client_connect.rs, where the lookup cannot
+    // reach a real resolver; a unit test here would query the machine's DNS servers.
 
     #[test]
     fn resolve_blocking_works_outside_a_runtime() {
