@@ -4,7 +4,7 @@ set -euo pipefail
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 pkgs=(iproute2 iptables nftables wireguard-tools wireguard-go iperf3 jq curl python3 procps
       netcat-openbsd tcpdump dnsutils postgresql prometheus sqlite3 shellcheck
-      busybox nodejs make util-linux iputils-ping)
+      bzip2 nodejs make util-linux iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -14,4 +14,6 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 command -v cargo >/dev/null || { echo "setup: Rust toolchain (cargo) not found; install it with rustup first" >&2; exit 1; }
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# A busybox configured like OpenWrt's, for the OpenWrt shell tests (no-op when already built).
+sh "$(dirname "$0")/../openwrt/tests/busybox/build.sh"
 echo "setup: done"

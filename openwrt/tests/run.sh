@@ -3,8 +3,9 @@
 # on all shell scripts, jq on the JSON files, node --check and a behaviour test of the LuCI view,
 # the UCI->TOML rendering, the init script, the uci-defaults firewall script, the .ipk builder
 # and the feed Makefile; no std 64-bit atomics in the agent's crates (32-bit MIPS lacks them).
-# Needs: shellcheck, jq, node, python3 >= 3.11 (tomllib), GNU make/tar/gzip, file; busybox optional
-# (then the renderer is also tested under busybox ash, OpenWrt's shell).
+# Needs: shellcheck, jq, node, python3 >= 3.11 (tomllib), GNU make/tar/gzip, file, and the
+# OpenWrt-configured busybox from tests/busybox/build.sh (scripts/setup.sh builds it): the
+# renderer, init script and uci-defaults run under it with only its applets in PATH.
 # Usage: openwrt/tests/run.sh     (exit status 0 when everything passed)
 set -u
 HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)

@@ -7,6 +7,9 @@ set -eu
 HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
 FILES="$ROOT/openwrt/package/ferry/files"
+# shellcheck source=openwrt/tests/lib/openwrt-sh.sh
+. "$HERE/lib/openwrt-sh.sh"
+PYTHON=$(python3 -c "import sys; print(sys.executable)") # the real binary (not a pyenv shim)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass=0 fail=0
@@ -16,21 +19,21 @@ cat >"$tmp/ferry-agent" <<AGENT
 #!/bin/sh
 case "\$1" in
 genkey) echo "YEC3B2vH3aE3Q9kW2p7ZqT9j0v4mGq1w0o6yJ5XxK2w=" ;;
-check-config) [ ! -e "$tmp/reject" ] && python3 "$HERE/lib/toml_check.py" subset "\$3" '{}' ;;
+check-config) [ ! -e "$tmp/reject" ] && $PYTHON "$HERE/lib/toml_check.py" subset "\$3" '{}' ;;
 *) exit 2 ;;
 esac
 AGENT
 chmod +x "$tmp/ferry-agent"
 
-# run_init FIXTURE ACTION: sources the init script with stand-ins and calls ACTION; the procd
-# calls land in $tmp/procd, log lines in $tmp/log.
+# run_init FIXTURE ACTION: sources the init script with stand-ins and calls ACTION under
+# OpenWrt's busybox (owrt_sh); the procd calls land in $tmp/procd, log lines in $tmp/log.
 run_init() {
 	mkdir -p "$tmp/uci"
 	printf '%s\n' "$1" >"$tmp/uci/ferry"
 	rm -f "$tmp/procd" "$tmp/log"
 	# shellcheck disable=SC2016 # expanded by the inner shell
-	env UCI_CONFIG_DIR="$tmp/uci" T="$tmp" FAKE="$HERE/lib/fake-functions.sh" INIT="$FILES/ferry.init" \
-		RENDER_SH="$FILES/ferry-render.sh" ACTION="$2" sh -c '
+	UCI_CONFIG_DIR="$tmp/uci" T="$tmp" FAKE="$HERE/lib/fake-functions.sh" INIT="$FILES/ferry.init" \
+		RENDER_SH="$FILES/ferry-render.sh" ACTION="$2" owrt_sh -c '
 		. "$FAKE"
 		procd_open_instance() { echo "open $*" >>"$T/procd"; }
 		procd_set_param() { echo "param $*" >>"$T/procd"; }
@@ -82,6 +85,15 @@ check "rendered config is the UCI config, mode 0600" sh -c "
 cp "$KEY" "$tmp/keep"
 run_init "$CONF" start_service
 check "an existing key is not replaced" cmp -s "$KEY" "$tmp/keep"
+
+# A key in an existing directory (private_key_file=/etc/wg.key): the directory keeps its mode.
+mkdir -p "$tmp/etc"
+chmod 0755 "$tmp/etc"
+run_init "config ferry 'main'
+	option enabled '1'
+	option private_key_file '$tmp/etc/wg.key'" start_service
+check "key in an existing directory: created 0600, directory stays 0755" \
+	sh -c "[ \"\$(stat -c %a '$tmp/etc/wg.key')\" = 600 ] && [ \"\$(stat -c %a '$tmp/etc')\" = 755 ]"
 
 run_init "config ferry 'main'
 	option enabled '0'" start_service

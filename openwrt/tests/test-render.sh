@@ -1,7 +1,8 @@
 #!/bin/sh
 # Tests the UCI -> TOML rendering (openwrt/package/ferry/files/ferry-render.sh) in a fake
-# /lib/functions.sh environment (tests/lib/fake-functions.sh), under dash and, when installed,
-# busybox ash (OpenWrt's shell). Rendered TOML is parsed with python3 tomllib, its keys must all
+# /lib/functions.sh environment (tests/lib/fake-functions.sh), under dash (strict POSIX) and
+# under OpenWrt's userland: a busybox built with OpenWrt's applet settings, alone in PATH
+# (tests/lib/openwrt-sh.sh). Rendered TOML is parsed with python3 tomllib, its keys must all
 # occur in config/agent.example.toml (the agent denies unknown fields), and when an agent binary
 # with `check-config` is available (FERRY_AGENT, else target/debug/ferry-agent) it must accept it.
 set -eu
@@ -11,8 +12,9 @@ FILES="$ROOT/openwrt/package/ferry/files"
 CHECK="python3 $HERE/lib/toml_check.py"
 EXAMPLE="$ROOT/config/agent.example.toml"
 AGENT=${FERRY_AGENT:-$ROOT/target/debug/ferry-agent}
-SHELLS=${FERRY_TEST_SHELLS:-sh}
-if [ -z "${FERRY_TEST_SHELLS:-}" ] && command -v busybox >/dev/null 2>&1; then SHELLS="sh|busybox ash"; fi
+# shellcheck source=openwrt/tests/lib/openwrt-sh.sh
+. "$HERE/lib/openwrt-sh.sh"
+SHELLS=${FERRY_TEST_SHELLS:-sh|openwrt}
 if [ -x "$AGENT" ] && "$AGENT" --help 2>/dev/null | grep -Eq '^ +check-config'; then
 	HAVE_AGENT=1
 else
@@ -42,13 +44,16 @@ not_ok() {
 	[ ! -s "$tmp/err" ] || sed 's/^/       /' "$tmp/err"
 }
 
-# render SHELL FIXTURE: renders FIXTURE (UCI text) to $tmp/out (stderr in $tmp/err).
+# render SHELL FIXTURE: renders FIXTURE (UCI text) to $tmp/out (stderr in $tmp/err); SHELL is
+# "sh" (the machine's /bin/sh) or "openwrt" (owrt_sh).
 render() {
 	mkdir -p "$tmp/uci"
 	printf '%s\n' "$2" >"$tmp/uci/ferry"
-	# shellcheck disable=SC2016,SC2086 # $1 is "sh" or "busybox ash"; the rest expands in it
-	env UCI_CONFIG_DIR="$tmp/uci" FAKE="$HERE/lib/fake-functions.sh" RENDER="$FILES/ferry-render.sh" \
-		$1 -c '. "$FAKE"; . "$RENDER"; config_load ferry; ferry_render_toml' >"$tmp/out" 2>"$tmp/err"
+	run="sh"
+	[ "$1" != openwrt ] || run=owrt_sh
+	# shellcheck disable=SC2016 # expanded by the inner shell
+	UCI_CONFIG_DIR="$tmp/uci" FAKE="$HERE/lib/fake-functions.sh" RENDER="$FILES/ferry-render.sh" \
+		$run -c '. "$FAKE"; . "$RENDER"; config_load ferry; ferry_render_toml' >"$tmp/out" 2>"$tmp/err"
 }
 
 # expect_ok NAME SHELL FIXTURE JSON: renders, parses, checks the subset, the key set and the agent.
@@ -171,6 +176,12 @@ config peer
 [limits]'
 	option public_key '$PUB1'
 	list allowed_ip '10.77.0.2/32'" "control character"
+	expect_err "tab in a value" "$sh" "$DEFAULT
+	option tun_name 'fer$(printf '\t')ry0'" "control character"
+	expect_err "DEL in a value" "$sh" "$DEFAULT
+	option tun_name 'ferry$(printf '\177')'" "control character"
+	expect_ok "value made of the letters of [:cntrl:]" "$sh" "$DEFAULT
+	option tun_name 'cntrl'" "{\"egress\": {\"tun-name\": \"cntrl\"}}"
 	expect_err "missing extra_toml" "$sh" "$DEFAULT
 	option extra_toml '$tmp/nope.toml'" "extra_toml"
 	IFS='|'

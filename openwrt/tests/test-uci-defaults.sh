@@ -10,6 +10,8 @@ ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
 SCRIPT="$ROOT/openwrt/package/ferry/files/ferry.uci-defaults"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=openwrt/tests/lib/openwrt-sh.sh
+. "$HERE/lib/openwrt-sh.sh"
 PATH="$HERE/lib/bin:$PATH"
 export PATH FAKE_UCI_STATE="$tmp/state"
 pass=0 fail=0
@@ -75,7 +77,7 @@ rule_ok() {
 committed() { grep -qx 'commit firewall' "$FAKE_UCI_STATE.log"; }
 
 state 1
-sh "$SCRIPT"
+owrt_sh "$SCRIPT"
 check "zone ferry on the configured TUN device, input/forward rejected" zone_ok
 check "only forwarding ferry -> wan (no lan)" forwarding_ok
 check "WireGuard UDP port from ferry.main.listen_port opened on wan" rule_ok
@@ -83,26 +85,26 @@ check "firewall committed" committed
 check "wan masquerades: agent masquerade stays off" has ferry.main.masquerade=0
 cp "$FAKE_UCI_STATE" "$tmp/first"
 rm -f "$FAKE_UCI_STATE.log"
-sh "$SCRIPT"
+owrt_sh "$SCRIPT"
 check "second run changes nothing" cmp -s "$FAKE_UCI_STATE" "$tmp/first"
 check "second run writes nothing" test ! -e "$FAKE_UCI_STATE.log"
 
 state 0
-sh "$SCRIPT"
+owrt_sh "$SCRIPT"
 check "wan without masq: agent masquerade switched on" has ferry.main.masquerade=1
 
 state 1 0 10.77.0.1/24 fd77::1/64
-sh "$SCRIPT"
+owrt_sh "$SCRIPT"
 check "IPv6 tunnel, wan without masq6: agent masquerade switched on (NAT66 of the ULA)" has ferry.main.masquerade=1
 check "IPv6 tunnel: masq6 not forced onto the household's wan zone" sh -c "! grep -q 'masq6=1' '$FAKE_UCI_STATE'"
 
 state 1 1 10.77.0.1/24 fd77::1/64
-sh "$SCRIPT"
+owrt_sh "$SCRIPT"
 check "IPv6 tunnel, wan with masq and masq6: agent masquerade stays off" has ferry.main.masquerade=0
 
 state 1
 sed -i '/^ferry\./d' "$FAKE_UCI_STATE"
-sh "$SCRIPT"
+owrt_sh "$SCRIPT"
 check "defaults without /etc/config/ferry: ferry0 and port 51820" \
 	sh -c "grep -qx firewall.ferry.device=ferry0 '$FAKE_UCI_STATE' && grep -qx firewall.ferry_wg.dest_port=51820 '$FAKE_UCI_STATE'"
 

@@ -26,8 +26,10 @@ ferry_err() {
 # current shell (not a command substitution) and validation errors reach _fr_failed.
 
 # ferry_str VALUE: sets _fr_q to VALUE as a TOML basic string.
+# Control characters are named as octal ranges: OpenWrt's busybox tr has no [:cntrl:] (it
+# would delete the letters c n t r l instead); TOML forbids U+0000-U+001F and U+007F.
 ferry_str() {
-	if [ "$(printf '%s' "$1" | tr -d '[:cntrl:]')" != "$1" ]; then
+	if [ "$(printf '%s' "$1" | tr -d '\001-\037\177')" != "$1" ]; then
 		ferry_err "control character in value '$1'"
 		_fr_q='""'
 		return 0
