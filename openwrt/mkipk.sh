@@ -50,7 +50,7 @@ SourceName: $name
 License: Apache-2.0
 Section: net
 SourceDateEpoch: $EPOCH
-Maintainer: Ferry developers
+Maintainer: Ferry developers <maintainers@ferry.invalid>
 Architecture: $pkgarch
 Installed-Size: $(installed_size "$work/data")
 Description: $4
@@ -79,7 +79,9 @@ ferry_ipk() {
 	install -m 0600 "$PKG/files/ferry.config" "$d/etc/config/ferry"
 	install -m 0755 "$PKG/files/ferry.uci-defaults" "$d/etc/uci-defaults/99-ferry"
 	install -m 0644 "$PKG/files/ferry-render.sh" "$d/usr/share/ferry/ferry-render.sh"
-	install -m 0644 "$PKG/files/ferry.keep" "$d/lib/upgrade/keep.d/ferry"
+	# what package-pack.mk writes for a directory conffile (/etc/ferry/ in the feed Makefile)
+	printf '/etc/ferry/\n' >"$d/lib/upgrade/keep.d/ferry"
+	chmod 0644 "$d/lib/upgrade/keep.d/ferry"
 	chmod 0700 "$d/etc/ferry"
 	find "$d" -type d ! -path "$d/etc/ferry" -exec chmod 0755 {} +
 	printf '/etc/config/ferry\n' >"$work/control/conffiles"
@@ -87,7 +89,7 @@ ferry_ipk() {
 	install -m 0755 "$PKG/ipk/prerm" "$work/control/prerm"
 	pack ferry "$OWRT" "$work" \
 		"Ferry bandwidth-sharing WireGuard relay agent (static ferry-agent, procd, UCI, fw4 zone)" \
-		"kmod-tun, ip-tiny"
+		"kmod-tun, ip, nftables"
 	rm -rf "$work"
 }
 

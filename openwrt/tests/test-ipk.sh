@@ -66,8 +66,8 @@ check_installed_size() {
 check_ferry_control() {
 	c="$1/control/control"
 	[ "$(field "$c" Package)" = ferry ] && [ "$(field "$c" Version)" = "$VERSION-r1" ] &&
-		[ "$(field "$c" Architecture)" = "$2" ] && field "$c" Depends | grep -qw kmod-tun && field "$c" Depends | grep -qw ip-tiny &&
-		[ -n "$(field "$c" Description)" ] && [ -n "$(field "$c" Maintainer)" ] &&
+		[ "$(field "$c" Architecture)" = "$2" ] && [ "$(field "$c" Depends)" = "kmod-tun, ip, nftables" ] &&
+		[ -n "$(field "$c" Description)" ] && field "$c" Maintainer | grep -Eq '^[^<]+ <[^@ ]+@[^> ]+>$' &&
 		[ "$(cat "$1/control/conffiles")" = /etc/config/ferry ] && [ -f "$1/data/etc/config/ferry" ]
 }
 
