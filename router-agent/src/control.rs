@@ -1,21 +1,17 @@
 //! Runtime housekeeping beside the data plane: refresh the router's own addresses (WAN
 //! addresses change with DHCP/PPPoE) and reload trusted peers on SIGHUP.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ferry_relay_core::{PeerConfig, PeerId, PublicKey, Relay};
+use ferry_relay_core::{PeerConfig, PublicKey, Relay};
 use ferry_relay_io::{SharedRelay, local_addresses};
 
 use crate::config::{Config, ValidPeer};
 
 const ADDRESS_REFRESH: Duration = Duration::from_secs(30);
 
-/// Peers that belong to paid sessions (SIGHUP must not remove them); None without metering.
-pub(crate) type PaidPeers = Option<std::sync::Arc<dyn Fn(PeerId) -> bool + Send + Sync>>;
-
-pub(crate) async fn run(config: PathBuf, relay: SharedRelay, paid: PaidPeers) {
+pub(crate) async fn run(config: PathBuf, relay: SharedRelay) {
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(ADDRESS_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -23,7 +19,7 @@ pub(crate) async fn run(config: PathBuf, relay: SharedRelay, paid: PaidPeers) {
         tokio::select! {
             _ = tick.tick() => refresh_addresses(&relay),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
-                reload_peers(&config, &relay, &paid);
+                reload_peers(&config, &relay);
             }
         }
     }
@@ -40,7 +36,7 @@ fn refresh_addresses(relay: &SharedRelay) {
     }
 }
 
-fn reload_peers(config: &std::path::Path, relay: &SharedRelay, paid: &PaidPeers) {
+fn reload_peers(config: &std::path::Path, relay: &SharedRelay) {
     let cfg = match Config::load(config) {
         Ok(c) => c,
         Err(e) => {
@@ -49,8 +45,7 @@ fn reload_peers(config: &std::path::Path, relay: &SharedRelay, paid: &PaidPeers)
         }
     };
     let Ok(mut r) = relay.lock() else { return };
-    let is_paid = |id: PeerId| paid.as_ref().is_some_and(|f| f(id));
-    let (added, removed) = sync_peers(&mut r, &cfg.peers, &is_paid);
+    let (added, removed) = sync_peers(&mut r, &cfg.peers);
     tracing::info!(
         added,
         removed,
@@ -59,49 +54,24 @@ fn reload_peers(config: &std::path::Path, relay: &SharedRelay, paid: &PaidPeers)
     );
 }
 
-/// Makes the relay's peer table equal to `peers` (by public key and allowed IPs); returns
-/// (added, removed). Unchanged peers keep their sessions and counters; peers for which
-/// `is_paid` holds (paid sessions, not from the config) are left alone.
-pub(crate) fn sync_peers(
-    relay: &mut Relay,
-    peers: &[ValidPeer],
-    is_paid: &dyn Fn(PeerId) -> bool,
-) -> (usize, usize) {
-    let wanted: HashMap<[u8; 32], &ValidPeer> = peers.iter().map(|p| (p.public_key.0, p)).collect();
-    let mut removed = 0;
-    let current: Vec<_> = relay.peers().collect();
-    for info in current {
-        if is_paid(info.id) {
-            continue;
-        }
-        let keep = wanted.get(&info.public_key).is_some_and(|p| {
-            let mut a: Vec<_> = p.allowed_ips.iter().map(|n| n.trunc()).collect();
-            let mut b = info.allowed_ips.clone();
-            a.sort_unstable();
-            b.sort_unstable();
-            a == b
-        });
-        if !keep && relay.remove_peer(info.id).is_some() {
-            removed += 1;
-        }
-    }
-    let mut added = 0;
-    for p in peers {
-        if relay.peer_by_key(&p.public_key.0).is_some() {
-            continue;
-        }
-        let cfg = PeerConfig {
+/// Makes the relay's trusted peers equal to `peers` (`Relay::sync_trusted`: unchanged peers
+/// keep their sessions and counters, paid peers are never touched); returns (added, removed).
+pub(crate) fn sync_peers(relay: &mut Relay, peers: &[ValidPeer]) -> (usize, usize) {
+    let cfgs: Vec<PeerConfig> = peers
+        .iter()
+        .map(|p| PeerConfig {
             public_key: PublicKey::from(p.public_key.0),
             allowed_ips: p.allowed_ips.clone(),
             preshared_key: None,
             persistent_keepalive: p.persistent_keepalive,
-        };
-        match relay.add_peer(cfg) {
-            Ok(_) => added += 1,
-            Err(e) => tracing::warn!(peer = %p.name, error = %e, "peer not added"),
-        }
+        })
+        .collect();
+    let report = relay.sync_trusted(&cfgs);
+    for (i, e) in &report.failed {
+        let name = peers.get(*i).map_or("?", |p| p.name.as_str());
+        tracing::warn!(peer = %name, error = %e, "peer not added");
     }
-    (added, removed)
+    (report.added, report.removed)
 }
 
 #[cfg(test)]
@@ -136,16 +106,39 @@ mod tests {
             index_salt: 0,
         });
         let v1 = peers(&(peer("a", 2, "10.77.0.2/32") + &peer("b", 3, "10.77.0.3/32")));
-        assert_eq!(sync_peers(&mut relay, &v1, &|_| false), (2, 0));
+        assert_eq!(sync_peers(&mut relay, &v1), (2, 0));
         let a_id = relay.peers().next().unwrap().id;
         // b removed, a unchanged, c added, then b's address reused by c.
         let v2 = peers(&(peer("a", 2, "10.77.0.2/32") + &peer("c", 4, "10.77.0.3/32")));
-        assert_eq!(sync_peers(&mut relay, &v2, &|_| false), (1, 1));
+        assert_eq!(sync_peers(&mut relay, &v2), (1, 1));
         assert_eq!(relay.peers().next().unwrap().id, a_id);
         assert_eq!(relay.peers().count(), 2);
         // a's address changes: re-created.
         let v3 = peers(&(peer("a", 2, "10.77.0.9/32") + &peer("c", 4, "10.77.0.3/32")));
-        assert_eq!(sync_peers(&mut relay, &v3, &|_| false), (1, 1));
-        assert_eq!(sync_peers(&mut relay, &v3, &|_| false), (0, 0));
+        assert_eq!(sync_peers(&mut relay, &v3), (1, 1));
+        assert_eq!(sync_peers(&mut relay, &v3), (0, 0));
+        // A paid peer is never removed by a reload, and its key is not re-added as trusted.
+        let paid = relay
+            .add_peer_as(
+                PeerConfig {
+                    public_key: PublicKey::from(&StaticSecret::from([5u8; 32])),
+                    allowed_ips: vec!["10.77.0.5/32".parse().unwrap()],
+                    preshared_key: None,
+                    persistent_keepalive: None,
+                },
+                ferry_relay_core::PeerKind::Paid,
+            )
+            .unwrap();
+        assert_eq!(sync_peers(&mut relay, &v3), (0, 0));
+        let v4 = peers(&(peer("a", 2, "10.77.0.9/32") + &peer("p", 5, "10.77.0.6/32")));
+        assert_eq!(
+            sync_peers(&mut relay, &v4),
+            (0, 1),
+            "c removed, p not added"
+        );
+        assert_eq!(
+            relay.peer_kind(paid),
+            Some(ferry_relay_core::PeerKind::Paid)
+        );
     }
 }

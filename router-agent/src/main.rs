@@ -21,6 +21,7 @@ mod metering_hello;
 mod observability;
 mod peers;
 mod run;
+mod sessions;
 
 /// Ferry relay agent: a userspace WireGuard endpoint that relays clients' traffic to the internet.
 #[derive(Parser, Debug)]

@@ -1,38 +1,44 @@
 //! Paid sessions: wires ferry-metering's `RelayHub` (receipt exchange, credit window) and
 //! ferry-store (durable receipts, ledger submitter) into the running relay.
 //!
-//! - startup ([`Metering::setup`]): open the store (recovering a torn tail), re-admit the
+//! - startup ([`Metering::setup`]): open the store (recovering a torn tail), install the
+//!   paid sessions ([`PaidSessions`], `sessions.rs`) as the relay's hook, then re-admit the
 //!   peers of sessions that were open when the agent stopped and resume them from their
-//!   latest stored co-signed receipt, install the [`Hook`] in the relay;
+//!   latest stored co-signed receipt;
 //! - the hook, called by the relay core under its lock: control datagrams to
 //!   `<relay tunnel address>:51821` are diverted to the hub before the egress policy and are
 //!   never metered; every other packet of a paid peer is metered by `RelayHub::on_bytes`
-//!   after allowed-IPs, policy and rate limit, and dropped unless it fits the credit window;
+//!   after allowed-IPs, policy and rate limit, and dropped unless it fits the credit window
+//!   (a paid peer without a session is dropped by the relay core);
 //! - tasks ([`Metering::start`]): the public Hello listener (`metering_hello.rs`), the
 //!   persist loop (co-signed receipts are fsynced by the batching `Persister` *before* the
 //!   `Ack`; the packet path never waits for it), the timer/driver loop (receipts,
 //!   retransmissions, cut-offs, closes) and the ledger `Submitter`.
 //!
-//! Lock order: relay → hub (the hook runs inside the relay lock). Tasks never hold the hub
-//! lock while taking the relay lock, and never hold either across an await.
+//! One lock: the sessions live in the relay's hook, so every session operation is one
+//! `Relay::with_hook` call under the relay lock (see `sessions.rs`). The store has its own
+//! lock, never taken while holding the relay lock. No lock is held across an await; the
+//! agent's own control messages are encrypted with `Relay::encapsulate_for` (no rate limit,
+//! counters or hook).
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferry_metering::{
-    CONTROL_PORT, Direction, Message, RelayEvent, RelayHub, RelayIdentity, Verdict,
-    control_datagram, encode, is_control_reply, udp_packet,
+    CONTROL_PORT, Message, RelayEvent, RelayHub, RelayIdentity, encode, udp_packet,
 };
-use ferry_receipts::{CoSignedReceipt, SessionAccept, SessionId, SessionOffer};
-use ferry_relay_core::{HookDirection, IpNet, PacketHook, PeerConfig, PeerId, PublicKey};
-use ferry_relay_io::{SharedRelay, UdpEndpoint, inject_to_client};
+use ferry_receipts::CoSignedReceipt;
+use ferry_relay_core::{IpNet, PeerId, Relay};
+use ferry_relay_io::{SharedRelay, UdpEndpoint, send_to_peer};
 use ferry_store::{HttpLedger, PersistError, Persister, Record, Store, Submitter, SubmitterConfig};
 use tokio::sync::{Notify, mpsc};
 
 use crate::config_paid::PaidSettings;
+use crate::observability::ReceiptCounters;
+pub(crate) use crate::sessions::PaidPeer;
+use crate::sessions::PaidSessions;
 
 /// Driver tick when no session timer is earlier.
 const TICK: Duration = Duration::from_millis(250);
@@ -41,33 +47,30 @@ const MIN_SLEEP: Duration = Duration::from_millis(20);
 /// Compaction check interval.
 const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
-/// A paid peer's session facts the shell needs besides the hub.
-#[derive(Debug, Clone)]
-pub(crate) struct PaidPeer {
-    pub(crate) session: SessionId,
-    pub(crate) offer: SessionOffer,
-    pub(crate) accept: SessionAccept,
-    pub(crate) v4: Option<Ipv4Addr>,
-    pub(crate) v6: Option<Ipv6Addr>,
-}
-
-/// State shared by the hook and the tasks.
+/// State shared by the tasks (the sessions themselves live in the relay's hook).
 pub(crate) struct Shared {
-    pub(crate) hub: Mutex<RelayHub<PeerId>>,
     pub(crate) store: Arc<Mutex<Store>>,
     pub(crate) identity: RelayIdentity,
     pub(crate) own: Vec<IpAddr>,
     pub(crate) subnets: Vec<IpNet>,
-    pub(crate) peers: Mutex<BTreeMap<PeerId, PaidPeer>>,
-    pub(crate) wake: Notify,
+    pub(crate) wake: Arc<Notify>,
     pub(crate) persister: Persister,
     pub(crate) kick: Option<Arc<Notify>>,
     /// Receipt counters for `/metrics`.
-    pub(crate) counters: crate::observability::ReceiptCounters,
+    pub(crate) counters: Arc<ReceiptCounters>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs `f` with the relay and its paid sessions borrowed together (one operation under the
+/// relay lock). `None` if paid sessions are not installed.
+pub(crate) fn with_sessions<R>(
+    relay: &SharedRelay,
+    f: impl FnOnce(&mut Relay, &mut PaidSessions) -> R,
+) -> Option<R> {
+    lock(relay).with_hook(f)
 }
 
 /// Paid-session machinery, set up before the shell starts.
@@ -77,6 +80,7 @@ pub(crate) struct Metering {
     cosigned_rx: mpsc::UnboundedReceiver<(PeerId, CoSignedReceipt)>,
     submitter: Option<Submitter>,
     hello: tokio::net::UdpSocket,
+    relay: SharedRelay,
 }
 
 impl Metering {
@@ -130,29 +134,30 @@ impl Metering {
                 None
             }
         };
-        let own = subnets.iter().map(IpNet::addr).collect();
+        let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
         let shared = Arc::new(Shared {
-            hub: Mutex::new(RelayHub::new(settings.meter.clone(), identity.clone())),
             store,
-            identity,
-            own,
+            identity: identity.clone(),
+            own: own.clone(),
             subnets,
-            peers: Mutex::new(BTreeMap::new()),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
             persister,
             kick: submitter.as_ref().map(Submitter::kicker),
-            counters: Default::default(),
+            counters: Arc::default(),
         });
-        let resumed = resume_sessions(&shared, relay);
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await
             .with_context(|| format!("binding the Hello port {}", settings.hello_listen))?;
         let (tx, cosigned_rx) = mpsc::unbounded_channel();
-        lock(relay).set_hook(Box::new(Hook {
-            shared: shared.clone(),
-            cosigned: tx,
-            overclaim_percent: settings.overclaim_percent,
-        }));
+        lock(relay).set_hook(Box::new(PaidSessions::new(
+            RelayHub::new(settings.meter.clone(), identity),
+            own,
+            tx,
+            shared.wake.clone(),
+            shared.counters.clone(),
+            settings.overclaim_percent,
+        )));
+        let resumed = resume_sessions(&shared, relay);
         tracing::info!(
             relay_identity = %shared.identity.key.public_key().to_hex(),
             hello = %settings.hello_listen,
@@ -172,6 +177,7 @@ impl Metering {
             cosigned_rx,
             submitter,
             hello,
+            relay: relay.clone(),
         })
     }
 
@@ -179,14 +185,9 @@ impl Metering {
     pub(crate) fn stats_source(&self) -> crate::observability::MeteringSource {
         crate::observability::MeteringSource {
             shared: self.shared.clone(),
+            relay: self.relay.clone(),
             submitted: self.submitter.as_ref().map(Submitter::stats),
         }
-    }
-
-    /// A predicate telling which relay peers are paid sessions (SIGHUP keeps them).
-    pub(crate) fn paid_peers(&self) -> Arc<dyn Fn(PeerId) -> bool + Send + Sync> {
-        let shared = self.shared.clone();
-        Arc::new(move |p| lock(&shared.peers).contains_key(&p))
     }
 
     /// Starts the Hello listener, persist loop, driver and submitter on the shell's socket.
@@ -198,6 +199,7 @@ impl Metering {
             mut cosigned_rx,
             submitter,
             hello,
+            relay: _,
         } = self;
         let stop = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
@@ -227,6 +229,7 @@ impl Metering {
         }
         Running {
             shared,
+            relay,
             tasks,
             stop,
             close_grace: settings.meter.close_grace,
@@ -237,6 +240,7 @@ impl Metering {
 /// The running metering tasks.
 pub(crate) struct Running {
     shared: Arc<Shared>,
+    relay: SharedRelay,
     tasks: tokio::task::JoinSet<()>,
     stop: Arc<Notify>,
     close_grace: Duration,
@@ -246,18 +250,21 @@ impl Running {
     /// Shutdown: sends every session its final receipt and waits (at most `close-grace`
     /// + 1 s) for the co-signatures, while the shell keeps forwarding control traffic.
     pub(crate) async fn drain(&self) {
-        let n = {
-            let mut hub = lock(&self.shared.hub);
-            hub.close_all(Instant::now());
-            hub.len()
-        };
+        let relay = &self.relay;
+        let n = with_sessions(relay, |_, s| {
+            s.hub.close_all(Instant::now());
+            s.hub.len()
+        })
+        .unwrap_or(0);
         if n == 0 {
             return;
         }
         tracing::info!(sessions = n, "closing paid sessions (final receipts)");
         self.shared.wake.notify_one();
         let deadline = Instant::now() + self.close_grace + Duration::from_secs(1);
-        while Instant::now() < deadline && !lock(&self.shared.hub).is_empty() {
+        while Instant::now() < deadline
+            && !with_sessions(relay, |_, s| s.hub.is_empty()).unwrap_or(true)
+        {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -267,49 +274,6 @@ impl Running {
         self.stop.notify_waiters();
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.tasks.shutdown().await;
-    }
-}
-
-/// The relay core's view of metering (see `ferry_relay_core::PacketHook`).
-struct Hook {
-    shared: Arc<Shared>,
-    cosigned: mpsc::UnboundedSender<(PeerId, CoSignedReceipt)>,
-    overclaim_percent: u64,
-}
-
-impl PacketHook for Hook {
-    fn divert(&mut self, peer: PeerId, packet: &[u8], now: Instant) -> bool {
-        let Some(d) = control_datagram(packet, &self.shared.own) else {
-            return false;
-        };
-        if let Ok(Message::ReceiptRejected { .. }) = ferry_metering::decode(d.payload) {
-            self.shared.counters.rejected();
-        }
-        let c = lock(&self.shared.hub).handle_control(peer, d.payload, now);
-        if let Some(c) = c {
-            let _ = self.cosigned.send((peer, c));
-        }
-        self.shared.wake.notify_one();
-        true
-    }
-
-    fn admit(&mut self, peer: PeerId, dir: HookDirection, packet: &[u8], now: Instant) -> bool {
-        let dir = match dir {
-            HookDirection::Up => Direction::Up,
-            HookDirection::Down => {
-                if is_control_reply(packet, &self.shared.own) {
-                    return true;
-                }
-                Direction::Down
-            }
-        };
-        let mut hub = lock(&self.shared.hub);
-        let ok = hub.on_bytes(peer, dir, packet.len() as u64, now) == Verdict::Forward;
-        if ok && self.overclaim_percent > 0 && hub.session(peer).is_some() {
-            let extra = packet.len() as u64 * self.overclaim_percent / 100;
-            let _ = hub.on_bytes(peer, dir, extra, now);
-        }
-        ok
     }
 }
 
@@ -328,51 +292,31 @@ fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {
     for e in entries {
         let Some(o) = e.open else { continue };
         let (v4, v6) = decode_addrs(&o.extra);
-        let allowed: Vec<IpNet> = v4
-            .map(|a| IpNet::from(IpAddr::V4(a)))
-            .into_iter()
-            .chain(v6.map(|a| IpNet::from(IpAddr::V6(a))))
-            .collect();
-        let added = lock(relay).add_peer(PeerConfig {
-            public_key: PublicKey::from(o.offer.client_wg_key),
-            allowed_ips: allowed,
-            preshared_key: None,
-            persistent_keepalive: None,
-        });
-        let peer = match added {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(session = %o.accept.session_id, error = %e, "stored session not resumed");
-                continue;
-            }
-        };
         let voucher = &o.offer.voucher;
         let own_total = e.latest.map_or(0, |c| c.body().total_bytes());
         let others = lock(&shared.store)
             .voucher_spent(&voucher.id())
             .saturating_sub(own_total);
-        lock(&shared.hub).resume(
-            peer,
-            o.accept.clone(),
-            voucher.allowance_bytes.saturating_sub(others),
-            voucher.expires_at,
-            e.latest,
-            now,
-        );
+        let paid = PaidPeer {
+            session: o.accept.session_id,
+            offer: o.offer.clone(),
+            accept: o.accept.clone(),
+            v4,
+            v6,
+        };
+        let allowance = voucher.allowance_bytes.saturating_sub(others);
+        match with_sessions(relay, |r, s| s.resume(r, paid, allowance, e.latest, now)) {
+            Some(Ok(_)) => {}
+            Some(Err(err)) => {
+                tracing::warn!(session = %o.accept.session_id, error = %err, "stored session not resumed");
+                continue;
+            }
+            None => continue,
+        }
         tracing::info!(
             session = %o.accept.session_id,
             seq = e.latest.map_or(0, |c| c.body().seq),
             "paid session resumed from the store"
-        );
-        lock(&shared.peers).insert(
-            peer,
-            PaidPeer {
-                session: o.accept.session_id,
-                offer: o.offer.clone(),
-                accept: o.accept.clone(),
-                v4,
-                v6,
-            },
         );
         n += 1;
     }
@@ -399,7 +343,7 @@ pub(crate) fn decode_addrs(b: &[u8]) -> (Option<Ipv4Addr>, Option<Ipv6Addr>) {
 }
 
 /// Sends one control message to a paid peer inside its tunnel (from our tunnel address:51821
-/// to its tunnel address:51821).
+/// to its tunnel address:51821), encrypted directly for that peer.
 pub(crate) async fn send_control(
     shared: &Shared,
     relay: &SharedRelay,
@@ -407,10 +351,12 @@ pub(crate) async fn send_control(
     peer: PeerId,
     m: &Message,
 ) {
-    let Some(to) = lock(&shared.peers)
-        .get(&peer)
-        .and_then(|p| p.v4.map(IpAddr::V4).or(p.v6.map(IpAddr::V6)))
-    else {
+    let Some(to) = with_sessions(relay, |_, s| {
+        s.peers
+            .get(&peer)
+            .and_then(|p| p.v4.map(IpAddr::V4).or(p.v6.map(IpAddr::V6)))
+    })
+    .flatten() else {
         return;
     };
     let Some(from) = shared.own.iter().find(|a| a.is_ipv4() == to.is_ipv4()) else {
@@ -423,7 +369,7 @@ pub(crate) async fn send_control(
     ) else {
         return;
     };
-    inject_to_client(relay, udp, &pkt).await;
+    send_to_peer(relay, udp, peer, &pkt).await;
 }
 
 /// Stores a co-signed receipt (fsync, batched), then extends credit and sends the `Ack`.
@@ -437,21 +383,21 @@ async fn persist_cosigned(
     let seq = c.body().seq;
     match shared.persister.persist(vec![Record::CoSigned(c)]).await {
         Ok(()) => {
-            let ack = {
-                let mut hub = lock(&shared.hub);
+            let ack = with_sessions(&relay, |_, s| {
+                let hub = &mut s.hub;
                 // The peer slot may have been reused by another session meanwhile.
-                if hub.session(peer).map(|s| s.session_id()) == Some(c.body().session_id) {
-                    let before = hub
-                        .session(peer)
-                        .and_then(|s| s.acknowledged().map(|a| a.body().total_bytes()));
-                    shared
-                        .counters
-                        .cosigned(c.body().total_bytes(), before.unwrap_or(0));
-                    hub.persisted(peer, seq)
-                } else {
-                    None
+                if hub.session(peer).map(|s| s.session_id()) != Some(c.body().session_id) {
+                    return None;
                 }
-            };
+                let before = hub
+                    .session(peer)
+                    .and_then(|s| s.acknowledged().map(|a| a.body().total_bytes()));
+                shared
+                    .counters
+                    .cosigned(c.body().total_bytes(), before.unwrap_or(0));
+                hub.persisted(peer, seq)
+            })
+            .flatten();
             if let Some(ack) = ack {
                 send_control(&shared, &relay, &udp, peer, &ack).await;
             }
@@ -469,13 +415,12 @@ async fn persist_cosigned(
     }
 }
 
-/// Ends a session: forget it, remove its peer, record that it closed.
+/// Ends a session (session, paid-peer facts and relay peer in one step), then records that
+/// it closed.
 pub(crate) async fn end_session(shared: &Shared, relay: &SharedRelay, peer: PeerId) {
-    lock(&shared.hub).remove(peer);
-    let Some(p) = lock(&shared.peers).remove(&peer) else {
+    let Some(p) = with_sessions(relay, |r, s| s.end(r, peer)).flatten() else {
         return;
     };
-    lock(relay).remove_peer(peer);
     if let Err(e) = shared
         .persister
         .persist(vec![Record::SessionClosed(p.session)])
@@ -495,8 +440,8 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
         let now = Instant::now();
         // A session timer can stay in the past (e.g. a receipt is due but 8 are already
         // outstanding): never spin, receipts do not need better than MIN_SLEEP.
-        let sleep = lock(&shared.hub)
-            .poll_timeout()
+        let sleep = with_sessions(&relay, |_, s| s.hub.poll_timeout())
+            .flatten()
             .map_or(TICK, |t| t.saturating_duration_since(now).min(TICK))
             .max(MIN_SLEEP);
         tokio::select! {
@@ -504,8 +449,8 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
             () = tokio::time::sleep(sleep) => {}
         }
         let (now, unix) = (Instant::now(), unix_now());
-        let (msgs, events) = {
-            let mut hub = lock(&shared.hub);
+        let (msgs, events) = with_sessions(&relay, |_, s| {
+            let hub = &mut s.hub;
             hub.handle_timeout(now, unix);
             let mut msgs = Vec::new();
             while let Some(m) = hub.poll_transmit(now, unix) {
@@ -516,7 +461,8 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
                 events.push(e);
             }
             (msgs, events)
-        };
+        })
+        .unwrap_or_default();
         for (peer, m) in msgs {
             if matches!(m, Message::Receipt(_) | Message::FinalReceipt(_)) {
                 shared.counters.issued();

@@ -5,7 +5,8 @@
 //! client's WireGuard key is added as a peer with tunnel addresses allocated from the relay's
 //! subnets, the session is stored (fsync) and only then `Accept` + `Address` are sent.
 //! Replies are smaller than the 399-byte Hello (no amplification). A repeated Hello (lost
-//! Accept) gets the same answer; a new offer from the same key replaces the old session.
+//! Accept) gets the same answer; a new, verified offer from the same client identity and
+//! WireGuard key replaces the old session (an offer that does not verify changes nothing).
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -14,12 +15,13 @@ use std::time::Instant;
 
 use ferry_metering::{Message, SessionRejectReason, decode, encode};
 use ferry_receipts::{SessionId, SessionOffer, VerifyError};
-use ferry_relay_core::{IpNet, PeerConfig, PublicKey, Relay};
+use ferry_relay_core::{IpNet, PeerId, Relay};
 use ferry_relay_io::SharedRelay;
 use ferry_store::{Record, SessionOpen};
 use tokio::net::UdpSocket;
 
-use crate::metering::{PaidPeer, Shared, encode_addrs, end_session, lock};
+use crate::metering::{PaidPeer, Shared, encode_addrs, end_session, lock, with_sessions};
+use crate::sessions::{AdmitError, PaidSessions};
 
 /// Largest number of candidate addresses scanned per family when allocating.
 const SCAN_LIMIT: usize = 70_000;
@@ -106,104 +108,84 @@ fn address_msg(p: &PaidPeer) -> Message {
     }
 }
 
+/// What a Hello from a key already in the peer table means.
+enum Known {
+    /// A trusted peer from the config: never billed, no session.
+    Trusted,
+    /// The same offer again (our Accept was lost): the same answer.
+    Repeat(Box<PaidPeer>),
+    /// A paid peer with another offer: replaced only by a verified offer of the same client.
+    Paid(PeerId, Box<PaidPeer>),
+}
+
 async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> Vec<Message> {
     let (now, unix) = (Instant::now(), unix_now());
-    let existing = lock(relay).peer_by_key(&offer.client_wg_key);
-    if let Some(peer) = existing {
-        let known = lock(&shared.peers).get(&peer).cloned();
-        match known {
-            // A trusted peer from the config: never billed, no session.
-            None => {
-                tracing::debug!("Hello from a trusted peer's key ignored");
-                return Vec::new();
+    let known = {
+        let r = lock(relay);
+        r.peer_by_key(&offer.client_wg_key).map(|id| {
+            match r.hook::<PaidSessions>().and_then(|s| s.peers.get(&id)) {
+                None => Known::Trusted,
+                Some(p) if p.offer == offer => Known::Repeat(Box::new(p.clone())),
+                Some(p) => Known::Paid(id, Box::new(p.clone())),
             }
-            Some(p) if p.offer == offer => {
-                return vec![Message::Accept(p.accept.clone()), address_msg(&p)];
-            }
-            Some(p) => {
-                tracing::info!(session = %p.session, "client opened a new session; old one ends");
-                end_session(shared, relay, peer).await;
-            }
-        }
-    }
+        })
+    };
     let id = &shared.identity;
+    // Verify before anything changes: an offer that does not verify never touches a session.
     if let Err(e) = offer.verify(&id.network_id, &id.key.public_key(), &id.ledger_key, unix) {
         tracing::debug!(error = %e, "session offer refused");
-        return vec![Message::Reject(reject_reason(e))];
+        return match known {
+            Some(Known::Trusted) => Vec::new(),
+            _ => vec![Message::Reject(reject_reason(e))],
+        };
+    }
+    match known {
+        None => {}
+        Some(Known::Trusted) => {
+            tracing::debug!("Hello from a trusted peer's key ignored");
+            return Vec::new();
+        }
+        Some(Known::Repeat(p)) => return vec![Message::Accept(p.accept.clone()), address_msg(&p)],
+        Some(Known::Paid(peer, p)) => {
+            if p.offer.client_key != offer.client_key {
+                tracing::debug!(
+                    "Hello for a paid peer's WireGuard key from another client identity refused"
+                );
+                return vec![Message::Reject(SessionRejectReason::Busy)];
+            }
+            tracing::info!(session = %p.session, "client opened a new session; old one ends");
+            end_session(shared, relay, peer).await;
+        }
     }
     let spent = lock(&shared.store).voucher_spent(&offer.voucher.id());
-    let added = {
-        let mut r = lock(relay);
-        match allocate(&r, &shared.subnets, &shared.own) {
-            Some((v4, v6)) => {
-                let allowed_ips: Vec<IpNet> = v4
-                    .map(|a| IpNet::from(IpAddr::V4(a)))
-                    .into_iter()
-                    .chain(v6.map(|a| IpNet::from(IpAddr::V6(a))))
-                    .collect();
-                r.add_peer(PeerConfig {
-                    public_key: PublicKey::from(offer.client_wg_key),
-                    allowed_ips,
-                    preshared_key: None,
-                    persistent_keepalive: None,
-                })
-                .map(|p| (p, v4, v6))
-                .map_err(|e| e.to_string())
-            }
-            None => Err("tunnel subnets full".to_owned()),
-        }
+    let Some(session_id) = random_session_id() else {
+        return vec![Message::Reject(SessionRejectReason::Busy)];
     };
-    let (peer, v4, v6) = match added {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::warn!(error = %e, "paid client not admitted");
+    let admitted = with_sessions(relay, |r, s| {
+        s.admit(r, &offer, session_id, spent, &shared.subnets, now, unix)
+    });
+    let (peer, paid) = match admitted {
+        Some(Ok(x)) => x,
+        Some(Err(AdmitError::Rejected(reason))) => return vec![Message::Reject(reason)],
+        Some(Err(AdmitError::Full)) | None => {
+            tracing::warn!("paid client not admitted: peer table or tunnel subnets full");
             return vec![Message::Reject(SessionRejectReason::Busy)];
         }
     };
-    let session_id = match random_session_id() {
-        Some(s) => s,
-        None => {
-            lock(relay).remove_peer(peer);
-            return vec![Message::Reject(SessionRejectReason::Busy)];
-        }
-    };
-    let opened = lock(&shared.hub).open(peer, &offer, session_id, spent, now, unix);
-    let accept = match opened {
-        Ok(Message::Accept(a)) => a,
-        Ok(_) => {
-            lock(&shared.hub).remove(peer);
-            lock(relay).remove_peer(peer);
-            return vec![Message::Reject(SessionRejectReason::Busy)];
-        }
-        Err(reason) => {
-            lock(relay).remove_peer(peer);
-            return vec![Message::Reject(reason)];
-        }
-    };
-    let paid = PaidPeer {
-        session: session_id,
-        offer: offer.clone(),
-        accept: accept.clone(),
-        v4,
-        v6,
-    };
-    lock(&shared.peers).insert(peer, paid.clone());
     let record = Record::SessionOpen(Box::new(SessionOpen {
-        accept: accept.clone(),
+        accept: paid.accept.clone(),
         offer,
-        extra: encode_addrs(v4, v6),
+        extra: encode_addrs(paid.v4, paid.v6),
     }));
     // The Accept commits us to the session: store it first (fsync).
     if let Err(e) = shared.persister.persist(vec![record]).await {
         tracing::warn!(error = %e, "session not stored; offer refused");
-        lock(&shared.hub).remove(peer);
-        lock(&shared.peers).remove(&peer);
-        lock(relay).remove_peer(peer);
+        with_sessions(relay, |r, s| s.end(r, peer));
         return vec![Message::Reject(SessionRejectReason::Busy)];
     }
     tracing::info!(session = %session_id, peer = peer.get(), "paid session opened");
-    tracing::debug!(v4 = ?v4, v6 = ?v6, "paid client tunnel addresses");
-    vec![Message::Accept(accept), address_msg(&paid)]
+    tracing::debug!(v4 = ?paid.v4, v6 = ?paid.v6, "paid client tunnel addresses");
+    vec![Message::Accept(paid.accept.clone()), address_msg(&paid)]
 }
 
 fn random_session_id() -> Option<SessionId> {
@@ -251,7 +233,7 @@ pub(crate) fn allocate(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use ferry_relay_core::{PolicyConfig, RelayConfig, StaticSecret};
+    use ferry_relay_core::{PeerConfig, PolicyConfig, PublicKey, RelayConfig, StaticSecret};
 
     use super::*;
 

@@ -154,6 +154,7 @@ impl ReceiptCounters {
 /// Paid-session state read at scrape time (receipts pending/submitted, unacknowledged bytes).
 pub(crate) struct MeteringSource {
     pub(crate) shared: Arc<crate::metering::Shared>,
+    pub(crate) relay: SharedRelay,
     pub(crate) submitted: Option<Arc<Mutex<ferry_store::SubmitterStats>>>,
 }
 
@@ -162,13 +163,9 @@ impl MeteringSource {
         use crate::metering::lock;
         s.receipts.pending = lock(&self.shared.store).pending_count() as u64;
         s.receipts.submitted = self.submitted.as_ref().map_or(0, |m| lock(m).accepted);
-        let peers: Vec<_> = lock(&self.shared.peers).keys().copied().collect();
-        let hub = lock(&self.shared.hub);
-        s.unacknowledged_bytes = peers
-            .iter()
-            .filter_map(|p| hub.session(*p))
-            .map(|session| session.unacknowledged_bytes())
-            .fold(0u64, u64::saturating_add);
+        s.unacknowledged_bytes = lock(&self.relay)
+            .hook::<crate::sessions::PaidSessions>()
+            .map_or(0, crate::sessions::PaidSessions::unacknowledged_bytes);
         let c = &self.shared.counters;
         s.receipts.issued = c.issued.load(Ordering::Relaxed);
         s.receipts.cosigned = c.cosigned.load(Ordering::Relaxed);

@@ -99,8 +99,7 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         gro = udp.gro_segments(),
         "ferry-agent starting"
     );
-    let paid_peers = metering.as_ref().map(Metering::paid_peers);
-    let control = tokio::spawn(control::run(path.to_owned(), relay.clone(), paid_peers));
+    let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
     let (stop_tx, stop) = observability::stopper();
     let status_info = observability::StaticInfo {
         public_key: key.public_key().to_string(),

@@ -20,21 +20,24 @@ mod ratelimit;
 mod relay;
 mod routing;
 mod stats;
+mod sync;
 
 pub use admission::DEFAULT_HANDSHAKE_BUDGET;
 pub use boringtun::x25519::{PublicKey, StaticSecret};
-pub use hook::{HookDirection, PacketHook};
+pub use hook::{HookDirection, HookVerdict, PacketHook};
 pub use ipnet::IpNet;
+pub use packet::{IpHeader, Transport};
 pub use policy::{
     DEFAULT_BLOCKED_V4, DEFAULT_BLOCKED_V6, EgressPolicy, PolicyConfig, Proto, Service, Verdict,
     canonical_net,
 };
 pub use ratelimit::TokenBucket;
 pub use relay::{
-    Action, MIN_BUFFER_LEN, OVERHEAD, PeerConfig, PeerId, PeerInfo, Relay, RelayConfig, RelayError,
-    TIMER_INTERVAL, Transmit, buffer_len,
+    Action, MIN_BUFFER_LEN, OVERHEAD, PeerConfig, PeerId, PeerInfo, PeerKind, Relay, RelayConfig,
+    RelayError, TIMER_INTERVAL, Transmit, buffer_len,
 };
 pub use stats::{DropReason, PeerCounters, Stats, TunnelStats};
+pub use sync::SyncReport;
 
 #[cfg(test)]
 mod tests;

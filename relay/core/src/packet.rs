@@ -13,7 +13,7 @@ const ICMPV6_ECHO_REQUEST: u8 = 128;
 
 /// The transport part of an inner packet, as far as it could be parsed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Transport {
+pub enum Transport {
     /// TCP or UDP (protocol number) with destination port.
     Port(u8, u16),
     /// ICMP/ICMPv6 echo request.
@@ -22,17 +22,21 @@ pub(crate) enum Transport {
     Other,
 }
 
-/// Parsed header fields of an inner IPv4/IPv6 packet.
+/// Parsed header fields of an inner IPv4/IPv6 packet (parsed once per packet by the relay and
+/// handed to the [`crate::PacketHook`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct IpHeader {
-    pub(crate) src: IpAddr,
-    pub(crate) dst: IpAddr,
-    pub(crate) transport: Transport,
+pub struct IpHeader {
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Transport protocol and destination port, as far as parsed.
+    pub transport: Transport,
 }
 
 impl IpHeader {
     /// Parses `packet`; `None` if it is not a well-formed IPv4/IPv6 header.
-    pub(crate) fn parse(packet: &[u8]) -> Option<Self> {
+    pub fn parse(packet: &[u8]) -> Option<Self> {
         match packet.first()? >> 4 {
             4 => parse_v4(packet),
             6 => parse_v6(packet),

@@ -10,7 +10,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use ipnet::IpNet;
 
 use crate::admission::{Admission, HandshakeAdmission};
-use crate::hook::{HookDirection, PacketHook};
+use crate::hook::{HookDirection, HookVerdict, PacketHook};
 use crate::packet::{self, IpHeader};
 use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
 use crate::ratelimit::TokenBucket;
@@ -48,6 +48,15 @@ impl PeerId {
     pub fn get(self) -> u32 {
         self.0
     }
+}
+
+/// Whether a peer is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerKind {
+    /// Configured by the operator: forwarded, never metered.
+    Trusted,
+    /// A paying client: forwarded only while the hook holds a live session for it.
+    Paid,
 }
 
 /// Relay-wide settings (validated plain values; the binary loads them from its config).
@@ -137,9 +146,12 @@ pub struct PeerInfo {
     pub allowed_ips: Vec<IpNet>,
     /// Accepted traffic counters.
     pub counters: PeerCounters,
+    /// Trusted or paid.
+    pub kind: PeerKind,
 }
 
-struct Peer {
+pub(crate) struct Peer {
+    kind: PeerKind,
     tunn: Tunn,
     public_key: [u8; 32],
     allowed_ips: Vec<IpNet>,
@@ -163,7 +175,7 @@ pub struct Relay {
     secret: StaticSecret,
     public: PublicKey,
     admission: HandshakeAdmission,
-    peers: Vec<Option<Peer>>,
+    pub(crate) peers: Vec<Option<Peer>>,
     free: Vec<u32>,
     by_key: HashMap<[u8; 32], PeerId>,
     routes: AllowedIps<PeerId>,
@@ -213,6 +225,24 @@ impl Relay {
         self.hook = Some(hook);
     }
 
+    /// The installed hook, if it is a `T`.
+    pub fn hook<T: PacketHook>(&self) -> Option<&T> {
+        self.hook.as_deref()?.as_any().downcast_ref()
+    }
+
+    /// Runs `f` with the relay and its hook (if it is a `T`) borrowed together: one
+    /// synchronous operation on the peer table and the sessions (admit, resume, end a paid
+    /// session). `None` if no `T` is installed. The hook is not called while `f` runs.
+    pub fn with_hook<T: PacketHook, R>(
+        &mut self,
+        f: impl FnOnce(&mut Self, &mut T) -> R,
+    ) -> Option<R> {
+        let mut hook = self.hook.take()?;
+        let r = hook.as_any_mut().downcast_mut::<T>().map(|h| f(self, h));
+        self.hook = Some(hook);
+        r
+    }
+
     /// The relay's static public key.
     pub fn public_key(&self) -> PublicKey {
         self.public
@@ -233,8 +263,14 @@ impl Relay {
         &self.stats
     }
 
-    /// Adds a peer.
+    /// Adds a trusted peer.
     pub fn add_peer(&mut self, cfg: PeerConfig) -> Result<PeerId, RelayError> {
+        self.add_peer_as(cfg, PeerKind::Trusted)
+    }
+
+    /// Adds a peer of the given kind (a paid peer forwards nothing until the hook has a
+    /// session for it: add it and open the session in one [`Self::with_hook`] call).
+    pub fn add_peer_as(&mut self, cfg: PeerConfig, kind: PeerKind) -> Result<PeerId, RelayError> {
         let key = *cfg.public_key.as_bytes();
         if key == *self.public.as_bytes() {
             return Err(RelayError::OwnKey);
@@ -275,6 +311,7 @@ impl Relay {
         }
         let bucket = (self.client_rate > 0).then(|| rate_bucket(self.client_rate));
         let peer = Peer {
+            kind,
             tunn,
             public_key: key,
             allowed_ips,
@@ -310,6 +347,11 @@ impl Relay {
         self.by_key.get(public_key).copied()
     }
 
+    /// Whether peer `id` is trusted or paid (`None`: no such peer).
+    pub fn peer_kind(&self, id: PeerId) -> Option<PeerKind> {
+        self.peer(id).map(|p| p.kind)
+    }
+
     /// Accepted-traffic counters of one peer (the metering hook).
     pub fn peer_counters(&self, id: PeerId) -> Option<PeerCounters> {
         self.peer(id).map(|p| p.counters)
@@ -325,6 +367,7 @@ impl Relay {
                 endpoint: p.endpoint,
                 allowed_ips: p.allowed_ips.clone(),
                 counters: p.counters,
+                kind: p.kind,
             })
         })
     }
@@ -440,9 +483,9 @@ impl Relay {
                 return self.drop(DropReason::RateLimit);
             }
         }
-        if let Some(h) = &mut self.hook {
-            if !h.admit(id, HookDirection::Down, packet, now) {
-                return self.drop(DropReason::CreditWindow);
+        if peer.kind == PeerKind::Paid {
+            if let Err(reason) = meter(&mut self.hook, id, HookDirection::Down, packet.len(), now) {
+                return self.drop(reason);
             }
         }
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
@@ -463,6 +506,31 @@ impl Relay {
             }
             TunnResult::Err(e) => self.drop(DropReason::from_wg(&e)),
             _ => Action::Done,
+        }
+    }
+
+    /// Encrypts `packet`, an inner IP packet the agent itself originates (a control reply),
+    /// for peer `id` and returns the datagram to send. It is not client traffic: no route
+    /// lookup, rate limit, hook or traffic counters apply. `None` if the peer is gone or has
+    /// no endpoint yet; without a current session boringtun queues the packet and this
+    /// returns the handshake initiation instead.
+    pub fn encapsulate_for<'b>(
+        &mut self,
+        id: PeerId,
+        packet: &[u8],
+        buf: &'b mut [u8],
+    ) -> Option<Transmit<'b>> {
+        if buf.len() < buffer_len(packet.len()) {
+            return None;
+        }
+        let peer = self.peers.get_mut(id.0 as usize)?.as_mut()?;
+        let dst = peer.endpoint?;
+        match peer.tunn.encapsulate(packet, buf) {
+            TunnResult::WriteToNetwork(bytes) => {
+                self.stats.udp_tx_packets += 1;
+                Some(Transmit { dst, bytes })
+            }
+            _ => None,
         }
     }
 
@@ -559,7 +627,7 @@ impl Relay {
             return self.drop(DropReason::AllowedIps);
         }
         if let Some(h) = &mut self.hook {
-            if h.divert(id, pkt, now) {
+            if h.divert(id, &hdr, pkt, now) {
                 return Action::Done;
             }
         }
@@ -576,9 +644,9 @@ impl Relay {
                 return self.drop(DropReason::RateLimit);
             }
         }
-        if let Some(h) = &mut self.hook {
-            if !h.admit(id, HookDirection::Up, pkt, now) {
-                return self.drop(DropReason::CreditWindow);
+        if peer.kind == PeerKind::Paid {
+            if let Err(reason) = meter(&mut self.hook, id, HookDirection::Up, pkt.len(), now) {
+                return self.drop(reason);
             }
         }
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
@@ -604,6 +672,21 @@ impl Relay {
         self.stats.count_drop(reason);
         tracing::trace!(%reason, "drop");
         Action::Drop(reason)
+    }
+}
+
+/// Asks the hook to meter a paid peer's packet; fails closed without a hook.
+fn meter(
+    hook: &mut Option<Box<dyn PacketHook>>,
+    id: PeerId,
+    dir: HookDirection,
+    bytes: usize,
+    now: Instant,
+) -> Result<(), DropReason> {
+    match hook.as_mut().map(|h| h.admit(id, dir, bytes, now)) {
+        Some(HookVerdict::Forward) => Ok(()),
+        Some(HookVerdict::CreditWindow) => Err(DropReason::CreditWindow),
+        Some(HookVerdict::NoSession) | None => Err(DropReason::PaidNoSession),
     }
 }
 

@@ -38,11 +38,13 @@ pub enum DropReason {
     Protocol,
     /// Refused by the metering hook (credit window full, session not active).
     CreditWindow,
+    /// A paid peer without a live session (ended, not yet admitted, or no metering hook).
+    PaidNoSession,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for exporting).
-    pub const ALL: [Self; 16] = [
+    pub const ALL: [Self; 17] = [
         Self::Policy,
         Self::TunnelAddress,
         Self::AllowedIps,
@@ -59,6 +61,7 @@ impl DropReason {
         Self::BufferTooSmall,
         Self::Protocol,
         Self::CreditWindow,
+        Self::PaidNoSession,
     ];
 
     /// A stable snake_case name (metric label).
@@ -80,6 +83,7 @@ impl DropReason {
             Self::BufferTooSmall => "buffer_too_small",
             Self::Protocol => "protocol",
             Self::CreditWindow => "credit_window",
+            Self::PaidNoSession => "paid_no_session",
         }
     }
 

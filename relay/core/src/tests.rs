@@ -105,11 +105,20 @@ pub(crate) fn peer_cfg(seed: u8, v4: &str, v6: &str) -> PeerConfig {
     }
 }
 
-/// Relay with client seed 2 at 10.77.0.2 / fd77::2, handshake done.
+/// Relay with client seed 2 at 10.77.0.2 / fd77::2 (trusted), handshake done.
 fn connected(policy: PolicyConfig, rate: u64) -> (Relay, PeerId, Client, Instant) {
+    connected_as(policy, rate, PeerKind::Trusted)
+}
+
+/// [`connected`] with a peer of the given kind.
+pub(crate) fn connected_as(
+    policy: PolicyConfig,
+    rate: u64,
+    kind: PeerKind,
+) -> (Relay, PeerId, Client, Instant) {
     let mut relay = relay_with(policy, rate);
     let id = relay
-        .add_peer(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"))
+        .add_peer_as(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"), kind)
         .unwrap();
     let mut client = Client::new(2, &relay);
     let now = Instant::now();
@@ -621,27 +630,41 @@ struct BudgetHook {
 }
 
 impl PacketHook for BudgetHook {
-    fn divert(&mut self, _peer: PeerId, p: &[u8], _now: Instant) -> bool {
-        let control = p.len() >= 28 && p[9] == 17 && u16::from_be_bytes([p[22], p[23]]) == 51821;
+    fn divert(&mut self, _peer: PeerId, hdr: &IpHeader, _p: &[u8], _now: Instant) -> bool {
+        let control = hdr.transport == Transport::Port(17, 51821);
         if control {
             *self.diverted.lock().unwrap() += 1;
         }
         control
     }
 
-    fn admit(&mut self, peer: PeerId, dir: HookDirection, p: &[u8], _now: Instant) -> bool {
-        if p.len() > self.budget {
-            return false;
+    fn admit(
+        &mut self,
+        peer: PeerId,
+        dir: HookDirection,
+        len: usize,
+        _now: Instant,
+    ) -> HookVerdict {
+        if len > self.budget {
+            return HookVerdict::CreditWindow;
         }
-        self.budget -= p.len();
-        self.admitted.lock().unwrap().push((peer, dir, p.len()));
-        true
+        self.budget -= len;
+        self.admitted.lock().unwrap().push((peer, dir, len));
+        HookVerdict::Forward
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 }
 
 #[test]
 fn metering_hook_diverts_control_before_policy_and_gates_forwarding_after_it() {
-    let (mut relay, id, mut client, now) = connected(PolicyConfig::default(), 0);
+    let (mut relay, id, mut client, now) = connected_as(PolicyConfig::default(), 0, PeerKind::Paid);
     let diverted = Arc::new(Mutex::new(0));
     let admitted = Arc::new(Mutex::new(Vec::new()));
     relay.set_hook(Box::new(BudgetHook {
@@ -700,4 +723,114 @@ fn metering_hook_diverts_control_before_policy_and_gates_forwarding_after_it() {
     let c = relay.peer_counters(id).unwrap();
     assert_eq!((c.from_client_bytes, c.to_client_bytes), (128, 30));
     assert_eq!(relay.stats().drops(DropReason::CreditWindow), 2);
+}
+
+#[test]
+fn a_paid_peer_without_a_metering_hook_forwards_nothing_and_a_trusted_one_is_not_metered() {
+    let (mut relay, id, mut client, now) = connected_as(PolicyConfig::default(), 0, PeerKind::Paid);
+    let out = testpkt::udp(ip("10.77.0.2"), ip("1.1.1.1"), 443, &[7u8; 100]);
+    assert_eq!(
+        upstream(&mut relay, &mut client, &out, now),
+        Err(DropReason::PaidNoSession)
+    );
+    let back = testpkt::udp(ip("1.1.1.1"), ip("10.77.0.2"), 40000, b"hi");
+    let mut buf = vec![0u8; 2048];
+    assert_eq!(
+        relay.handle_tun(&back, now, &mut buf),
+        Action::Drop(DropReason::PaidNoSession)
+    );
+    let c = relay.peer_counters(id).unwrap();
+    assert_eq!((c.from_client_bytes, c.to_client_bytes), (0, 0));
+    // A trusted peer with a hook that refuses everything still forwards (never metered).
+    let (mut relay, _, mut client, now) = connected(PolicyConfig::default(), 0);
+    relay.set_hook(Box::new(BudgetHook {
+        diverted: Arc::default(),
+        admitted: Arc::default(),
+        budget: 0,
+    }));
+    assert_eq!(
+        upstream(&mut relay, &mut client, &out, now),
+        Ok(out.clone())
+    );
+    assert_eq!(relay.hook::<BudgetHook>().map(|h| h.budget), Some(0));
+}
+
+#[test]
+fn control_messages_are_encrypted_for_the_peer_without_rate_limit_hook_or_counters() {
+    // A 1 byte/s client rate and a hook with no budget: data is refused, control is not.
+    let (mut relay, id, mut client, _now) =
+        connected_as(PolicyConfig::default(), 1, PeerKind::Paid);
+    relay.set_hook(Box::new(BudgetHook {
+        diverted: Arc::default(),
+        admitted: Arc::default(),
+        budget: 0,
+    }));
+    let ctl = testpkt::udp(ip("10.77.0.1"), ip("10.77.0.2"), 51821, &[1u8; 900]);
+    let mut buf = vec![0u8; 2048];
+    for _ in 0..50 {
+        let t = relay.encapsulate_for(id, &ctl, &mut buf).expect("sent");
+        assert_eq!(t.dst, client.addr);
+        let dg = t.bytes.to_vec();
+        let (_, inner) = client.recv(&dg);
+        assert_eq!(inner, vec![ctl.clone()]);
+    }
+    let c = relay.peer_counters(id).unwrap();
+    assert_eq!((c.to_client_packets, c.to_client_bytes), (0, 0));
+    assert!(
+        relay
+            .hook::<BudgetHook>()
+            .unwrap()
+            .admitted
+            .lock()
+            .unwrap()
+            .is_empty()
+    );
+    // Unknown peer or too small a buffer: nothing.
+    let mut small = vec![0u8; 64];
+    assert!(relay.encapsulate_for(id, &ctl, &mut small).is_none());
+    relay.remove_peer(id);
+    assert!(relay.encapsulate_for(id, &ctl, &mut buf).is_none());
+}
+
+#[test]
+fn with_hook_borrows_the_relay_and_its_hook_together() {
+    let (mut relay, id, _client, _now) = connected_as(PolicyConfig::default(), 0, PeerKind::Paid);
+    assert!(
+        relay.with_hook(|_, _: &mut BudgetHook| ()).is_none(),
+        "no hook yet"
+    );
+    relay.set_hook(Box::new(BudgetHook {
+        diverted: Arc::default(),
+        admitted: Arc::default(),
+        budget: 7,
+    }));
+    let removed = relay.with_hook(|r, h: &mut BudgetHook| {
+        h.budget = 9;
+        r.remove_peer(id).is_some()
+    });
+    assert_eq!(removed, Some(true));
+    assert_eq!(relay.hook::<BudgetHook>().unwrap().budget, 9);
+    assert!(relay.peer_kind(id).is_none());
+}
+
+#[test]
+fn sync_trusted_replaces_trusted_peers_and_never_touches_paid_ones() {
+    let mut relay = relay_with(PolicyConfig::default(), 0);
+    let paid = relay
+        .add_peer_as(peer_cfg(2, "10.77.0.2/32", "fd77::2/128"), PeerKind::Paid)
+        .unwrap();
+    let a = peer_cfg(3, "10.77.0.3/32", "fd77::3/128");
+    let b = peer_cfg(4, "10.77.0.4/32", "fd77::4/128");
+    let r = relay.sync_trusted(&[a.clone(), b.clone()]);
+    assert_eq!((r.added, r.removed, r.failed.len()), (2, 0, 0));
+    let r = relay.sync_trusted(std::slice::from_ref(&b));
+    assert_eq!((r.added, r.removed), (0, 1));
+    let r = relay.sync_trusted(&[]);
+    assert_eq!((r.added, r.removed), (0, 1));
+    assert_eq!(relay.peer_kind(paid), Some(PeerKind::Paid));
+    // The paid peer's key in the config: refused, the paid peer stays as it is.
+    let r = relay.sync_trusted(&[peer_cfg(2, "10.77.0.9/32", "fd77::9/128")]);
+    assert_eq!(r.failed, vec![(0, RelayError::DuplicateKey)]);
+    assert_eq!(relay.peers().count(), 1);
+    assert_eq!(relay.peer_kind(paid), Some(PeerKind::Paid));
 }

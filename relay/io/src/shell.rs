@@ -71,7 +71,7 @@ impl<E: Egress> Shell<E> {
         self.relay.clone()
     }
 
-    /// The WireGuard UDP socket (for [`crate::inject_to_client`]: agent-originated packets
+    /// The WireGuard UDP socket (for [`crate::send_to_peer`]: agent-originated packets
     /// such as metering control replies).
     pub fn udp(&self) -> Arc<UdpEndpoint> {
         self.udp.clone()
