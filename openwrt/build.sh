@@ -156,22 +156,23 @@ strip_bin() {
 	fi
 }
 
-# build_one <arch>: release build of ferry-agent, stripped into dist/<arch>/ferry-agent.
+# build_one <arch>: router-profile build (opt-level z) of ferry-agent, stripped into
+# dist/<arch>/ferry-agent.
 build_one() {
 	load "$1"
 	start=$(date +%s)
 	log "build $ARCH ($TRIPLE, $METHOD, $FEATURES features)"
 	# shellcheck disable=SC2086 # FEATURE_ARGS is empty or one word
 	case "$METHOD" in
-	gnu) cargo_gnu build --locked --release -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS ;;
+	gnu) cargo_gnu build --locked --profile router -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS ;;
 	zig)
-		cargo_zig zigbuild --locked --release -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS \
+		cargo_zig zigbuild --locked --profile router -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS \
 			-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
 		;;
 	esac
 	secs=$(($(date +%s) - start))
 	mkdir -p "dist/$ARCH"
-	strip_bin "$CARGO_TARGET_DIR/$TRIPLE/release/ferry-agent" "dist/$ARCH/ferry-agent"
+	strip_bin "$CARGO_TARGET_DIR/$TRIPLE/router/ferry-agent" "dist/$ARCH/ferry-agent"
 	echo "$secs" >"dist/$ARCH/build-seconds"
 	log "built dist/$ARCH/ferry-agent in ${secs}s"
 }

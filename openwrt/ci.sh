@@ -2,7 +2,7 @@
 # The OpenWrt part of CI (scripts/test.sh calls it):
 #  1. openwrt/tests/run.sh: shellcheck, JSON, LuCI view, UCI rendering, init script, fw4
 #     uci-defaults, .ipk builder, feed Makefile, no std 64-bit atomics (no cross build, ~20 s);
-#  2. openwrt/build.sh all: release builds of ferry-agent for the five router arches (aarch64,
+#  2. openwrt/build.sh all: router-profile builds of ferry-agent for the five router arches (aarch64,
 #     x86_64: prebuilt musl std; armv7, mipsel, mips: std from source with cargo-zigbuild); each
 #     static and stripped, and under qemu-<arch>-static: --version, genkey | pubkey, DoT/DoH
 #     refused on the small (mips/mipsel) builds, check-config of config/agent.example.toml;

@@ -64,6 +64,7 @@ step "LuCI view behaviour (tests/test-luci.js)" node openwrt/tests/test-luci.js
 step "UCI -> TOML rendering (tests/test-render.sh)" sh openwrt/tests/test-render.sh
 step "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-init.sh
 step "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
+step "LuCI status helper under OpenWrt's busybox (tests/test-status.sh)" sh openwrt/tests/test-status.sh
 step ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
 step "feed Makefile vs mkipk.sh (tests/test-feed-makefile.sh)" sh openwrt/tests/test-feed-makefile.sh
 step "no std 64-bit atomics in the agent (tests/test-atomics.sh)" sh openwrt/tests/test-atomics.sh

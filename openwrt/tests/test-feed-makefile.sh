@@ -48,8 +48,10 @@ endef
 MK
 cat >"$tmp/top/feeds/packages/lang/rust/rust-package.mk" <<'MK'
 RUST_ARCH_DEPENDS:=@(rust-arches)
+# as lang/rust/rust-values.mk sets it
+CARGO_PKG_PROFILE:=$(if $(CONFIG_DEBUG),dev,release)
 define Build/Compile/Cargo
-cargo-install --path $(PKG_BUILD_DIR)/$(1) --locked$(if $(strip $(2)), $(strip $(2)))
+cargo-install --profile $(CARGO_PKG_PROFILE) --path $(PKG_BUILD_DIR)/$(1) --locked$(if $(strip $(2)), $(strip $(2)))
 endef
 define RustBinPackage
 endef
@@ -58,9 +60,9 @@ mk() { make -s -C "$tmp/feed/net/ferry" TOPDIR="$tmp/top" INCLUDE_DIR="$tmp/inc"
 	PKG_INSTALL_DIR="$tmp/pkginst" PKG_BUILD_DIR=/build DEST="$tmp/root" "$@"; }
 
 check "Makefile parses at <buildroot>/package/ferry (outside the feed)" \
-	sh -c "$(printf '%s' "make -s -C '$tmp/top/package/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build OUT='$tmp/compile-bp' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked' '$tmp/compile-bp'"
-check "Makefile parses in the feed; Build/Compile installs the router-agent crate with --locked" \
-	sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build OUT='$tmp/compile' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked' '$tmp/compile'"
+	sh -c "$(printf '%s' "make -s -C '$tmp/top/package/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build OUT='$tmp/compile-bp' compile-test") && grep -Eqx '[[:space:]]*cargo-install --profile router --path /build/router-agent --locked' '$tmp/compile-bp'"
+check "Makefile parses in the feed; Build/Compile installs the router-agent crate with the router profile, --locked" \
+	sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build OUT='$tmp/compile' compile-test") && grep -Eqx '[[:space:]]*cargo-install --profile router --path /build/router-agent --locked' '$tmp/compile'"
 check "conffiles: /etc/config/ferry and /etc/ferry/" \
 	sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' OUT='$tmp/conffiles' conffiles-test") && [ \"\$(grep . '$tmp/conffiles' | tr '\n' ' ')\" = '/etc/config/ferry /etc/ferry/ ' ]"
 check "Package/ferry/install runs" mk install-test
@@ -71,11 +73,11 @@ check "no keep.d file of our own (package-pack.mk lists directory conffiles in k
 	sh -c "! grep -Eq 'ferry\.keep|INSTALL.*keep\.d' '$tmp/feed/net/ferry/Makefile'"
 for a in mips mipsel; do
 	check "ARCH=$a builds the small feature set (--no-default-features)" \
-		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked --no-default-features' '$tmp/compile-$a'"
+		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --profile router --path /build/router-agent --locked --no-default-features' '$tmp/compile-$a'"
 done
 for a in aarch64 arm x86_64; do
 	check "ARCH=$a builds the default features" \
-		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --path /build/router-agent --locked' '$tmp/compile-$a'"
+		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --profile router --path /build/router-agent --locked' '$tmp/compile-$a'"
 done
 
 # What package-pack.mk adds after Package/ferry/install: conffiles that are not files (the

@@ -39,6 +39,13 @@ run_init() {
 		procd_set_param() { echo "param $*" >>"$T/procd"; }
 		procd_close_instance() { echo "close" >>"$T/procd"; }
 		procd_add_reload_trigger() { echo "reload-trigger $*" >>"$T/procd"; }
+		procd_open_data() { echo "data-open" >>"$T/procd"; }
+		procd_close_data() { echo "data-close" >>"$T/procd"; }
+		json_add_object() { echo "obj{" >>"$T/procd"; }
+		json_close_object() { echo "}obj" >>"$T/procd"; }
+		json_add_array() { echo "arr $1" >>"$T/procd"; }
+		json_close_array() { echo "arr-end" >>"$T/procd"; }
+		json_add_string() { echo "str $1=$2" >>"$T/procd"; }
 		logger() { echo "logger $*" >>"$T/log"; }
 		. "$INIT"
 		PROG="$T/ferry-agent" RUN_DIR="$T/run" RUN_CONF="$T/run/agent.toml" RENDER="$RENDER_SH"
@@ -85,6 +92,41 @@ check "rendered config is the UCI config, mode 0600" sh -c "
 cp "$KEY" "$tmp/keep"
 run_init "$CONF" start_service
 check "an existing key is not replaced" cmp -s "$KEY" "$tmp/keep"
+
+# fw4 rules published as procd firewall data (TUN mode): ping and each tunnel_service, on the
+# tunnel addresses only. fw_is WANT: the rules, one per line "name src proto dest_ip [port]
+# [echo] target", in order, equal WANT.
+fw_is() {
+	got=$(awk '
+		/^obj\{/ { r = ""; next }
+		/^str (name|src|proto|dest_ip|dest_port|target)=/ { v = $0; sub(/^str [a-z_]*=/, "", v); r = (r == "" ? v : r " " v); next }
+		/^str =echo-request$/ { r = r " echo"; next }
+		/^\}obj/ { print r }' "$tmp/procd")
+	[ "$got" = "$1" ] || { printf 'rules:\n%s\nwanted:\n%s\n' "$got" "$1" >&2; return 1; }
+}
+run_init "$CONF" start_service
+check "TUN mode: a ping rule for the tunnel address, nothing else" \
+	fw_is "Ferry-Ping ferry icmp 10.77.0.1 echo ACCEPT"
+check "firewall data published with the instance" sh -c "grep -qx 'arr firewall' '$tmp/procd' && grep -qx data-close '$tmp/procd'"
+run_init "$CONF
+	list address 'fd77::1/64'
+	list tunnel_service 'udp/53'
+	list tunnel_service 'tcp/53'" start_service
+check "ping and each tunnel_service, for every tunnel address (v4 and v6)" fw_is "Ferry-Ping ferry icmp 10.77.0.1 echo ACCEPT
+Ferry-Ping ferry icmp fd77::1 echo ACCEPT
+Ferry-udp-53 ferry udp 10.77.0.1 53 ACCEPT
+Ferry-udp-53 ferry udp fd77::1 53 ACCEPT
+Ferry-tcp-53 ferry tcp 10.77.0.1 53 ACCEPT
+Ferry-tcp-53 ferry tcp fd77::1 53 ACCEPT"
+run_init "$CONF
+	option tunnel_ping '0'
+	list tunnel_service 'udp/53'" start_service
+check "tunnel_ping off: no ping rule" fw_is "Ferry-udp-53 ferry udp 10.77.0.1 53 ACCEPT"
+run_init "$CONF
+	option egress_mode 'userspace'
+	list tunnel_service 'udp/53'" start_service
+check "userspace mode: no firewall rules (the agent answers inside its own stack)" \
+	sh -c "grep -q '^open ferry' '$tmp/procd' && ! grep -q 'arr firewall' '$tmp/procd'"
 
 # A key in an existing directory (private_key_file=/etc/wg.key): the directory keeps its mode.
 mkdir -p "$tmp/etc"

@@ -156,6 +156,14 @@ async function check(name, fn) {
     statusReply = '{not json';
     await polls[0].fn();
     assert(textOf(page).includes('invalid JSON'), textOf(page));
+    // Agent down: the helper prints its JSON error on stdout (or nothing at all).
+    statusReply = '{"running":false,"error":"no answer from http://127.0.0.1:9586/status"}\n';
+    await polls[0].fn();
+    assert(textOf(page).includes('The agent is not running') && textOf(page).includes('no answer'), textOf(page));
+    assert(!textOf(page).includes('invalid JSON'), textOf(page));
+    statusReply = '';
+    await polls[0].fn();
+    assert(textOf(page).includes('The agent is not running'), textOf(page));
     statusReply = JSON.stringify({ version: '0.2.0', peers: [] });
     await polls[0].fn();
     assert(textOf(page).includes('No peers connected'), textOf(page));
@@ -181,6 +189,15 @@ async function check(name, fn) {
     assert.strictEqual(name.validate('x', 'laptop-1@home.lan'), true);
     assert.notStrictEqual(name.validate('x', 'a"b'), true);
     assert.notStrictEqual(name.validate('x', 'x'.repeat(65)), true);
+    // Exactly what the agent accepts: tun-name (check_ifname) and the listen port (1..65535).
+    const tun = options.find((o) => o.name === 'tun_name');
+    for (const ok of ['ferry0', 'fy.7_a-b', 'x'.repeat(15)]) assert.strictEqual(tun.validate('x', ok), true, ok);
+    for (const bad of ['a@b', 'wg+1', 'a:b', 'a/b', 'a b', '.', '..', 'x'.repeat(16)])
+      assert.notStrictEqual(tun.validate('x', bad), true, bad);
+    const port = options.find((o) => o.name === 'listen_port');
+    for (const ok of ['1', '51820', '65535']) assert.strictEqual(port.validate('x', ok), true, ok);
+    for (const bad of ['0', '65536', '-1', '1.5', 'abc', '123456'])
+      assert.notStrictEqual(port.validate('x', bad), true, bad);
     const key = options.find((o) => o.name === 'public_key');
     assert.strictEqual(key.validate('x', sample.public_key), true);
     assert.notStrictEqual(key.validate('x', 'short='), true);

@@ -356,6 +356,7 @@ fn map_drop(r: RelayDrop) -> DropReason {
         "allowed_ips" => DropReason::AllowedIps,
         "rate_limit" | "handshake_rate_limit" | "under_load" => DropReason::RateLimit,
         "credit_window" => DropReason::CreditWindow,
+        "paid_no_session" => DropReason::PaidNoSession,
         "unknown_peer" => DropReason::UnknownPeer,
         "malformed" => DropReason::Malformed,
         _ => DropReason::Other,
@@ -470,6 +471,7 @@ mod tests {
         if let Some(v) = t.get("credit_window") {
             assert_eq!(*v, "credit_window");
         }
+        assert_eq!(t["paid_no_session"], "paid_no_session");
         assert_eq!(t["auth"], "other");
     }
 

@@ -243,14 +243,6 @@ impl PacketHook for PaidSessions {
             _ => HookVerdict::CreditWindow,
         }
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
 }
 
 fn host_nets(v4: Option<Ipv4Addr>, v6: Option<Ipv6Addr>) -> Vec<IpNet> {

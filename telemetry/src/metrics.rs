@@ -91,6 +91,8 @@ pub enum DropReason {
     RateLimit,
     /// Client exceeded the unacknowledged-bytes credit window.
     CreditWindow,
+    /// A paid peer's packet with no live session (billing fails closed).
+    PaidNoSession,
     /// Datagram from a key or index we do not know.
     UnknownPeer,
     /// Undecodable WireGuard or IP packet.
@@ -103,11 +105,12 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order; all are exported (zeros included) so dashboards have series.
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Policy,
         Self::AllowedIps,
         Self::RateLimit,
         Self::CreditWindow,
+        Self::PaidNoSession,
         Self::UnknownPeer,
         Self::Malformed,
         Self::QueueFull,
@@ -121,6 +124,7 @@ impl DropReason {
             Self::AllowedIps => "allowed_ips",
             Self::RateLimit => "rate_limit",
             Self::CreditWindow => "credit_window",
+            Self::PaidNoSession => "paid_no_session",
             Self::UnknownPeer => "unknown_peer",
             Self::Malformed => "malformed",
             Self::QueueFull => "queue_full",

@@ -120,6 +120,10 @@ fn ferry_metrics_carry_snapshot_values() {
             11.0,
         ),
         (r#"ferry_packets_dropped_total{reason="allowed_ips"}"#, 0.0),
+        (
+            r#"ferry_packets_dropped_total{reason="paid_no_session"}"#,
+            0.0,
+        ),
         ("ferry_receipts_issued_total", 40.0),
         ("ferry_receipts_cosigned_total", 38.0),
         ("ferry_receipts_rejected_total", 1.0),

@@ -44,9 +44,27 @@ pub enum HookVerdict {
     NoSession,
 }
 
+/// Reaching a hook's concrete type through `dyn PacketHook` (implemented for every type).
+pub trait AsAny: Any {
+    /// As `Any`.
+    fn as_any(&self) -> &dyn Any;
+    /// As mutable `Any`.
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+impl<T: Any> AsAny for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
 /// Per-packet callbacks into metering (see the module docs for when each is called). Both
 /// run with the relay borrowed: implementations must be cheap, non-blocking and sans-IO.
-pub trait PacketHook: Send + Any {
+pub trait PacketHook: Send + AsAny {
     /// A decrypted client packet (any peer) that passed the allowed-IPs check, with its
     /// already parsed header. Return `true` to consume it (it is then neither policy-checked,
     /// counted nor forwarded).
@@ -62,10 +80,4 @@ pub trait PacketHook: Send + Any {
         bytes: usize,
         now: Instant,
     ) -> HookVerdict;
-
-    /// The hook as `Any` (so its owner can reach its concrete type).
-    fn as_any(&self) -> &dyn Any;
-
-    /// The hook as mutable `Any`.
-    fn as_any_mut(&mut self) -> &mut dyn Any;
 }

@@ -24,7 +24,7 @@ mod sync;
 
 pub use admission::DEFAULT_HANDSHAKE_BUDGET;
 pub use boringtun::x25519::{PublicKey, StaticSecret};
-pub use hook::{HookDirection, HookVerdict, PacketHook};
+pub use hook::{AsAny, HookDirection, HookVerdict, PacketHook};
 pub use ipnet::IpNet;
 pub use packet::{IpHeader, Transport};
 pub use policy::{

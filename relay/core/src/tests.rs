@@ -652,14 +652,6 @@ impl PacketHook for BudgetHook {
         self.admitted.lock().unwrap().push((peer, dir, len));
         HookVerdict::Forward
     }
-
-    fn as_any(&self) -> &dyn std::any::Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
-        self
-    }
 }
 
 #[test]

@@ -12,12 +12,16 @@
  * Status JSON fields (all optional; documented in docs/openwrt.md):
  *   version, uptime_secs, public_key, listen, egress_mode,
  *   peers: [{ name, public_key, endpoint, last_handshake_secs, rx_bytes, tx_bytes }]
+ * When the agent cannot be reached the helper prints { "running": false, "error": "..." } on
+ * stdout (fs.exec_direct returns stdout only; stderr would be lost).
  */
 
 var STATUS_HELPER = '/usr/libexec/ferry-status';
 
 function fetchStatus() {
 	return fs.exec_direct(STATUS_HELPER).then(function(out) {
+		if (out == null || String(out).trim() === '')
+			return { running: false };
 		try {
 			return JSON.parse(out);
 		}
@@ -46,6 +50,9 @@ function text(v) {
 }
 
 function renderStatus(st) {
+	if (st && st.running === false)
+		return E('p', {}, E('em', {}, _('The agent is not running') +
+			(st.error ? ' (' + st.error + ')' : '')));
 	if (!st || st.error)
 		return E('p', {}, E('em', {}, _('The agent is not running or its status API is unreachable') +
 			(st && st.error ? ' (' + st.error + ')' : '')));
@@ -97,6 +104,22 @@ function validateService(section_id, value) {
 	return _('Expecting udp/PORT or tcp/PORT');
 }
 
+// The agent's rule for egress.tun-name (router-agent/src/config.rs check_ifname): 1..=15 of
+// [A-Za-z0-9-_.], not "." or "..". LuCI's netdevname allows more (e.g. '@', '+').
+function validateIfname(section_id, value) {
+	if (value == null || value === '' ||
+	    (/^[A-Za-z0-9._-]{1,15}$/.test(value) && value !== '.' && value !== '..'))
+		return true;
+	return _('Up to 15 characters of A-Z a-z 0-9 - _ . (a Linux interface name)');
+}
+
+// The renderer's and agent's port rule: a decimal 1..65535 (LuCI's port datatype allows 0).
+function validatePort(section_id, value) {
+	if (value == null || value === '' || (/^[0-9]{1,5}$/.test(value) && +value >= 1 && +value <= 65535))
+		return true;
+	return _('Expecting a port number 1-65535');
+}
+
 function validateName(section_id, value) {
 	if (value == null || value === '' || /^[A-Za-z0-9._@-]{1,64}$/.test(value))
 		return true;
@@ -129,7 +152,7 @@ return view.extend({
 
 		o = s.taboption('general', form.Value, 'listen_port', _('WireGuard port'),
 			_('UDP port; the firewall rule "Allow-Ferry-WireGuard" must open the same port on wan.'));
-		o.datatype = 'port';
+		o.validate = validatePort;
 		o.placeholder = '51820';
 
 		o = s.taboption('general', form.ListValue, 'listen_addr', _('Listen address'));
@@ -152,7 +175,7 @@ return view.extend({
 
 		o = s.taboption('egress', form.Value, 'tun_name', _('TUN device'));
 		o.depends('egress_mode', 'tun');
-		o.datatype = 'netdevname';
+		o.validate = validateIfname;
 		o.placeholder = 'ferry0';
 
 		o = s.taboption('egress', form.Flag, 'masquerade', _('Agent masquerade'),
