@@ -157,17 +157,18 @@ strip_bin() {
 }
 
 # build_one <arch>: router-profile build (opt-level z) of ferry-agent, stripped into
-# dist/<arch>/ferry-agent.
+# dist/<arch>/ferry-agent. FERRY_CARGO_ARGS: extra cargo arguments (e.g. `--config
+# profile.router.package.curve25519-dalek.opt-level=3`, used by bench/ops-bench.sh).
 build_one() {
 	load "$1"
 	start=$(date +%s)
 	log "build $ARCH ($TRIPLE, $METHOD, $FEATURES features)"
-	# shellcheck disable=SC2086 # FEATURE_ARGS is empty or one word
+	# shellcheck disable=SC2086 # FEATURE_ARGS is empty or one word; FERRY_CARGO_ARGS is split
 	case "$METHOD" in
-	gnu) cargo_gnu build --locked --profile router -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS ;;
+	gnu) cargo_gnu build --locked --profile router -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS ${FERRY_CARGO_ARGS:-} ;;
 	zig)
 		cargo_zig zigbuild --locked --profile router -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS \
-			-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size
+			-Zbuild-std=std,panic_abort -Zbuild-std-features=optimize_for_size ${FERRY_CARGO_ARGS:-}
 		;;
 	esac
 	secs=$(($(date +%s) - start))

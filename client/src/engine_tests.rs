@@ -218,7 +218,7 @@ async fn honest_receipts_are_cosigned_stored_acked_and_the_final_one_at_close() 
         log.events
     );
     let fin = log.stored.last().unwrap();
-    let (up, down) = (f.engine.up, f.engine.down);
+    let (up, down) = (f.engine.tunnel.bytes_up(), f.engine.tunnel.bytes_down());
     // Exactly what the client counted (control traffic excluded on both sides).
     assert_eq!((fin.body().bytes_up, fin.body().bytes_down), (up, down));
     assert_eq!(

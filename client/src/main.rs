@@ -18,7 +18,6 @@ mod endpoint;
 mod engine;
 mod ledger;
 mod netcfg;
-mod packet;
 mod session;
 mod socks;
 mod stack;

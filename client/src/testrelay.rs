@@ -13,12 +13,10 @@ use std::time::{Duration, Instant};
 use boringtun::noise::{Tunn, TunnResult};
 use ferry_metering::{
     CONTROL_PORT, Direction, Message, RelayEvent, RelayHub, Verdict, control_datagram, decode,
-    encode, udp_packet,
+    encode, parse_udp, udp_packet,
 };
 use ferry_receipts::{CoSignedReceipt, SessionId};
 use tokio::net::UdpSocket;
-
-use crate::packet::parse_udp;
 
 /// The relay's tunnel address (control service).
 pub(crate) const RELAY_TUN: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -62,7 +60,7 @@ pub(crate) async fn mini_relay(
             h = hello_recv => (None, Some(h)),
         };
         let now = Instant::now();
-        let unix = crate::engine::unix_now();
+        let unix = ferry_store::unix_now();
         let mut to_client: Vec<Vec<u8>> = Vec::new();
         if let (Some(Ok((n, from))), Some(hs)) = (h, &hello) {
             // Bootstrap outside the tunnel: Accept + Address, or Reject.

@@ -40,12 +40,18 @@ pub fn control_datagram<'a>(packet: &'a [u8], own: &[IpAddr]) -> Option<ControlD
     })
 }
 
-/// True if `packet` (heading to a client) is a reply of the control service: UDP from one
-/// of `own` addresses and source port [`CONTROL_PORT`]. Such packets are not metered.
-pub fn is_control_reply(packet: &[u8], own: &[IpAddr]) -> bool {
-    udp_of(packet).is_some_and(|(src, _, udp)| {
-        own.contains(&src) && u16::from_be_bytes([udp[0], udp[1]]) == CONTROL_PORT
-    })
+/// Source, destination and payload of an unfragmented UDP packet in `packet` (IPv4, or IPv6
+/// without extension headers); `None` for anything else. Checksums are not verified (the
+/// packet came out of an authenticated tunnel).
+pub fn parse_udp(packet: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
+    let (src, dst, udp) = udp_of(packet)?;
+    let sport = u16::from_be_bytes([udp[0], udp[1]]);
+    let dport = u16::from_be_bytes([udp[2], udp[3]]);
+    Some((
+        SocketAddr::new(src, sport),
+        SocketAddr::new(dst, dport),
+        &udp[8..],
+    ))
 }
 
 /// Builds an IPv4 or IPv6 UDP packet (checksums filled in) carrying `payload`, e.g. a
@@ -186,8 +192,11 @@ mod tests {
         assert_eq!((d.from, d.to, d.payload), (client, relay, &b"hello"[..]));
         assert!(control_datagram(&p, &[IpAddr::V4(Ipv4Addr::new(10, 77, 0, 9))]).is_none());
         let reply = udp_packet(relay, client, b"x").unwrap();
-        assert!(is_control_reply(&reply, &[relay.ip()]));
-        assert!(!is_control_reply(&p, &[relay.ip()]));
+        assert_eq!(parse_udp(&reply), Some((relay, client, &b"x"[..])));
+        assert!(
+            control_datagram(&reply, &[relay.ip()]).is_none(),
+            "a reply is not for us"
+        );
         // Other port: ordinary traffic.
         let other = udp_packet(client, v4([10, 77, 0, 1], 53), b"q").unwrap();
         assert!(control_datagram(&other, &[relay.ip()]).is_none());
@@ -220,7 +229,7 @@ mod tests {
         fn parsing_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
             let own = [IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1))];
             let _ = control_datagram(&b, &own);
-            let _ = is_control_reply(&b, &own);
+            let _ = parse_udp(&b);
         }
     }
 }

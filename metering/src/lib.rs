@@ -29,7 +29,7 @@ mod proto;
 mod relay;
 
 pub use client::{ClientConfig, ClientError, ClientSession, ClientVerdict, Tolerance};
-pub use control::{ControlDatagram, control_datagram, is_control_reply, udp_packet};
+pub use control::{ControlDatagram, control_datagram, parse_udp, udp_packet};
 pub use hub::RelayHub;
 pub use meter::{Direction, Meter};
 pub use proto::{

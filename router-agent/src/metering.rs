@@ -277,12 +277,7 @@ impl Running {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use ferry_store::unix_now;
 
 /// Re-admits the peers of sessions the store says are open; returns how many.
 fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {

@@ -85,12 +85,7 @@ pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use ferry_store::unix_now;
 
 fn reject_reason(e: VerifyError) -> SessionRejectReason {
     match e {

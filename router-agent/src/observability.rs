@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use ferry_dns::ForwarderStats;
@@ -271,11 +271,7 @@ fn lan_listen(host: &[IpAddr], tunnel_ips: &[IpAddr]) -> Vec<SocketAddr> {
     out
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
+use ferry_store::unix_now;
 
 struct PeerRow {
     key: [u8; 32],

@@ -20,6 +20,15 @@ mod store;
 mod submit;
 
 pub use backoff::Backoff;
+
+/// Wall-clock Unix seconds (0 before 1970): the `unix_ts` the sans-IO cores take. Routers boot
+/// without a real-time clock, so this may jump when NTP syncs; timers use `Instant`.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 pub use file::{FileWrapper, LogFile, is_no_space};
 pub use persist::{PersistError, Persister};
 pub use record::{

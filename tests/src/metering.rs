@@ -19,14 +19,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use boringtun::noise::{Tunn, TunnResult};
 use ferry_metering::{
-    CONTROL_PORT, ClientConfig, ClientSession, Message, ReceiptRejectReason, SessionRejectReason,
-    decode, encode,
+    ClientConfig, ClientSession, Message, ReceiptRejectReason, SessionRejectReason, decode, encode,
 };
 use ferry_receipts::{CoSignedReceipt, NetworkId, PublicKey, SessionAccept, SigningKey, Voucher};
+use ferry_tunnel::{ClientTunnel, ControlPath, Event, Failure, PaidConfig, TunnelConfig};
 
-use crate::multipeer::{parse_udp, udp_packet};
+use crate::multipeer::udp_packet;
 use crate::netns::{Lab, Ns, ProcId, run};
 use crate::wait::wait_tcp_port;
 use crate::wg::KeyPair;
@@ -572,12 +571,7 @@ impl Drop for PaidClient {
     }
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+use ferry_store::unix_now;
 
 /// Hello until Accept + Address (or a refusal).
 fn open_session(
@@ -647,80 +641,40 @@ fn client_main(
     let Some(me) = open_session(&spec, &hello_sock, &mut session, &report, &ctl)? else {
         return Ok(());
     };
-    let mut tunn = Tunn::new(spec.wg.secret.clone(), spec.relay_wg, None, None, 7, None);
-    let me_ctl = SocketAddr::new(IpAddr::V4(me), CONTROL_PORT);
-    let relay_ctl = SocketAddr::new(IpAddr::V4(RELAY_TUN4), CONTROL_PORT);
+    // The same sans-IO tunnel as `ferry connect`; this shell owns the socket and the clock.
+    let mut tunnel = ClientTunnel::new(
+        TunnelConfig {
+            secret: spec.wg.secret.clone(),
+            relay_key: spec.relay_wg,
+            keepalive: None,
+            index: 7,
+            relay_ip: spec.endpoint.ip(),
+            mtu: 1420,
+            // A restarted relay has no session: re-handshake quickly instead of waiting for
+            // WireGuard's rekey timeout.
+            rehandshake_after: Some(Duration::from_millis(400)),
+            // Close is repeated until the final receipt is co-signed and acknowledged.
+            close_grace: Duration::from_secs(3600),
+        },
+        Some(PaidConfig {
+            session,
+            control: ControlPath::new(IpAddr::V4(me), IpAddr::V4(RELAY_TUN4)),
+            hello: None,
+            answer_receipts: spec.behaviour == Behaviour::Honest,
+        }),
+    );
     let me_data = SocketAddr::new(IpAddr::V4(me), 40_000);
     let payload: Vec<u8> = (0..spec.payload).map(|i| (i % 251) as u8).collect();
     let data_pkt = udp_packet(me_data, spec.target, &payload);
-    let mut out = vec![0u8; 65536];
     let mut rx = vec![0u8; 65536];
-    let mut last_rx = Instant::now();
-    let mut last_force = Instant::now() - Duration::from_secs(10);
     let mut last_timers = Instant::now();
     let mut sent_at = Instant::now();
     let mut credit = 0.0f64;
-    let mut close_sent: Option<Instant> = None;
-    let mut pending_ctl: Vec<Message> = Vec::new();
-    let send = |tunn: &mut Tunn, out: &mut [u8], pkt: &[u8]| -> bool {
-        match tunn.encapsulate(pkt, out) {
-            TunnResult::WriteToNetwork(b) => {
-                let hs = b.first() == Some(&1);
-                let _ = sock.send(b);
-                hs
-            }
-            _ => false,
-        }
-    };
+    let mut closing = false;
     while !ctl.stop.load(Ordering::Relaxed) {
         let now = Instant::now();
-        // Receive and decrypt.
         if let Ok(n) = sock.recv(&mut rx) {
-            let mut input: &[u8] = &rx[..n];
-            loop {
-                match tunn.decapsulate(Some(spec.endpoint.ip()), input, &mut out) {
-                    TunnResult::WriteToNetwork(b) => {
-                        last_rx = Instant::now();
-                        let _ = sock.send(b);
-                        input = &[];
-                        continue;
-                    }
-                    TunnResult::WriteToTunnelV4(p, _) => {
-                        last_rx = Instant::now();
-                        let p = p.to_vec();
-                        match parse_udp(&p) {
-                            Some((src, frame))
-                                if src == relay_ctl
-                                    && p.len() >= 24
-                                    && u16::from_be_bytes([p[22], p[23]]) == CONTROL_PORT =>
-                            {
-                                if let Ok(m) = decode(&frame) {
-                                    pending_ctl.extend(on_control(&spec, &mut session, &report, m));
-                                }
-                            }
-                            _ => {
-                                session.record_down(p.len() as u64);
-                                lock(&report).down_bytes += p.len() as u64;
-                            }
-                        }
-                    }
-                    TunnResult::Done => last_rx = Instant::now(),
-                    _ => {}
-                }
-                break;
-            }
-        }
-        for m in pending_ctl.drain(..) {
-            let Some(pkt) = ferry_metering::udp_packet(me_ctl, relay_ctl, &encode(&m)) else {
-                continue;
-            };
-            if matches!(m, Message::ReceiptRejected { .. }) {
-                send(&mut tunn, &mut out, &pkt);
-                // Refused: disconnect (stop sending anything).
-                ctl.pps.store(0, Ordering::Relaxed);
-                return Ok(());
-            }
-            send(&mut tunn, &mut out, &pkt);
+            tunnel.handle_datagram(&rx[..n], now, unix_now());
         }
         // Data.
         let pps = ctl.pps.load(Ordering::Relaxed);
@@ -730,96 +684,85 @@ fn client_main(
             credit = (credit + dt * f64::from(pps)).min(64.0);
             while credit >= 1.0 {
                 credit -= 1.0;
-                session.record_up(data_pkt.len() as u64);
-                {
+                if tunnel.send_inner(&data_pkt, now) {
                     let mut r = lock(&report);
                     r.up_bytes += data_pkt.len() as u64;
                     r.up_packets += 1;
-                }
-                if send(&mut tunn, &mut out, &data_pkt) {
-                    lock(&report).handshakes += 1;
                 }
             }
         } else {
             credit = 0.0;
         }
-        // Close: ask for the final receipt (resent every second until done).
-        if ctl.close.load(Ordering::Relaxed)
-            && !lock(&report).closed
-            && close_sent.is_none_or(|t| now.duration_since(t) > Duration::from_secs(1))
-        {
-            close_sent = Some(now);
-            if let Some(pkt) =
-                ferry_metering::udp_packet(me_ctl, relay_ctl, &encode(&Message::Close))
-            {
-                send(&mut tunn, &mut out, &pkt);
-            }
-        }
-        // A restarted relay has no session: re-handshake quickly instead of waiting for
-        // WireGuard's rekey timeout.
-        let active = pps > 0 || close_sent.is_some();
-        if active
-            && now.duration_since(last_rx) > Duration::from_millis(400)
-            && now.duration_since(last_force) > Duration::from_millis(400)
-        {
-            last_force = now;
-            if let TunnResult::WriteToNetwork(b) = tunn.format_handshake_initiation(&mut out, true)
-            {
-                let _ = sock.send(b);
-                lock(&report).handshakes += 1;
-            }
+        // Close: ask for the final receipt (the tunnel repeats it every second).
+        if ctl.close.load(Ordering::Relaxed) && !closing {
+            closing = true;
+            tunnel.close(now);
         }
         if now.duration_since(last_timers) > Duration::from_millis(100) {
             last_timers = now;
-            if let TunnResult::WriteToNetwork(b) = tunn.update_timers(&mut out) {
-                let _ = sock.send(b);
-            }
+            tunnel.handle_timeout(now);
+        }
+        if !drain(&mut tunnel, &sock, &report) {
+            // Refused a receipt: disconnect (stop sending anything).
+            ctl.pps.store(0, Ordering::Relaxed);
+            return Ok(());
         }
     }
     Ok(())
 }
 
-fn on_control(
-    spec: &ClientSpec,
-    session: &mut ClientSession,
-    report: &Mutex<ClientReport>,
-    m: Message,
-) -> Option<Message> {
-    let is_receipt = matches!(m, Message::Receipt(_) | Message::FinalReceipt(_));
-    let is_final = matches!(m, Message::FinalReceipt(_));
-    if is_receipt {
-        lock(report).receipts_seen += 1;
-        if spec.behaviour == Behaviour::NeverCosign {
-            return None;
+/// Sends the tunnel's datagrams and records its events in the report (co-signed receipts are
+/// "stored" in the report, then released); false once the tunnel failed.
+fn drain(tunnel: &mut ClientTunnel, sock: &UdpSocket, report: &Mutex<ClientReport>) -> bool {
+    let mut ok = true;
+    loop {
+        while let Some(d) = tunnel.poll_transmit() {
+            if d.first() == Some(&1) {
+                lock(report).handshakes += 1;
+            }
+            let _ = sock.send(&d);
+        }
+        let Some(ev) = tunnel.poll_event() else {
+            return ok;
+        };
+        let mut r = lock(report);
+        match ev {
+            Event::Deliver(p) => r.down_bytes += p.len() as u64,
+            Event::ReceiptSeen { .. } => r.receipts_seen += 1,
+            Event::StoreCosigned {
+                receipt,
+                final_receipt,
+            } => {
+                if r.cosigned
+                    .last()
+                    .is_none_or(|l| l.body().seq < receipt.body().seq)
+                {
+                    r.cosigned.push(*receipt);
+                }
+                if final_receipt {
+                    r.final_seq = Some(receipt.body().seq);
+                }
+                drop(r);
+                tunnel.persisted(receipt.body().seq);
+                continue;
+            }
+            Event::Resynced(_) => r.resyncs += 1,
+            Event::Acked(a) => {
+                if r.acked.last().is_none_or(|l| l.body().seq < a) {
+                    if let Some(c) = r.cosigned.iter().find(|c| c.body().seq == a).copied() {
+                        r.acked.push(c);
+                    }
+                }
+                if r.final_seq == Some(a) {
+                    r.closed = true;
+                }
+            }
+            Event::Failed(Failure::ReceiptRefused { seq, reason }) => {
+                r.rejected = Some((seq, reason));
+                ok = false;
+            }
+            Event::Failed(_) => ok = false,
+            _ => {}
         }
     }
-    let reply = session.handle_message(m, unix_now());
-    let mut r = lock(report);
-    match &reply {
-        Some(Message::CoSigned(c)) => {
-            if r.cosigned
-                .last()
-                .is_none_or(|l| l.body().seq < c.body().seq)
-            {
-                r.cosigned.push(*c);
-            }
-            if is_final {
-                r.final_seq = Some(c.body().seq);
-            }
-        }
-        Some(Message::Resync(_)) => r.resyncs += 1,
-        Some(Message::ReceiptRejected { seq, reason }) => r.rejected = Some((*seq, *reason)),
-        _ => {}
-    }
-    if let Some(a) = session.last_acked() {
-        if r.acked.last().is_none_or(|l| l.body().seq < a) {
-            if let Some(c) = r.cosigned.iter().find(|c| c.body().seq == a).copied() {
-                r.acked.push(c);
-            }
-        }
-        if r.final_seq == Some(a) {
-            r.closed = true;
-        }
-    }
-    reply
 }

@@ -1,0 +1,1 @@
+//! Holds the per-operation benchmarks in `benches/ops.rs` (nothing to link against).
