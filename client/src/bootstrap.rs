@@ -5,16 +5,34 @@
 //! `Reject`. Everything after that runs inside the tunnel.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_metering::{ClientSession, Message, decode, encode};
-use ferry_receipts::{SessionAccept, SessionOffer};
+use ferry_metering::{ClientConfig, ClientSession, Message, decode, encode};
+use ferry_receipts::{SessionAccept, SessionOffer, SigningKey, Voucher};
+use ferry_store::{Store, unix_now};
 use tokio::net::UdpSocket;
-
-use crate::engine::{PaidSetup, unix_now};
+use tokio::sync::Notify;
 
 const RETRY: Duration = Duration::from_secs(1);
+
+/// Everything a paid session needs.
+pub(crate) struct PaidSetup {
+    /// Our identity (signs offers and co-signatures).
+    pub(crate) identity: Arc<SigningKey>,
+    /// The voucher paying for the session.
+    pub(crate) voucher: Voucher,
+    /// Co-signed receipt log.
+    pub(crate) store: Arc<Mutex<Store>>,
+    /// Wakes the ledger submitter after a receipt is stored.
+    pub(crate) kick: Option<Arc<Notify>>,
+    /// Over-claim tolerance.
+    pub(crate) cfg: ClientConfig,
+    /// The session, if it was opened outside the tunnel (see `bootstrap`); otherwise the
+    /// engine says `Hello` inside the tunnel.
+    pub(crate) boot: Option<Bootstrapped>,
+}
 
 /// An accepted session, ready for the engine.
 pub(crate) struct Bootstrapped {

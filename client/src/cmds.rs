@@ -2,93 +2,17 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ferry_keys::{IdentityKey, WgPrivateKey, WriteMode};
 
 use crate::cli::{Cli, Cmd, VoucherCmd};
-use crate::config::{Config, expand_home};
+use crate::config::Config;
+pub(crate) use crate::paths::Paths;
 use crate::status::Status;
-
-/// Resolved file locations.
-#[derive(Debug, Clone)]
-pub(crate) struct Paths {
-    pub(crate) dir: PathBuf,
-    pub(crate) config: PathBuf,
-    pub(crate) state: PathBuf,
-}
-
-impl Paths {
-    pub(crate) fn from_cli(cli: &Cli) -> Self {
-        let dir = cli
-            .dir
-            .as_deref()
-            .map(expand_home)
-            .unwrap_or_else(|| expand_home(Path::new("~/.config/ferry")));
-        let config = cli
-            .config
-            .as_deref()
-            .map(expand_home)
-            .unwrap_or_else(|| dir.join("client.toml"));
-        let state = cli
-            .state_dir
-            .as_deref()
-            .map(expand_home)
-            .unwrap_or_else(default_state_dir);
-        Self { dir, config, state }
-    }
-
-    pub(crate) fn identity(&self) -> PathBuf {
-        self.dir.join("identity.key")
-    }
-
-    pub(crate) fn wg(&self) -> PathBuf {
-        self.dir.join("wg.key")
-    }
-
-    pub(crate) fn voucher(&self) -> PathBuf {
-        self.dir.join("voucher")
-    }
-
-    pub(crate) fn status(&self) -> PathBuf {
-        self.state.join("status.json")
-    }
-
-    pub(crate) fn pid(&self) -> PathBuf {
-        self.state.join("ferry.pid")
-    }
-
-    pub(crate) fn receipts(&self, cfg: &Config) -> PathBuf {
-        cfg.client
-            .receipts
-            .as_deref()
-            .map(expand_home)
-            .unwrap_or_else(|| self.dir.join("receipts.log"))
-    }
-
-    /// Creates the state directory (0700).
-    pub(crate) fn ensure_state(&self) -> Result<()> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.state)
-            .with_context(|| format!("creating state dir {}", self.state.display()))
-    }
-}
-
-fn default_state_dir() -> PathBuf {
-    let uid = nix::unistd::geteuid();
-    if uid.is_root() {
-        return PathBuf::from("/run/ferry");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(d) => PathBuf::from(d).join("ferry"),
-        None => PathBuf::from(format!("/tmp/ferry-{uid}")),
-    }
-}
 
 /// Runs one command.
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
@@ -103,11 +27,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Status { json } => status(&paths, json),
         Cmd::ExportWg { relay } => {
             let cfg = Config::load(&paths.config)?;
-            let text = export_wg(
-                &cfg,
-                &relay,
-                &WgPrivateKey::load(&paths.wg()).map_err(key_err)?,
-            )?;
+            let text = export_wg(&cfg, &relay, &WgPrivateKey::load(&paths.wg())?)?;
             out(&text)
         }
     }
@@ -116,10 +36,6 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
 fn out(text: &str) -> Result<ExitCode> {
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(ExitCode::SUCCESS)
-}
-
-pub(crate) fn key_err(e: ferry_keys::KeyError) -> anyhow::Error {
-    anyhow::anyhow!("{e}")
 }
 
 /// Writes `identity.key` and `wg.key` into `dir` (created 0700), mode 0600.
@@ -134,12 +50,11 @@ pub(crate) fn keygen(dir: &Path, force: bool) -> Result<ExitCode> {
     } else {
         WriteMode::CreateNew
     };
-    let id = IdentityKey::generate().map_err(key_err)?;
-    let wg = WgPrivateKey::generate().map_err(key_err)?;
+    let id = IdentityKey::generate()?;
+    let wg = WgPrivateKey::generate()?;
     id.write_to(&dir.join("identity.key"), mode)
-        .map_err(key_err)
         .context("use --force to replace existing keys")?;
-    wg.write_to(&dir.join("wg.key"), mode).map_err(key_err)?;
+    wg.write_to(&dir.join("wg.key"), mode)?;
     let text = format!(
         "identity {}\nwireguard {}\n",
         id.public_key().to_hex(),
@@ -149,8 +64,8 @@ pub(crate) fn keygen(dir: &Path, force: bool) -> Result<ExitCode> {
 }
 
 fn pubkey(paths: &Paths) -> Result<ExitCode> {
-    let id = IdentityKey::load(&paths.identity()).map_err(key_err)?;
-    let wg = WgPrivateKey::load(&paths.wg()).map_err(key_err)?;
+    let id = IdentityKey::load(&paths.identity())?;
+    let wg = WgPrivateKey::load(&paths.wg())?;
     out(&format!(
         "identity {}\nwireguard {}\n",
         id.public_key().to_hex(),
@@ -170,7 +85,6 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
                 .or(cfg.client.ledger_url.clone())
                 .context("no ledger: pass --ledger URL or set [client] ledger-url")?;
             let key = IdentityKey::load(&paths.identity())
-                .map_err(key_err)
                 .context("run `ferry keygen` first")?
                 .signing_key();
             let mut nonce = [0u8; 16];
@@ -179,7 +93,7 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            let now = crate::engine::unix_now();
+            let now = ferry_store::unix_now();
             let (v, answer) = rt.block_on(crate::ledger::request_voucher(
                 &url, &key, bytes, nonce, now,
             ))?;
@@ -192,8 +106,10 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
                 v.allowance_bytes,
                 v.price_micros_per_gib,
                 v.expires_at,
-                answer["cost_micros"],
-                answer["balance_micros"],
+                answer.cost_micros,
+                answer
+                    .balance_micros
+                    .map_or_else(|| "unchanged (issued before)".to_owned(), |b| b.to_string()),
             ))
         }
         VoucherCmd::Show { file } => {
@@ -261,23 +177,12 @@ pub(crate) fn export_wg(cfg: &Config, relay: &str, key: &WgPrivateKey) -> Result
     Ok(s)
 }
 
-/// Waits until `f` holds or `timeout` passes.
-pub(crate) fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    f()
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use std::path::PathBuf;
 
     fn mode(p: &Path) -> u32 {
         std::fs::metadata(p).unwrap().permissions().mode() & 0o7777

@@ -160,7 +160,6 @@ impl RelayEntry {
         let ctx = || format!("relay {:?}", self.name);
         ensure!(!self.name.is_empty(), "relay name must not be empty");
         let public_key = WgPublicKey::from_base64(&self.public_key)
-            .map_err(|e| anyhow::anyhow!("{e}"))
             .with_context(|| format!("{}: public-key", ctx()))?;
         ensure!(
             !self.address.is_empty() || self.identity_key.is_some(),

@@ -20,10 +20,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
 use crate::cli::ConnectArgs;
-use crate::cmds::{Paths, wait_until};
 use crate::config::Config;
 use crate::engine::{Engine, relay_socket};
 use crate::netcfg::{self, Applied};
+use crate::paths::{Paths, wait_until};
 use crate::session::prepare;
 use crate::status::{State, Status};
 
@@ -56,7 +56,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        open_paid_session(&mut setup).await?;
+        crate::session::open_paid_session(&mut setup).await?;
         let relay = &setup.relay;
         let tun = tun_rs::DeviceBuilder::new()
             .name(&args.tun)
@@ -116,34 +116,6 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),
     }
-}
-
-/// For a paid relay: `Hello` outside the tunnel; adopts the addresses the relay assigned.
-pub(crate) async fn open_paid_session(setup: &mut crate::session::Setup) -> Result<()> {
-    let (Some(paid), Some(rp), Some(hello)) =
-        (setup.paid.as_mut(), setup.relay.paid.as_ref(), setup.hello)
-    else {
-        return Ok(());
-    };
-    let boot = crate::bootstrap::bootstrap(
-        paid,
-        rp.identity_key,
-        setup.wg.public_key().0,
-        hello,
-        Duration::from_secs(15),
-    )
-    .await?;
-    let nets = crate::bootstrap::host_nets(boot.v4, boot.v6);
-    if !nets.is_empty() {
-        setup.relay.address = nets;
-    }
-    anyhow::ensure!(
-        !setup.relay.address.is_empty(),
-        "the relay assigned no tunnel address and none is configured"
-    );
-    tracing::info!("paid session accepted by the relay");
-    paid.boot = Some(boot);
-    Ok(())
 }
 
 async fn drive(

@@ -16,34 +16,16 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use ferry_keys::WgPrivateKey;
-use ferry_metering::ClientConfig;
-use ferry_receipts::{SigningKey, Voucher};
 use ferry_store::{Record, SessionOpen, Store};
 use ferry_tunnel::{ClientTunnel, ControlPath, Event, PaidConfig, TunnelConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 
+use crate::bootstrap::PaidSetup;
 use crate::config::Relay;
 use crate::status::{LastReceipt, State, Status, spend_micros};
 
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Everything a paid session needs.
-pub(crate) struct PaidSetup {
-    /// Our identity (signs offers and co-signatures).
-    pub(crate) identity: Arc<SigningKey>,
-    /// The voucher paying for the session.
-    pub(crate) voucher: Voucher,
-    /// Co-signed receipt log.
-    pub(crate) store: Arc<Mutex<Store>>,
-    /// Wakes the ledger submitter after a receipt is stored.
-    pub(crate) kick: Option<Arc<Notify>>,
-    /// Over-claim tolerance.
-    pub(crate) cfg: ClientConfig,
-    /// The session, if it was opened outside the tunnel (see `bootstrap`); otherwise the
-    /// engine says `Hello` inside the tunnel.
-    pub(crate) boot: Option<crate::bootstrap::Bootstrapped>,
-}
 
 /// The receipt log of a paid session.
 struct Log {

@@ -316,7 +316,7 @@ async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_subm
             .unwrap();
     assert_eq!(voucher.client_key, client_id.public_key());
     assert_eq!(voucher.allowance_bytes, 1 << 30);
-    assert_eq!(answer["cost_micros"], 1_000_000);
+    assert_eq!(answer.cost_micros, 1_000_000);
     // Not enough balance for a second, larger one: the ledger's refusal is reported.
     let err = crate::ledger::request_voucher(&url, &client_id, 10 << 30, [9; 16], unix_now())
         .await

@@ -9,12 +9,12 @@ use anyhow::{Context, Result, bail, ensure};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
+use ferry_ledger_api as api;
 use ferry_receipts::{NetworkId, PublicKey, SigningKey, Voucher};
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper::header::{CONTENT_TYPE, HOST};
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
@@ -47,14 +47,14 @@ pub(crate) fn voucher_request_bytes(
     b
 }
 
-/// The JSON body of a signed voucher request.
+/// The body of a signed voucher request.
 pub(crate) fn voucher_request_body(
     network_id: &NetworkId,
     key: &SigningKey,
     allowance_bytes: u64,
     nonce: [u8; 16],
     requested_at: u64,
-) -> Value {
+) -> api::VoucherRequest {
     let client_key = key.public_key();
     let msg = voucher_request_bytes(
         network_id,
@@ -64,63 +64,75 @@ pub(crate) fn voucher_request_body(
         requested_at,
     );
     let sig = key.sign(VOUCHER_REQUEST_DOMAIN, &msg);
-    json!({
-        "client_key": client_key.to_hex(),
-        "allowance_bytes": allowance_bytes,
-        "nonce": hex::encode(nonce),
-        "requested_at": requested_at,
-        "signature": hex::encode(sig.as_bytes()),
-    })
+    api::VoucherRequest {
+        client_key: client_key.to_hex(),
+        allowance_bytes,
+        nonce: Some(hex::encode(nonce)),
+        requested_at: Some(requested_at),
+        signature: Some(hex::encode(sig.as_bytes())),
+    }
 }
 
 /// Fetches `/v1/info`.
 pub(crate) async fn info(ledger_url: &str) -> Result<LedgerInfo> {
-    let (status, v) = request(ledger_url, "GET", "/v1/info", None).await?;
-    ensure!(status == 200, "ledger /v1/info answered {status}: {v}");
-    let hex32 = |k: &str| -> Result<[u8; 32]> {
-        let mut b = [0u8; 32];
-        hex::decode_to_slice(v[k].as_str().unwrap_or_default(), &mut b)
-            .with_context(|| format!("ledger info: bad {k}"))?;
-        Ok(b)
-    };
+    let (status, body) = request(ledger_url, "GET", "/v1/info", None).await?;
+    if status != 200 {
+        let (code, msg) = error_of(&body);
+        bail!("ledger /v1/info answered HTTP {status} {code}: {msg}");
+    }
+    let v: api::Info = serde_json::from_slice(&body).context("ledger /v1/info: unexpected JSON")?;
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&v.ledger_key, &mut key).context("ledger info: bad ledger_key")?;
     let mut net = [0u8; 16];
-    hex::decode_to_slice(v["network_id"].as_str().unwrap_or_default(), &mut net)
-        .context("ledger info: bad network_id")?;
+    hex::decode_to_slice(&v.network_id, &mut net).context("ledger info: bad network_id")?;
     Ok(LedgerInfo {
         network_id: NetworkId(net),
-        ledger_key: PublicKey(hex32("ledger_key")?),
+        ledger_key: PublicKey(key),
     })
 }
 
 /// Requests a voucher for `allowance_bytes`, verifies it and returns it with the ledger's
-/// JSON answer (cost, balance).
+/// answer (cost, balance).
 pub(crate) async fn request_voucher(
     ledger_url: &str,
     key: &SigningKey,
     allowance_bytes: u64,
     nonce: [u8; 16],
     now: u64,
-) -> Result<(Voucher, Value)> {
+) -> Result<(Voucher, api::IssuedVoucher)> {
     let li = info(ledger_url).await?;
-    let body = voucher_request_body(&li.network_id, key, allowance_bytes, nonce, now);
-    let (status, v) = request(ledger_url, "POST", "/v1/vouchers", Some(body)).await?;
+    let req = voucher_request_body(&li.network_id, key, allowance_bytes, nonce, now);
+    let (status, body) = request(
+        ledger_url,
+        "POST",
+        "/v1/vouchers",
+        Some(serde_json::to_string(&req)?),
+    )
+    .await?;
     if !(200..300).contains(&status) {
-        let msg = v["error"]["message"].as_str().unwrap_or("");
-        let code = v["error"]["code"].as_str().unwrap_or("");
+        let (code, msg) = error_of(&body);
         bail!("ledger refused the voucher request (HTTP {status} {code}): {msg}");
     }
-    let raw = B64
-        .decode(v["voucher"].as_str().unwrap_or_default())
-        .context("voucher is not base64")?;
-    let voucher = Voucher::decode(&raw).map_err(|e| anyhow::anyhow!("voucher: {e}"))?;
+    let v: api::IssuedVoucher =
+        serde_json::from_slice(&body).context("ledger /v1/vouchers: unexpected JSON")?;
+    let raw = B64.decode(&v.voucher).context("voucher is not base64")?;
+    let voucher = Voucher::decode(&raw).context("voucher")?;
     voucher
         .verify(&li.network_id, &li.ledger_key, now)
-        .map_err(|e| anyhow::anyhow!("voucher does not verify: {e}"))?;
+        .context("voucher does not verify")?;
     ensure!(
         voucher.client_key == key.public_key(),
         "voucher is for another client key"
     );
     Ok((voucher, v))
+}
+
+/// (code, message) of a ledger error body; an unexpected body is the message as text.
+fn error_of(body: &[u8]) -> (String, String) {
+    match serde_json::from_slice::<api::ErrorBody>(body) {
+        Ok(e) => (e.error.code, e.error.message),
+        Err(_) => (String::new(), String::from_utf8_lossy(body).into_owned()),
+    }
 }
 
 /// Reads a voucher file (base64, one line).
@@ -148,8 +160,8 @@ async fn request(
     base: &str,
     method: &str,
     path: &str,
-    body: Option<Value>,
-) -> Result<(u16, Value)> {
+    body: Option<String>,
+) -> Result<(u16, Bytes)> {
     let rest = base
         .strip_prefix("http://")
         .with_context(|| format!("ledger url {base:?} must start with http://"))?;
@@ -175,7 +187,7 @@ async fn request(
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         let conn = tokio::spawn(conn);
-        let data = body.map(|b| b.to_string()).unwrap_or_default();
+        let data = body.unwrap_or_default();
         let req = Request::builder()
             .method(method)
             .uri(full.as_str())
@@ -186,8 +198,7 @@ async fn request(
         let status = resp.status().as_u16();
         let bytes = resp.into_body().collect().await?.to_bytes();
         conn.abort();
-        let v = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        anyhow::Ok((status, v))
+        anyhow::Ok((status, bytes))
     };
     tokio::time::timeout(TIMEOUT, fut)
         .await
@@ -204,8 +215,8 @@ mod tests {
         let key = SigningKey::from_seed(&[7; 32]);
         let net = NetworkId([3; 16]);
         let body = voucher_request_body(&net, &key, 1 << 30, [9; 16], 1_700_000_000);
-        assert_eq!(body["allowance_bytes"], 1u64 << 30);
-        let sig = hex::decode(body["signature"].as_str().unwrap()).unwrap();
+        assert_eq!(body.allowance_bytes, 1u64 << 30);
+        let sig = hex::decode(body.signature.unwrap()).unwrap();
         let mut msg = VOUCHER_REQUEST_DOMAIN.to_vec();
         msg.extend(voucher_request_bytes(
             &net,

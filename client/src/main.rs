@@ -18,6 +18,7 @@ mod endpoint;
 mod engine;
 mod ledger;
 mod netcfg;
+mod paths;
 mod session;
 mod socks;
 mod stack;

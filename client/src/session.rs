@@ -10,9 +10,10 @@ use ferry_keys::{IdentityKey, WgPrivateKey};
 use ferry_metering::{ClientConfig, Tolerance};
 use ferry_store::{HttpLedger, Store, Submitter, SubmitterConfig};
 
-use crate::cmds::{Paths, key_err};
+use crate::bootstrap::PaidSetup;
 use crate::config::{Config, Relay, expand_home};
-use crate::engine::{PaidSetup, unix_now};
+use crate::paths::Paths;
+use ferry_store::unix_now;
 
 /// Ready-to-run pieces.
 pub(crate) struct Setup {
@@ -31,9 +32,7 @@ pub(crate) struct Setup {
 /// the submitter.
 pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup> {
     let relay = cfg.relay(relay)?;
-    let wg = WgPrivateKey::load(&paths.wg())
-        .map_err(key_err)
-        .context("WireGuard key (run `ferry keygen`)")?;
+    let wg = WgPrivateKey::load(&paths.wg()).context("WireGuard key (run `ferry keygen`)")?;
     let endpoint = relay.endpoint.resolve_blocking().map_err(|e| {
         if relay.endpoint.host().is_some() && crate::netcfg::kill_switch_present() {
             e.context(
@@ -56,7 +55,6 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
         });
     };
     let identity = IdentityKey::load(&paths.identity())
-        .map_err(key_err)
         .context("identity key (run `ferry keygen`)")?
         .signing_key();
     let vpath = rp
@@ -77,7 +75,6 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
     );
     let store_path = paths.receipts(cfg);
     let (store, report) = Store::open(&store_path)
-        .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("receipt store {}", store_path.display()))?;
     if report.dropped_bytes > 0 {
         tracing::warn!(
@@ -88,8 +85,7 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
     let store = Arc::new(Mutex::new(store));
     let submitter = match &cfg.client.ledger_url {
         Some(url) => {
-            let ledger = HttpLedger::new(url, Duration::from_secs(10))
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let ledger = HttpLedger::new(url, Duration::from_secs(10))?;
             let rng = ring::rand::SystemRandom::new();
             let random = Box::new(move || {
                 let mut b = [0u8; 8];
@@ -128,4 +124,32 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
         }),
         submitter,
     })
+}
+
+/// For a paid relay: `Hello` outside the tunnel; adopts the addresses the relay assigned.
+pub(crate) async fn open_paid_session(setup: &mut Setup) -> Result<()> {
+    let (Some(paid), Some(rp), Some(hello)) =
+        (setup.paid.as_mut(), setup.relay.paid.as_ref(), setup.hello)
+    else {
+        return Ok(());
+    };
+    let boot = crate::bootstrap::bootstrap(
+        paid,
+        rp.identity_key,
+        setup.wg.public_key().0,
+        hello,
+        Duration::from_secs(15),
+    )
+    .await?;
+    let nets = crate::bootstrap::host_nets(boot.v4, boot.v6);
+    if !nets.is_empty() {
+        setup.relay.address = nets;
+    }
+    anyhow::ensure!(
+        !setup.relay.address.is_empty(),
+        "the relay assigned no tunnel address and none is configured"
+    );
+    tracing::info!("paid session accepted by the relay");
+    paid.boot = Some(boot);
+    Ok(())
 }

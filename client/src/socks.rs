@@ -15,9 +15,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::cli::Socks5Args;
-use crate::cmds::Paths;
 use crate::config::Config;
 use crate::engine::{Engine, relay_socket};
+use crate::paths::Paths;
 use crate::session::prepare;
 use crate::stack::{Command, Stack};
 use crate::status::State;
@@ -123,7 +123,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitC
         .enable_all()
         .build()?;
     rt.block_on(async {
-        crate::connect::open_paid_session(&mut setup).await?;
+        crate::session::open_paid_session(&mut setup).await?;
         let relay = setup.relay.clone();
         let listener = TcpListener::bind(args.listen)
             .await

@@ -7,7 +7,7 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum KeyError {
     /// Reading or writing the key file failed.
-    #[error("key file {}: {source}", path.display())]
+    #[error("key file {}", path.display())]
     Io {
         /// The key file.
         path: PathBuf,

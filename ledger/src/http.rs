@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
+use ferry_ledger_api as api;
 use ferry_receipts::{PublicKey, SessionId, Signature, VoucherId};
 use ring::digest::{SHA256, digest};
 use serde::Deserialize;
@@ -117,7 +118,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
+        let body = api::ErrorBody {
+            error: api::ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -162,7 +168,10 @@ impl From<LedgerError> for ApiError {
             _ => "internal",
         };
         if status.is_server_error() {
-            tracing::error!(error = %e, "request failed");
+            tracing::error!(
+                error = &e as &(dyn std::error::Error + 'static),
+                "request failed"
+            );
         }
         Self::new(status, code, e.to_string())
     }
@@ -235,19 +244,19 @@ fn is_admin<S>(st: &AppState<S>, headers: &HeaderMap) -> bool {
     headers.contains_key(header::AUTHORIZATION) && check_admin(st, headers).is_ok()
 }
 
-async fn info<S: Store>(State(st): State<AppState<S>>) -> Json<Value> {
+async fn info<S: Store>(State(st): State<AppState<S>>) -> Json<api::Info> {
     let p = st.ledger.params();
-    Json(json!({
-        "network_id": p.network_id.to_hex(),
-        "ledger_key": st.ledger.public_key().to_hex(),
-        "epoch_seconds": p.epoch_secs,
-        "current_epoch": st.ledger.epoch_of((st.clock)()),
-        "price_micros_per_gib": p.price_micros_per_gib,
-        "voucher_ttl_seconds": p.voucher_ttl_secs,
-        "max_batch": p.max_batch,
-        "max_body_bytes": st.max_body_bytes,
-        "open_registration": st.open_registration,
-    }))
+    Json(api::Info {
+        network_id: p.network_id.to_hex(),
+        ledger_key: st.ledger.public_key().to_hex(),
+        epoch_seconds: p.epoch_secs,
+        current_epoch: st.ledger.epoch_of((st.clock)()),
+        price_micros_per_gib: p.price_micros_per_gib,
+        voucher_ttl_seconds: p.voucher_ttl_secs,
+        max_batch: p.max_batch as u64,
+        max_body_bytes: st.max_body_bytes as u64,
+        open_registration: st.open_registration,
+    })
 }
 
 #[derive(Deserialize)]
@@ -315,20 +324,10 @@ async fn client<S: Store>(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IssueBody {
-    client_key: String,
-    allowance_bytes: u64,
-    nonce: Option<String>,
-    requested_at: Option<u64>,
-    signature: Option<String>,
-}
-
 async fn issue<S: Store>(
     State(st): State<AppState<S>>,
     headers: HeaderMap,
-    ApiJson(body): ApiJson<IssueBody>,
+    ApiJson(body): ApiJson<api::VoucherRequest>,
 ) -> Result<Response, ApiError> {
     let client_key = parse_key(&body.client_key)?;
     let now = (st.clock)();
@@ -370,18 +369,18 @@ async fn issue<S: Store>(
     } else {
         StatusCode::OK
     };
-    let body = json!({
-        "voucher": B64.encode(v.encode()),
-        "voucher_id": v.id().to_hex(),
-        "client_key": v.client_key.to_hex(),
-        "allowance_bytes": v.allowance_bytes,
-        "price_micros_per_gib": v.price_micros_per_gib,
-        "issued_at": v.issued_at,
-        "expires_at": v.expires_at,
-        "cost_micros": issued.cost_micros,
-        "balance_micros": issued.balance_micros,
-        "already_issued": issued.balance_micros.is_none(),
-    });
+    let body = api::IssuedVoucher {
+        voucher: B64.encode(v.encode()),
+        voucher_id: v.id().to_hex(),
+        client_key: v.client_key.to_hex(),
+        allowance_bytes: v.allowance_bytes,
+        price_micros_per_gib: v.price_micros_per_gib,
+        issued_at: v.issued_at,
+        expires_at: v.expires_at,
+        cost_micros: issued.cost_micros,
+        balance_micros: issued.balance_micros,
+        already_issued: issued.balance_micros.is_none(),
+    };
     Ok((status, Json(body)).into_response())
 }
 
@@ -433,29 +432,19 @@ async fn close_voucher<S: Store>(
     })))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SubmitBody {
-    receipt: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    receipts: Vec<String>,
-}
-
-fn outcome_json(o: &Outcome) -> Value {
-    match o {
+fn outcome_json(o: &Outcome) -> api::ItemResult {
+    match *o {
         Outcome::Advanced {
             epoch,
             credited_bytes,
             clamped,
-        } => {
-            json!({"status": "advanced", "epoch": epoch, "credited_bytes": credited_bytes, "clamped": clamped})
-        }
-        Outcome::Duplicate => json!({"status": "duplicate", "credited_bytes": 0}),
-        Outcome::Stale => json!({"status": "stale", "credited_bytes": 0}),
+        } => api::ItemResult::Advanced {
+            epoch,
+            credited_bytes,
+            clamped,
+        },
+        Outcome::Duplicate => api::ItemResult::Duplicate { credited_bytes: 0 },
+        Outcome::Stale => api::ItemResult::Stale { credited_bytes: 0 },
     }
 }
 
@@ -466,8 +455,8 @@ fn decode_b64(s: &str) -> Vec<u8> {
 
 async fn submit<S: Store>(
     State(st): State<AppState<S>>,
-    ApiJson(body): ApiJson<SubmitBody>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(body): ApiJson<api::SubmitRequest>,
+) -> Result<Json<api::ItemResult>, ApiError> {
     let bytes = B64.decode(&body.receipt).map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -481,15 +470,15 @@ async fn submit<S: Store>(
 
 async fn submit_batch<S: Store>(
     State(st): State<AppState<S>>,
-    ApiJson(body): ApiJson<BatchBody>,
-) -> Result<Json<Value>, ApiError> {
+    ApiJson(body): ApiJson<api::BatchRequest>,
+) -> Result<Json<api::BatchResponse>, ApiError> {
     if body.receipts.is_empty() {
         return Err(ApiError::bad("receipts must not be empty"));
     }
     let encoded = body.receipts.iter().map(|s| decode_b64(s)).collect();
     let results = st.ledger.submit(encoded, (st.clock)()).await?;
     let mut counts = [0u64; 4];
-    let items: Vec<Value> = results
+    let items: Vec<api::ItemResult> = results
         .iter()
         .map(|r: &SubmitResult| match r {
             Ok(o) => {
@@ -502,14 +491,20 @@ async fn submit_batch<S: Store>(
             }
             Err(e) => {
                 counts[3] += 1;
-                json!({"status": "rejected", "code": e.code(), "message": e.to_string()})
+                api::ItemResult::Rejected {
+                    code: e.code().to_owned(),
+                    message: e.to_string(),
+                }
             }
         })
         .collect();
-    Ok(Json(json!({
-        "advanced": counts[0], "duplicate": counts[1], "stale": counts[2], "rejected": counts[3],
-        "results": items,
-    })))
+    Ok(Json(api::BatchResponse {
+        advanced: counts[0],
+        duplicate: counts[1],
+        stale: counts[2],
+        rejected: counts[3],
+        results: items,
+    }))
 }
 
 async fn relay<S: Store>(

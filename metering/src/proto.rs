@@ -157,7 +157,7 @@ pub enum FrameError {
     #[error("unknown reason code {0}")]
     UnknownReason(u8),
     /// The payload failed ferry-receipts decoding.
-    #[error("payload: {0}")]
+    #[error("payload")]
     Payload(#[from] DecodeError),
 }
 

@@ -489,7 +489,10 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
                 let mut s = lock(&store);
                 if s.should_compact() {
                     if let Err(e) = s.compact(unix_now()) {
-                        tracing::warn!(error = %e, "receipt store compaction failed");
+                        tracing::warn!(
+                            error = &e as &(dyn std::error::Error + 'static),
+                            "receipt store compaction failed"
+                        );
                     }
                 }
             })

@@ -36,5 +36,5 @@ pub use record::{
 };
 pub use store::{RecoveryReport, SessionEntry, Store, StoreError, StoreStats};
 pub use submit::{
-    HttpLedger, ItemOutcome, SubmitError, Submitter, SubmitterConfig, SubmitterStats,
+    BoxError, HttpLedger, ItemOutcome, SubmitError, Submitter, SubmitterConfig, SubmitterStats,
 };

@@ -107,7 +107,10 @@ async fn run(
             Ok(Ok(())) => Ok(()),
             Ok(Err(StoreError::NoSpace)) => Err(PersistError::NoSpace),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "receipt store append failed");
+                tracing::warn!(
+                    error = &e as &(dyn std::error::Error + 'static),
+                    "receipt store append failed"
+                );
                 Err(PersistError::Failed)
             }
             Err(_) => Err(PersistError::Failed),

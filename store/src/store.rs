@@ -21,7 +21,7 @@ pub enum StoreError {
     #[error("no space left for the receipt store")]
     NoSpace,
     /// Another I/O failure.
-    #[error("receipt store {op} failed: {source}")]
+    #[error("receipt store {op} failed")]
     Io {
         /// What was being done.
         op: &'static str,

@@ -26,6 +26,13 @@ use tokio::time::Instant;
 use crate::Store;
 use crate::backoff::Backoff;
 
+/// A boxed cause (I/O, HTTP, store and task errors share the variants below).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn transport(e: impl std::error::Error + Send + Sync + 'static) -> SubmitError {
+    SubmitError::Transport(Box::new(e))
+}
+
 /// Why one submission attempt failed (all are retried).
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -33,18 +40,18 @@ pub enum SubmitError {
     /// The ledger URL is not `http://host:port[/prefix]`.
     #[error("unsupported ledger url {0:?} (http://host[:port][/prefix] only)")]
     BadUrl(String),
-    /// Connecting, sending or reading failed.
-    #[error("ledger unreachable: {0}")]
-    Transport(String),
+    /// Connecting, sending or reading failed (the cause is the source).
+    #[error("ledger unreachable")]
+    Transport(#[source] BoxError),
     /// The ledger answered with a non-2xx status.
     #[error("ledger answered HTTP {0}")]
     Status(u16),
     /// The response was not the expected JSON.
     #[error("unexpected ledger response: {0}")]
     BadResponse(String),
-    /// The store failed.
-    #[error("store: {0}")]
-    Store(String),
+    /// The store failed (the cause is the source).
+    #[error("receipt store")]
+    Store(#[source] BoxError),
 }
 
 /// What the ledger said about one receipt.
@@ -107,28 +114,28 @@ impl HttpLedger {
         &self,
         receipts: &[CoSignedReceipt],
     ) -> Result<Vec<ItemOutcome>, SubmitError> {
-        let t = |e: &dyn std::fmt::Display| SubmitError::Transport(e.to_string());
         let list: Vec<String> = receipts.iter().map(|c| B64.encode(c.encode())).collect();
-        let body = serde_json::json!({ "receipts": list }).to_string();
+        let body = serde_json::to_string(&ferry_ledger_api::BatchRequest { receipts: list })
+            .map_err(|e| SubmitError::BadResponse(e.to_string()))?;
         let stream = TcpStream::connect(&self.authority)
             .await
-            .map_err(|e| t(&e))?;
+            .map_err(transport)?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| t(&e))?;
+            .map_err(transport)?;
         let conn = tokio::spawn(conn);
         let req = Request::post(self.path.as_str())
             .header(HOST, self.authority.as_str())
             .header(CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| t(&e))?;
-        let resp = sender.send_request(req).await.map_err(|e| t(&e))?;
+            .map_err(transport)?;
+        let resp = sender.send_request(req).await.map_err(transport)?;
         let status = resp.status();
         let bytes = resp
             .into_body()
             .collect()
             .await
-            .map_err(|e| t(&e))?
+            .map_err(transport)?
             .to_bytes();
         conn.abort();
         if !status.is_success() {
@@ -139,29 +146,20 @@ impl HttpLedger {
 }
 
 fn parse_results(body: &[u8], n: usize) -> Result<Vec<ItemOutcome>, SubmitError> {
-    let bad = |m: &str| SubmitError::BadResponse(m.to_owned());
-    let v: serde_json::Value =
+    let r: ferry_ledger_api::BatchResponse =
         serde_json::from_slice(body).map_err(|e| SubmitError::BadResponse(e.to_string()))?;
-    let results = v
-        .get("results")
-        .and_then(|r| r.as_array())
-        .ok_or_else(|| bad("no results array"))?;
-    if results.len() != n {
-        return Err(bad("results length differs from batch length"));
+    if r.results.len() != n {
+        return Err(SubmitError::BadResponse(
+            "results length differs from batch length".to_owned(),
+        ));
     }
-    results
-        .iter()
-        .map(|r| match r.get("status").and_then(|s| s.as_str()) {
-            Some("advanced" | "duplicate" | "stale") => Ok(ItemOutcome::Accepted),
-            Some("rejected") => Ok(ItemOutcome::Rejected(
-                r.get("code")
-                    .and_then(|c| c.as_str())
-                    .unwrap_or("unknown")
-                    .to_owned(),
-            )),
-            _ => Err(bad("unknown item status")),
+    Ok(r.results
+        .into_iter()
+        .map(|item| match item {
+            ferry_ledger_api::ItemResult::Rejected { code, .. } => ItemOutcome::Rejected(code),
+            _ => ItemOutcome::Accepted,
         })
-        .collect()
+        .collect())
 }
 
 /// Submitter policy.
@@ -265,9 +263,16 @@ impl Submitter {
                 Err(e) => {
                     self.bump(|s| s.failures += 1);
                     let d = backoff.next_delay((self.random)());
-                    tracing::debug!(error = %e, retry_in_ms = d.as_millis() as u64, "receipt submission failed");
+                    tracing::debug!(
+                        error = &e as &(dyn std::error::Error + 'static),
+                        retry_in_ms = d.as_millis() as u64,
+                        "receipt submission failed"
+                    );
                     if backoff.failures() == 5 {
-                        tracing::warn!(error = %e, "ledger unreachable; co-signed receipts are kept and retried");
+                        tracing::warn!(
+                            error = &e as &(dyn std::error::Error + 'static),
+                            "ledger unreachable; co-signed receipts are kept and retried"
+                        );
                     }
                     d
                 }
@@ -291,7 +296,7 @@ impl Submitter {
             store.lock().map(|s| s.pending(want)).unwrap_or_default()
         })
         .await
-        .map_err(|e| SubmitError::Store(e.to_string()))?;
+        .map_err(|e| SubmitError::Store(Box::new(e)))?;
         let batch: Vec<CoSignedReceipt> = pending
             .into_iter()
             .filter(|c| !self.held.contains_key(&key(c)))
@@ -315,11 +320,11 @@ impl Submitter {
         let n = done.len();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || match store.lock() {
-            Ok(mut s) => s.mark_submitted(&done).map_err(|e| e.to_string()),
-            Err(_) => Err("store mutex poisoned".to_owned()),
+            Ok(mut s) => s.mark_submitted(&done).map_err(BoxError::from),
+            Err(_) => Err(BoxError::from("store mutex poisoned")),
         })
         .await
-        .map_err(|e| SubmitError::Store(e.to_string()))?
+        .map_err(|e| SubmitError::Store(Box::new(e)))?
         .map_err(SubmitError::Store)?;
         self.bump(|s| s.accepted += n as u64);
         Ok(n)

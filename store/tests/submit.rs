@@ -39,18 +39,42 @@ async fn batch(
             Json(json!({"error": {"code": "down"}})),
         );
     }
+    // The real ledger's answer shape (ferry-ledger-api).
+    use ferry_ledger_api::{BatchResponse, ItemResult};
     let mut results = Vec::new();
     for r in body["receipts"].as_array().unwrap() {
         let c = CoSignedReceipt::decode(&B64.decode(r.as_str().unwrap()).unwrap()).unwrap();
         let s = c.body().session_id.0[0];
         if s == 9 {
-            results.push(json!({"status": "rejected", "code": "unknown_voucher", "message": "x"}));
+            results.push(ItemResult::Rejected {
+                code: "unknown_voucher".into(),
+                message: "x".into(),
+            });
+        } else if f.accepted.insert((s, c.body().seq)) {
+            results.push(ItemResult::Advanced {
+                epoch: 0,
+                credited_bytes: 1,
+                clamped: false,
+            });
         } else {
-            let new = f.accepted.insert((s, c.body().seq));
-            results.push(json!({"status": if new { "advanced" } else { "duplicate" }}));
+            results.push(ItemResult::Duplicate { credited_bytes: 0 });
         }
     }
-    (StatusCode::OK, Json(json!({"results": results})))
+    let count = |recorded: bool| {
+        results
+            .iter()
+            .filter(|r| r.is_recorded() == recorded)
+            .count() as u64
+    };
+    let (recorded, rejected) = (count(true), count(false));
+    let body = BatchResponse {
+        advanced: recorded,
+        duplicate: 0,
+        stale: 0,
+        rejected,
+        results,
+    };
+    (StatusCode::OK, Json(serde_json::to_value(body).unwrap()))
 }
 
 async fn wait_until(mut f: impl FnMut() -> bool) -> bool {

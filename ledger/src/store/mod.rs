@@ -25,10 +25,10 @@ pub use sqlite::SqliteStore;
 #[non_exhaustive]
 pub enum StoreError {
     /// SQLite reported an error.
-    #[error("sqlite: {0}")]
+    #[error("sqlite")]
     Sqlite(#[from] rusqlite::Error),
     /// PostgreSQL reported an error.
-    #[error("postgres: {0}")]
+    #[error("postgres")]
     Postgres(#[from] tokio_postgres::Error),
     /// No PostgreSQL connection could be taken from the pool.
     #[error("postgres pool: {0}")]

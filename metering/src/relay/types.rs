@@ -185,6 +185,6 @@ pub enum CosignError {
     #[error("stale co-signed receipt")]
     Stale,
     /// Signature or network check failed.
-    #[error("verification failed: {0}")]
+    #[error("verification failed")]
     Verify(#[from] VerifyError),
 }

@@ -21,7 +21,7 @@ use std::any::Any;
 use std::time::Instant;
 
 use crate::packet::IpHeader;
-use crate::relay::PeerId;
+use crate::peer::PeerId;
 
 /// Which way a packet flows, seen from the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

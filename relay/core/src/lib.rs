@@ -15,6 +15,7 @@
 mod admission;
 mod hook;
 mod packet;
+mod peer;
 mod policy;
 mod ratelimit;
 mod relay;

@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use crate::admission::{Admission, HandshakeAdmission};
 use crate::hook::{HookDirection, HookVerdict, PacketHook};
 use crate::packet::{self, IpHeader};
+pub use crate::peer::{PeerId, PeerKind};
 use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
 use crate::ratelimit::TokenBucket;
 use crate::routing::AllowedIps;
@@ -38,26 +39,6 @@ const MSG_COOKIE_REPLY: u8 = 3;
 const MSG_DATA: u8 = 4;
 /// Boringtun's `Tunn` index is 24 bits (it shifts it left by 8 for the session counter).
 const INDEX_MASK: u32 = 0x00ff_ffff;
-
-/// Identifies a peer in the table (stable while the peer exists).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(u32);
-
-impl PeerId {
-    /// The raw slot number.
-    pub fn get(self) -> u32 {
-        self.0
-    }
-}
-
-/// Whether a peer is billed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerKind {
-    /// Configured by the operator: forwarded, never metered.
-    Trusted,
-    /// A paying client: forwarded only while the hook holds a live session for it.
-    Paid,
-}
 
 /// Relay-wide settings (validated plain values; the binary loads them from its config).
 pub struct RelayConfig {

@@ -1,0 +1,213 @@
+//! The JSON bodies of ferry-ledger's HTTP API (docs/ledger-api.md) as serde types: the ledger
+//! serializes them, the receipt submitter (ferry-store) and the client deserialize them, so a
+//! field or status renamed on one side fails to compile on the other instead of being matched
+//! as a string. Keys and signatures are lowercase hex, encodings standard base64, as on the wire.
+//!
+//! Must not: do I/O or depend on anything but serde (small enough for every binary).
+#![warn(missing_docs)]
+
+use serde::{Deserialize, Serialize};
+
+/// Every non-2xx answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// A machine-readable code and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// Stable code, e.g. `insufficient_balance`, `malformed_receipt`.
+    pub code: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Info {
+    /// Network id (hex, 16 bytes).
+    pub network_id: String,
+    /// The ledger's Ed25519 key vouchers are signed with (hex, 32 bytes).
+    pub ledger_key: String,
+    /// Epoch length.
+    pub epoch_seconds: u64,
+    /// The epoch now.
+    pub current_epoch: u64,
+    /// Network price.
+    pub price_micros_per_gib: u64,
+    /// How long a voucher is valid.
+    pub voucher_ttl_seconds: u64,
+    /// Most receipts per batch.
+    pub max_batch: u64,
+    /// Largest request body.
+    pub max_body_bytes: u64,
+    /// Whether keys may register without the admin token.
+    pub open_registration: bool,
+}
+
+/// `POST /v1/vouchers`: a client-signed request (`signature`, `nonce`, `requested_at`), or
+/// an admin request (bearer token) with neither.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoucherRequest {
+    /// The client's identity key (hex).
+    pub client_key: String,
+    /// Bytes the voucher pays for.
+    pub allowance_bytes: u64,
+    /// Random, 16 bytes (hex); makes the request idempotent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    /// Unix seconds the client signed at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<u64>,
+    /// Client signature over the request (hex, 64 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// `POST /v1/vouchers` (201 issued now, 200 the same request again).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IssuedVoucher {
+    /// The voucher's canonical encoding (base64).
+    pub voucher: String,
+    /// Its id (hex).
+    pub voucher_id: String,
+    /// Owner (hex).
+    pub client_key: String,
+    /// Bytes it pays for.
+    pub allowance_bytes: u64,
+    /// Price it was bought at.
+    pub price_micros_per_gib: u64,
+    /// Unix seconds.
+    pub issued_at: u64,
+    /// Unix seconds.
+    pub expires_at: u64,
+    /// What it cost.
+    pub cost_micros: u64,
+    /// The balance after paying (`None` when it was issued before: nothing was debited now).
+    pub balance_micros: Option<u64>,
+    /// The same request was answered before.
+    pub already_issued: bool,
+}
+
+/// `POST /v1/receipts`: one co-signed receipt (base64).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The co-signed receipt's encoding.
+    pub receipt: String,
+}
+
+/// `POST /v1/receipts/batch`: co-signed receipts (base64 each).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    /// The co-signed receipts' encodings.
+    pub receipts: Vec<String>,
+}
+
+/// What the ledger did with one receipt (`status` tag on the wire).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
+pub enum ItemResult {
+    /// The session's cumulative counters advanced: credited.
+    Advanced {
+        /// Epoch credited.
+        epoch: u64,
+        /// Bytes newly credited.
+        credited_bytes: u64,
+        /// The credit was clamped to the voucher's allowance.
+        clamped: bool,
+    },
+    /// Seen before: nothing changed.
+    Duplicate {
+        /// Always 0.
+        credited_bytes: u64,
+    },
+    /// Older than what the ledger has: nothing changed.
+    Stale {
+        /// Always 0.
+        credited_bytes: u64,
+    },
+    /// Refused (bad signature, unknown voucher, ...): the submitter keeps it for retry.
+    Rejected {
+        /// Stable code.
+        code: String,
+        /// Explanation.
+        message: String,
+    },
+}
+
+impl ItemResult {
+    /// True when the ledger recorded the receipt (advanced, duplicate or stale): done.
+    pub fn is_recorded(&self) -> bool {
+        !matches!(self, Self::Rejected { .. })
+    }
+}
+
+/// `POST /v1/receipts/batch` answer: counts and one result per receipt, in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchResponse {
+    /// Receipts that advanced.
+    pub advanced: u64,
+    /// Duplicates.
+    pub duplicate: u64,
+    /// Stale ones.
+    pub stale: u64,
+    /// Refused ones.
+    pub rejected: u64,
+    /// One per submitted receipt, in order.
+    pub results: Vec<ItemResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn item_results_use_the_wire_status_names() {
+        let r: Vec<ItemResult> = serde_json::from_str(
+            r#"[{"status":"advanced","epoch":3,"credited_bytes":10,"clamped":false},
+                {"status":"duplicate","credited_bytes":0},{"status":"stale","credited_bytes":0},
+                {"status":"rejected","code":"bad_signature","message":"no"}]"#,
+        )
+        .unwrap();
+        assert!(r[0].is_recorded() && r[1].is_recorded() && r[2].is_recorded());
+        assert_eq!(
+            r[3],
+            ItemResult::Rejected {
+                code: "bad_signature".into(),
+                message: "no".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&r[1]).unwrap(),
+            serde_json::json!({"status": "duplicate", "credited_bytes": 0})
+        );
+        assert!(serde_json::from_str::<ItemResult>(r#"{"status":"lost"}"#).is_err());
+    }
+
+    #[test]
+    fn voucher_requests_omit_absent_fields_and_refuse_unknown_ones() {
+        let admin = VoucherRequest {
+            client_key: "ab".into(),
+            allowance_bytes: 5,
+            nonce: None,
+            requested_at: None,
+            signature: None,
+        };
+        assert_eq!(
+            serde_json::to_value(&admin).unwrap(),
+            serde_json::json!({"client_key": "ab", "allowance_bytes": 5})
+        );
+        assert!(
+            serde_json::from_str::<VoucherRequest>(
+                r#"{"client_key":"ab","allowance_bytes":5,"price":1}"#
+            )
+            .is_err()
+        );
+    }
+}
