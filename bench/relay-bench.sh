@@ -16,13 +16,16 @@
 # one core); "relay core-% per Gbit/s" = daemonB% / Gbit/s.
 #
 # Relays (IMPLS): wggo (wireguard-go), bt (boringtun-cli), ferry-z (ferry-agent, size-optimised
-# `release` profile, tun egress), ferry-o3 (`bench-fast` profile, opt-level 3, tun egress),
-# ferry-us (bench-fast, userspace/smoltcp egress).
+# `router` profile as on OpenWrt, tun egress), ferry-o3 (`release` profile, opt-level 3, tun
+# egress), ferry-us (release, userspace/smoltcp egress).
 #
 # Tests: tcp1 = A->C upload 1 stream, tcpP4 = 4 streams, tcp1R = C->A download (-R, relay encrypts),
 #        udp-<rate> = A->C UDP sweep (UDP_IMPLS), payload MTU-28.
 #
-# Usage:  bench/relay-bench.sh [all|tcp|udp|cleanup]            (default: all)
+# Usage:  bench/relay-bench.sh [all|tcp|udp|profile|cleanup]    (default: all)
+#         profile: tcp1 (upload) through each of PROFILE_IMPLS (default "ferry-o3 bt") for DUR s
+#         under `perf record -e cpu-clock` (software clock; no hardware counters needed), then
+#         the top symbols of the relay process (ferry built with symbols: FERRY_O3 unset).
 # Env:    REPS=3 DUR=10 UDP_DUR=5 OUTDIR=${TMPDIR:-/tmp}/ferry-relay-bench TUN_MTU=1420
 #         IMPLS="wggo bt ferry-z ferry-o3 ferry-us"  UDP_IMPLS="wggo bt ferry-o3"  CLIENT=bt|wggo
 #         UDP_RATES="200M 400M 600M 800M 1000M"  BT_THREADS=4
@@ -75,8 +78,8 @@ ensure_tools() {
   mkdir -p "$OUTDIR/bin"
   for t in $IMPLS; do
     case $t in
-      ferry-z)  src=${FERRY_Z:-$(build_ferry release)} ;;
-      ferry-o3|ferry-us) src=${FERRY_O3:-$(build_ferry bench-fast)} ;;
+      ferry-z)  src=${FERRY_Z:-$(build_ferry router)} ;;
+      ferry-o3|ferry-us) src=${FERRY_O3:-$(build_ferry release)} ;;
       *) continue ;;
     esac
     # Private copy: the shared target dir may be rebuilt by others while the bench runs.
@@ -86,8 +89,11 @@ ensure_tools() {
 
 build_ferry() {  # $1 = cargo profile; prints the binary path
   local dir=$1; [[ $1 == dev ]] && dir=debug
+  local keep=()    # the profile run wants symbols: a separate, unstripped build
+  [[ ${PROFILING:-0} == 1 ]] && keep=(--config "profile.$1.strip=false" --target-dir "${CARGO_TARGET_DIR:-$REPO/target}/bench-symbols")
   log "building ferry-agent --profile $1 (nice 10)"
-  (cd "$REPO" && nice -n 10 cargo build --quiet -p ferry-agent --bin ferry-agent --profile "$1" >&2)
+  (cd "$REPO" && nice -n 10 cargo build --quiet --locked -p ferry-agent --bin ferry-agent --profile "$1" "${keep[@]}" >&2)
+  if [[ ${PROFILING:-0} == 1 ]]; then dir=bench-symbols/$dir; fi
   echo "${CARGO_TARGET_DIR:-$REPO/target}/$dir/ferry-agent"
 }
 
@@ -343,6 +349,25 @@ for impl in impls:
 EOF
 }
 
+run_profile() {  # perf record of the relay during a tcp1 upload, per impl
+  local impl pid
+  for impl in ${PROFILE_IMPLS:-ferry-o3 bt}; do
+    start_pair "$impl" || { stop_pair; continue; }
+    sleep 1
+    pid=${DPIDS[1]}
+    ip netns exec $NSA iperf3 -c $SC -t "$DUR" -J >"$OUTDIR/profile-$impl.json" &
+    local ip=$!
+    sleep 1
+    perf record -q -e cpu-clock -F 1999 -p "$pid" -o "$OUTDIR/perf-$impl.data" -- sleep $((DUR - 2)) 2>/dev/null
+    wait $ip || true
+    local gb; gb=$(jq -r '.end.sum_received.bits_per_second/1e9 | .*100|round/100' "$OUTDIR/profile-$impl.json")
+    echo "== $impl: tcp1 $gb Gbit/s; relay top symbols (cpu-clock samples, % of the relay's)"
+    perf report -q -i "$OUTDIR/perf-$impl.data" --stdio --no-children --sort dso,symbol --percent-limit 1.5 2>/dev/null \
+      | grep -v '^$' | head -30
+    stop_pair; sleep 1
+  done
+}
+
 info() {
   {
     echo "date: $(date -Is)"; uname -r; nproc; grep -m1 'model name' /proc/cpuinfo
@@ -361,6 +386,7 @@ main() {
   [[ -f $TSV ]] && mv "$TSV" "$TSV.$(date +%s).bak"
   [[ -f $KEYDIR/a.key ]] || { umask 077; for s in a b; do wg genkey >$KEYDIR/$s.key; wg pubkey <$KEYDIR/$s.key >$KEYDIR/$s.pub; done; }
   chmod 600 "$KEYDIR"/*.key
+  [[ $what == profile ]] && { export PROFILING=1; IMPLS=${PROFILE_IMPLS:-ferry-o3 bt}; }
   ensure_tools
   trap cleanup EXIT
   trap 'cleanup; trap - EXIT; exit 130' INT TERM
@@ -371,6 +397,7 @@ main() {
     all) run_tcp; run_udp ;;
     tcp) run_tcp ;;
     udp) run_udp ;;
+    profile) run_profile | tee "$OUTDIR/profile.txt"; return ;;
   esac
   cat "$OUTDIR/info.txt"
   [[ -s $TSV ]] && summary | tee "$OUTDIR/summary.txt"

@@ -20,7 +20,6 @@
 #![warn(missing_docs)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
-mod bucket;
 mod client;
 mod control;
 mod hub;

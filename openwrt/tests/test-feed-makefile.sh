@@ -10,19 +10,8 @@ HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
 tmp=$(mktemp -d)
 trap '[ -n "${KEEP:-}" ] || rm -rf "$tmp"' EXIT
-pass=0 fail=0
-check() {
-	name=$1
-	shift
-	if "$@" >"$tmp/out" 2>&1; then
-		pass=$((pass + 1))
-		echo "ok   - $name"
-	else
-		fail=$((fail + 1))
-		echo "FAIL - $name"
-		sed 's/^/       /' "$tmp/out"
-	fi
-}
+# shellcheck source=openwrt/tests/lib/check.sh
+. "$HERE/lib/check.sh"
 
 mkdir -p "$tmp/top/package" "$tmp/inc" "$tmp/top/feeds/packages/lang/rust" "$tmp/top/feeds/packages/net" "$tmp/pkginst/bin"
 # The feed location is $tmp/feed (a link to the packages feed), the buildroot one $tmp/top/package.
@@ -101,5 +90,4 @@ tar --numeric-owner -tvzf "$tmp/ipkx/data.tar.gz" | awk '{ p = $6; sub(/^\.\//, 
 done) | LC_ALL=C sort >"$tmp/make.tree"
 check "feed Makefile and mkipk.sh install the same paths with the same modes" diff "$tmp/ipk.tree" "$tmp/make.tree"
 
-echo "test-feed-makefile: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+check_done test-feed-makefile

@@ -12,7 +12,9 @@ FILES="$ROOT/openwrt/package/ferry/files"
 PYTHON=$(python3 -c "import sys; print(sys.executable)") # the real binary (not a pyenv shim)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
+# shellcheck source=openwrt/tests/lib/check.sh
+. "$HERE/lib/check.sh"
+CHECK_SHOW="$tmp/check.out $tmp/procd $tmp/log"
 
 # A ferry-agent stand-in: genkey prints a key, check-config parses the TOML (or fails on demand).
 cat >"$tmp/ferry-agent" <<AGENT
@@ -52,18 +54,6 @@ run_init() {
 		$ACTION'
 }
 
-check() {
-	name=$1
-	shift
-	if "$@"; then
-		pass=$((pass + 1))
-		echo "ok   - $name"
-	else
-		fail=$((fail + 1))
-		echo "FAIL - $name"
-		for f in "$tmp/procd" "$tmp/log"; do [ ! -f "$f" ] || sed 's/^/       /' "$f"; done
-	fi
-}
 procd_has() { grep -qxF "$1" "$tmp/procd"; }
 mode_of() { stat -c %a "$1"; }
 
@@ -150,5 +140,4 @@ run_init "$CONF" start_service || true
 rm -f "$tmp/reject"
 check "check-config rejects: no instance" test ! -e "$tmp/procd"
 
-echo "test-init: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+check_done test-init

@@ -11,19 +11,9 @@ HELPER="$ROOT/openwrt/luci-app-ferry/root/usr/libexec/ferry-status"
 . "$HERE/lib/openwrt-sh.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pass=0 fail=0
-check() {
-	name=$1
-	shift
-	if "$@"; then
-		pass=$((pass + 1))
-		echo "ok   - $name"
-	else
-		fail=$((fail + 1))
-		echo "FAIL - $name"
-		sed 's/^/       /' "$tmp/out"
-	fi
-}
+# shellcheck source=openwrt/tests/lib/check.sh
+. "$HERE/lib/check.sh"
+CHECK_SHOW="$tmp/check.out $tmp/out"
 mkdir -p "$tmp/bin"
 # uclient-fetch stand-in: prints $tmp/reply, or fails like the real one on a refused connection.
 cat >"$tmp/bin/uclient-fetch" <<STANDIN
@@ -52,5 +42,4 @@ check "no fetch tool at all (stock busybox has no wget): the same JSON" no_tool
 echo "ferry.main.status_url=ftp://x" >"$FAKE_UCI_STATE"
 bad_url() { run "$tmp/bin" && not_running && grep -q 'http://' "$tmp/out"; }
 check "bad status_url: the same JSON with the reason" bad_url
-echo "test-status: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+check_done test-status

@@ -10,24 +10,14 @@ ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
 SCRIPT="$ROOT/openwrt/package/ferry/files/ferry.uci-defaults"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
+# shellcheck source=openwrt/tests/lib/check.sh
+. "$HERE/lib/check.sh"
 # shellcheck source=openwrt/tests/lib/openwrt-sh.sh
 . "$HERE/lib/openwrt-sh.sh"
 PATH="$HERE/lib/bin:$PATH"
 export PATH FAKE_UCI_STATE="$tmp/state"
-pass=0 fail=0
+CHECK_SHOW="$tmp/check.out $FAKE_UCI_STATE"
 
-check() {
-	name=$1
-	shift
-	if "$@"; then
-		pass=$((pass + 1))
-		echo "ok   - $name"
-	else
-		fail=$((fail + 1))
-		echo "FAIL - $name"
-		sed 's/^/       /' "$FAKE_UCI_STATE"
-	fi
-}
 has() { grep -qxF "$1" "$FAKE_UCI_STATE"; }
 
 # state WAN_MASQ [WAN_MASQ6 [ADDRESS...]]: a default OpenWrt firewall (lan, wan zones,
@@ -108,5 +98,4 @@ owrt_sh "$SCRIPT"
 check "defaults without /etc/config/ferry: ferry0 and port 51820" \
 	sh -c "grep -qx firewall.ferry.device=ferry0 '$FAKE_UCI_STATE' && grep -qx firewall.ferry_wg.dest_port=51820 '$FAKE_UCI_STATE'"
 
-echo "test-uci-defaults: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+check_done test-uci-defaults

@@ -239,23 +239,15 @@ fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
 
-/// An IPv4/UDP packet of exactly `len` bytes (no checksum: the relay does not check it).
+/// An IPv4/UDP packet of exactly `len` bytes (at least 28).
 fn udp(src: IpAddr, dst: IpAddr, port: u16, len: usize) -> Vec<u8> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) else {
-        panic!("v4 only")
-    };
-    let n = len.max(28);
-    let mut p = vec![0u8; n];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(n as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&s.octets());
-    p[16..20].copy_from_slice(&d.octets());
-    p[20..22].copy_from_slice(&40000u16.to_be_bytes());
-    p[22..24].copy_from_slice(&port.to_be_bytes());
-    p[24..26].copy_from_slice(&((n - 20) as u16).to_be_bytes());
-    p
+    let payload = vec![0x5a; len.max(28) - 28];
+    ferry_metering::udp_packet(
+        SocketAddr::new(src, 40000),
+        SocketAddr::new(dst, port),
+        &payload,
+    )
+    .unwrap()
 }
 
 fn trusted(seed: u8, ip: &str) -> PeerConfig {

@@ -10,10 +10,6 @@ use anyhow::{Context, Result};
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::PublicKey;
 use nix::sys::socket::{setsockopt, sockopt};
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, UdpPacket, UdpRepr,
-};
 
 use crate::netns::Ns;
 use crate::wg::{KeyPair, tunnel};
@@ -174,100 +170,17 @@ fn drive_peer(
     out
 }
 
-/// Builds an IPv4 or IPv6 packet carrying one UDP datagram (checksums filled in).
+/// Builds an IPv4 or IPv6 packet carrying one UDP datagram (checksums filled in); the
+/// workspace's one builder (`ferry_metering::udp_packet`).
 pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let caps = ChecksumCapabilities::default();
-    let udp = UdpRepr {
-        src_port: src.port(),
-        dst_port: dst.port(),
-    };
-    let udp_len = 8 + payload.len();
-    let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(a), IpAddr::V4(b)) => {
-            let ip = Ipv4Repr {
-                src_addr: a,
-                dst_addr: b,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            let mut v = vec![0u8; ip.buffer_len() + udp_len];
-            let mut p = Ipv4Packet::new_unchecked(&mut v[..]);
-            ip.emit(&mut p, &caps);
-            let mut u = UdpPacket::new_unchecked(p.payload_mut());
-            udp.emit(
-                &mut u,
-                &s,
-                &d,
-                payload.len(),
-                |b| b.copy_from_slice(payload),
-                &caps,
-            );
-            v
-        }
-        (IpAddr::V6(a), IpAddr::V6(b)) => {
-            let ip = Ipv6Repr {
-                src_addr: a,
-                dst_addr: b,
-                next_header: IpProtocol::Udp,
-                payload_len: udp_len,
-                hop_limit: 64,
-            };
-            let mut v = vec![0u8; ip.buffer_len() + udp_len];
-            let mut p = Ipv6Packet::new_unchecked(&mut v[..]);
-            ip.emit(&mut p);
-            let mut u = UdpPacket::new_unchecked(p.payload_mut());
-            udp.emit(
-                &mut u,
-                &s,
-                &d,
-                payload.len(),
-                |b| b.copy_from_slice(payload),
-                &caps,
-            );
-            v
-        }
-        _ => panic!("mixed address families {src} -> {dst}"),
-    }
+    ferry_metering::udp_packet(src, dst, payload)
+        .unwrap_or_else(|| panic!("mixed address families {src} -> {dst}"))
 }
 
-/// Parses an inner IP/UDP packet into (source socket address, payload).
+/// Parses an inner IP/UDP packet into (source socket address, payload)
+/// (`ferry_metering::parse_udp`).
 pub fn parse_udp(p: &[u8]) -> Option<(SocketAddr, Vec<u8>)> {
-    let caps = ChecksumCapabilities::default();
-    match p.first()? >> 4 {
-        4 => {
-            let ip = Ipv4Packet::new_checked(p).ok()?;
-            let repr = Ipv4Repr::parse(&ip, &caps).ok()?;
-            (repr.next_header == IpProtocol::Udp).then_some(())?;
-            let u = UdpPacket::new_checked(ip.payload()).ok()?;
-            let (s, d) = (
-                IpAddress::Ipv4(repr.src_addr),
-                IpAddress::Ipv4(repr.dst_addr),
-            );
-            UdpRepr::parse(&u, &s, &d, &caps).ok()?;
-            Some((
-                SocketAddr::new(repr.src_addr.into(), u.src_port()),
-                u.payload().to_vec(),
-            ))
-        }
-        6 => {
-            let ip = Ipv6Packet::new_checked(p).ok()?;
-            let repr = Ipv6Repr::parse(&ip).ok()?;
-            (repr.next_header == IpProtocol::Udp).then_some(())?;
-            let u = UdpPacket::new_checked(ip.payload()).ok()?;
-            let (s, d) = (
-                IpAddress::Ipv6(repr.src_addr),
-                IpAddress::Ipv6(repr.dst_addr),
-            );
-            UdpRepr::parse(&u, &s, &d, &caps).ok()?;
-            Some((
-                SocketAddr::new(repr.src_addr.into(), u.src_port()),
-                u.payload().to_vec(),
-            ))
-        }
-        _ => None,
-    }
+    ferry_metering::parse_udp(p).map(|(src, _, payload)| (src, payload.to_vec()))
 }
 
 /// Parses a [`crate::servers::UdpEcho`] answer, checking it echoes `payload`.

@@ -29,9 +29,9 @@ pub use types::{
     RelayEvent, RelayIdentity, SessionState, Verdict,
 };
 
-use crate::bucket::TokenBucket;
 use crate::meter::{Direction, Meter};
 use crate::proto::{Message, ReceiptRejectReason, SessionRejectReason};
+use ferry_ratelimit::TokenBucket;
 
 /// Issued-but-unacknowledged receipts remembered for matching co-signatures.
 const MAX_OUTSTANDING: usize = 8;
@@ -244,7 +244,7 @@ impl RelaySession {
             let Some(bucket) = self.bucket.as_mut() else {
                 return Verdict::Drop(DropReason::CreditExhausted);
             };
-            if !bucket.try_take(bytes, now) {
+            if !bucket.try_take(now, bytes) {
                 return Verdict::Drop(DropReason::Throttled);
             }
         }
