@@ -93,8 +93,57 @@ pub struct Paid {
     /// Public UDP address for `Hello` (default: the WireGuard listen IP, port 51821).
     #[serde(default)]
     pub hello_listen: Option<String>,
+    /// Live sessions one voucher may pay for at once on this relay.
+    #[serde(default = "default_per_voucher")]
+    pub max_sessions_per_voucher: usize,
+    /// Live sessions one client identity may hold at once on this relay.
+    #[serde(default = "default_per_client")]
+    pub max_sessions_per_client: usize,
+    /// A session that carried no traffic this long after it opened is closed (and so never
+    /// resumed after a restart).
+    #[serde(default = "default_unused_timeout")]
+    pub unused_session_timeout_secs: u64,
+    /// A voucher whose remaining allowance on this relay is below this is refused.
+    #[serde(default = "default_min_allowance")]
+    pub min_allowance_mib: f64,
 }
 
+/// Limits on paid sessions (against one cheap voucher crowding out the relay).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SessionLimits {
+    /// Live sessions per voucher.
+    pub per_voucher: usize,
+    /// Live sessions per client identity key.
+    pub per_client: usize,
+    /// Sessions without traffic are closed after this.
+    pub unused_timeout: Duration,
+    /// Smallest remaining allowance that opens a session.
+    pub min_allowance_bytes: u64,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            per_voucher: default_per_voucher(),
+            per_client: default_per_client(),
+            unused_timeout: Duration::from_secs(default_unused_timeout()),
+            min_allowance_bytes: 1 << 20,
+        }
+    }
+}
+
+fn default_per_voucher() -> usize {
+    2
+}
+fn default_per_client() -> usize {
+    2
+}
+fn default_unused_timeout() -> u64 {
+    60
+}
+fn default_min_allowance() -> f64 {
+    1.0
+}
 fn default_state_dir() -> PathBuf {
     PathBuf::from("/etc/ferry/state")
 }
@@ -130,6 +179,7 @@ pub struct PaidSettings {
     pub store_path: PathBuf,
     pub hello_listen: SocketAddr,
     pub meter: MeterConfig,
+    pub limits: SessionLimits,
     pub overclaim_percent: u64,
 }
 
@@ -147,6 +197,14 @@ fn mib_to_bytes(field: &str, v: f64) -> Result<u64> {
     }
     // In range by the check above; `as` saturates anyway.
     Ok((v * MIB).round() as u64)
+}
+
+fn min_allowance(mib: f64) -> Result<u64> {
+    if !(mib.is_finite() && (0.0..=1_048_576.0).contains(&mib)) {
+        bail!("paid.min-allowance-mib: {mib} must be between 0 and 1048576 (MiB)");
+    }
+    // In range by the check above; `as` saturates anyway.
+    Ok((mib * MIB).round() as u64)
 }
 
 /// Validates the paid sections. `None` when paid sessions are disabled.
@@ -211,6 +269,18 @@ pub fn validate(
     if identity.key_file.as_os_str().is_empty() {
         bail!("identity.key-file: must not be empty");
     }
+    if paid.max_sessions_per_voucher == 0 || paid.max_sessions_per_client == 0 {
+        bail!("paid.max-sessions-per-voucher and paid.max-sessions-per-client: must be at least 1");
+    }
+    if paid.unused_session_timeout_secs == 0 {
+        bail!("paid.unused-session-timeout-secs: must be at least 1");
+    }
+    let limits = SessionLimits {
+        per_voucher: paid.max_sessions_per_voucher,
+        per_client: paid.max_sessions_per_client,
+        unused_timeout: Duration::from_secs(paid.unused_session_timeout_secs),
+        min_allowance_bytes: min_allowance(paid.min_allowance_mib)?,
+    };
     #[cfg(feature = "test-hooks")]
     let overclaim_percent = metering.test_overclaim_percent;
     #[cfg(not(feature = "test-hooks"))]
@@ -223,6 +293,7 @@ pub fn validate(
         store_path: resolve(base_dir, &metering.state_dir).join("receipts.log"),
         hello_listen,
         meter,
+        limits,
         overclaim_percent,
     }))
 }

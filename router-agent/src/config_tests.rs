@@ -224,3 +224,22 @@ fn services_and_bare_addresses_parse() {
     assert_eq!(v.tunnel_services.len(), 2);
     assert_eq!(v.allow[0].to_string(), "192.168.1.5/32");
 }
+
+#[test]
+fn session_limits_default_small_and_refuse_zero_caps() {
+    let paid = minimal()
+        + "[identity]\nkey-file = \"id.key\"\n[network]\nid = \"00112233445566778899aabbccddeeff\"\n\
+           ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+           [paid]\nenabled = true\n";
+    let cfg = Config::parse(&paid, Path::new("/etc/ferry")).unwrap();
+    let limits = cfg.paid.unwrap().limits;
+    assert_eq!((limits.per_voucher, limits.per_client), (2, 2));
+    assert_eq!(limits.unused_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(limits.min_allowance_bytes, 1 << 20);
+    let e = err(&(paid.clone() + "max-sessions-per-voucher = 0\n"));
+    assert!(e.contains("max-sessions-per-voucher"), "{e}");
+    let e = err(&(paid.clone() + "unused-session-timeout-secs = 0\n"));
+    assert!(e.contains("unused-session-timeout-secs"), "{e}");
+    let e = err(&(paid + "min-allowance-mib = -1\n"));
+    assert!(e.contains("min-allowance-mib"), "{e}");
+}

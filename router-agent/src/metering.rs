@@ -151,7 +151,8 @@ impl Metering {
         let (tx, cosigned_rx) = mpsc::unbounded_channel();
         lock(relay).set_hook(Box::new(PaidSessions::new(
             RelayHub::new(settings.meter.clone(), identity),
-            own,
+            &shared.subnets,
+            settings.limits,
             tx,
             shared.wake.clone(),
             shared.counters.clone(),
@@ -416,6 +417,11 @@ pub(crate) async fn end_session(shared: &Shared, relay: &SharedRelay, peer: Peer
     let Some(p) = with_sessions(relay, |r, s| s.end(r, peer)).flatten() else {
         return;
     };
+    record_closed(shared, &p).await;
+}
+
+/// Records that a session closed (it is not resumed after a restart) and kicks the submitter.
+async fn record_closed(shared: &Shared, p: &PaidPeer) {
     if let Err(e) = shared
         .persister
         .persist(vec![Record::SessionClosed(p.session)])
@@ -458,6 +464,13 @@ async fn drive(shared: Arc<Shared>, relay: SharedRelay, udp: Arc<UdpEndpoint>) {
             (msgs, events)
         })
         .unwrap_or_default();
+        // Sessions that never carried traffic: closed and recorded, so a flood of cheap
+        // sessions neither holds addresses nor comes back after a restart.
+        let unused = with_sessions(&relay, |r, s| s.expire_unused(r, now)).unwrap_or_default();
+        for p in unused {
+            tracing::info!(session = %p.session, "paid session carried no traffic; closed");
+            record_closed(&shared, &p).await;
+        }
         for (peer, m) in msgs {
             if matches!(m, Message::Receipt(_) | Message::FinalReceipt(_)) {
                 shared.counters.issued();

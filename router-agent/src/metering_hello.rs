@@ -8,14 +8,14 @@
 //! Accept) gets the same answer; a new, verified offer from the same client identity and
 //! WireGuard key replaces the old session (an offer that does not verify changes nothing).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Instant;
 
 use ferry_metering::{Message, SessionRejectReason, decode, encode};
 use ferry_receipts::{SessionId, SessionOffer, VerifyError};
-use ferry_relay_core::{IpNet, PeerId, Relay};
+use ferry_relay_core::PeerId;
 use ferry_relay_io::SharedRelay;
 use ferry_store::{Record, SessionOpen};
 use tokio::net::UdpSocket;
@@ -23,8 +23,6 @@ use tokio::net::UdpSocket;
 use crate::metering::{PaidPeer, Shared, encode_addrs, end_session, lock, with_sessions};
 use crate::sessions::{AdmitError, PaidSessions};
 
-/// Largest number of candidate addresses scanned per family when allocating.
-const SCAN_LIMIT: usize = 70_000;
 /// Hellos per second per source address (each costs two Ed25519 verifications); a client
 /// repeats its Hello every ~2 s, so this only bites floods.
 const HELLO_PER_SEC: u32 = 5;
@@ -157,11 +155,17 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
         return vec![Message::Reject(SessionRejectReason::Busy)];
     };
     let admitted = with_sessions(relay, |r, s| {
-        s.admit(r, &offer, session_id, spent, &shared.subnets, now, unix)
+        s.admit(r, &offer, session_id, spent, now, unix)
     });
     let (peer, paid) = match admitted {
         Some(Ok(x)) => x,
         Some(Err(AdmitError::Rejected(reason))) => return vec![Message::Reject(reason)],
+        Some(Err(AdmitError::Capped)) => {
+            tracing::info!(
+                "paid client refused: its voucher or identity has the maximum of live sessions"
+            );
+            return vec![Message::Reject(SessionRejectReason::Busy)];
+        }
         Some(Err(AdmitError::Full)) | None => {
             tracing::warn!("paid client not admitted: peer table or tunnel subnets full");
             return vec![Message::Reject(SessionRejectReason::Busy)];
@@ -189,46 +193,9 @@ fn random_session_id() -> Option<SessionId> {
     Some(SessionId(b))
 }
 
-/// The first free host address of each tunnel subnet family (not the relay's own, not in any
-/// peer's allowed IPs). `None` if no family has a free address.
-pub(crate) fn allocate(
-    relay: &Relay,
-    subnets: &[IpNet],
-    own: &[IpAddr],
-) -> Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
-    let taken: Vec<IpNet> = relay.peers().flat_map(|p| p.allowed_ips).collect();
-    let own: HashSet<IpAddr> = own.iter().copied().collect();
-    let free = |net: &IpNet| {
-        net.hosts()
-            .take(SCAN_LIMIT)
-            // IPv6 hosts() starts at the subnet-router anycast address (the network itself).
-            .find(|a| {
-                *a != net.network() && !own.contains(a) && !taken.iter().any(|t| t.contains(a))
-            })
-    };
-    let v4 = subnets
-        .iter()
-        .filter(|n| n.addr().is_ipv4())
-        .find_map(free)
-        .and_then(|a| match a {
-            IpAddr::V4(a) => Some(a),
-            IpAddr::V6(_) => None,
-        });
-    let v6 = subnets
-        .iter()
-        .filter(|n| n.addr().is_ipv6())
-        .find_map(free)
-        .and_then(|a| match a {
-            IpAddr::V6(a) => Some(a),
-            IpAddr::V4(_) => None,
-        });
-    (v4.is_some() || v6.is_some()).then_some((v4, v6))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
-    use ferry_relay_core::{PeerConfig, PolicyConfig, PublicKey, RelayConfig, StaticSecret};
 
     use super::*;
 
@@ -250,41 +217,5 @@ mod tests {
             assert!(l.allow(ip, t0));
         }
         assert!(l.windows.len() <= HELLO_SOURCES);
-    }
-
-    #[test]
-    fn allocation_skips_own_and_taken_addresses() {
-        let mut relay = Relay::new(RelayConfig {
-            private_key: StaticSecret::from([1u8; 32]),
-            tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
-            policy: PolicyConfig::default(),
-            max_peers: 10,
-            client_rate_bytes: 0,
-            index_salt: 0,
-        });
-        let subnets: Vec<IpNet> = vec![
-            "10.77.0.1/24".parse().unwrap(),
-            "fd77::1/64".parse().unwrap(),
-        ];
-        let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
-        let (v4, v6) = allocate(&relay, &subnets, &own).unwrap();
-        assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 2)));
-        assert_eq!(v6, "fd77::2".parse().ok());
-        relay
-            .add_peer(PeerConfig {
-                public_key: PublicKey::from([9u8; 32]),
-                allowed_ips: vec![
-                    "10.77.0.2/31".parse().unwrap(),
-                    "fd77::2/128".parse().unwrap(),
-                ],
-                preshared_key: None,
-                persistent_keepalive: None,
-            })
-            .unwrap();
-        let (v4, v6) = allocate(&relay, &subnets, &own).unwrap();
-        assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 4)));
-        assert_eq!(v6, "fd77::3".parse().ok());
-        let tiny: Vec<IpNet> = vec!["10.77.0.1/32".parse().unwrap()];
-        assert!(allocate(&relay, &tiny, &own).is_none());
     }
 }

@@ -26,13 +26,16 @@ use std::time::Instant;
 use ferry_metering::{
     CONTROL_PORT, Direction, Message, RelayHub, SessionRejectReason, Verdict, control_datagram,
 };
-use ferry_receipts::{CoSignedReceipt, SessionAccept, SessionId, SessionOffer};
+use ferry_receipts::{
+    CoSignedReceipt, PublicKey as IdentityKey, SessionAccept, SessionId, SessionOffer, VoucherId,
+};
 use ferry_relay_core::{
     HookDirection, HookVerdict, IpHeader, IpNet, PacketHook, PeerConfig, PeerId, PeerKind,
     PublicKey, Relay, Transport,
 };
 use tokio::sync::{Notify, mpsc};
 
+use crate::config_paid::SessionLimits;
 use crate::observability::ReceiptCounters;
 
 /// A paid peer's session facts the shell needs besides the hub.
@@ -58,6 +61,13 @@ pub(crate) struct PaidSessions {
     pub(crate) peers: BTreeMap<PeerId, PaidPeer>,
     /// The relay's own tunnel addresses (control datagrams go to these).
     own: Vec<IpAddr>,
+    limits: SessionLimits,
+    /// Live sessions per voucher and per client identity (the caps of `limits`).
+    per_voucher: BTreeMap<VoucherId, usize>,
+    per_client: BTreeMap<IdentityKey, usize>,
+    /// Sessions that have not carried traffic yet, with when they opened.
+    unused_since: BTreeMap<PeerId, Instant>,
+    alloc: Allocator,
     cosigned: mpsc::UnboundedSender<(PeerId, CoSignedReceipt)>,
     wake: Arc<Notify>,
     counters: Arc<ReceiptCounters>,
@@ -71,20 +81,30 @@ pub(crate) enum AdmitError {
     Rejected(SessionRejectReason),
     /// No tunnel address or peer slot left.
     Full,
+    /// The voucher or the client identity already has its maximum of live sessions.
+    Capped,
 }
 
 impl PaidSessions {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         hub: RelayHub<PeerId>,
-        own: Vec<IpAddr>,
+        subnets: &[IpNet],
+        limits: SessionLimits,
         cosigned: mpsc::UnboundedSender<(PeerId, CoSignedReceipt)>,
         wake: Arc<Notify>,
         counters: Arc<ReceiptCounters>,
         overclaim_percent: u64,
     ) -> Self {
+        let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
         Self {
             hub,
             peers: BTreeMap::new(),
+            limits,
+            per_voucher: BTreeMap::new(),
+            per_client: BTreeMap::new(),
+            unused_since: BTreeMap::new(),
+            alloc: Allocator::new(subnets, &own),
             own,
             cosigned,
             wake,
@@ -93,22 +113,33 @@ impl PaidSessions {
         }
     }
 
-    /// Admits a paid client in one step: allocates its tunnel addresses (first free in
-    /// `subnets`), adds its WireGuard key as a paid peer and opens its session (the hub
-    /// verifies the offer and signs the Accept). On any failure nothing is left behind.
-    #[allow(clippy::too_many_arguments)]
+    /// Admits a paid client in one step: checks the per-voucher and per-client caps and the
+    /// voucher's remaining allowance, allocates its tunnel addresses, adds its WireGuard key
+    /// as a paid peer and opens its session (the hub verifies the offer and signs the
+    /// Accept). On any failure nothing is left behind.
     pub(crate) fn admit(
         &mut self,
         relay: &mut Relay,
         offer: &SessionOffer,
         session_id: SessionId,
         already_spent: u64,
-        subnets: &[IpNet],
         now: Instant,
         unix_ts: u64,
     ) -> Result<(PeerId, PaidPeer), AdmitError> {
-        let (v4, v6) =
-            crate::metering_hello::allocate(relay, subnets, &self.own).ok_or(AdmitError::Full)?;
+        let voucher = offer.voucher.id();
+        if self.per_voucher.get(&voucher).copied().unwrap_or(0) >= self.limits.per_voucher
+            || self.per_client.get(&offer.client_key).copied().unwrap_or(0)
+                >= self.limits.per_client
+        {
+            return Err(AdmitError::Capped);
+        }
+        let left = offer.voucher.allowance_bytes.saturating_sub(already_spent);
+        if left < self.limits.min_allowance_bytes.max(1) {
+            return Err(AdmitError::Rejected(
+                SessionRejectReason::AllowanceExhausted,
+            ));
+        }
+        let (v4, v6) = self.alloc.allocate(relay).ok_or(AdmitError::Full)?;
         let id = relay
             .add_peer_as(
                 PeerConfig {
@@ -142,6 +173,8 @@ impl PaidSessions {
             v4,
             v6,
         };
+        self.count(&paid, 1);
+        self.unused_since.insert(id, now);
         self.peers.insert(id, paid.clone());
         Ok((id, paid))
     }
@@ -174,6 +207,8 @@ impl PaidSessions {
             latest,
             now,
         );
+        self.count(&paid, 1);
+        self.unused_since.insert(id, now);
         self.peers.insert(id, paid);
         Ok(id)
     }
@@ -184,7 +219,43 @@ impl PaidSessions {
         let paid = self.peers.remove(&peer)?;
         self.hub.remove(peer);
         relay.remove_peer(peer);
+        self.unused_since.remove(&peer);
+        self.count(&paid, -1);
         Some(paid)
+    }
+
+    /// Ends (one step each) the sessions that carried no traffic within the unused-session
+    /// timeout of opening (or resuming); returns them so the caller records them closed and
+    /// they are not resumed after a restart.
+    pub(crate) fn expire_unused(&mut self, relay: &mut Relay, now: Instant) -> Vec<PaidPeer> {
+        let timeout = self.limits.unused_timeout;
+        let due: Vec<PeerId> = self
+            .unused_since
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        let mut ended = Vec::new();
+        for p in due {
+            let used = self.hub.session(p).is_some_and(|s| s.meter().total() > 0);
+            if used {
+                self.unused_since.remove(&p);
+            } else if let Some(paid) = self.end(relay, p) {
+                ended.push(paid);
+            }
+        }
+        ended
+    }
+
+    fn count(&mut self, paid: &PaidPeer, delta: isize) {
+        for n in [
+            self.per_voucher.entry(paid.offer.voucher.id()).or_insert(0),
+            self.per_client.entry(paid.offer.client_key).or_insert(0),
+        ] {
+            *n = n.saturating_add_signed(delta);
+        }
+        self.per_voucher.retain(|_, n| *n > 0);
+        self.per_client.retain(|_, n| *n > 0);
     }
 
     /// Sum of the sessions' bytes not yet covered by a co-signed receipt.
@@ -242,6 +313,103 @@ impl PacketHook for PaidSessions {
             }
             _ => HookVerdict::CreditWindow,
         }
+    }
+}
+
+/// Tunnel addresses for paid clients. Candidates are tried from a cursor per subnet that moves
+/// past each allocation, and each is checked with one longest-prefix lookup in the relay's
+/// routes (not by scanning every peer), so an allocation costs O(1) lookups on average and at
+/// most `SCAN_LIMIT` when the subnet is nearly full.
+pub(crate) struct Allocator {
+    subnets: Vec<IpNet>,
+    own: Vec<IpAddr>,
+    cursor: Vec<u128>,
+    /// Candidate addresses checked so far (a measure of the cost).
+    pub(crate) probes: u64,
+}
+
+/// Most candidates checked per family and allocation.
+const SCAN_LIMIT: u128 = 70_000;
+
+impl Allocator {
+    pub(crate) fn new(subnets: &[IpNet], own: &[IpAddr]) -> Self {
+        Self {
+            subnets: subnets.to_vec(),
+            own: own.to_vec(),
+            cursor: vec![0; subnets.len()],
+            probes: 0,
+        }
+    }
+
+    /// A free host address of each family that has one (not the relay's own, not inside any
+    /// peer's allowed IPs). `None` if no family has a free address.
+    pub(crate) fn allocate(
+        &mut self,
+        relay: &Relay,
+    ) -> Option<(Option<Ipv4Addr>, Option<Ipv6Addr>)> {
+        let v4 = self.next(relay, false).and_then(|a| match a {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        });
+        let v6 = self.next(relay, true).and_then(|a| match a {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        });
+        (v4.is_some() || v6.is_some()).then_some((v4, v6))
+    }
+
+    fn next(&mut self, relay: &Relay, v6: bool) -> Option<IpAddr> {
+        for i in 0..self.subnets.len() {
+            let net = self.subnets[i];
+            if net.addr().is_ipv6() != v6 {
+                continue;
+            }
+            let (first, count) = host_range(&net);
+            let tries = count.min(SCAN_LIMIT);
+            for step in 0..tries {
+                let off = (self.cursor[i] + step) % count;
+                self.probes += 1;
+                let Some(a) = host_at(&net, first + off) else {
+                    continue;
+                };
+                if !self.own.contains(&a) && relay.route_owner(a).is_none() {
+                    self.cursor[i] = (off + 1) % count;
+                    return Some(a);
+                }
+            }
+        }
+        None
+    }
+}
+
+/// (first host offset, number of host offsets) of `net`: IPv4 without the network and
+/// broadcast addresses (for prefixes below /31), IPv6 without the subnet-router anycast address.
+fn host_range(net: &IpNet) -> (u128, u128) {
+    let bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    let size = if bits >= 64 {
+        1u128 << 64
+    } else {
+        1u128 << bits
+    };
+    match net {
+        IpNet::V4(_) if bits >= 2 => (1, size - 2),
+        IpNet::V4(_) => (0, size),
+        IpNet::V6(_) if size > 1 => (1, size - 1),
+        IpNet::V6(_) => (0, 1),
+    }
+}
+
+fn host_at(net: &IpNet, off: u128) -> Option<IpAddr> {
+    match net {
+        IpNet::V4(n) => {
+            let base = u32::from(n.network());
+            Some(IpAddr::V4(Ipv4Addr::from(
+                base.checked_add(u32::try_from(off).ok()?)?,
+            )))
+        }
+        IpNet::V6(n) => Some(IpAddr::V6(Ipv6Addr::from(
+            u128::from(n.network()).checked_add(off)?,
+        ))),
     }
 }
 

@@ -13,6 +13,7 @@ use ferry_receipts::{NetworkId, Signature, SigningKey, Voucher};
 use ferry_relay_core::{Action, DropReason, PolicyConfig, RelayConfig as CoreConfig, StaticSecret};
 
 use super::*;
+use crate::config_paid::SessionLimits;
 
 const NET: NetworkId = NetworkId([7; 16]);
 const UNIX: u64 = 1_800_000_000;
@@ -22,7 +23,6 @@ struct Lab {
     relay: Relay,
     ledger: SigningKey,
     relay_id: Arc<SigningKey>,
-    subnets: Vec<IpNet>,
     now: Instant,
     /// Bytes of paid traffic the relay forwarded, per session (from its actions).
     forwarded: BTreeMap<SessionId, u64>,
@@ -47,6 +47,15 @@ fn wg_secret(seed: u8) -> StaticSecret {
 
 impl Lab {
     fn new() -> Self {
+        // Generous caps: the schedules below re-admit the same clients many times.
+        Self::with_limits(SessionLimits {
+            per_voucher: 64,
+            per_client: 64,
+            ..SessionLimits::default()
+        })
+    }
+
+    fn with_limits(limits: SessionLimits) -> Self {
         let mut relay = Relay::new(CoreConfig {
             private_key: wg_secret(1),
             tunnel_addresses: vec!["10.77.0.1".parse().unwrap(), "fd77::1".parse().unwrap()],
@@ -70,7 +79,8 @@ impl Lab {
         // The receiver is dropped: co-signed receipts are not part of this test.
         relay.set_hook(Box::new(PaidSessions::new(
             RelayHub::new(RelayConfig::default(), identity),
-            subnets.iter().map(IpNet::addr).collect(),
+            &subnets,
+            limits,
             tx,
             Arc::new(Notify::new()),
             Arc::default(),
@@ -80,7 +90,6 @@ impl Lab {
             relay,
             ledger,
             relay_id,
-            subnets,
             now: Instant::now(),
             forwarded: BTreeMap::new(),
             ended: BTreeMap::new(),
@@ -89,13 +98,32 @@ impl Lab {
     }
 
     fn offer(&self, seed: u8, nonce: u8) -> SessionOffer {
-        let client = SigningKey::from_seed(&[100 + seed; 32]);
+        self.offer_with(
+            seed,
+            seed,
+            1 << 40,
+            *PublicKey::from(&wg_secret(seed)).as_bytes(),
+            nonce,
+        )
+    }
+
+    /// An offer by client identity `id`, paid by its voucher number `voucher` (of
+    /// `allowance` bytes), for the WireGuard key `wg`.
+    fn offer_with(
+        &self,
+        id: u8,
+        voucher: u8,
+        allowance: u64,
+        wg: [u8; 32],
+        nonce: u8,
+    ) -> SessionOffer {
+        let client = SigningKey::from_seed(&[100u8.wrapping_add(id); 32]);
         let voucher = Voucher {
             network_id: NET,
             ledger_key: self.ledger.public_key(),
             client_key: client.public_key(),
-            nonce: [seed; 16],
-            allowance_bytes: 1 << 40,
+            nonce: [voucher; 16],
+            allowance_bytes: allowance,
             price_micros_per_gib: 50_000,
             issued_at: UNIX - 10,
             expires_at: UNIX + 86_400,
@@ -106,7 +134,7 @@ impl Lab {
             network_id: NET,
             relay_key: self.relay_id.public_key(),
             client_key: client.public_key(),
-            client_wg_key: *PublicKey::from(&wg_secret(seed)).as_bytes(),
+            client_wg_key: wg,
             nonce: [nonce; 16],
             created_at: UNIX,
             voucher,
@@ -118,15 +146,13 @@ impl Lab {
     /// Admits client `seed` (one `with_hook` step) and completes its WireGuard handshake.
     fn admit(&mut self, seed: u8, nonce: u8) -> Client {
         let offer = self.offer(seed, nonce);
-        let (subnets, now) = (self.subnets.clone(), self.now);
+        let now = self.now;
         self.admitted += 1;
         let mut sid = [0u8; 16];
         sid[..4].copy_from_slice(&self.admitted.to_be_bytes());
         let (id, paid) = self
             .relay
-            .with_hook(|r, s: &mut PaidSessions| {
-                s.admit(r, &offer, SessionId(sid), 0, &subnets, now, UNIX)
-            })
+            .with_hook(|r, s: &mut PaidSessions| s.admit(r, &offer, SessionId(sid), 0, now, UNIX))
             .unwrap()
             .unwrap();
         assert_eq!(self.relay.peer_kind(id), Some(PeerKind::Paid));
@@ -391,4 +417,175 @@ fn ending_sessions_and_reloading_peers_while_packets_flow_bills_every_byte_and_l
     assert!(sessions > 50, "{sessions} sessions carried traffic");
     // Old tunnels of ended sessions kept sending: all of it was dropped (asserted in `up`).
     assert!(dropped > 100, "{dropped} packets dropped");
+}
+
+#[test]
+fn allocation_skips_own_and_taken_addresses() {
+    let mut relay = Relay::new(CoreConfig {
+        private_key: StaticSecret::from([1u8; 32]),
+        tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
+        policy: PolicyConfig::default(),
+        max_peers: 10,
+        client_rate_bytes: 0,
+        index_salt: 0,
+    });
+    let subnets: Vec<IpNet> = vec![
+        "10.77.0.1/24".parse().unwrap(),
+        "fd77::1/64".parse().unwrap(),
+    ];
+    let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
+    let mut alloc = Allocator::new(&subnets, &own);
+    let (v4, v6) = alloc.allocate(&relay).unwrap();
+    assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 2)));
+    assert_eq!(v6, "fd77::2".parse().ok());
+    relay
+        .add_peer(PeerConfig {
+            public_key: PublicKey::from([9u8; 32]),
+            allowed_ips: vec![
+                "10.77.0.2/31".parse().unwrap(),
+                "fd77::2/128".parse().unwrap(),
+            ],
+            preshared_key: None,
+            persistent_keepalive: None,
+        })
+        .unwrap();
+    let (v4, v6) = alloc.allocate(&relay).unwrap();
+    assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 4)));
+    assert_eq!(v6, "fd77::3".parse().ok());
+    let tiny: Vec<IpNet> = vec!["10.77.0.1/32".parse().unwrap()];
+    assert!(Allocator::new(&tiny, &own).allocate(&relay).is_none());
+}
+
+/// Admits `offer` directly (no handshake), with a fresh session id.
+fn admit_offer(lab: &mut Lab, offer: &SessionOffer) -> Result<(PeerId, PaidPeer), AdmitError> {
+    lab.admitted += 1;
+    let mut sid = [0u8; 16];
+    sid[..4].copy_from_slice(&lab.admitted.to_be_bytes());
+    let now = lab.now;
+    lab.relay
+        .with_hook(|r, s: &mut PaidSessions| s.admit(r, offer, SessionId(sid), 0, now, UNIX))
+        .unwrap()
+}
+
+/// A distinct WireGuard public key per `i`.
+fn wg_key(i: u32) -> [u8; 32] {
+    let mut b = [7u8; 32];
+    b[1..5].copy_from_slice(&i.to_le_bytes()); // byte 0 is clamped by X25519
+    *PublicKey::from(&StaticSecret::from(b)).as_bytes()
+}
+
+#[test]
+fn a_voucher_and_an_identity_hold_at_most_their_cap_of_live_sessions() {
+    let mut lab = Lab::with_limits(SessionLimits::default());
+    // Client 1, voucher A: two sessions (two devices), the third is refused.
+    for i in 0..2 {
+        let o = lab.offer_with(1, 1, 1 << 30, wg_key(i), 1);
+        let r = admit_offer(&mut lab, &o);
+        assert!(r.is_ok(), "{:?}", r.err());
+    }
+    let third = lab.offer_with(1, 1, 1 << 30, wg_key(2), 1);
+    assert_eq!(
+        admit_offer(&mut lab, &third).err(),
+        Some(AdmitError::Capped)
+    );
+    // Another voucher of the same identity does not lift the per-client cap.
+    let other = lab.offer_with(1, 2, 1 << 30, wg_key(3), 1);
+    assert_eq!(
+        admit_offer(&mut lab, &other).err(),
+        Some(AdmitError::Capped)
+    );
+    // Another client is unaffected; ending a session frees a place.
+    let o = lab.offer_with(2, 9, 1 << 30, wg_key(4), 1);
+    assert!(admit_offer(&mut lab, &o).is_ok());
+    let first = lab.relay.route_owner("10.77.0.2".parse().unwrap()).unwrap();
+    lab.relay
+        .with_hook(|r, s: &mut PaidSessions| s.end(r, first))
+        .unwrap();
+    assert!(admit_offer(&mut lab, &third).is_ok());
+    assert_eq!(lab.relay.peers().count(), 3);
+}
+
+#[test]
+fn a_voucher_whose_allowance_left_cannot_pay_the_minimum_is_refused() {
+    let mut lab = Lab::with_limits(SessionLimits::default());
+    let tiny = lab.offer_with(1, 1, 1, wg_key(1), 1);
+    assert_eq!(
+        admit_offer(&mut lab, &tiny).err(),
+        Some(AdmitError::Rejected(
+            SessionRejectReason::AllowanceExhausted
+        ))
+    );
+    assert_eq!(lab.relay.peers().count(), 0, "nothing left behind");
+}
+
+#[test]
+fn sessions_that_never_carried_traffic_are_closed_after_the_timeout() {
+    let mut lab = Lab::with_limits(SessionLimits {
+        per_voucher: 8,
+        per_client: 8,
+        ..SessionLimits::default()
+    });
+    let mut used = lab.admit(30, 1);
+    let idle = lab.admit(31, 1);
+    assert_eq!(lab.up(&mut used, 300), None);
+    let timeout = SessionLimits::default().unused_timeout;
+    let now = lab.now;
+    let early = lab
+        .relay
+        .with_hook(|r, s: &mut PaidSessions| s.expire_unused(r, now + timeout / 2))
+        .unwrap();
+    assert!(early.is_empty());
+    let ended = lab
+        .relay
+        .with_hook(|r, s: &mut PaidSessions| s.expire_unused(r, now + timeout))
+        .unwrap();
+    let idle_session = idle.peer.as_ref().unwrap().1.session;
+    assert_eq!(
+        ended.iter().map(|p| p.session).collect::<Vec<_>>(),
+        vec![idle_session]
+    );
+    assert_eq!(lab.relay.peers().count(), 1, "the used session stays");
+    assert_eq!(lab.up(&mut used, 300), None);
+}
+
+#[test]
+fn a_flood_of_hellos_on_one_cheap_voucher_is_capped_and_a_real_client_still_gets_in() {
+    let mut lab = Lab::with_limits(SessionLimits::default());
+    let mut accepted = 0;
+    for i in 0..1000 {
+        // The same 1-MiB voucher, a new WireGuard key (and source) each time.
+        let o = lab.offer_with(66, 66, 1 << 20, wg_key(10_000 + i), (i % 250) as u8);
+        if admit_offer(&mut lab, &o).is_ok() {
+            accepted += 1;
+        }
+    }
+    assert_eq!(accepted, SessionLimits::default().per_voucher);
+    assert_eq!(lab.relay.peers().count(), accepted);
+    let mut real = lab.admit(40, 1);
+    assert_eq!(
+        lab.up(&mut real, 500),
+        None,
+        "a paying client connects and is forwarded"
+    );
+}
+
+#[test]
+fn allocation_costs_about_one_lookup_per_session_even_with_many_peers() {
+    let mut lab = Lab::with_limits(SessionLimits {
+        per_voucher: 2000,
+        per_client: 2000,
+        ..SessionLimits::default()
+    });
+    for i in 0..60 {
+        let o = lab.offer_with(1, 1, 1 << 30, wg_key(i), 1);
+        admit_offer(&mut lab, &o).unwrap();
+    }
+    let probes = lab
+        .relay
+        .hook::<PaidSessions>()
+        .map(|s| s.alloc.probes)
+        .unwrap();
+    // Two families (v4 + v6) per admission: one probe each, nothing rescanned (plus the
+    // relay's own .1 and ::1, skipped once).
+    assert_eq!(probes, 60 * 2 + 2, "{probes} probes for 60 admissions");
 }

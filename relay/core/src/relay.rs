@@ -328,6 +328,11 @@ impl Relay {
         self.by_key.get(public_key).copied()
     }
 
+    /// The peer whose allowed IPs contain `addr` (longest prefix), if any.
+    pub fn route_owner(&self, addr: IpAddr) -> Option<PeerId> {
+        self.routes.lookup(addr)
+    }
+
     /// Whether peer `id` is trusted or paid (`None`: no such peer).
     pub fn peer_kind(&self, id: PeerId) -> Option<PeerKind> {
         self.peer(id).map(|p| p.kind)
