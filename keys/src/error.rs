@@ -34,6 +34,21 @@ pub enum KeyError {
         /// Its permission bits.
         mode: u32,
     },
+    /// The key file belongs to another user (who could read or replace it).
+    #[error(
+        "key file {} is owned by uid {owner}, not by this user (uid {user}): \
+         fix it with `chown {user} {}` (or create a key of your own)",
+        path.display(),
+        path.display()
+    )]
+    WrongOwner {
+        /// The key file.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Our effective uid.
+        user: u32,
+    },
     /// The path is not a regular file.
     #[error("key file {} is not a regular file", path.display())]
     NotAFile {

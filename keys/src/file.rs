@@ -42,6 +42,16 @@ fn check_meta(path: &Path, meta: &std::fs::Metadata) -> Result<(), KeyError> {
             mode,
         });
     }
+    // Another user who owns the file can read or replace the key whatever its mode.
+    let me = nix::unistd::geteuid().as_raw();
+    let owner = std::os::unix::fs::MetadataExt::uid(meta);
+    if owner != me {
+        return Err(KeyError::WrongOwner {
+            path: path.to_owned(),
+            owner,
+            user: me,
+        });
+    }
     Ok(())
 }
 

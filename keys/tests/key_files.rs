@@ -281,3 +281,33 @@ fn hex32(s: &str) -> [u8; 32] {
 fn base64_32(s: &str) -> [u8; 32] {
     *WgPublicKey::from_base64(s).unwrap().as_bytes()
 }
+
+#[test]
+fn a_key_file_owned_by_another_user_is_refused_with_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("identity.key");
+    IdentityKey::generate()
+        .unwrap()
+        .write_to(&p, WriteMode::CreateNew)
+        .unwrap();
+    assert!(
+        IdentityKey::load(&p).is_ok(),
+        "positive control: our own 0600 file"
+    );
+    // Hand the file to `nobody` (needs root, as CI runs; elsewhere there is nothing to test).
+    if std::os::unix::fs::chown(&p, Some(65534), None).is_err() {
+        eprintln!("not root: cannot chown, skipped");
+        return;
+    }
+    let e = IdentityKey::load(&p).unwrap_err();
+    assert!(
+        matches!(e, KeyError::WrongOwner { owner: 65534, .. }),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("owned by uid 65534") && msg.contains("chown"),
+        "{msg}"
+    );
+    assert!(WgPrivateKey::load(&p).is_err());
+}

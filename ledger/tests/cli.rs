@@ -48,6 +48,20 @@ fn init_register_credit_and_permission_checks() {
     let out = ledger(&[
         "credit", "--config", cfg_s, "--client", &client, "--amount", "5",
     ]);
+    // The database (balances, who paid whom) is owner-only like the keys.
+    let dbs: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "db"))
+        .collect();
+    assert!(
+        !dbs.is_empty(),
+        "no database file in {}",
+        dir.path().display()
+    );
+    for db in &dbs {
+        assert_eq!(mode(db), 0o600, "{}", db.display());
+    }
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("client key is not registered"), "{err}");

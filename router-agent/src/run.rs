@@ -23,11 +23,21 @@ pub(crate) fn check_config(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     let key = WgPrivateKey::load(&cfg.private_key_file)
         .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
+    // Everything `run` loads is checked here too: a paid relay's identity key (present, 0600,
+    // ours), so "config ok" means the agent will start.
+    let paid = match &cfg.paid {
+        Some(p) => {
+            let id = ferry_keys::load_identity(&p.identity_key_file)
+                .with_context(|| format!("identity key {}", p.identity_key_file.display()))?;
+            format!(", paid sessions on (identity {})", id.public_key().to_hex())
+        }
+        None => String::new(),
+    };
     let mut out = std::io::stdout().lock();
     std::io::Write::write_fmt(
         &mut out,
         format_args!(
-            "config ok: listen {}, {} peer(s), egress {:?}, relay public key {}\n",
+            "config ok: listen {}, {} peer(s), egress {:?}, relay public key {}{paid}\n",
             cfg.listen,
             cfg.peers.len(),
             cfg.raw.egress.mode,

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -126,12 +127,16 @@ impl Store {
         wrap: FileWrapper,
     ) -> Result<(Self, RecoveryReport), StoreError> {
         let path = path.as_ref().to_path_buf();
+        // Receipts say who paid whom for how much: owner only (0600), also for a log an older
+        // version created with the umask's mode.
         let mut f = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io_err("open"))?;
+        restrict_mode(&f).map_err(io_err("chmod 600"))?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf).map_err(io_err("read"))?;
         let mut report = RecoveryReport::default();
@@ -384,6 +389,7 @@ impl Store {
                 .write(true)
                 .create(true)
                 .truncate(true)
+                .mode(0o600)
                 .open(&tmp)
                 .map_err(io_err("create compaction file"))?;
             let mut w = (self.wrap)(f);
@@ -442,4 +448,13 @@ fn save_tail(path: &Path, at: u64, buf: &[u8]) -> Option<PathBuf> {
     let p = PathBuf::from(name);
     fs::write(&p, tail).ok()?;
     Some(p)
+}
+
+/// Sets `f` to mode 0600 if group or others have any access.
+fn restrict_mode(f: &File) -> std::io::Result<()> {
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(fs::Permissions::from_mode(mode & 0o700 | 0o600))?;
+    }
+    Ok(())
 }

@@ -347,3 +347,20 @@ mod props {
         }
     }
 }
+
+#[test]
+fn the_receipt_log_is_owner_only_and_a_loose_one_is_tightened() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("receipts.log");
+    let (mut s, _) = Store::open(&p).unwrap();
+    assert_eq!(mode(&p), 0o600);
+    fill(&mut s, 2, 3);
+    s.compact(1).unwrap();
+    assert_eq!(mode(&p), 0o600, "compaction keeps the mode");
+    drop(s);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    let _ = Store::open(&p).unwrap();
+    assert_eq!(mode(&p), 0o600);
+}

@@ -27,6 +27,9 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("sqlite")]
     Sqlite(#[from] rusqlite::Error),
+    /// The database file could not be created or restricted to its owner.
+    #[error("database file {0}")]
+    File(String, #[source] std::io::Error),
     /// PostgreSQL reported an error.
     #[error("postgres")]
     Postgres(#[from] tokio_postgres::Error),

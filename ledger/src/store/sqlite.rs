@@ -57,9 +57,28 @@ impl std::fmt::Debug for SqliteStore {
     }
 }
 
+/// Creates `path` with mode 0600 if missing, or tightens an existing file to 0600.
+fn owner_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = f.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the database file and its schema.
+    /// The file (and SQLite's journal files, which take its mode) is owner-only (0600).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        owner_only(path).map_err(|e| StoreError::File(path.display().to_string(), e))?;
         Self::init(Connection::open(path)?)
     }
 

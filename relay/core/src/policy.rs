@@ -136,19 +136,24 @@ impl EgressPolicy {
         if self.tunnel_addresses.contains(&dst) {
             return Verdict::TunnelAddress;
         }
+        // The router itself is never reachable, whatever `allow` opens around it (sharing a
+        // printer's subnet must not expose the router's admin page on that subnet); services
+        // on the router are reached on its tunnel address (`tunnel-services`).
+        if self
+            .cfg
+            .router_addresses
+            .iter()
+            .any(|a| canonical(*a) == dst)
+        {
+            return Verdict::Blocked;
+        }
         if self.cfg.deny.iter().any(|n| n.contains(&dst)) {
             return Verdict::Blocked;
         }
         if self.cfg.allow.iter().any(|n| n.contains(&dst)) {
             return Verdict::Allow;
         }
-        if self
-            .cfg
-            .router_addresses
-            .iter()
-            .any(|a| canonical(*a) == dst)
-            || self.blocked.iter().any(|n| n.contains(&dst))
-        {
+        if self.blocked.iter().any(|n| n.contains(&dst)) {
             return Verdict::Blocked;
         }
         Verdict::Allow
@@ -312,6 +317,40 @@ mod tests {
         assert_eq!(p.check_addr(ip("192.168.51.1")), Verdict::Blocked);
         assert_eq!(p.check_addr(ip("8.8.8.8")), Verdict::Blocked);
         assert_eq!(p.check_addr(ip("1.1.1.1")), Verdict::Allow);
+    }
+
+    #[test]
+    fn allow_never_opens_the_routers_own_addresses() {
+        // Sharing a printer's subnet must not expose the router's address on it (its admin
+        // page, /status): allowed ranges stop short of the router's own addresses, v4 and v6,
+        // also when they change at run time.
+        let mut p = policy(PolicyConfig {
+            allow: vec![
+                "10.202.0.0/24".parse().unwrap(),
+                "fd00:202::/64".parse().unwrap(),
+            ],
+            router_addresses: vec![ip("10.202.0.1"), ip("fd00:202::1")],
+            ..PolicyConfig::default()
+        });
+        assert_eq!(
+            p.check_addr(ip("10.202.0.9")),
+            Verdict::Allow,
+            "positive control"
+        );
+        assert_eq!(
+            p.check_addr(ip("fd00:202::9")),
+            Verdict::Allow,
+            "positive control"
+        );
+        assert_eq!(p.check_addr(ip("10.202.0.1")), Verdict::Blocked);
+        assert_eq!(p.check_addr(ip("fd00:202::1")), Verdict::Blocked);
+        assert_eq!(
+            p.check_addr(ip("::ffff:10.202.0.1")),
+            Verdict::Blocked,
+            "v4-mapped"
+        );
+        p.set_router_addresses(vec![ip("10.202.0.9")]);
+        assert_eq!(p.check_addr(ip("10.202.0.9")), Verdict::Blocked);
     }
 
     #[test]
