@@ -43,6 +43,26 @@ pub(crate) struct Engine {
     status: Status,
     status_path: Option<PathBuf>,
     last_status: Option<Instant>,
+    /// The voucher's allowance (to say "voucher used up" when the relay ends the session).
+    allowance: Option<u64>,
+}
+
+/// Less than this left of a voucher counts as used up (more than one packet of any MTU).
+const USED_UP_SLACK: u64 = 16 * 1024;
+
+/// What to tell the user when the relay ended the session by itself.
+fn ended_message(total: u64, allowance: Option<u64>) -> String {
+    match allowance {
+        // The relay stops when the next packet no longer fits: a few bytes may be left over.
+        Some(a) if total.saturating_add(USED_UP_SLACK) >= a => format!(
+            "the relay ended the session: voucher used up ({total} of {a} bytes); buy a new one \
+             with `ferry voucher request`"
+        ),
+        _ => format!(
+            "the relay ended the session (final receipt co-signed: {total} bytes); connect again \
+             with `ferry connect`"
+        ),
+    }
 }
 
 /// Unix seconds now.
@@ -110,6 +130,7 @@ impl Engine {
             rehandshake_after: None,
             close_grace: ferry_tunnel::CLOSE_GRACE,
         };
+        let allowance = paid.as_ref().map(|p| p.voucher.allowance_bytes);
         let (paid_cfg, log, price) = match (paid, &relay.paid) {
             (Some(p), Some(rp)) => {
                 let (c, log, price) = paid_config(p, rp, relay, wg_key)?;
@@ -138,6 +159,7 @@ impl Engine {
             status,
             status_path,
             last_status: None,
+            allowance,
         })
     }
 
@@ -257,6 +279,10 @@ impl Engine {
                 Event::ReceiptSeen { .. } | Event::Acked(_) | Event::Resynced(_) => changed = true,
                 Event::Failed(f) => {
                     self.failure = Some(f.to_string());
+                    changed = true;
+                }
+                Event::EndedByRelay { total_bytes } => {
+                    self.failure = Some(ended_message(total_bytes, self.allowance));
                     changed = true;
                 }
                 Event::Closed { .. } => self.closed = true,

@@ -350,3 +350,40 @@ async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_subm
         .unwrap();
     assert_eq!(again, vec![ferry_store::ItemOutcome::Accepted]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_up_voucher_ends_the_session_in_words_not_silence() {
+    // A 256 KiB voucher: the relay ends the session with a final receipt when it is used up.
+    let mut v = local_voucher();
+    v.allowance_bytes = 256 * KIB;
+    let (_, _, ledger) = keys();
+    let v = Voucher {
+        signature: Signature::ZERO,
+        ..v
+    }
+    .sign(&ledger);
+    let mut f = fixture(0, v, true).await;
+    drive(&mut f, Duration::from_secs(8), 4, 1000).await;
+    let why = f
+        .engine
+        .failure()
+        .expect("the engine noticed the end")
+        .to_owned();
+    assert!(
+        why.contains("voucher used up") && why.contains("ferry voucher request"),
+        "{why}"
+    );
+    // The final receipt was co-signed and stored on both sides.
+    let relay_last = f.log.lock().unwrap().stored.last().copied().unwrap();
+    assert!(relay_last.body().total_bytes() >= 256 * KIB - 2 * KIB);
+    let st = f.engine.status_mut().clone();
+    assert_eq!(st.last_receipt.unwrap().seq, relay_last.body().seq);
+}
+
+#[test]
+fn the_end_message_names_the_voucher_when_it_is_used_up() {
+    assert!(ended_message(100, Some(100)).contains("voucher used up (100 of 100 bytes)"));
+    assert!(ended_message(99_990, Some(100_000)).contains("voucher used up"));
+    assert!(ended_message(50, Some(100_000)).contains("connect again"));
+    assert!(ended_message(50, None).contains("connect again"));
+}

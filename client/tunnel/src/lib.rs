@@ -153,6 +153,13 @@ pub enum Event {
     Acked(u64),
     /// The session failed; nothing more is sent.
     Failed(Failure),
+    /// The relay ended the session on its own (voucher used up, relay shutting down): its
+    /// final receipt arrived without our `Close`. The final co-signature comes as
+    /// [`Event::StoreCosigned`] (before this event); nothing more is sent after it.
+    EndedByRelay {
+        /// Bytes (up + down) the final receipt covers.
+        total_bytes: u64,
+    },
     /// After [`ClientTunnel::close`]: the session is over.
     Closed {
         /// The final receipt was co-signed (and handed out as [`Event::StoreCosigned`]).
@@ -472,11 +479,13 @@ impl ClientTunnel {
                         self.events.push_back(Event::Acked(a));
                     }
                 }
+                let ended_by_relay = is_final && self.closing.is_none() && !p.final_cosigned;
                 match reply {
                     Some(Message::CoSigned(c)) => {
                         if is_final {
                             p.final_cosigned = true;
                         }
+                        let total = c.body().total_bytes();
                         let seq = c.body().seq;
                         if p.stored.is_some_and(|s| seq <= s) {
                             // A repeat of what the caller stored already.
@@ -491,6 +500,11 @@ impl ClientTunnel {
                             });
                         }
                         // else: still waiting for the caller to store it.
+                        if ended_by_relay {
+                            self.events
+                                .push_back(Event::EndedByRelay { total_bytes: total });
+                            self.finish_close(true);
+                        }
                     }
                     Some(m @ Message::ReceiptRejected { seq, reason }) => {
                         self.send_control(&m);

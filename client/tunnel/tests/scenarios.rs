@@ -185,3 +185,36 @@ fn local_packets_to_the_control_service_are_not_sent() {
     assert!(!p.client.send_inner(&spoof, now));
     assert_eq!(p.client.bytes_up(), 0);
 }
+
+#[test]
+fn a_session_the_relay_ends_is_cosigned_reported_and_stops_sending() {
+    // A voucher for 300 kB: the relay ends the session when it is used up.
+    let mut p = Pair::new(cfg(), 300_000);
+    p.connect();
+    traffic(&mut p, 600, 1000);
+    for _ in 0..30 {
+        p.advance(Duration::from_millis(200));
+    }
+    let ended = p.events.iter().find_map(|e| match e {
+        Event::EndedByRelay { total_bytes } => Some(*total_bytes),
+        _ => None,
+    });
+    let total = ended.expect("the client noticed that the relay ended the session");
+    assert!(total <= 300_000 && total > 250_000, "{total}");
+    // The final receipt was co-signed (stored first) and reached the relay.
+    assert!(p.events.iter().any(|e| matches!(
+        e,
+        Event::StoreCosigned {
+            final_receipt: true,
+            ..
+        }
+    )));
+    let relay_final = p.hub(|h| h.stored.last().copied()).unwrap();
+    assert_eq!(relay_final.body().total_bytes(), total);
+    assert!(p.client.closed());
+    let now = p.now;
+    assert!(
+        !p.client.send_inner(&[0x45; 40], now),
+        "nothing more is sent"
+    );
+}
