@@ -325,6 +325,7 @@ impl Engine {
         self.last_status = Some(now);
         self.status.bytes_up = self.tunnel.bytes_up();
         self.status.bytes_down = self.tunnel.bytes_down();
+        self.status.unsolicited_dropped = self.tunnel.dropped_unsolicited();
         self.status.updated_at = unix_now();
         self.status.last_handshake_secs = self.tunnel.since_handshake().map(|d| d.as_secs());
         if let Some(path) = &self.status_path {

@@ -60,6 +60,9 @@ pub(crate) struct Status {
     pub(crate) bytes_up: u64,
     /// Inner bytes received from the tunnel.
     pub(crate) bytes_down: u64,
+    /// Inbound packets dropped uncounted: not part of a flow we opened (paid sessions).
+    #[serde(default)]
+    pub(crate) unsolicited_dropped: u64,
     /// Seconds since the last WireGuard handshake.
     pub(crate) last_handshake_secs: Option<u64>,
     /// Session id (hex) of a paid session.
@@ -92,6 +95,7 @@ impl Status {
             updated_at: now,
             bytes_up: 0,
             bytes_down: 0,
+            unsolicited_dropped: 0,
             last_handshake_secs: None,
             session_id: None,
             price_micros_per_gib: None,
@@ -148,6 +152,13 @@ impl Status {
             human_bytes(self.bytes_up),
             human_bytes(self.bytes_down)
         );
+        if self.unsolicited_dropped > 0 {
+            let _ = writeln!(
+                s,
+                "dropped:    {} unsolicited inbound packets (no flow of ours; not billed)",
+                self.unsolicited_dropped
+            );
+        }
         if let Some(r) = &self.last_receipt {
             let _ = writeln!(
                 s,

@@ -25,6 +25,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod control;
+mod flows;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
@@ -37,6 +38,7 @@ use ferry_metering::{ClientSession, Message, ReceiptRejectReason, SessionRejectR
 use ferry_receipts::{CoSignedReceipt, SessionAccept, SessionOffer};
 
 pub use control::ControlPath;
+pub use flows::{FLOW_IDLE, Flows, MAX_FLOWS};
 
 /// How often [`ClientTunnel::handle_timeout`] should be called.
 pub const TICK: Duration = Duration::from_millis(250);
@@ -204,6 +206,9 @@ pub struct ClientTunnel {
     last_rx: Option<Instant>,
     last_tx: Option<Instant>,
     last_forced: Option<Instant>,
+    /// Paid tunnels: inbound packets are counted and delivered only for flows we opened.
+    flows: Option<Flows>,
+    unsolicited: u64,
 }
 
 impl ClientTunnel {
@@ -236,7 +241,10 @@ impl ClientTunnel {
                 last_acked: None,
             }
         });
+        let flows = paid.as_ref().map(|_| Flows::default());
         Self {
+            flows,
+            unsolicited: 0,
             tunn,
             relay_ip: cfg.relay_ip,
             out: vec![0u8; cfg.mtu + WG_OVERHEAD + 64],
@@ -272,6 +280,9 @@ impl ClientTunnel {
             }
             p.session.record_up(pkt.len() as u64);
         }
+        if let Some(f) = &mut self.flows {
+            f.outbound(pkt, now);
+        }
         self.up += pkt.len() as u64;
         self.last_tx = Some(now);
         self.encapsulate(pkt);
@@ -303,6 +314,15 @@ impl ClientTunnel {
                         .and_then(|x| x.control.unwrap_incoming(pkt))
                     {
                         Some(frame) => control.push(frame.to_vec()),
+                        None if self
+                            .flows
+                            .as_mut()
+                            .is_some_and(|f| !f.inbound_allowed(pkt, now)) =>
+                        {
+                            // Not part of a flow we opened: neither counted (so not co-signed)
+                            // nor delivered.
+                            self.unsolicited += 1;
+                        }
                         None => {
                             self.down += pkt.len() as u64;
                             if let Some(x) = &mut self.paid {
@@ -427,6 +447,11 @@ impl ClientTunnel {
     /// Inner bytes received (without control traffic).
     pub fn bytes_down(&self) -> u64 {
         self.down
+    }
+
+    /// Inbound packets dropped uncounted because they belong to no flow we opened.
+    pub fn dropped_unsolicited(&self) -> u64 {
+        self.unsolicited
     }
 
     /// Time since the last completed handshake.

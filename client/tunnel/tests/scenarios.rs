@@ -218,3 +218,43 @@ fn a_session_the_relay_ends_is_cosigned_reported_and_stops_sending() {
         "nothing more is sent"
     );
 }
+
+#[test]
+fn unsolicited_inbound_traffic_is_neither_counted_nor_delivered() {
+    let mut p = Pair::new(cfg(), 1 << 40);
+    p.connect();
+    traffic(&mut p, 50, 1000);
+    let (down, delivered) = (p.client.bytes_down(), count_delivered(&p));
+    assert_eq!(
+        down,
+        50 * 1000,
+        "positive control: replies to our flow are counted"
+    );
+    // UDP to a closed port of ours, and a ping we never sent: the relay forwards (and meters)
+    // them, the client drops them uncounted.
+    for i in 0..40u16 {
+        let junk = ferry_metering::udp_packet(
+            "198.51.100.9:9999".parse().unwrap(),
+            format!("10.77.0.2:{}", 20_000 + i).parse().unwrap(),
+            &[0u8; 1000],
+        )
+        .unwrap();
+        p.inject_down(&junk);
+    }
+    assert_eq!(p.client.dropped_unsolicited(), 40);
+    assert_eq!(p.client.bytes_down(), down);
+    assert_eq!(count_delivered(&p), delivered);
+    let (_, relay_down) = p.relay_meter().unwrap();
+    assert_eq!(
+        relay_down,
+        down + 40 * 1028,
+        "the relay did forward and meter them"
+    );
+}
+
+fn count_delivered(p: &Pair) -> usize {
+    p.events
+        .iter()
+        .filter(|e| matches!(e, Event::Deliver(_)))
+        .count()
+}

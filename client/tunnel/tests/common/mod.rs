@@ -394,6 +394,16 @@ impl Pair {
         }
     }
 
+    /// A packet from the relay's egress side to the client (the relay forwards and meters it).
+    pub fn inject_down(&mut self, pkt: &[u8]) {
+        let mut buf = vec![0u8; 4096];
+        let now = self.now;
+        if let Action::SendUdp { bytes, .. } = self.relay.handle_tun(pkt, now, &mut buf) {
+            self.to_client.push_back(bytes.to_vec());
+        }
+        self.step();
+    }
+
     /// The relay's meter for the session (up, down).
     pub fn relay_meter(&mut self) -> Option<(u64, u64)> {
         let peer = self.peer;
