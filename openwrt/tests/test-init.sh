@@ -21,6 +21,9 @@ cat >"$tmp/ferry-agent" <<AGENT
 #!/bin/sh
 case "\$1" in
 genkey) echo "YEC3B2vH3aE3Q9kW2p7ZqT9j0v4mGq1w0o6yJ5XxK2w=" ;;
+identity)
+	k=\$(sed -n 's/^key-file = "\\(.*\\)"\$/\\1/p' "\$3")
+	(umask 077 && echo "c2VlZHNlZWRzZWVkc2VlZHNlZWRzZWVkc2VlZHNlZWQ=" >"\$k") ;;
 check-config) [ ! -e "$tmp/reject" ] && $PYTHON "$HERE/lib/toml_check.py" subset "\$3" '{}' ;;
 *) exit 2 ;;
 esac
@@ -117,6 +120,23 @@ run_init "$CONF
 	list tunnel_service 'udp/53'" start_service
 check "userspace mode: no firewall rules (the agent answers inside its own stack)" \
 	sh -c "grep -q '^open ferry' '$tmp/procd' && ! grep -q 'arr firewall' '$tmp/procd'"
+
+# Paid sharing: the identity key is created 0600 on first start, watched, never replaced.
+PAID="$CONF
+	option paid '1'
+	option network_id '00112233445566778899aabbccddeeff'
+	option ledger_key '0000000000000000000000000000000000000000000000000000000000000000'
+	option identity_key_file '$tmp/idkeys/identity.key'
+	option state_dir '/etc/ferry/state'"
+run_init "$PAID" start_service
+check "paid: identity key created 0600 in a 0700 directory" \
+	sh -c "[ \"\$(stat -c %a '$tmp/idkeys/identity.key')\" = 600 ] && [ \"\$(stat -c %a '$tmp/idkeys')\" = 700 ]"
+check "paid: creation logged with how to register it" grep -q 'created identity key .*ferry-agent identity' "$tmp/log"
+check "paid: procd also watches the identity key" procd_has "param file $tmp/run/agent.toml $KEY $tmp/idkeys/identity.key"
+echo "a-different-key" >>"$tmp/idkeys/identity.key"
+cp "$tmp/idkeys/identity.key" "$tmp/idkeep"
+run_init "$PAID" start_service
+check "paid: an existing identity key is kept" cmp -s "$tmp/idkeys/identity.key" "$tmp/idkeep"
 
 # A key in an existing directory (private_key_file=/etc/wg.key): the directory keeps its mode.
 mkdir -p "$tmp/etc"

@@ -198,6 +198,20 @@ async function check(name, fn) {
     for (const ok of ['1', '51820', '65535']) assert.strictEqual(port.validate('x', ok), true, ok);
     for (const bad of ['0', '65536', '-1', '1.5', 'abc', '123456'])
       assert.notStrictEqual(port.validate('x', bad), true, bad);
+    // Paid sharing: what the renderer accepts.
+    const net = options.find((o) => o.name === 'network_id');
+    assert.strictEqual(net.validate('x', '00112233445566778899aabbccddeeff'), true);
+    assert.notStrictEqual(net.validate('x', '0011'), true);
+    const lk = options.find((o) => o.name === 'ledger_key');
+    assert.strictEqual(lk.validate('x', '42'.repeat(32)), true);
+    assert.notStrictEqual(lk.validate('x', 'zz' + '42'.repeat(31)), true);
+    const url = options.find((o) => o.name === 'ledger_url');
+    assert.strictEqual(url.validate('x', 'http://10.0.0.5:7878'), true);
+    assert.notStrictEqual(url.validate('x', 'ftp://x'), true);
+    const state = options.find((o) => o.name === 'state_dir');
+    assert.strictEqual(state.validate('x', '/etc/ferry/state'), true);
+    for (const bad of ['/tmp/ferry', '/var/ferry', '/tmp', 'relative'])
+      assert.notStrictEqual(state.validate('x', bad), true, bad);
     const key = options.find((o) => o.name === 'public_key');
     assert.strictEqual(key.validate('x', sample.public_key), true);
     assert.notStrictEqual(key.validate('x', 'short='), true);

@@ -32,6 +32,12 @@ ODDKEY="$tmp/k\"e\\y] = 1"
 ODDKEY_JSON="$tmp/k\\\"e\\\\y] = 1"
 cp "$KEY" "$ODDKEY"
 PUB1="xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
+# A paid relay's identity key (base64 Ed25519 seed), 0600, for check-config.
+IDKEY="$tmp/identity.key"
+echo "c2VlZHNlZWRzZWVkc2VlZHNlZWRzZWVkc2VlZHNlZWQ=" >"$IDKEY"
+chmod 600 "$IDKEY"
+NET=00112233445566778899aabbccddeeff
+LK=4242424242424242424242424242424242424242424242424242424242424242
 PUB2="TrMvSoP4jYQlY6RIzBgbssQqY3vxI2Pi+y71lOWWXX0="
 
 ok() {
@@ -176,6 +182,27 @@ config peer
 [limits]'
 	option public_key '$PUB1'
 	list allowed_ip '10.77.0.2/32'" "control character"
+	PAID="$DEFAULT
+	option paid '1'
+	option identity_key_file '$IDKEY'
+	option network_id '$NET'
+	option ledger_key '$LK'
+	option ledger_url 'http://192.168.1.10:7878'"
+	expect_ok "paid sharing: identity, network, metering, paid sections" "$sh" "$PAID" "{
+		\"identity\": {\"key-file\": \"$IDKEY\"},
+		\"network\": {\"id\": \"$NET\", \"ledger-key\": \"$LK\", \"ledger-url\": \"http://192.168.1.10:7878\"},
+		\"metering\": {\"state-dir\": \"/etc/ferry/state\", \"receipt-every-mib\": 4, \"credit-window-mib\": 16},
+		\"paid\": {\"enabled\": true, \"max-sessions-per-voucher\": 2, \"max-sessions-per-client\": 2}}"
+	expect_err "paid: network_id of the wrong length" "$sh" "$PAID
+	option network_id '0011'" "option network_id must be 32 hex digits"
+	expect_err "paid: ledger_key not hex" "$sh" "$PAID
+	option ledger_key 'zz$LK'" "option ledger_key must be 64 hex digits"
+	expect_err "paid: ledger_url not http" "$sh" "$PAID
+	option ledger_url 'ftp://x'" "ledger_url must be an http:// URL"
+	expect_err "paid: receipts on tmpfs" "$sh" "$PAID
+	option state_dir '/tmp/ferry'" "is on tmpfs, lost at reboot"
+	expect_err "paid: receipt cadence above the credit window" "$sh" "$PAID
+	option receipt_every_mib '32'" "must not exceed credit_window_mib"
 	expect_err "tab in a value" "$sh" "$DEFAULT
 	option tun_name 'fer$(printf '\t')ry0'" "control character"
 	expect_err "DEL in a value" "$sh" "$DEFAULT

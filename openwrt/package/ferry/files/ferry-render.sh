@@ -70,6 +70,75 @@ ferry_arr() {
 	_fr_arr="[$_fr_arr]"
 }
 
+# ferry_hex OPTION VALUE LEN: VALUE must be exactly LEN hex digits.
+ferry_hex() {
+	case "$2" in
+	'' | *[!0-9a-fA-F]*) ferry_err "option $1 must be $3 hex digits, got '$2'" ;;
+	*) [ "${#2}" -eq "$3" ] || ferry_err "option $1 must be $3 hex digits, got ${#2}" ;;
+	esac
+}
+
+# ferry_render_paid: the [identity], [network], [metering] and [paid] sections of a relay that
+# earns from paying clients (UCI option paid=1).
+ferry_render_paid() {
+	config_get _fr_id "$_fr_s" identity_key_file /etc/ferry/identity.key
+	config_get _fr_net "$_fr_s" network_id ""
+	config_get _fr_lk "$_fr_s" ledger_key ""
+	config_get _fr_url "$_fr_s" ledger_url ""
+	config_get _fr_state "$_fr_s" state_dir /etc/ferry/state
+	config_get _fr_every "$_fr_s" receipt_every_mib 4
+	config_get _fr_window "$_fr_s" credit_window_mib 16
+	config_get _fr_pv "$_fr_s" max_sessions_per_voucher 2
+	config_get _fr_pc "$_fr_s" max_sessions_per_client 2
+	ferry_hex network_id "$_fr_net" 32
+	ferry_hex ledger_key "$_fr_lk" 64
+	case "$_fr_url" in
+	'' | http://*) ;;
+	*) ferry_err "ledger_url must be an http:// URL, got '$_fr_url'" ;;
+	esac
+	# /tmp is tmpfs (and /var links to it): receipts owed would be lost at every reboot.
+	case "$_fr_state" in
+	/*) ;;
+	*) ferry_err "state_dir must be an absolute path, got '$_fr_state'" ;;
+	esac
+	case "$_fr_state" in
+	/tmp | /tmp/* | /var | /var/*)
+		ferry_err "state_dir '$_fr_state' is on tmpfs, lost at reboot; use a directory on flash such as /etc/ferry/state"
+		;;
+	esac
+	ferry_line ""
+	ferry_line "[identity]"
+	ferry_str "$_fr_id"
+	ferry_line "key-file = $_fr_q"
+	ferry_line ""
+	ferry_line "[network]"
+	ferry_str "$_fr_net"
+	ferry_line "id = $_fr_q"
+	ferry_str "$_fr_lk"
+	ferry_line "ledger-key = $_fr_q"
+	if [ -n "$_fr_url" ]; then
+		ferry_str "$_fr_url"
+		ferry_line "ledger-url = $_fr_q"
+	fi
+	ferry_line ""
+	ferry_line "[metering]"
+	ferry_str "$_fr_state"
+	ferry_line "state-dir = $_fr_q"
+	ferry_uint receipt_every_mib "$_fr_every" 1 1024
+	ferry_line "receipt-every-mib = $_fr_n"
+	ferry_uint credit_window_mib "$_fr_window" 1 4096
+	ferry_line "credit-window-mib = $_fr_n"
+	[ "$_fr_every" -le "$_fr_window" ] 2>/dev/null ||
+		ferry_err "receipt_every_mib ($_fr_every) must not exceed credit_window_mib ($_fr_window)"
+	ferry_line ""
+	ferry_line "[paid]"
+	ferry_line "enabled = true"
+	ferry_uint max_sessions_per_voucher "$_fr_pv" 1 1024
+	ferry_line "max-sessions-per-voucher = $_fr_n"
+	ferry_uint max_sessions_per_client "$_fr_pc" 1 1024
+	ferry_line "max-sessions-per-client = $_fr_n"
+}
+
 # config_foreach callback for `config peer` sections.
 ferry_render_peer() {
 	config_get_bool _fr_enabled "$1" enabled 1
@@ -155,6 +224,8 @@ ferry_render_toml() {
 	ferry_line "max-peers = $_fr_n"
 	ferry_uint client_rate_mbit "$_fr_rate"
 	ferry_line "client-rate-mbit = $_fr_n"
+	config_get_bool _fr_paid "$_fr_s" paid 0
+	[ "$_fr_paid" = 0 ] || ferry_render_paid
 	config_foreach ferry_render_peer peer
 	if [ -n "$_fr_extra" ]; then
 		if [ -r "$_fr_extra" ]; then

@@ -120,6 +120,32 @@ function validatePort(section_id, value) {
 	return _('Expecting a port number 1-65535');
 }
 
+// Exactly N hex digits (network id 32, ledger key 64), as the renderer checks.
+function hexValidator(n) {
+	return function(section_id, value) {
+		if (value == null || value === '' || new RegExp('^[0-9a-fA-F]{' + n + '}$').test(value))
+			return true;
+		return _('Expecting %d hexadecimal digits').format(n);
+	};
+}
+
+function validateLedgerUrl(section_id, value) {
+	if (value == null || value === '' || /^http:\/\/[^\s\/]+/.test(value))
+		return true;
+	return _('Expecting an http:// URL');
+}
+
+// Receipts owed must survive reboots: not on tmpfs (/tmp, and /var which links to it).
+function validateStateDir(section_id, value) {
+	if (value == null || value === '')
+		return true;
+	if (!/^\//.test(value))
+		return _('Expecting an absolute path');
+	if (/^\/(tmp|var)(\/|$)/.test(value))
+		return _('On tmpfs: receipts would be lost at reboot; use a directory on flash such as /etc/ferry/state');
+	return true;
+}
+
 function validateName(section_id, value) {
 	if (value == null || value === '' || /^[A-Za-z0-9._@-]{1,64}$/.test(value))
 		return true;
@@ -145,6 +171,7 @@ return view.extend({
 		s = m.section(form.NamedSection, 'main', 'ferry', _('Agent'));
 		s.tab('general', _('General'));
 		s.tab('egress', _('Egress policy'));
+		s.tab('paid', _('Paid sharing'));
 		s.tab('advanced', _('Advanced'));
 
 		o = s.taboption('general', form.Flag, 'enabled', _('Enabled'));
@@ -205,6 +232,57 @@ return view.extend({
 			_('Each direction; 0 means unlimited.'));
 		o.datatype = 'uinteger';
 		o.placeholder = '0';
+
+		o = s.taboption('paid', form.Flag, 'paid', _('Earn from paying clients'),
+			_('Join a Ferry network: paying clients connect with vouchers, the agent signs receipts and the ledger credits this router.'));
+
+		o = s.taboption('paid', form.Value, 'network_id', _('Network id'),
+			_('32 hexadecimal digits, from the network\'s ledger (GET /v1/info).'));
+		o.depends('paid', '1');
+		o.validate = hexValidator(32);
+
+		o = s.taboption('paid', form.Value, 'ledger_key', _('Ledger key'),
+			_('64 hexadecimal digits: the key vouchers are signed with.'));
+		o.depends('paid', '1');
+		o.validate = hexValidator(64);
+
+		o = s.taboption('paid', form.Value, 'ledger_url', _('Ledger URL'),
+			_('Where co-signed receipts are submitted; without it they stay on the router.'));
+		o.depends('paid', '1');
+		o.placeholder = 'http://ledger.example.net:7878';
+		o.validate = validateLedgerUrl;
+
+		o = s.taboption('paid', form.Value, 'identity_key_file', _('Identity key file'),
+			_('Receipt signing key, created (mode 0600) on first start; register its public key at the ledger.'));
+		o.depends('paid', '1');
+		o.placeholder = '/etc/ferry/identity.key';
+
+		o = s.taboption('paid', form.Value, 'state_dir', _('Receipt store directory'),
+			_('On flash so receipts owed survive reboots (not /tmp).'));
+		o.depends('paid', '1');
+		o.placeholder = '/etc/ferry/state';
+		o.validate = validateStateDir;
+
+		o = s.taboption('paid', form.Value, 'receipt_every_mib', _('Receipt every (MiB)'));
+		o.depends('paid', '1');
+		o.datatype = 'range(1,1024)';
+		o.placeholder = '4';
+
+		o = s.taboption('paid', form.Value, 'credit_window_mib', _('Credit window (MiB)'),
+			_('At most this much is forwarded beyond the last co-signed receipt.'));
+		o.depends('paid', '1');
+		o.datatype = 'range(1,4096)';
+		o.placeholder = '16';
+
+		o = s.taboption('paid', form.Value, 'max_sessions_per_voucher', _('Sessions per voucher'));
+		o.depends('paid', '1');
+		o.datatype = 'range(1,1024)';
+		o.placeholder = '2';
+
+		o = s.taboption('paid', form.Value, 'max_sessions_per_client', _('Sessions per client'));
+		o.depends('paid', '1');
+		o.datatype = 'range(1,1024)';
+		o.placeholder = '2';
 
 		o = s.taboption('advanced', form.Value, 'private_key_file', _('Private key file'),
 			_('Created (mode 0600) on first start if missing; kept across sysupgrade.'));
