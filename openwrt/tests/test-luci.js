@@ -146,6 +146,24 @@ async function check(name, fn) {
       assert(text.includes(want), `status panel lacks ${want}: ${text}`);
   });
 
+  await check('a paid relay shows counts, earnings, ledger contact and errors in words', async () => {
+    statusReply = JSON.stringify(Object.assign({}, sample, {
+      paid: { sessions: 3, earned_bytes: 987654321, receipts_cosigned: 41, receipts_pending: 2,
+        receipts_submitted: 39, ledger_configured: true, last_ledger_contact_secs: 17,
+        ledger_error: 'ledger unreachable: connection refused' },
+    }));
+    await polls[0].fn();
+    const text = textOf(page);
+    for (const want of ['Paid sharing', 'Paid sessions', '3', '987654321', '41', '39', '17 ago', 'connection refused'])
+      assert(text.includes(want), `paid block lacks ${want}: ${text}`);
+    statusReply = JSON.stringify(Object.assign({}, sample, {
+      paid: { sessions: 0, earned_bytes: 0, receipts_cosigned: 0, receipts_pending: 0,
+        receipts_submitted: null, ledger_configured: false, last_ledger_contact_secs: null, ledger_error: null },
+    }));
+    await polls[0].fn();
+    assert(textOf(page).includes('no ledger URL configured'), textOf(page));
+  });
+
   await check('status panel polls every 5 s and shows an unreachable agent', async () => {
     assert.strictEqual(polls.length, 1);
     assert.strictEqual(polls[0].interval, 5);

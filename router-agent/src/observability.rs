@@ -152,6 +152,7 @@ impl ReceiptCounters {
 }
 
 /// Paid-session state read at scrape time (receipts pending/submitted, unacknowledged bytes).
+#[derive(Clone)]
 pub(crate) struct MeteringSource {
     pub(crate) shared: Arc<crate::metering::Shared>,
     pub(crate) relay: SharedRelay,
@@ -209,6 +210,7 @@ pub(crate) async fn start(
     let _ = FSYNC.set(fsync.clone());
     let totals = Mutex::new(Totals::default());
     let snap_relay = relay.clone();
+    let status_metering = metering.clone();
     metrics.register_agent(move || {
         let mut s = snapshot(&snap_relay, dns.as_deref(), per_peer, &totals);
         if let Some(m) = &metering {
@@ -218,7 +220,8 @@ pub(crate) async fn start(
     });
     let metrics = Arc::new(metrics);
     let started = Instant::now();
-    let status: StatusSource = Arc::new(move || status(&relay, &info, started));
+    let status: StatusSource =
+        Arc::new(move || status(&relay, &info, started, status_metering.as_ref()));
 
     let explicit = !mc.listen.is_empty();
     let defaults = default_listen(&cfg.tunnel_ips());
@@ -278,6 +281,8 @@ struct PeerRow {
     endpoint: Option<SocketAddr>,
     counters: PeerCounters,
     since_handshake: Option<Duration>,
+    /// A paying client (never named in /status).
+    paid: bool,
 }
 
 /// Copies what we need under one short lock.
@@ -290,6 +295,7 @@ fn read_relay(relay: &SharedRelay) -> Option<(Stats, Vec<PeerRow>)> {
             endpoint: p.endpoint,
             counters: p.counters,
             since_handshake: r.tunnel_stats(p.id).and_then(|t| t.since_last_handshake),
+            paid: p.kind == ferry_relay_core::PeerKind::Paid,
         })
         .collect();
     Some((r.stats().clone(), rows))
@@ -363,11 +369,20 @@ fn b64(key: &[u8; 32]) -> String {
     ferry_keys::WgPublicKey(*key).to_base64()
 }
 
-/// The `/status` document for LuCI (docs/openwrt.md).
-fn status(relay: &SharedRelay, info: &StaticInfo, started: Instant) -> serde_json::Value {
+/// The `/status` document for LuCI (docs/openwrt.md). Trusted peers (the operator's own
+/// devices) are listed; paying clients only as counts: their keys and addresses are never
+/// shown (with or without a token).
+fn status(
+    relay: &SharedRelay,
+    info: &StaticInfo,
+    started: Instant,
+    metering: Option<&MeteringSource>,
+) -> serde_json::Value {
     let rows = read_relay(relay).map(|(_, rows)| rows).unwrap_or_default();
+    let paid_peers = rows.iter().filter(|p| p.paid).count();
     let peers: Vec<_> = rows
         .iter()
+        .filter(|p| !p.paid)
         .map(|p| {
             json!({
                 "name": info.names.get(&p.key),
@@ -386,6 +401,25 @@ fn status(relay: &SharedRelay, info: &StaticInfo, started: Instant) -> serde_jso
         "listen": info.listen,
         "egress_mode": info.egress_mode,
         "peers": peers,
+        "paid": metering.map(|m| paid_status(m, paid_peers)),
+    })
+}
+
+/// Counts of a paid relay for the status page: sessions, earnings, receipts, ledger contact.
+fn paid_status(m: &MeteringSource, sessions: usize) -> serde_json::Value {
+    use crate::metering::lock;
+    let pending = lock(&m.shared.store).pending_count();
+    let c = &m.shared.counters;
+    let sub = m.submitted.as_ref().map(|s| lock(s).clone());
+    json!({
+        "sessions": sessions,
+        "earned_bytes": c.earned.load(Ordering::Relaxed),
+        "receipts_cosigned": c.cosigned.load(Ordering::Relaxed),
+        "receipts_pending": pending,
+        "receipts_submitted": sub.as_ref().map(|s| s.accepted),
+        "ledger_configured": sub.is_some(),
+        "last_ledger_contact_secs": sub.as_ref().and_then(|s| s.last_contact).map(|t| t.elapsed().as_secs()),
+        "ledger_error": sub.and_then(|s| s.last_error),
     })
 }
 
@@ -410,6 +444,44 @@ fn drop_table() -> std::collections::BTreeMap<&'static str, &'static str> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn status_lists_trusted_peers_but_never_a_paying_clients_key_or_address() {
+        use ferry_relay_core::{
+            PeerConfig, PeerKind, PolicyConfig, PublicKey, Relay, RelayConfig, StaticSecret,
+        };
+        let mut relay = Relay::new(RelayConfig {
+            private_key: StaticSecret::from([1u8; 32]),
+            tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
+            policy: PolicyConfig::default(),
+            max_peers: 4,
+            client_rate_bytes: 0,
+            index_salt: 0,
+        });
+        let peer = |seed: u8, ip: &str| PeerConfig {
+            public_key: PublicKey::from(&StaticSecret::from([seed; 32])),
+            allowed_ips: vec![ip.parse().unwrap()],
+            preshared_key: None,
+            persistent_keepalive: None,
+        };
+        relay.add_peer(peer(2, "10.77.0.2/32")).unwrap();
+        relay
+            .add_peer_as(peer(3, "10.77.0.3/32"), PeerKind::Paid)
+            .unwrap();
+        let paid_key = b64(PublicKey::from(&StaticSecret::from([3u8; 32])).as_bytes());
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(relay));
+        let info = StaticInfo {
+            public_key: "k".into(),
+            listen: "0.0.0.0:51820".into(),
+            egress_mode: "tun",
+            names: HashMap::new(),
+        };
+        let doc = status(&shared, &info, Instant::now(), None);
+        let peers = doc["peers"].as_array().unwrap();
+        assert_eq!(peers.len(), 1, "only the trusted peer: {doc}");
+        assert!(!doc.to_string().contains(&paid_key), "{doc}");
+        assert!(doc["paid"].is_null(), "no metering: no paid block");
+    }
 
     fn c(from: u64, to: u64) -> PeerCounters {
         PeerCounters {

@@ -190,7 +190,7 @@ impl Default for SubmitterConfig {
 }
 
 /// Counters for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubmitterStats {
     /// Receipts the ledger accepted.
     pub accepted: u64,
@@ -198,6 +198,22 @@ pub struct SubmitterStats {
     pub rejected: u64,
     /// Failed attempts (ledger down, bad answer, store error).
     pub failures: u64,
+    /// When the ledger last answered a batch.
+    pub last_contact: Option<std::time::Instant>,
+    /// The last failure with its causes (`None` after a success).
+    pub last_error: Option<String>,
+}
+
+/// `e: cause: cause …` (each cause once).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Background task moving pending receipts from the store to the ledger.
@@ -261,7 +277,10 @@ impl Submitter {
                     continue;
                 }
                 Err(e) => {
-                    self.bump(|s| s.failures += 1);
+                    self.bump(|s| {
+                        s.failures += 1;
+                        s.last_error = Some(chain(&e));
+                    });
                     let d = backoff.next_delay((self.random)());
                     tracing::debug!(
                         error = &e as &(dyn std::error::Error + 'static),
@@ -306,6 +325,10 @@ impl Submitter {
             return Ok(0);
         }
         let outcomes = self.ledger.post_batch(&batch).await?;
+        self.bump(|s| {
+            s.last_contact = Some(std::time::Instant::now());
+            s.last_error = None;
+        });
         let mut done = Vec::new();
         for (c, o) in batch.iter().zip(outcomes) {
             match o {

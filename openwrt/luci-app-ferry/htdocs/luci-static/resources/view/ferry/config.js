@@ -11,7 +11,9 @@
  * default http://127.0.0.1:9586/status), fetched on the router by /usr/libexec/ferry-status.
  * Status JSON fields (all optional; documented in docs/openwrt.md):
  *   version, uptime_secs, public_key, listen, egress_mode,
- *   peers: [{ name, public_key, endpoint, last_handshake_secs, rx_bytes, tx_bytes }]
+ *   peers: [{ name, public_key, endpoint, last_handshake_secs, rx_bytes, tx_bytes }] (trusted),
+ *   paid: { sessions, earned_bytes, receipts_cosigned, receipts_pending, receipts_submitted,
+ *           ledger_configured, last_ledger_contact_secs, ledger_error } (paying clients: counts only)
  * When the agent cannot be reached the helper prints { "running": false, "error": "..." } on
  * stdout (fs.exec_direct returns stdout only; stderr would be lost).
  */
@@ -95,7 +97,32 @@ function renderStatus(st) {
 	if (!peers.length)
 		peerRows.push(E('tr', { 'class': 'tr placeholder' }, E('td', { 'class': 'td' }, _('No peers connected'))));
 
-	return E([], [infoTable, E('h4', {}, _('Peers')), E('table', { 'class': 'table' }, peerRows)]);
+	var parts = [infoTable];
+	if (st.paid) {
+		var p = st.paid;
+		var contact = !p.ledger_configured ? _('no ledger URL configured: receipts stay on the router')
+			: (typeof p.last_ledger_contact_secs == 'number' ? fmtAgo(p.last_ledger_contact_secs) : _('not yet'));
+		var rows = [
+			[_('Paid sessions'), text(p.sessions)],
+			[_('Earned (co-signed traffic)'), fmtBytes(p.earned_bytes)],
+			[_('Receipts co-signed'), text(p.receipts_cosigned)],
+			[_('Waiting for the ledger'), text(p.receipts_pending)],
+			[_('Submitted to the ledger'), text(p.receipts_submitted)],
+			[_('Last ledger contact'), contact]
+		];
+		if (p.ledger_error)
+			rows.push([_('Ledger problem'), _('The ledger could not be reached or refused: %s').format(p.ledger_error)]);
+		parts.push(E('h4', {}, _('Paid sharing')));
+		parts.push(E('table', { 'class': 'table' }, rows.map(function(row) {
+			return E('tr', { 'class': 'tr' }, [
+				E('td', { 'class': 'td left', 'width': '33%' }, row[0]),
+				E('td', { 'class': 'td left' }, row[1])
+			]);
+		})));
+	}
+	parts.push(E('h4', {}, _('Trusted peers')));
+	parts.push(E('table', { 'class': 'table' }, peerRows));
+	return E([], parts);
 }
 
 function validateService(section_id, value) {
