@@ -41,10 +41,13 @@ pub fn control_datagram<'a>(packet: &'a [u8], own: &[IpAddr]) -> Option<ControlD
 }
 
 /// Source, destination and payload of an unfragmented UDP packet in `packet` (IPv4, or IPv6
-/// without extension headers); `None` for anything else. Checksums are not verified (the
-/// packet came out of an authenticated tunnel).
+/// without extension headers) whose UDP checksum verifies (IPv4's "no checksum" 0 is
+/// accepted); `None` for anything else.
 pub fn parse_udp(packet: &[u8]) -> Option<(SocketAddr, SocketAddr, &[u8])> {
     let (src, dst, udp) = udp_of(packet)?;
+    if !udp_checksum_ok(src, dst, udp) {
+        return None;
+    }
     let sport = u16::from_be_bytes([udp[0], udp[1]]);
     let dport = u16::from_be_bytes([udp[2], udp[3]]);
     Some((
@@ -149,6 +152,21 @@ fn udp_of(p: &[u8]) -> Option<(IpAddr, IpAddr, &[u8])> {
         return None;
     }
     Some((src, dst, &l4[..ulen]))
+}
+
+fn udp_checksum_ok(src: IpAddr, dst: IpAddr, udp: &[u8]) -> bool {
+    let len = udp.len() as u32;
+    let pseudo = match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            if udp[6..8] == [0, 0] {
+                return true;
+            }
+            sum(&s.octets()) + sum(&d.octets()) + u32::from(UDP) + len
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => sum(&s.octets()) + sum(&d.octets()) + u32::from(UDP) + len,
+        _ => return false,
+    };
+    fold(pseudo + sum(udp)) == 0xffff
 }
 
 fn sum(b: &[u8]) -> u32 {
