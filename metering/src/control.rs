@@ -163,7 +163,9 @@ fn udp_checksum_ok(src: IpAddr, dst: IpAddr, udp: &[u8]) -> bool {
             }
             sum(&s.octets()) + sum(&d.octets()) + u32::from(UDP) + len
         }
-        (IpAddr::V6(s), IpAddr::V6(d)) => sum(&s.octets()) + sum(&d.octets()) + u32::from(UDP) + len,
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            sum(&s.octets()) + sum(&d.octets()) + u32::from(UDP) + len
+        }
         _ => return false,
     };
     fold(pseudo + sum(udp)) == 0xffff
