@@ -257,19 +257,30 @@ pub(crate) async fn start(
     Ok(Some(Observability { fsync }))
 }
 
-/// The router's private IPv4 (LAN) addresses other than the tunnel's, then 127.0.0.1; all
-/// on port 9586.
+/// The router's private IPv4 (LAN) addresses other than the tunnel's and other than those on
+/// an interface with a default route (a WAN behind an ISP modem has a private address too),
+/// then 127.0.0.1; all on port 9586.
 pub(crate) fn default_listen(tunnel_ips: &[IpAddr]) -> Vec<SocketAddr> {
-    let host = ferry_relay_io::local_addresses().unwrap_or_default();
-    lan_listen(&host, tunnel_ips)
+    let host = ferry_relay_io::interface_addresses().unwrap_or_default();
+    lan_listen(
+        &host,
+        tunnel_ips,
+        &ferry_relay_io::default_route_interfaces(),
+    )
 }
 
-fn lan_listen(host: &[IpAddr], tunnel_ips: &[IpAddr]) -> Vec<SocketAddr> {
+fn lan_listen(host: &[(String, IpAddr)], tunnel_ips: &[IpAddr], wan: &[String]) -> Vec<SocketAddr> {
     let mut out: Vec<SocketAddr> = host
         .iter()
-        .filter(|ip| matches!(ip, IpAddr::V4(v4) if v4.is_private()) && !tunnel_ips.contains(ip))
-        .map(|ip| SocketAddr::new(*ip, DEFAULT_PORT))
+        .filter(|(iface, ip)| {
+            matches!(ip, IpAddr::V4(v4) if v4.is_private())
+                && !tunnel_ips.contains(ip)
+                && !wan.contains(iface)
+        })
+        .map(|(_, ip)| SocketAddr::new(*ip, DEFAULT_PORT))
         .collect();
+    out.sort_unstable();
+    out.dedup();
     out.push(ferry_telemetry::server::DEFAULT_LISTEN);
     out
 }
@@ -545,18 +556,20 @@ mod tests {
 
     #[test]
     fn default_listen_is_private_v4_plus_loopback_never_wan_or_tunnel() {
-        let host: Vec<IpAddr> = [
-            "192.168.1.1",
-            "203.0.113.5",
-            "10.77.0.1",
-            "127.0.0.1",
-            "fd00::1",
+        let host: Vec<(String, IpAddr)> = [
+            ("br-lan", "192.168.1.1"),
+            ("wan", "203.0.113.5"),
+            ("ferry0", "10.77.0.1"),
+            ("lo", "127.0.0.1"),
+            ("br-lan", "fd00::1"),
+            // Behind an ISP modem the WAN address is private too: never listened on.
+            ("wan", "192.168.0.2"),
         ]
         .iter()
-        .map(|s| s.parse().unwrap())
+        .map(|(i, s)| ((*i).to_owned(), s.parse().unwrap()))
         .collect();
         let tunnel = ["10.77.0.1".parse().unwrap()];
-        let got = lan_listen(&host, &tunnel);
+        let got = lan_listen(&host, &tunnel, &["wan".to_owned()]);
         let want: Vec<SocketAddr> = vec![
             "192.168.1.1:9586".parse().unwrap(),
             "127.0.0.1:9586".parse().unwrap(),

@@ -110,6 +110,52 @@ fn nft(script: &str) -> io::Result<()> {
 }
 
 /// Every address configured on this host's interfaces (the "router's own addresses").
+/// Every address configured on this host, with its interface name.
+pub fn interface_addresses() -> io::Result<Vec<(String, IpAddr)>> {
+    let mut out = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(v4) = addr.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = addr.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        out.push((ifa.interface_name, ip));
+    }
+    Ok(out)
+}
+
+/// Interfaces that hold a default route (IPv4 or IPv6): the WAN side of a router, even when
+/// its address is private (behind an ISP modem). Read from /proc/net/route and ipv6_route.
+pub fn default_route_interfaces() -> Vec<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_route_ifaces(&v4, &v6)
+}
+
+fn default_route_ifaces(route4: &str, route6: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    // Iface Destination Gateway Flags ... Mask ...: a default route has destination and mask 0.
+    for l in route4.lines().skip(1) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+            out.push(f[0].to_owned());
+        }
+    }
+    // dest dest_len src src_len next_hop metric refcnt use flags iface
+    for l in route6.lines() {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() >= 10 && f[1] == "00" && f[0].bytes().all(|b| b == b'0') && f[9] != "lo" {
+            out.push(f[9].to_owned());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
 pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
     let mut out = Vec::new();
     for ifa in nix::ifaddrs::getifaddrs().map_err(io::Error::from)? {
@@ -129,6 +175,21 @@ pub fn local_addresses() -> io::Result<Vec<IpAddr>> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn default_route_interfaces_come_from_both_route_tables() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  wan\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+                  br-lan\t0001A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+        let v6 = "00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003 wan6\n\
+                  fd770000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001 ferry0\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200 lo\n";
+        assert_eq!(
+            default_route_ifaces(v4, v6),
+            vec!["wan".to_owned(), "wan6".to_owned()]
+        );
+        assert!(default_route_ifaces("", "").is_empty());
+    }
 
     #[test]
     fn ruleset_masquerades_each_subnet_by_family() {

@@ -14,7 +14,9 @@ mod shell;
 mod socket;
 
 pub use egress::{Egress, HEADROOM, TUN_MIN_BATCH, TunEgress, UserspaceEgress};
-pub use host::{ForwardingGuard, NatGuard, local_addresses};
+pub use host::{
+    ForwardingGuard, NatGuard, default_route_interfaces, interface_addresses, local_addresses,
+};
 pub use metering_hook::send_to_peer;
 pub use shell::{SharedRelay, Shell, ShellConfig};
 pub use socket::{SOCKET_BUFFER, UdpEndpoint, bind_udp};
