@@ -26,6 +26,8 @@ use crate::config::Relay;
 use crate::status::{LastReceipt, State, Status, spend_micros};
 
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// No WireGuard handshake this long after the start: a wrong relay key, or no relay there.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The receipt log of a paid session.
 struct Log {
@@ -129,6 +131,7 @@ impl Engine {
             mtu: usize::from(relay.mtu),
             rehandshake_after: None,
             close_grace: ferry_tunnel::CLOSE_GRACE,
+            handshake_timeout: Some(HANDSHAKE_TIMEOUT),
         };
         let allowance = paid.as_ref().map(|p| p.voucher.allowance_bytes);
         let (paid_cfg, log, price) = match (paid, &relay.paid) {
@@ -277,6 +280,13 @@ impl Engine {
                     changed = true;
                 }
                 Event::ReceiptSeen { .. } | Event::Acked(_) | Event::Resynced(_) => changed = true,
+                Event::Failed(f @ ferry_tunnel::Failure::NoHandshake(_)) => {
+                    self.failure = Some(format!(
+                        "{f}: check `public-key` of relay {:?} in client.toml (and that the relay is up at {})",
+                        self.status.relay, self.status.endpoint
+                    ));
+                    changed = true;
+                }
                 Event::Failed(f) => {
                     self.failure = Some(f.to_string());
                     changed = true;

@@ -655,6 +655,8 @@ fn client_main(
             rehandshake_after: Some(Duration::from_millis(400)),
             // Close is repeated until the final receipt is co-signed and acknowledged.
             close_grace: Duration::from_secs(3600),
+            // The relay may be down for a while (kill -9 tests): keep trying.
+            handshake_timeout: None,
         },
         Some(PaidConfig {
             session,

@@ -71,6 +71,9 @@ pub struct TunnelConfig {
     pub rehandshake_after: Option<Duration>,
     /// How long [`ClientTunnel::close`] waits for the final receipt ([`CLOSE_GRACE`]).
     pub close_grace: Duration,
+    /// Fail ([`Failure::NoHandshake`]) when no WireGuard handshake completed this long after
+    /// the start (a wrong relay key, a relay that is not there); `None`: keep trying.
+    pub handshake_timeout: Option<Duration>,
 }
 
 /// The paid part of a tunnel.
@@ -95,6 +98,8 @@ pub enum Failure {
     Refused(SessionRejectReason),
     /// The relay's Accept does not match our offer or does not verify.
     BadAccept(String),
+    /// No WireGuard handshake completed within the handshake timeout.
+    NoHandshake(Duration),
     /// We refused a receipt (the relay claimed more than we counted); `ReceiptRejected` was sent.
     ReceiptRefused {
         /// The refused receipt's sequence number.
@@ -109,6 +114,11 @@ impl fmt::Display for Failure {
         match self {
             Self::Refused(r) => write!(f, "relay refused the session: {r}"),
             Self::BadAccept(e) => write!(f, "relay sent an unusable session accept: {e}"),
+            Self::NoHandshake(d) => write!(
+                f,
+                "the relay did not answer the WireGuard handshake within {} s",
+                d.as_secs()
+            ),
             Self::ReceiptRefused { seq, reason } => {
                 write!(
                     f,
@@ -202,6 +212,8 @@ pub struct ClientTunnel {
     last_close: Option<Instant>,
     closed: bool,
     close_grace: Duration,
+    handshake_timeout: Option<Duration>,
+    started_at: Option<Instant>,
     rehandshake_after: Option<Duration>,
     last_rx: Option<Instant>,
     last_tx: Option<Instant>,
@@ -260,6 +272,8 @@ impl ClientTunnel {
             last_close: None,
             closed: false,
             close_grace: cfg.close_grace,
+            handshake_timeout: cfg.handshake_timeout,
+            started_at: None,
             rehandshake_after: cfg.rehandshake_after,
             last_rx: None,
             last_tx: None,
@@ -362,7 +376,14 @@ impl ClientTunnel {
         if !self.started {
             // Handshake right away instead of waiting for the first packet or keepalive.
             self.started = true;
+            self.started_at = Some(now);
             self.handshake(false);
+        }
+        if let (Some(limit), Some(t0)) = (self.handshake_timeout, self.started_at) {
+            if self.tunn.stats().0.is_none() && now.saturating_duration_since(t0) >= limit {
+                self.fail(Failure::NoHandshake(limit));
+                return;
+            }
         }
         if let TunnResult::WriteToNetwork(b) = self.tunn.update_timers(&mut self.out) {
             self.transmits.push_back(b.to_vec());

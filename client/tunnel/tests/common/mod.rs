@@ -200,6 +200,7 @@ impl Pair {
                 mtu: 1420,
                 rehandshake_after: None,
                 close_grace: ferry_tunnel::CLOSE_GRACE,
+                handshake_timeout: None,
             },
             Some(PaidConfig {
                 session,
