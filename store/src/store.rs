@@ -35,6 +35,14 @@ pub enum StoreError {
     /// A record is too large to store (session-open `extra` over the limit).
     #[error("record too large")]
     TooLarge,
+    /// Another process has the store open (two agents or clients on one state directory).
+    #[error("receipt store {} is in use by another process{}", path.display(), holder.map_or_else(String::new, |p| format!(" (pid {p})")))]
+    InUse {
+        /// The store.
+        path: PathBuf,
+        /// The pid written by the process holding it, if readable.
+        holder: Option<u32>,
+    },
 }
 
 fn io_err(op: &'static str) -> impl FnOnce(io::Error) -> StoreError {
@@ -94,6 +102,8 @@ pub struct StoreStats {
 
 /// The durable receipt store. Single writer; wrap it in a mutex to share.
 pub struct Store {
+    /// Held (flock) while the store is open: one process per store.
+    _lock: nix::fcntl::Flock<File>,
     path: PathBuf,
     wrap: FileWrapper,
     file: Box<dyn LogFile>,
@@ -127,6 +137,7 @@ impl Store {
         wrap: FileWrapper,
     ) -> Result<(Self, RecoveryReport), StoreError> {
         let path = path.as_ref().to_path_buf();
+        let lock = lock_store(&path)?;
         // Receipts say who paid whom for how much: owner only (0600), also for a log an older
         // version created with the umask's mode.
         let mut f = OpenOptions::new()
@@ -170,6 +181,7 @@ impl Store {
         }
         report.records = scanned.records.len();
         let mut store = Self {
+            _lock: lock,
             path,
             wrap,
             file,
@@ -448,6 +460,39 @@ fn save_tail(path: &Path, at: u64, buf: &[u8]) -> Option<PathBuf> {
     let p = PathBuf::from(name);
     fs::write(&p, tail).ok()?;
     Some(p)
+}
+
+/// Takes the store's lock file (`<log>.lock`, holding our pid) exclusively, or says who holds it.
+fn lock_store(path: &Path) -> Result<nix::fcntl::Flock<File>, StoreError> {
+    use std::io::{Seek, Write};
+    let lock_path = path.with_extension("lock");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(io_err("open lock file"))?;
+    let mut lock = match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(l) => l,
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = fs::read_to_string(&lock_path)
+                .ok()
+                .and_then(|s| s.trim().parse().ok());
+            return Err(StoreError::InUse {
+                path: path.to_path_buf(),
+                holder,
+            });
+        }
+        Err((_, e)) => return Err(io_err("lock")(io::Error::from(e))),
+    };
+    let pid = std::process::id();
+    lock.set_len(0).map_err(io_err("write lock file"))?;
+    lock.seek(io::SeekFrom::Start(0))
+        .map_err(io_err("write lock file"))?;
+    writeln!(lock, "{pid}").map_err(io_err("write lock file"))?;
+    Ok(lock)
 }
 
 /// Sets `f` to mode 0600 if group or others have any access.

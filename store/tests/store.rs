@@ -364,3 +364,20 @@ fn the_receipt_log_is_owner_only_and_a_loose_one_is_tightened() {
     let _ = Store::open(&p).unwrap();
     assert_eq!(mode(&p), 0o600);
 }
+
+#[test]
+fn a_second_process_on_the_same_store_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("receipts.log");
+    let (first, _) = Store::open(&p).unwrap();
+    let e = Store::open(&p).unwrap_err();
+    assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("in use by another process")
+            && msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    drop(first);
+    assert!(Store::open(&p).is_ok(), "free again once closed");
+}
