@@ -7,7 +7,8 @@
 //!
 //! 1. positive control: with those ranges and the router's addresses in the operator `allow`
 //!    list, the same probes get answers through the tunnel (where the OS can deliver them at
-//!    all; see [`Target::control`]);
+//!    all; see [`Target::control`]), except the router's own addresses: `allow` never opens
+//!    them (their services answer locally on the router, which is their control);
 //! 2. default policy: after restarting agent and client, not a single probe gets an answer and
 //!    no service sees a connection or datagram, while the internet host still answers;
 //! 3. the same again after another agent restart.
@@ -107,6 +108,14 @@ impl From<ProbeKey> for Probe {
 }
 
 impl Target {
+    /// The destination address.
+    fn ip(self) -> IpAddr {
+        match self {
+            Self::Stock(ProbeKey::Tcp(a) | ProbeKey::Udp(a)) | Self::Raw(a) => a.ip(),
+            Self::Stock(ProbeKey::Ping(ip)) => ip,
+        }
+    }
+
     /// Whether the positive control can show this target answering when allowed. The relay's
     /// own tunnel address never serves unconfigured ports (allow does not open it); the kernel
     /// drops loopback destinations arriving on a TUN (martians) and does not route multicast or
@@ -127,7 +136,10 @@ impl Target {
         let ping = matches!(self, Self::Stock(ProbeKey::Ping(_)));
         let userspace = egress == Egress::Userspace;
         let deliverable = if userspace { !ping } else { !loopback };
-        !tunnel_addr && !unroutable && !multihomed && deliverable
+        // The router itself (its addresses and loopback) is never reachable from the tunnel,
+        // not even when allowed.
+        let router = router_addrs().contains(&ip) || loopback;
+        !tunnel_addr && !unroutable && !multihomed && deliverable && !router
     }
 }
 
@@ -341,6 +353,27 @@ fn matrix(egress: Egress) {
     assert!(
         missing.is_empty(),
         "positive control failed for {missing:?}"
+    );
+    // Allowing the router's own addresses (and the ranges around them) opens nothing on the
+    // router; its services there are up, as probes on the router itself show.
+    let opened: Vec<_> = reached
+        .iter()
+        .filter(|t| router_addrs().contains(&t.ip()) || t.ip().is_loopback())
+        .collect();
+    assert!(
+        opened.is_empty(),
+        "allow opened the router's own addresses: {opened:?}"
+    );
+    let router_probes: Vec<Probe> = stock_targets()
+        .into_iter()
+        .filter(|p| router_addrs().contains(&Target::Stock(*p).ip()))
+        .map(Probe::from)
+        .collect();
+    let local = probe_all(&s.topo.router, &router_probes, T);
+    assert_eq!(
+        local.len(),
+        router_probes.len(),
+        "the router's services answer locally (control): {local:?}"
     );
     eprintln!(
         "{egress:?}: positive control reached {} of {} targets",
