@@ -86,7 +86,7 @@ pub(crate) enum VoucherCmd {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Show the stored voucher.
+    /// Show the stored voucher: terms, time to expiry, and bytes used per this machine's receipt log.
     Show {
         /// Voucher file [default: <dir>/voucher].
         #[arg(long)]

@@ -115,15 +115,39 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
         VoucherCmd::Show { file } => {
             let p = file.unwrap_or_else(|| paths.voucher());
             let v = crate::ledger::load_voucher(&p)?;
+            let log = paths.receipts(&Config::load(&paths.config)?);
+            let used = match std::fs::read(&log) {
+                Ok(buf) => match ferry_store::scan(&buf) {
+                    Some(s) => {
+                        let u = crate::usage::usage(s.records.iter().map(|(_, r)| r), &v.id());
+                        format!(
+                            "used {} bytes in {} session(s), {} bytes left (this machine's receipts, {})\n",
+                            u.used,
+                            u.sessions,
+                            v.allowance_bytes.saturating_sub(u.used),
+                            log.display()
+                        )
+                    }
+                    None => format!(
+                        "used unknown: {} is not a Ferry receipt log\n",
+                        log.display()
+                    ),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!("used 0 bytes (no receipts yet at {})\n", log.display())
+                }
+                Err(e) => format!("used unknown: reading {}: {e}\n", log.display()),
+            };
             out(&format!(
-                "voucher {}\nnetwork {}\nclient {}\nallowance {} bytes\nprice {} micro/GiB\nissued {} expires {}\n",
+                "voucher {}\nnetwork {}\nclient {}\nallowance {} bytes\nprice {} micro/GiB\nissued {} expires {} ({})\n{used}",
                 v.id().to_hex(),
                 v.network_id.to_hex(),
                 v.client_key.to_hex(),
                 v.allowance_bytes,
                 v.price_micros_per_gib,
                 v.issued_at,
-                v.expires_at
+                v.expires_at,
+                crate::usage::expiry(v.expires_at, ferry_store::unix_now()),
             ))
         }
     }

@@ -25,6 +25,7 @@ mod stack;
 mod status;
 #[cfg(test)]
 mod testrelay;
+mod usage;
 
 use std::process::ExitCode;
 

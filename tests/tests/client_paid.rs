@@ -184,6 +184,28 @@ fn paid_session_cosigns_receipts_automatically_and_the_final_one_at_disconnect()
         "receipt log has {} bytes",
         store.len()
     );
+    // `ferry voucher show` reads the same log: one session, every echoed datagram counted
+    // (1000-byte payloads each way plus headers), bounded by what was sent.
+    let shown = lab
+        .home
+        .cli(&lab.topo.client, &["voucher", "show"])
+        .unwrap();
+    let used: u64 = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("used "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no used line: {shown}"));
+    assert!(shown.contains(" in 1 session(s), "), "{shown}");
+    assert!(
+        shown.contains(" expires ") && shown.contains("(in "),
+        "{shown}"
+    );
+    let got = got as u64;
+    assert!(
+        used >= got * 2_000 && used <= 3_000 * 2 * 1_100,
+        "used {used} for {got} echoes: {shown}"
+    );
     let _ = lab.relay;
 }
 
