@@ -213,7 +213,8 @@ fn tls_config(ca_file: &std::path::Path) -> Result<rustls::ClientConfig, DnsErro
         .with_no_client_auth())
 }
 
-async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
+/// Binds UDP and TCP on one address (the same port when `addr`'s port is 0).
+pub(crate) async fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), DnsError> {
     let bind_err = |source| DnsError::Bind { addr, source };
     // With port 0 the kernel picks UDP's port, which may be taken for TCP; retry a few times.
     for _ in 0..8 {

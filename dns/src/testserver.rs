@@ -23,7 +23,8 @@ use hickory_server::net::runtime::{Time, TokioRuntimeProvider};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
-use tokio::net::{TcpListener, UdpSocket};
+#[cfg(feature = "testserver-tls")]
+use tokio::net::TcpListener;
 
 use crate::DnsError;
 
@@ -129,19 +130,12 @@ impl TestServer {
             catalog,
             hits: hits.clone(),
         });
-        let udp = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| DnsError::Bind {
-                addr: listen,
-                source,
-            })?;
+        // Port 0: UDP's pick may be taken for TCP; bind_pair retries (a CI flake before).
+        let (udp, tcp) = crate::forwarder::bind_pair(listen).await?;
         let addr = udp.local_addr().map_err(|source| DnsError::Bind {
             addr: listen,
             source,
         })?;
-        let tcp = TcpListener::bind(addr)
-            .await
-            .map_err(|source| DnsError::Bind { addr, source })?;
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(10), 16);
         Ok(Self { addr, hits, server })
