@@ -11,22 +11,10 @@ set -u
 HERE=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 ROOT=$(CDPATH='' cd -- "$HERE/../.." && pwd)
 cd "$ROOT" || exit 1
-pass=0 fail=0
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-
-step() {
-	name=$1
-	shift
-	if "$@" >"$tmp/out" 2>&1; then
-		pass=$((pass + 1))
-		echo "ok   - $name"
-	else
-		fail=$((fail + 1))
-		echo "FAIL - $name"
-		sed 's/^/       /' "$tmp/out"
-	fi
-}
+# shellcheck source=openwrt/tests/lib/check.sh
+. "$HERE/lib/check.sh"
 
 for tool in shellcheck jq node python3 make; do
 	command -v "$tool" >/dev/null 2>&1 || {
@@ -41,13 +29,13 @@ scripts=$(find openwrt -type f ! -name '*.js' ! -name '*.json' ! -name '*.py' ! 
 		if head -n1 "$f" | grep -q '^#!/bin/sh' || head -n1 "$f" | grep -q '^# shellcheck shell=sh'; then echo "$f"; fi
 	done)
 for f in $scripts; do
-	step "sh -n $f" sh -n "$f"
+	check "sh -n $f" sh -n "$f"
 done
 # shellcheck disable=SC2086 # one argument per script
-step "shellcheck ($(echo $scripts | wc -w) scripts)" shellcheck -x -s sh $scripts
+check "shellcheck ($(echo $scripts | wc -w) scripts)" shellcheck -x -s sh $scripts
 
 for f in $(find openwrt -name '*.json' | LC_ALL=C sort); do
-	step "jq $f" jq -e . "$f"
+	check "jq $f" jq -e . "$f"
 done
 
 js=openwrt/luci-app-ferry/htdocs/luci-static/resources/view/ferry/config.js
@@ -57,17 +45,16 @@ js=openwrt/luci-app-ferry/htdocs/luci-static/resources/view/ferry/config.js
 	cat "$js"
 	echo '});'
 } >"$tmp/view.js"
-step "node --check $js (wrapped as LuCI does)" node --check "$tmp/view.js"
-step "node --check openwrt/tests/test-luci.js" node --check openwrt/tests/test-luci.js
+check "node --check $js (wrapped as LuCI does)" node --check "$tmp/view.js"
+check "node --check openwrt/tests/test-luci.js" node --check openwrt/tests/test-luci.js
 
-step "LuCI view behaviour (tests/test-luci.js)" node openwrt/tests/test-luci.js
-step "UCI -> TOML rendering (tests/test-render.sh)" sh openwrt/tests/test-render.sh
-step "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-init.sh
-step "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
-step "LuCI status helper under OpenWrt's busybox (tests/test-status.sh)" sh openwrt/tests/test-status.sh
-step ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
-step "feed Makefile vs mkipk.sh (tests/test-feed-makefile.sh)" sh openwrt/tests/test-feed-makefile.sh
-step "no std 64-bit atomics in the agent (tests/test-atomics.sh)" sh openwrt/tests/test-atomics.sh
+check "LuCI view behaviour (tests/test-luci.js)" node openwrt/tests/test-luci.js
+check "UCI -> TOML rendering (tests/test-render.sh)" sh openwrt/tests/test-render.sh
+check "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-init.sh
+check "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
+check "LuCI status helper under OpenWrt's busybox (tests/test-status.sh)" sh openwrt/tests/test-status.sh
+check ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
+check "feed Makefile vs mkipk.sh (tests/test-feed-makefile.sh)" sh openwrt/tests/test-feed-makefile.sh
+check "no std 64-bit atomics in the agent (tests/test-atomics.sh)" sh openwrt/tests/test-atomics.sh
 
-echo "openwrt: $pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+check_done openwrt
