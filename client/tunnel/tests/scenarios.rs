@@ -261,23 +261,12 @@ fn count_delivered(p: &Pair) -> usize {
 
 #[test]
 fn a_wrong_relay_key_fails_in_words_after_the_handshake_timeout() {
-    use ferry_tunnel::{ClientTunnel, TunnelConfig};
     // The client knows a key that is not the relay's: its initiations are never answered.
     let mut p = Pair::new(cfg(), 1 << 40);
-    p.client = ClientTunnel::new(
-        TunnelConfig {
-            secret: boringtun::x25519::StaticSecret::from([2; 32]),
-            relay_key: boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from(
-                [77; 32],
-            )),
-            keepalive: None,
-            index: 77,
-            relay_ip: "192.0.2.1".parse().unwrap(),
-            mtu: 1420,
-            rehandshake_after: None,
-            close_grace: ferry_tunnel::CLOSE_GRACE,
-            handshake_timeout: Some(Duration::from_secs(20)),
-        },
+    let wrong =
+        boringtun::x25519::PublicKey::from(&boringtun::x25519::StaticSecret::from([77; 32]));
+    p.client = ferry_tunnel::ClientTunnel::new(
+        common::tunnel_config(wrong, Some(Duration::from_secs(20))),
         None,
     );
     for _ in 0..19 {

@@ -113,6 +113,25 @@ pub struct Pair {
     me: IpAddr,
 }
 
+/// The client's tunnel settings in every scenario: only the relay key it trusts and the
+/// handshake timeout vary.
+pub fn tunnel_config(
+    relay_key: boringtun::x25519::PublicKey,
+    handshake_timeout: Option<Duration>,
+) -> TunnelConfig {
+    TunnelConfig {
+        secret: secret(2),
+        relay_key,
+        keepalive: None,
+        index: 77,
+        relay_ip: "192.0.2.1".parse().unwrap(),
+        mtu: 1420,
+        rehandshake_after: None,
+        close_grace: ferry_tunnel::CLOSE_GRACE,
+        handshake_timeout,
+    }
+}
+
 fn secret(seed: u8) -> StaticSecret {
     StaticSecret::from([seed; 32])
 }
@@ -191,17 +210,7 @@ impl Pair {
             UNIX,
         );
         let client = ClientTunnel::new(
-            TunnelConfig {
-                secret: secret(2),
-                relay_key: relay.public_key(),
-                keepalive: None,
-                index: 77,
-                relay_ip: "192.0.2.1".parse().unwrap(),
-                mtu: 1420,
-                rehandshake_after: None,
-                close_grace: ferry_tunnel::CLOSE_GRACE,
-                handshake_timeout: None,
-            },
+            tunnel_config(relay.public_key(), None),
             Some(PaidConfig {
                 session,
                 control: ControlPath::new(me, "10.77.0.1".parse().unwrap()),
