@@ -79,7 +79,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::path::Path;
 
-    use ferry_relay_core::{PolicyConfig, RelayConfig, StaticSecret};
+    use ferry_relay_core::StaticSecret;
 
     use super::*;
 
@@ -97,14 +97,7 @@ mod tests {
 
     #[test]
     fn sync_adds_removes_and_keeps_unchanged_peers() {
-        let mut relay = Relay::new(RelayConfig {
-            private_key: StaticSecret::from([1u8; 32]),
-            tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
-            policy: PolicyConfig::default(),
-            max_peers: 10,
-            client_rate_bytes: 0,
-            index_salt: 0,
-        });
+        let mut relay = crate::test_support::relay(10);
         let v1 = peers(&(peer("a", 2, "10.77.0.2/32") + &peer("b", 3, "10.77.0.3/32")));
         assert_eq!(sync_peers(&mut relay, &v1), (2, 0));
         let a_id = relay.peers().next().unwrap().id;

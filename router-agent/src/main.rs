@@ -22,6 +22,8 @@ mod observability;
 mod peers;
 mod run;
 mod sessions;
+#[cfg(test)]
+mod test_support;
 
 /// Ferry relay agent: a userspace WireGuard endpoint that relays clients' traffic to the internet.
 #[derive(Parser, Debug)]

@@ -458,17 +458,8 @@ mod tests {
 
     #[test]
     fn status_lists_trusted_peers_but_never_a_paying_clients_key_or_address() {
-        use ferry_relay_core::{
-            PeerConfig, PeerKind, PolicyConfig, PublicKey, Relay, RelayConfig, StaticSecret,
-        };
-        let mut relay = Relay::new(RelayConfig {
-            private_key: StaticSecret::from([1u8; 32]),
-            tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
-            policy: PolicyConfig::default(),
-            max_peers: 4,
-            client_rate_bytes: 0,
-            index_salt: 0,
-        });
+        use ferry_relay_core::{PeerConfig, PeerKind, PublicKey, StaticSecret};
+        let mut relay = crate::test_support::relay(4);
         let peer = |seed: u8, ip: &str| PeerConfig {
             public_key: PublicKey::from(&StaticSecret::from([seed; 32])),
             allowed_ips: vec![ip.parse().unwrap()],

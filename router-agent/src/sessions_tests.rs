@@ -303,14 +303,7 @@ fn a_paid_peer_whose_session_is_gone_forwards_nothing() {
     assert_eq!(lab.forwarded[&paid.session], 500);
     assert_eq!(lab.relay.stats().drops(DropReason::PaidNoSession), 2);
     // Without the hook at all, a paid peer is dropped too (no metering, no forwarding).
-    let mut bare = Relay::new(CoreConfig {
-        private_key: wg_secret(1),
-        tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
-        policy: PolicyConfig::default(),
-        max_peers: 4,
-        client_rate_bytes: 0,
-        index_salt: 0,
-    });
+    let mut bare = crate::test_support::relay(4);
     let pid = bare
         .add_peer_as(trusted(11, "10.77.0.9/32"), PeerKind::Paid)
         .unwrap();
@@ -421,14 +414,7 @@ fn ending_sessions_and_reloading_peers_while_packets_flow_bills_every_byte_and_l
 
 #[test]
 fn allocation_skips_own_and_taken_addresses() {
-    let mut relay = Relay::new(CoreConfig {
-        private_key: StaticSecret::from([1u8; 32]),
-        tunnel_addresses: vec!["10.77.0.1".parse().unwrap()],
-        policy: PolicyConfig::default(),
-        max_peers: 10,
-        client_rate_bytes: 0,
-        index_salt: 0,
-    });
+    let mut relay = crate::test_support::relay(10);
     let subnets: Vec<IpNet> = vec![
         "10.77.0.1/24".parse().unwrap(),
         "fd77::1/64".parse().unwrap(),
