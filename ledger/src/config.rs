@@ -122,12 +122,33 @@ pub struct Config {
     /// Serve `GET /metrics` (Prometheus, aggregate counters only) on `listen`.
     #[serde(default = "default_metrics")]
     pub metrics: bool,
+    /// HTTP connections served at once (more wait in the accept backlog); lowered at start
+    /// when the file-descriptor limit cannot hold them.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection must send a complete request head within this long of connecting or of
+    /// its previous response (slow or idle clients are closed).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_seconds: u64,
+    /// A request (reading its body and answering it) must complete within this long (408).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
     #[serde(skip)]
     base: PathBuf,
 }
 
 fn default_metrics() -> bool {
     true
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_header_timeout() -> u64 {
+    5
+}
+fn default_request_timeout() -> u64 {
+    30
 }
 
 fn default_listen() -> String {
@@ -193,6 +214,14 @@ impl Config {
         }
         if self.postgres_pool_size == 0 {
             return bad("postgres-pool-size must be positive");
+        }
+        if !(1..=65536).contains(&self.max_connections) {
+            return bad("max-connections must be in 1..65536");
+        }
+        if !(1..=3600).contains(&self.header_timeout_seconds)
+            || !(1..=3600).contains(&self.request_timeout_seconds)
+        {
+            return bad("header-timeout-seconds and request-timeout-seconds must be in 1..3600");
         }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid(format!(

@@ -94,6 +94,66 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .with_state(state)
 }
 
+/// How [`serve`] bounds connections and requests.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeLimits {
+    /// Connection cap, head/idle timeout and head size (the shared hyper accept loop).
+    pub connections: ferry_telemetry::http1::Limits,
+    /// A request (body read and handler) must finish within this long, else 408.
+    pub request_timeout: std::time::Duration,
+}
+
+impl ServeLimits {
+    /// Limits from the configured values (16 KiB heads, 5 s drain after shutdown).
+    pub fn new(
+        max_connections: usize,
+        header_timeout_secs: u64,
+        request_timeout_secs: u64,
+    ) -> Self {
+        use std::time::Duration;
+        Self {
+            connections: ferry_telemetry::http1::Limits {
+                max_connections,
+                header_read_timeout: Duration::from_secs(header_timeout_secs),
+                max_buf_size: 16 * 1024,
+                drain_timeout: Duration::from_secs(5),
+            },
+            request_timeout: Duration::from_secs(request_timeout_secs),
+        }
+    }
+}
+
+/// Serves `app` on `listeners` with `limits` until `shutdown` completes: at most
+/// `max_connections` at once, slow or idle request heads closed after the header timeout, and
+/// each request answered (or timed out with 408 `request_timeout`) within the request timeout,
+/// so slow clients cannot starve the others.
+pub async fn serve(
+    listeners: Vec<tokio::net::TcpListener>,
+    limits: ServeLimits,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use tower::ServiceExt as _;
+    let timeout = limits.request_timeout;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move {
+            let response = match tokio::time::timeout(timeout, app.oneshot(req)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!("request not completed within {} s", timeout.as_secs()),
+                )
+                .into_response(),
+            };
+            Ok::<_, std::convert::Infallible>(response)
+        }
+    });
+    ferry_telemetry::http1::serve("ledger", listeners, limits.connections, service, shutdown).await
+}
+
 /// A JSON error response.
 #[derive(Debug)]
 pub struct ApiError {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use ferry_ledger::config::{self, Config, Database};
-use ferry_ledger::http::{AppState, hash_token, router, system_clock};
+use ferry_ledger::http::{AppState, ServeLimits, hash_token, router, system_clock};
 use ferry_ledger::{Ledger, PgStore, Role, SqliteStore, Store};
 use ferry_receipts::PublicKey;
 use ring::rand::{SecureRandom as _, SystemRandom};
@@ -249,11 +249,50 @@ async fn serve<S: Store>(cfg: &Config, ledger: Ledger<S>, token: Option<String>)
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, %ledger_key, "ferry-ledger serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+    let max_connections = connections_within_fd_limit(cfg.max_connections, cfg.postgres_pool_size);
+    let limits = ServeLimits::new(
+        max_connections,
+        cfg.header_timeout_seconds,
+        cfg.request_timeout_seconds,
+    );
+    tracing::info!(listen = %cfg.listen, %ledger_key, max_connections, "ferry-ledger serving");
+    ferry_ledger::http::serve(vec![listener], limits, app, shutdown())
         .await
         .context("http server")
+}
+
+/// File descriptors kept free for the database, logs and the listener.
+const FD_RESERVE: u64 = 64;
+
+/// Raises the open-file soft limit towards the hard limit so `wanted` connections fit, and
+/// returns how many do (with a warning naming the fix when fewer than `wanted`).
+fn connections_within_fd_limit(wanted: usize, pool: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return wanted;
+    };
+    let reserve = FD_RESERVE + pool as u64;
+    let need = wanted as u64 + reserve;
+    let mut soft_now = soft;
+    if soft < need {
+        let target = need.min(hard);
+        if setrlimit(Resource::RLIMIT_NOFILE, target, hard).is_ok() {
+            soft_now = target;
+        }
+    }
+    let fit = usize::try_from(soft_now.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    if fit >= wanted {
+        return wanted;
+    }
+    let cap = fit.max(16);
+    tracing::warn!(
+        open_files = soft_now,
+        max_connections = wanted,
+        serving = cap,
+        "the open-file limit holds only {cap} connections, not max-connections = {wanted}; \
+         raise it (ulimit -n {need}, or LimitNOFILE={need} in the systemd unit)"
+    );
+    cap
 }
 
 async fn shutdown() {

@@ -7,12 +7,15 @@
 //! - [`metrics`]: the one place where metric names, help texts and label sets are defined. Cores
 //!   never touch this crate: they keep plain `Stats` structs (atomics are fine); the agent copies
 //!   them into a [`Snapshot`] when Prometheus scrapes, so nothing here runs per packet.
+//! - [`http1`]: the bounded hyper HTTP/1 accept loop (connection cap, header and idle
+//!   timeouts) the metrics server and the ledger share.
 //! - [`server`]: `/metrics` (OpenMetrics text), `/healthz`, optional `/status` JSON, optional
 //!   bearer token.
 //!
 //! Must not: depend on the relay, metering or receipts crates (the dependency points the other
 //! way), log destinations or DNS names, or create per-peer series unless the operator opted in.
 
+pub mod http1;
 pub mod logging;
 pub mod metrics;
 mod process;

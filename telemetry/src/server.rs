@@ -5,8 +5,8 @@
 //!
 //! Served by hyper's HTTP/1 server directly (no axum/tower: the agent already links hyper for
 //! its receipt submitter, so this adds little to the router binary). hyper does the protocol;
-//! this module only routes on path and method. Connections are capped ([`MAX_CONNECTIONS`])
-//! and idle ones closed after [`HEADER_READ_TIMEOUT`].
+//! this module only routes on path and method; [`crate::http1`] serves it. Connections are
+//! capped ([`MAX_CONNECTIONS`]) and idle ones closed after [`HEADER_READ_TIMEOUT`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -19,12 +19,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::sync::{Semaphore, watch};
 
 use crate::TelemetryError;
 use crate::metrics::{Metrics, MetricsConfig};
@@ -229,109 +225,23 @@ impl MetricsServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), TelemetryError> {
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .max_buf_size(MAX_BUF_SIZE);
-        let mut servers = tokio::task::JoinSet::new();
-        for listener in self.listeners {
-            let addr = listener.local_addr().ok();
-            tracing::info!(addr = ?addr, "metrics server listening");
-            servers.spawn(accept_loop(
-                listener,
-                http.clone(),
-                self.state.clone(),
-                slots.clone(),
-                stop_rx.clone(),
-            ));
-        }
-        let first_exit = tokio::select! {
-            () = shutdown => None,
-            exit = servers.join_next() => exit,
-        };
-        let _ = stop_tx.send(true);
-        let mut result = flatten(first_exit);
-        while let Some(exit) = servers.join_next().await {
-            result = result.and(flatten(Some(exit)));
-        }
-        result
-    }
-}
-
-/// Accepts on one listener until `stop` turns true (or its sender is gone), one task per
-/// connection, at most [`MAX_CONNECTIONS`] (shared by all listeners) at once.
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    http: http1::Builder,
-    state: Arc<AppState>,
-    slots: Arc<Semaphore>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        };
-        let Ok(slot) = slot else { break }; // the semaphore is never closed
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = stop.wait_for(|stopped| *stopped) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(conn) => conn,
-            Err(e) => {
-                drop(slot);
-                tokio::select! {
-                    () = accept_error_pause(e) => continue,
-                    _ = stop.wait_for(|stopped| *stopped) => break,
-                }
-            }
-        };
-        let state = state.clone();
+        let state = self.state;
         let service = service_fn(move |req: Request<Incoming>| {
             let response = respond(&state, &req);
             async move { Ok::<_, Infallible>(response) }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(%peer, error = %e, "metrics connection ended");
-            }
-            drop(slot);
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::debug!("metrics server: dropping connections still busy after shutdown");
+        crate::http1::serve("metrics server", self.listeners, LIMITS, service, shutdown)
+            .await
+            .map_err(TelemetryError::Serve)
     }
 }
 
-/// Per-connection accept errors (the peer gave up) are ignored; others (e.g. out of file
-/// descriptors) are logged and retried after a second instead of spinning.
-async fn accept_error_pause(e: std::io::Error) {
-    use std::io::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
-    ) {
-        return;
-    }
-    tracing::error!(error = %e, "metrics server: accept failed");
-    tokio::time::sleep(Duration::from_secs(1)).await;
-}
-
-fn flatten(exit: Option<Result<(), tokio::task::JoinError>>) -> Result<(), TelemetryError> {
-    match exit {
-        None | Some(Ok(())) => Ok(()),
-        Some(Err(join)) => Err(TelemetryError::Serve(std::io::Error::other(join))),
-    }
-}
+const LIMITS: crate::http1::Limits = crate::http1::Limits {
+    max_connections: MAX_CONNECTIONS,
+    header_read_timeout: HEADER_READ_TIMEOUT,
+    max_buf_size: MAX_BUF_SIZE,
+    drain_timeout: DRAIN_TIMEOUT,
+};
 
 /// Routes on path, then method: unknown paths are 404 (empty body); other methods than GET and
 /// HEAD on a known path are 405 with `Allow: GET,HEAD`. hyper omits the body of HEAD replies.
