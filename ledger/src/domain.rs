@@ -223,7 +223,7 @@ pub fn apply_batch(
     (results, writes)
 }
 
-const MAX_STORED: u64 = i64::MAX as u64;
+const MAX_STORED: u64 = ferry_receipts::MAX_LEDGER_VALUE;
 
 fn apply_one(
     state: &mut BatchState,
@@ -233,17 +233,7 @@ fn apply_one(
     epoch_secs: u64,
 ) -> Result<Outcome, Reject> {
     let body = item.receipt.body();
-    let fields = [
-        body.seq,
-        body.bytes_up,
-        body.bytes_down,
-        body.bytes_up.saturating_add(body.bytes_down),
-        body.session_started_at,
-        body.issued_at,
-        body.price_micros_per_gib,
-        item.receipt.cosigned_at,
-    ];
-    if fields.iter().any(|&v| v > MAX_STORED) {
+    if !body.fits_ledger() || item.receipt.cosigned_at > MAX_STORED {
         return Err(Reject::TooLarge);
     }
     if !state.keys.contains(&(body.relay_key, Role::Relay)) {

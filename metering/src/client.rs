@@ -218,6 +218,9 @@ impl ClientSession {
         if r.verify(&self.network_id).is_err() {
             return reject(ReceiptRejectReason::BadSignature);
         }
+        if !r.body.fits_ledger() || unix_ts > ferry_receipts::MAX_LEDGER_VALUE {
+            return reject(ReceiptRejectReason::OutOfRange);
+        }
         if let Some(c) = &self.last_cosigned {
             if c.receipt == *r {
                 return ClientVerdict::Duplicate(*c);
@@ -407,5 +410,44 @@ mod tests {
         // Older consistent receipt is ignored; the state is still at seq 1.
         assert_eq!(c.last_cosigned().map(|c| c.body().seq), Some(1));
         let _ = VoucherId([0; 32]);
+    }
+
+    #[test]
+    fn receipts_the_ledger_would_refuse_are_not_cosigned() {
+        // The ledger stores signed 64-bit values: a seq of 2^64 - 1, counters summing past
+        // 2^63 - 1 or a later-than-storable time would make a co-signed receipt that can never
+        // be credited (the session would stay unpaid), so the client refuses it.
+        let (mut c, relay, accept) = setup();
+        c.record_up(u64::MAX / 2);
+        c.record_down(u64::MAX / 2);
+        let r =
+            |seq, up, down, at| ReceiptBody::for_session(&accept, seq, up, down, at).sign(&relay);
+        let half = ferry_receipts::MAX_LEDGER_VALUE / 2;
+        for bad in [
+            r(u64::MAX, 1, 1, 2),
+            r(1, half + 1, half + 1, 2),
+            r(1, 1, 1, u64::MAX),
+        ] {
+            assert_eq!(
+                reason(c.check(&bad, 3)),
+                Some(ReceiptRejectReason::OutOfRange)
+            );
+        }
+        // Our own co-sign time beyond the range too.
+        assert_eq!(
+            reason(c.check(&r(1, 1, 1, 2), u64::MAX)),
+            Some(ReceiptRejectReason::OutOfRange)
+        );
+        // The largest storable values are fine (positive control).
+        assert!(matches!(
+            c.check(&r(ferry_receipts::MAX_LEDGER_VALUE, half, half, 2), 3),
+            ClientVerdict::CoSign(_)
+        ));
+        // The rejection travels as reason code 5.
+        let m = Message::ReceiptRejected {
+            seq: 7,
+            reason: ReceiptRejectReason::OutOfRange,
+        };
+        assert_eq!(crate::decode(&crate::encode(&m)).unwrap(), m);
     }
 }

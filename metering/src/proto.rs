@@ -125,6 +125,10 @@ pub enum ReceiptRejectReason {
     /// The relay signature does not verify.
     #[error("bad relay signature")]
     BadSignature,
+    /// A counter, time or price exceeds what the ledger stores (2^63 - 1): the receipt could
+    /// never be credited.
+    #[error("receipt values beyond what the ledger accepts")]
+    OutOfRange,
 }
 
 /// Why bytes are not a valid frame.
@@ -193,6 +197,7 @@ impl ReceiptRejectReason {
             Self::NonMonotonic => 2,
             Self::WrongSession => 3,
             Self::BadSignature => 4,
+            Self::OutOfRange => 5,
         }
     }
 
@@ -202,6 +207,7 @@ impl ReceiptRejectReason {
             2 => Self::NonMonotonic,
             3 => Self::WrongSession,
             4 => Self::BadSignature,
+            5 => Self::OutOfRange,
             _ => return Err(FrameError::UnknownReason(c)),
         })
     }

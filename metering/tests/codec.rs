@@ -91,13 +91,14 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 2,
                 t
             ))),
-        (any::<u64>(), 1u8..=4).prop_map(|(seq, c)| Message::ReceiptRejected {
+        (any::<u64>(), 1u8..=5).prop_map(|(seq, c)| Message::ReceiptRejected {
             seq,
             reason: match c {
                 1 => ReceiptRejectReason::OverClaim,
                 2 => ReceiptRejectReason::NonMonotonic,
                 3 => ReceiptRejectReason::WrongSession,
-                _ => ReceiptRejectReason::BadSignature,
+                4 => ReceiptRejectReason::BadSignature,
+                _ => ReceiptRejectReason::OutOfRange,
             },
         }),
         any::<u64>().prop_map(|seq| Message::Ack { seq }),

@@ -37,6 +37,9 @@ pub use voucher::Voucher;
 /// The single wire-format version this crate encodes and accepts.
 pub const WIRE_VERSION: u8 = 1;
 
+/// The largest counter, time or price the ledger stores (2^63 - 1: signed 64-bit columns).
+pub const MAX_LEDGER_VALUE: u64 = i64::MAX as u64;
+
 /// Domain-separation tags: prepended to the encoded bytes before signing.
 pub mod domain {
     /// Ledger signature over a [`crate::Voucher`].

@@ -97,6 +97,23 @@ impl ReceiptBody {
             .finish()
     }
 
+    /// True when every counter and time fits what the ledger stores (signed 64-bit:
+    /// at most [`crate::MAX_LEDGER_VALUE`], and so does `bytes_up + bytes_down`). A receipt
+    /// beyond that can never be credited: the ledger refuses it, so a client must not co-sign it.
+    pub fn fits_ledger(&self) -> bool {
+        [
+            self.seq,
+            self.bytes_up,
+            self.bytes_down,
+            self.bytes_up.saturating_add(self.bytes_down),
+            self.session_started_at,
+            self.issued_at,
+            self.price_micros_per_gib,
+        ]
+        .iter()
+        .all(|&v| v <= crate::MAX_LEDGER_VALUE)
+    }
+
     /// True when `other` describes the same session (every identity field equal).
     pub fn same_session(&self, other: &Self) -> bool {
         self.network_id == other.network_id
