@@ -41,6 +41,16 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: VoucherCmd,
     },
+    /// Show this identity's ledger account: balance, deposits, spend, vouchers and bytes used
+    /// (a read signed by the identity key; the ledger shows an account only to its owner).
+    Balance {
+        /// Ledger base URL [default: [client] ledger-url].
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Machine-readable JSON (the ledger's answer).
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect through a relay: TUN device, full-tunnel routes (IPv4+IPv6), DNS through the
     /// tunnel and a kill switch that stays until `ferry disconnect`. Needs root
     /// (CAP_NET_ADMIN). Runs in the foreground.

@@ -21,6 +21,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Keygen { force } => keygen(&paths.dir, force),
         Cmd::Pubkey => pubkey(&paths),
         Cmd::Voucher { cmd } => voucher(&paths, cmd),
+        Cmd::Balance { ledger, json } => balance(&paths, ledger, json),
         Cmd::Connect(a) => crate::connect::run(&paths, &Config::load(&paths.config)?, a),
         Cmd::Socks5(a) => crate::socks::run(&paths, &Config::load(&paths.config)?, a),
         Cmd::Disconnect { wait } => crate::connect::disconnect(&paths, Duration::from_secs(wait)),
@@ -31,6 +32,49 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             out(&text)
         }
     }
+}
+
+/// The ledger URL (`--ledger` or `[client] ledger-url`) and our identity key.
+fn ledger_and_identity(
+    paths: &Paths,
+    ledger: Option<String>,
+) -> Result<(String, ferry_receipts::SigningKey)> {
+    let url = match ledger {
+        Some(url) => url,
+        None => Config::load(&paths.config)?
+            .client
+            .ledger_url
+            .context("no ledger: pass --ledger URL or set [client] ledger-url")?,
+    };
+    let key = IdentityKey::load(&paths.identity())
+        .context("run `ferry keygen` first")?
+        .signing_key();
+    Ok((url, key))
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+fn balance(paths: &Paths, ledger: Option<String>, json: bool) -> Result<ExitCode> {
+    let (url, key) = ledger_and_identity(paths, ledger)?;
+    let a = block_on(crate::ledger::account(&url, &key, ferry_store::unix_now()))?;
+    if json {
+        return out(&format!("{}\n", serde_json::to_string_pretty(&a)?));
+    }
+    out(&format!(
+        "client {}\nbalance {} micro (deposited {}, spent {})\nvouchers {}: {} bytes bought, {} used\n",
+        a.client_key,
+        a.balance_micros,
+        a.deposited_micros,
+        a.spent_micros,
+        a.vouchers,
+        a.allowance_bytes,
+        a.used_bytes,
+    ))
 }
 
 fn out(text: &str) -> Result<ExitCode> {
@@ -80,21 +124,12 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
             bytes,
             out: dest,
         } => {
-            let cfg = Config::load(&paths.config)?;
-            let url = ledger
-                .or(cfg.client.ledger_url.clone())
-                .context("no ledger: pass --ledger URL or set [client] ledger-url")?;
-            let key = IdentityKey::load(&paths.identity())
-                .context("run `ferry keygen` first")?
-                .signing_key();
+            let (url, key) = ledger_and_identity(paths, ledger)?;
             let mut nonce = [0u8; 16];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
                 .map_err(|_| anyhow::anyhow!("no randomness"))?;
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
             let now = ferry_store::unix_now();
-            let (v, answer) = rt.block_on(crate::ledger::request_voucher(
+            let (v, answer) = block_on(crate::ledger::request_voucher(
                 &url, &key, bytes, nonce, now,
             ))?;
             let dest = dest.unwrap_or_else(|| paths.voucher());

@@ -19,32 +19,15 @@ use tokio::net::TcpStream;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Domain tag of the voucher-request signature (`ferry_ledger::VoucherRequest::DOMAIN`).
-pub(crate) const VOUCHER_REQUEST_DOMAIN: &[u8] = b"ferry/v1/ledger-voucher-request\0";
+use ferry_ledger_api::signing::{
+    ACCOUNT_READ_DOMAIN, VOUCHER_REQUEST_DOMAIN, account_read_bytes, voucher_request_bytes,
+};
 
 /// What the ledger says about itself.
 #[derive(Debug, Clone)]
 pub(crate) struct LedgerInfo {
     pub(crate) network_id: NetworkId,
     pub(crate) ledger_key: PublicKey,
-}
-
-/// The bytes a voucher request signs (after the domain tag):
-/// `network_id(16) || client_key(32) || allowance_bytes(8, BE) || nonce(16) || requested_at(8, BE)`.
-pub(crate) fn voucher_request_bytes(
-    network_id: &NetworkId,
-    client_key: &PublicKey,
-    allowance_bytes: u64,
-    nonce: &[u8; 16],
-    requested_at: u64,
-) -> Vec<u8> {
-    let mut b = Vec::with_capacity(80);
-    b.extend_from_slice(network_id.as_bytes());
-    b.extend_from_slice(client_key.as_bytes());
-    b.extend_from_slice(&allowance_bytes.to_be_bytes());
-    b.extend_from_slice(nonce);
-    b.extend_from_slice(&requested_at.to_be_bytes());
-    b
 }
 
 /// The body of a signed voucher request.
@@ -57,8 +40,8 @@ pub(crate) fn voucher_request_body(
 ) -> api::VoucherRequest {
     let client_key = key.public_key();
     let msg = voucher_request_bytes(
-        network_id,
-        &client_key,
+        network_id.as_bytes(),
+        client_key.as_bytes(),
         allowance_bytes,
         &nonce,
         requested_at,
@@ -125,6 +108,35 @@ pub(crate) async fn request_voucher(
         "voucher is for another client key"
     );
     Ok((voucher, v))
+}
+
+/// Our own account (`GET /v1/clients/{key}`, signed by our identity key at `now`).
+pub(crate) async fn account(
+    ledger_url: &str,
+    key: &SigningKey,
+    now: u64,
+) -> Result<api::ClientAccount> {
+    let li = info(ledger_url).await?;
+    let client_key = key.public_key();
+    let msg = account_read_bytes(li.network_id.as_bytes(), client_key.as_bytes(), now);
+    let sig = key.sign(ACCOUNT_READ_DOMAIN, &msg);
+    let path = format!(
+        "/v1/clients/{}?at={now}&sig={}",
+        client_key.to_hex(),
+        hex::encode(sig.as_bytes())
+    );
+    let (status, body) = request(ledger_url, "GET", &path, None).await?;
+    if status == 404 {
+        bail!(
+            "the ledger does not know client key {client_key} (register it, or ask the \
+             ledger's operator to)"
+        );
+    }
+    if status != 200 {
+        let (code, msg) = error_of(&body);
+        bail!("ledger refused the account read (HTTP {status} {code}): {msg}");
+    }
+    serde_json::from_slice(&body).context("ledger /v1/clients: unexpected JSON")
 }
 
 /// (code, message) of a ledger error body; an unexpected body is the message as text.
@@ -219,8 +231,8 @@ mod tests {
         let sig = hex::decode(body.signature.unwrap()).unwrap();
         let mut msg = VOUCHER_REQUEST_DOMAIN.to_vec();
         msg.extend(voucher_request_bytes(
-            &net,
-            &key.public_key(),
+            net.as_bytes(),
+            key.public_key().as_bytes(),
             1 << 30,
             &[9; 16],
             1_700_000_000,

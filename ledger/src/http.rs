@@ -367,21 +367,44 @@ async fn credit<S: Store>(
     ))
 }
 
+/// `?at=<unix>&sig=<hex>`: the client's signature over its own account read.
+#[derive(Debug, Deserialize)]
+struct AccountQuery {
+    at: Option<u64>,
+    sig: Option<String>,
+}
+
 async fn client<S: Store>(
     State(st): State<AppState<S>>,
     Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<AccountQuery>,
+) -> Result<Json<api::ClientAccount>, ApiError> {
     let key = parse_key(&key)?;
-    let a = st.ledger.client(key).await?;
-    Ok(Json(json!({
-        "client_key": key.to_hex(),
-        "balance_micros": a.balance_micros,
-        "deposited_micros": a.deposited_micros,
-        "spent_micros": a.spent_micros,
-        "vouchers": a.vouchers,
-        "allowance_bytes": a.allowance_bytes,
-        "used_bytes": a.used_bytes,
-    })))
+    let a = match (q.at, &q.sig) {
+        (Some(at), Some(sig)) => {
+            let sig = Signature(parse_hex("sig", sig)?);
+            st.ledger.client_signed(key, at, &sig, (st.clock)()).await?
+        }
+        (None, None) if is_admin(&st, &headers) => st.ledger.client(key).await?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "signature_required",
+                "a client's account is shown only to that client (?at=<unix>&sig=<hex>, \
+                 signed by its identity key: `ferry balance`) or with the admin token",
+            ));
+        }
+    };
+    Ok(Json(api::ClientAccount {
+        client_key: key.to_hex(),
+        balance_micros: a.balance_micros,
+        deposited_micros: a.deposited_micros,
+        spent_micros: a.spent_micros,
+        vouchers: a.vouchers,
+        allowance_bytes: a.allowance_bytes,
+        used_bytes: a.used_bytes,
+    }))
 }
 
 async fn issue<S: Store>(

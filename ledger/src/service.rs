@@ -137,18 +137,18 @@ pub struct VoucherRequest {
 
 impl VoucherRequest {
     /// Domain tag of the request signature.
-    pub const DOMAIN: &'static [u8] = b"ferry/v1/ledger-voucher-request\0";
+    pub const DOMAIN: &'static [u8] = ferry_ledger_api::signing::VOUCHER_REQUEST_DOMAIN;
 
     /// `network_id(16) || client_key(32) || allowance_bytes(8, BE) || nonce(16) ||
-    /// requested_at(8, BE)`.
+    /// requested_at(8, BE)` ([`ferry_ledger_api::signing::voucher_request_bytes`]).
     pub fn signed_bytes(&self, network_id: &NetworkId) -> Vec<u8> {
-        let mut b = Vec::with_capacity(80);
-        b.extend_from_slice(network_id.as_bytes());
-        b.extend_from_slice(self.client_key.as_bytes());
-        b.extend_from_slice(&self.allowance_bytes.to_be_bytes());
-        b.extend_from_slice(&self.nonce);
-        b.extend_from_slice(&self.requested_at.to_be_bytes());
-        b
+        ferry_ledger_api::signing::voucher_request_bytes(
+            network_id.as_bytes(),
+            self.client_key.as_bytes(),
+            self.allowance_bytes,
+            &self.nonce,
+            self.requested_at,
+        )
     }
 
     /// Sets `client_key` to the signer and signs.
@@ -467,6 +467,39 @@ impl<S: Store> Ledger<S> {
     }
 
     /// A client's account.
+    /// A client's account for a read signed by that client at `at` (within the request skew):
+    /// only the client itself (or the admin, see the HTTP layer) may see balance and spend.
+    pub async fn client_signed(
+        &self,
+        key: PublicKey,
+        at: u64,
+        signature: &Signature,
+        now: u64,
+    ) -> Result<ClientAccount, LedgerError> {
+        let mut msg = ferry_ledger_api::signing::ACCOUNT_READ_DOMAIN.to_vec();
+        msg.extend_from_slice(&ferry_ledger_api::signing::account_read_bytes(
+            self.params.network_id.as_bytes(),
+            key.as_bytes(),
+            at,
+        ));
+        if UnparsedPublicKey::new(&ED25519, key.as_bytes())
+            .verify(&msg, signature.as_bytes())
+            .is_err()
+        {
+            return Err(LedgerError::Unauthorized(
+                "account read signature invalid".into(),
+            ));
+        }
+        if at.abs_diff(now) > self.params.request_skew_secs {
+            return Err(LedgerError::Unauthorized(format!(
+                "account read signed at {at}, more than {} s from the ledger clock {now}",
+                self.params.request_skew_secs
+            )));
+        }
+        self.client(key).await
+    }
+
+    /// A client's account (callers check who asks).
     pub async fn client(&self, key: PublicKey) -> Result<ClientAccount, LedgerError> {
         self.store
             .client(key)

@@ -111,11 +111,55 @@ async fn info_and_admin_flow<S: Store>(store: S) {
         (s, v["balance_micros"].as_u64()),
         (StatusCode::OK, Some(2_000_000))
     );
-    let (s, v) = call(&app, "GET", &format!("/v1/clients/{newbie}"), None, None).await;
+    // The account is shown to the admin and to the client itself (signed read), nobody else.
+    let acct = format!("/v1/clients/{newbie}");
+    let (s, v) = call(&app, "GET", &acct, None, None).await;
+    assert_eq!(
+        (s, code(&v)),
+        (StatusCode::UNAUTHORIZED, "signature_required")
+    );
+    let (s, v) = call(&app, "GET", &acct, Some(TOKEN), None).await;
     assert_eq!(
         (s, v["balance_micros"].as_u64()),
         (StatusCode::OK, Some(2_000_000))
     );
+    let signed = |signer: &ferry_receipts::SigningKey, key: &str, at: u64| {
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(key, &mut k).unwrap();
+        let msg = ferry_ledger_api::signing::account_read_bytes(NETWORK.as_bytes(), &k, at);
+        let sig = signer.sign(ferry_ledger_api::signing::ACCOUNT_READ_DOMAIN, &msg);
+        format!(
+            "/v1/clients/{key}?at={at}&sig={}",
+            hex::encode(sig.as_bytes())
+        )
+    };
+    let me = testkit::key(7, 1);
+    let (s, v) = call(&app, "GET", &signed(&me, &newbie, NOW - 10), None, None).await;
+    assert_eq!(
+        (
+            s,
+            v["balance_micros"].as_u64(),
+            v["deposited_micros"].as_u64()
+        ),
+        (StatusCode::OK, Some(2_000_000), Some(2_000_000))
+    );
+    let stranger = testkit::key(7, 2);
+    for (path, why) in [
+        (signed(&stranger, &newbie, NOW), "signed by another key"),
+        (signed(&me, &newbie, NOW - 301), "outside the request skew"),
+        (signed(&me, &newbie, NOW + 301), "from the future"),
+        (format!("{acct}?at={NOW}&sig=00"), "malformed signature"),
+        (format!("{acct}?at={NOW}"), "no signature"),
+    ] {
+        let (s, v) = call(&app, "GET", &path, None, None).await;
+        assert!(s.is_client_error(), "{why}: {s} {v}");
+        assert_ne!(v["balance_micros"].as_u64(), Some(2_000_000), "{why}");
+    }
+    // A valid signature for one client's account does not open another's.
+    let other = w.clients[0].public_key().to_hex();
+    let mine = signed(&me, &newbie, NOW);
+    let (s, _) = call(&app, "GET", &mine.replace(&newbie, &other), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // Admin-issued voucher: 1 GiB at PRICE.
     let body = json!({"client_key": newbie, "allowance_bytes": 1u64 << 30}).to_string();
@@ -344,7 +388,7 @@ async fn bad_input_is_refused_and_nothing_is_stored<S: Store>(store: S) {
             &app,
             "GET",
             &format!("/v1/clients/{}", w.clients[0].public_key()),
-            None,
+            Some(TOKEN),
             None,
         )
         .await;

@@ -487,7 +487,10 @@ fn flow(
     })?;
     let info = ledger.get("/v1/info")?;
     report.price_micros_per_gib = json_u64(&info, "price_micros_per_gib").context("price")?;
-    let acct = ledger.get(&format!("/v1/clients/{client_id}"))?;
+    let acct = home.cli(
+        &topo.client,
+        &["balance", "--ledger", &ledger.url, "--json"],
+    )?;
     report.balance_before = json_u64(&acct, "balance_micros").context("balance")?;
     say(&format!(
         "      ferry-ledger run on {} (pid {}), price {} micros/GiB; client balance {} micros",
@@ -512,7 +515,7 @@ fn flow(
         "$ ferry voucher request --bytes {bytes}\n{}",
         out.trim()
     )));
-    let acct = ledger.get(&format!("/v1/clients/{client_id}"))?;
+    let acct = home.cli(&topo.client, &["balance", "--json"])?;
     let after_voucher = json_u64(&acct, "balance_micros").context("balance")?;
     report.voucher_cost = report.balance_before.saturating_sub(after_voucher);
     report.voucher_cost_expected = (u128::from(opts.voucher_bytes)
@@ -664,11 +667,11 @@ fn flow(
     report.ledger_credited_bytes = json_u64(&relay_acct, "credited_bytes").unwrap_or(0);
     report.ledger_earned_micros = json_u64(&relay_acct, "earned_micros").unwrap_or(0);
     report.ledger_receipts = json_u64(&relay_acct, "receipts").unwrap_or(0);
-    let acct = ledger.get(&format!("/v1/clients/{client_id}"))?;
+    let acct = home.cli(&topo.client, &["balance", "--json"])?;
     report.balance_after = json_u64(&acct, "balance_micros").context("balance")?;
     let used = json_u64(&acct, "used_bytes").unwrap_or(0);
     say(&format!(
-        "      credited after {:.1} s\n      GET /v1/relays/<relay>:  {} receipts, credited {} B, earned {} micros\n      GET /v1/clients/<client>: balance {} micros (deposit {} - voucher {}), voucher used {} of {} B",
+        "      credited after {:.1} s\n      GET /v1/relays/<relay>:  {} receipts, credited {} B, earned {} micros\n      ferry balance:           balance {} micros (deposit {} - voucher {}), voucher used {} of {} B",
         t.elapsed().as_secs_f64(),
         report.ledger_receipts,
         report.ledger_credited_bytes,

@@ -211,3 +211,59 @@ mod tests {
         );
     }
 }
+
+/// `GET /v1/clients/{key}`: the client's account (needs the client's signature or the admin
+/// token, see [`signing::account_read_bytes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientAccount {
+    /// The client's identity key (hex).
+    pub client_key: String,
+    /// Spendable balance.
+    pub balance_micros: u64,
+    /// Everything credited to it.
+    pub deposited_micros: u64,
+    /// Everything spent on vouchers (net of refunds).
+    pub spent_micros: u64,
+    /// Vouchers issued to it.
+    pub vouchers: u64,
+    /// Bytes those vouchers pay for.
+    pub allowance_bytes: u64,
+    /// Bytes relays were credited for.
+    pub used_bytes: u64,
+}
+
+/// What clients sign for the ledger (after a domain tag, Ed25519 over `tag || bytes`), shared
+/// by the ledger (verifies) and the client (signs). Integers are big-endian.
+pub mod signing {
+    /// Domain tag of a voucher request (`POST /v1/vouchers`).
+    pub const VOUCHER_REQUEST_DOMAIN: &[u8] = b"ferry/v1/ledger-voucher-request\0";
+    /// Domain tag of an account read (`GET /v1/clients/{key}?at=&sig=`).
+    pub const ACCOUNT_READ_DOMAIN: &[u8] = b"ferry/v1/ledger-account-read\0";
+
+    /// `network_id(16) || client_key(32) || allowance_bytes(8) || nonce(16) || requested_at(8)`.
+    pub fn voucher_request_bytes(
+        network_id: &[u8; 16],
+        client_key: &[u8; 32],
+        allowance_bytes: u64,
+        nonce: &[u8; 16],
+        requested_at: u64,
+    ) -> Vec<u8> {
+        let mut b = Vec::with_capacity(80);
+        b.extend_from_slice(network_id);
+        b.extend_from_slice(client_key);
+        b.extend_from_slice(&allowance_bytes.to_be_bytes());
+        b.extend_from_slice(nonce);
+        b.extend_from_slice(&requested_at.to_be_bytes());
+        b
+    }
+
+    /// `network_id(16) || client_key(32) || at(8)`: the client asks for its own account at
+    /// unix time `at` (accepted within the ledger's request skew).
+    pub fn account_read_bytes(network_id: &[u8; 16], client_key: &[u8; 32], at: u64) -> Vec<u8> {
+        let mut b = Vec::with_capacity(56);
+        b.extend_from_slice(network_id);
+        b.extend_from_slice(client_key);
+        b.extend_from_slice(&at.to_be_bytes());
+        b
+    }
+}
