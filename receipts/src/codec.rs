@@ -11,6 +11,8 @@ pub(crate) mod msg_type {
     pub(crate) const VOUCHER: u8 = 0x01;
     pub(crate) const SESSION_OFFER: u8 = 0x02;
     pub(crate) const SESSION_ACCEPT: u8 = 0x03;
+    pub(crate) const SESSION_ADDRESS: u8 = 0x04;
+    pub(crate) const SESSION_REJECT: u8 = 0x05;
     pub(crate) const RECEIPT: u8 = 0x10;
     pub(crate) const COSIGNED_RECEIPT: u8 = 0x11;
 }

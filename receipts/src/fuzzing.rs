@@ -1,7 +1,10 @@
 //! The decoder check shared by the `receipt_decode` fuzz target and the corpus replay
 //! test. Not part of the stable API.
 
-use crate::{CoSignedReceipt, SessionAccept, SessionOffer, SignedReceipt, Voucher};
+use crate::{
+    CoSignedReceipt, SessionAccept, SessionAddress, SessionOffer, SessionReject, SignedReceipt,
+    Voucher,
+};
 
 /// Decodes `data` as every Ferry message type. Whenever a decode succeeds, re-encoding
 /// must reproduce `data` exactly (the encoding is canonical) and decoding that again must
@@ -15,6 +18,8 @@ pub fn check_decode(data: &[u8]) -> usize {
     accepted += round_trip(data, Voucher::decode, Voucher::encode);
     accepted += round_trip(data, SessionOffer::decode, SessionOffer::encode);
     accepted += round_trip(data, SessionAccept::decode, SessionAccept::encode);
+    accepted += round_trip(data, SessionAddress::decode, SessionAddress::encode);
+    accepted += round_trip(data, SessionReject::decode, SessionReject::encode);
     accepted += round_trip(data, SignedReceipt::decode, SignedReceipt::encode);
     accepted += round_trip(data, CoSignedReceipt::decode, CoSignedReceipt::encode);
     assert!(

@@ -21,6 +21,7 @@ pub mod fuzzing;
 mod ids;
 mod keys;
 mod receipt;
+mod reply;
 mod session;
 mod state;
 mod voucher;
@@ -30,6 +31,7 @@ pub use error::{DecodeError, VerifyError};
 pub use ids::{NetworkId, PublicKey, SessionId, Signature, VoucherId};
 pub use keys::SigningKey;
 pub use receipt::{CoSignedReceipt, ReceiptBody, SignedReceipt};
+pub use reply::{SessionAddress, SessionReject};
 pub use session::{SessionAccept, SessionOffer};
 pub use state::{Applied, CumulativeState, Rejected};
 pub use voucher::Voucher;
@@ -48,6 +50,10 @@ pub mod domain {
     pub const SESSION_OFFER: &[u8] = b"ferry/v1/session-offer\0";
     /// Relay signature over a [`crate::SessionAccept`].
     pub const SESSION_ACCEPT: &[u8] = b"ferry/v1/session-accept\0";
+    /// Relay signature over a [`crate::SessionAddress`].
+    pub const SESSION_ADDRESS: &[u8] = b"ferry/v1/session-address\0";
+    /// Relay signature over a [`crate::SessionReject`].
+    pub const SESSION_REJECT: &[u8] = b"ferry/v1/session-reject\0";
     /// Relay signature over a [`crate::ReceiptBody`].
     pub const RECEIPT_RELAY: &[u8] = b"ferry/v1/receipt-relay\0";
     /// Client co-signature over a relay-signed receipt plus the client's own counts.

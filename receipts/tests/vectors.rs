@@ -9,8 +9,8 @@ mod common;
 
 use common::*;
 use ferry_receipts::{
-    CoSignedReceipt, MAX_MESSAGE_LEN, SessionAccept, SessionOffer, SignedReceipt, Voucher,
-    WIRE_VERSION, domain,
+    CoSignedReceipt, MAX_MESSAGE_LEN, SessionAccept, SessionAddress, SessionOffer, SessionReject,
+    SignedReceipt, Voucher, WIRE_VERSION, domain,
 };
 use ring::digest;
 
@@ -53,6 +53,25 @@ const SESSION_ACCEPT_HEX: &str = concat!(
     "80a8000000006955b93d000000000016e360e74d4d15488c9c171f795c97524d",
     "1d9b641aa37d278c9ce37bcd7c56fbd5593d6a8af11ba9e4bbc8aadafe202ebd",
     "12de4dd0dc7b79a2279bdb7330b3bdd88c0e",
+);
+
+const SESSION_ADDRESS_HEX: &str = concat!(
+    "010466657272792d746573746e65742d30318139770ea87d175f56a35466c34c",
+    "7ecccb8d8a91b4ee37a25df60f5b8fc9b394101112131415161718191a1b1c1d",
+    "1e1f202122232425262728292a2b2c2d2e2f404142434445464748494a4b4c4d",
+    "4e4f505152535455565758595a5b5c5d5e5f0a4d0002fd770000000000000000",
+    "00000000000239f67a1386c581d29fea6eb5cf01ab6f601510b3ac7ce06719f5",
+    "d198aca0516406541b031ae95439b16f399fa01676dbc088c4d90fb25edeb9a3",
+    "883307e24c0c",
+);
+
+const SESSION_REJECT_HEX: &str = concat!(
+    "010566657272792d746573746e65742d30318139770ea87d175f56a35466c34c",
+    "7ecccb8d8a91b4ee37a25df60f5b8fc9b394ed4928c628d1c2c6eae903389059",
+    "95612959273a5c63f93636c14614ac8737d1101112131415161718191a1b1c1d",
+    "1e1f06bb223bbc18d790e973c287fede57b10cc8a98296ce74d1c89f46b1f2a8",
+    "8f03c9d802dca4082b8ce900e500af1244477b5ec62778423f82b06b2bd55c3c",
+    "bb5200",
 );
 
 const SIGNED_RECEIPT_HEX: &str = concat!(
@@ -102,6 +121,8 @@ fn version_domain_tags_and_lengths_are_frozen() {
     assert_eq!(domain::VOUCHER, b"ferry/v1/voucher\0");
     assert_eq!(domain::SESSION_OFFER, b"ferry/v1/session-offer\0");
     assert_eq!(domain::SESSION_ACCEPT, b"ferry/v1/session-accept\0");
+    assert_eq!(domain::SESSION_ADDRESS, b"ferry/v1/session-address\0");
+    assert_eq!(domain::SESSION_REJECT, b"ferry/v1/session-reject\0");
     assert_eq!(domain::RECEIPT_RELAY, b"ferry/v1/receipt-relay\0");
     assert_eq!(domain::RECEIPT_CLIENT, b"ferry/v1/receipt-client\0");
     assert_eq!(
@@ -109,10 +130,12 @@ fn version_domain_tags_and_lengths_are_frozen() {
             Voucher::LEN,
             SessionOffer::LEN,
             SessionAccept::LEN,
+            SessionAddress::LEN,
+            SessionReject::LEN,
             SignedReceipt::LEN,
             CoSignedReceipt::LEN,
         ],
-        [194, 396, 210, 242, 332]
+        [194, 396, 210, 198, 163, 242, 332]
     );
     for len in [Voucher::LEN, SessionOffer::LEN, CoSignedReceipt::LEN] {
         assert!(len <= MAX_MESSAGE_LEN);
@@ -150,6 +173,66 @@ fn session_accept_encoding_is_frozen() {
     assert_eq!(hex::encode(a.encode()), SESSION_ACCEPT_HEX);
     assert_eq!(a.signature.to_hex(), signature_hex(SESSION_ACCEPT_HEX));
     assert_eq!(&SESSION_ACCEPT_HEX[98 * 2..130 * 2], VOUCHER_ID_HEX);
+}
+
+#[test]
+fn session_address_and_reject_encodings_are_frozen() {
+    // Cross-checked: Python `cryptography`'s Ed25519 over tag || bytes gives these signatures.
+    let a = address();
+    assert_eq!(hex::encode(a.encode()), SESSION_ADDRESS_HEX);
+    assert_eq!(a.signature.to_hex(), signature_hex(SESSION_ADDRESS_HEX));
+    // Bound to the offer's nonce (offset 50) and the accept's session id (offset 66).
+    assert_eq!(
+        &SESSION_ADDRESS_HEX[50 * 2..66 * 2],
+        &SESSION_OFFER_HEX[114 * 2..130 * 2]
+    );
+    assert_eq!(
+        &SESSION_ADDRESS_HEX[66 * 2..82 * 2],
+        &SESSION_ACCEPT_HEX[82 * 2..98 * 2]
+    );
+    let r = reject();
+    assert_eq!(hex::encode(r.encode()), SESSION_REJECT_HEX);
+    assert_eq!(r.signature.to_hex(), signature_hex(SESSION_REJECT_HEX));
+    assert_eq!(
+        &SESSION_REJECT_HEX[82 * 2..98 * 2],
+        &SESSION_OFFER_HEX[114 * 2..130 * 2]
+    );
+}
+
+#[test]
+fn signed_replies_verify_only_under_the_expected_relay_and_for_their_offer() {
+    let (o, acc) = (offer(), accept());
+    let relay_key = relay().public_key();
+    let a = SessionAddress::decode(&unhex(SESSION_ADDRESS_HEX)).unwrap();
+    assert_eq!(a, address());
+    a.verify(&NETWORK_ID, &relay_key).unwrap();
+    assert!(a.answers(&o, &acc));
+    let r = SessionReject::decode(&unhex(SESSION_REJECT_HEX)).unwrap();
+    assert_eq!(r, reject());
+    r.verify(&NETWORK_ID, &relay_key).unwrap();
+    assert!(r.answers(&o));
+    // Another relay's key, a flipped address bit, another offer: refused.
+    let other = client().public_key();
+    assert!(a.verify(&NETWORK_ID, &other).is_err());
+    assert!(r.verify(&NETWORK_ID, &other).is_err());
+    let mut forged = a.clone();
+    forged.v4 = std::net::Ipv4Addr::new(10, 77, 0, 66);
+    assert!(forged.verify(&NETWORK_ID, &relay_key).is_err());
+    let mut forged = r.clone();
+    forged.reason = 1;
+    assert!(forged.verify(&NETWORK_ID, &relay_key).is_err());
+    let mut later = o.clone();
+    later.nonce[0] ^= 1;
+    assert!(!a.answers(&later, &acc));
+    assert!(!r.answers(&later));
+    // A forger's own signature over the same fields names the forger's key.
+    let forger = ferry_receipts::SigningKey::from_seed(&[9; 32]);
+    assert!(
+        a.clone()
+            .sign(&forger)
+            .verify(&NETWORK_ID, &relay_key)
+            .is_err()
+    );
 }
 
 #[test]
@@ -218,6 +301,8 @@ fn docs_carry_the_same_vectors() {
         ("voucher", VOUCHER_HEX),
         ("session offer", SESSION_OFFER_HEX),
         ("session accept", SESSION_ACCEPT_HEX),
+        ("session address", SESSION_ADDRESS_HEX),
+        ("session reject", SESSION_REJECT_HEX),
         ("signed receipt", SIGNED_RECEIPT_HEX),
         ("co-signed receipt", COSIGNED_RECEIPT_HEX),
     ] {

@@ -87,3 +87,18 @@ pub fn cosigned_receipt() -> CoSignedReceipt {
 pub fn zero_voucher_id() -> VoucherId {
     VoucherId([0; 32])
 }
+
+pub fn address() -> ferry_receipts::SessionAddress {
+    ferry_receipts::SessionAddress::for_session(
+        &offer(),
+        &accept(),
+        Some(std::net::Ipv4Addr::new(10, 77, 0, 2)),
+        Some("fd77::2".parse().unwrap()),
+    )
+    .sign(&relay())
+}
+
+pub fn reject() -> ferry_receipts::SessionReject {
+    // Reason 6: the control protocol's "relay busy".
+    ferry_receipts::SessionReject::for_offer(NETWORK_ID, &offer(), 6).sign(&relay())
+}
