@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use ferry_metering::{ClientConfig, ClientSession, Message, decode, encode};
+use ferry_metering::{ClientConfig, ClientSession, HelloOutcome, HelloReplies, Message, encode};
 use ferry_receipts::{SessionAccept, SessionOffer, SigningKey, Voucher};
 use ferry_store::{Store, unix_now};
 use tokio::net::UdpSocket;
@@ -77,8 +77,7 @@ pub(crate) async fn bootstrap(
         .with_context(|| format!("relay Hello port {hello}"))?;
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 2048];
-    let mut accept = None;
-    let mut addr = None;
+    let mut replies = HelloReplies::default();
     while Instant::now() < deadline {
         let _ = sock.send(&frame).await;
         let until = Instant::now() + RETRY;
@@ -88,27 +87,35 @@ pub(crate) async fn bootstrap(
                 break;
             };
             let Ok(n) = r else { continue };
-            match decode(&buf[..n]) {
-                Ok(Message::Accept(a)) => {
-                    session.handle_accept(a.clone()).map_err(|e| {
-                        anyhow::anyhow!("relay sent an unusable session accept: {e}")
-                    })?;
-                    accept = Some(a);
+            match replies.on_datagram(&mut session, &buf[..n]) {
+                HelloOutcome::Pending => {}
+                HelloOutcome::Refused(r) => bail!("relay refused the session: {r}"),
+                HelloOutcome::Accepted { accept, v4, v6 } => {
+                    if replies.ignored() > 0 {
+                        tracing::info!(
+                            ignored = replies.ignored(),
+                            "session accepted; replies on the Hello socket that were not \
+                             signed by the relay for this offer were ignored"
+                        );
+                    }
+                    return Ok(Bootstrapped {
+                        session,
+                        offer,
+                        accept: *accept,
+                        v4,
+                        v6,
+                    });
                 }
-                Ok(Message::Address { v4, v6 }) => addr = Some((v4, v6)),
-                Ok(Message::Reject(r)) => bail!("relay refused the session: {r}"),
-                _ => tracing::trace!("unexpected datagram on the Hello socket"),
-            }
-            if let (Some(a), Some((v4, v6))) = (&accept, addr) {
-                return Ok(Bootstrapped {
-                    session,
-                    offer,
-                    accept: a.clone(),
-                    v4: (!v4.is_unspecified()).then_some(v4),
-                    v6: (!v6.is_unspecified()).then_some(v6),
-                });
             }
         }
+    }
+    let ignored = replies.ignored();
+    if ignored > 0 {
+        bail!(
+            "no answer signed by the relay from its Hello port {hello} within {timeout:?} \
+             ({ignored} replies ignored: unsigned, forged, or from an older ferry-agent that \
+             does not sign them)"
+        );
     }
     bail!("no answer from the relay's Hello port {hello} within {timeout:?}")
 }

@@ -66,14 +66,13 @@ pub(crate) async fn mini_relay(
             // Bootstrap outside the tunnel: Accept + Address, or Reject.
             if let Ok(Message::Hello(offer)) = decode(&hbuf[..n]) {
                 let replies = match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix) {
-                    Ok(m) => vec![
-                        m,
-                        Message::Address {
-                            v4: CLIENT_TUN,
-                            v6: "fd77::2".parse().unwrap(),
-                        },
-                    ],
-                    Err(r) => vec![Message::Reject(r)],
+                    Ok(Message::Accept(a)) => {
+                        let v6 = "fd77::2".parse().ok();
+                        let addr = hub.identity().address(&offer, &a, Some(CLIENT_TUN), v6);
+                        vec![Message::Accept(a), addr]
+                    }
+                    Ok(m) => vec![m],
+                    Err(r) => vec![hub.identity().reject(&offer, r)],
                 };
                 eprintln!(
                     "relay session offer answered outside the tunnel: {:?}",
@@ -155,7 +154,7 @@ fn handle_inner(
             Ok(Message::Hello(offer)) => {
                 let m = match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix) {
                     Ok(m) => m,
-                    Err(r) => Message::Reject(r),
+                    Err(r) => hub.identity().reject(&offer, r),
                 };
                 eprintln!("relay session offer answered: {m:?}");
                 to_client.extend(udp_packet(c.to, reply_to, &encode(&m)));

@@ -11,12 +11,12 @@ use std::sync::Arc;
 
 use ferry_receipts::{
     CoSignedReceipt, CumulativeState, NetworkId, PublicKey, ReceiptBody, Rejected, SessionAccept,
-    SessionOffer, Signature, SignedReceipt, SigningKey, Voucher,
+    SessionAddress, SessionOffer, SessionReject, Signature, SignedReceipt, SigningKey, Voucher,
 };
 use thiserror::Error;
 
 use crate::meter::Meter;
-use crate::proto::{Message, ReceiptRejectReason};
+use crate::proto::{Message, ReceiptRejectReason, SessionRejectReason};
 
 const MIB: u64 = 1 << 20;
 
@@ -154,17 +154,44 @@ impl ClientSession {
 
     /// Checks the relay's `Accept` against our offer and adopts the session.
     pub fn handle_accept(&mut self, accept: SessionAccept) -> Result<(), ClientError> {
+        self.check_accept(&accept)?;
+        self.accept = Some(accept);
+        Ok(())
+    }
+
+    /// Checks an `Accept` against our offer without adopting it: signed by our relay, for
+    /// our identity, voucher and price.
+    pub fn check_accept(&self, accept: &SessionAccept) -> Result<(), ClientError> {
         let offer = self.offer.as_ref().ok_or(ClientError::NoOffer)?;
         let ok = accept.verify(&self.network_id).is_ok()
             && accept.relay_key == self.relay_key
             && accept.client_key == self.key.public_key()
             && accept.voucher_id == offer.voucher.id()
             && accept.price_micros_per_gib == offer.voucher.price_micros_per_gib;
-        if !ok {
-            return Err(ClientError::BadAccept);
+        if ok {
+            Ok(())
+        } else {
+            Err(ClientError::BadAccept)
         }
-        self.accept = Some(accept);
-        Ok(())
+    }
+
+    /// The reason of a `Reject` that our relay signed for our current offer; `None` for any
+    /// other (unsigned, forged, another relay's, an older offer's): ignore it and keep trying.
+    pub fn check_reject(&self, r: &SessionReject) -> Option<SessionRejectReason> {
+        let offer = self.offer.as_ref()?;
+        (r.verify(&self.network_id, &self.relay_key).is_ok() && r.answers(offer))
+            .then(|| crate::reject_reason(r))
+    }
+
+    /// True when `a` is our relay's signed address message for our current offer (its
+    /// session must still be matched with an accepted `Accept`, see
+    /// [`SessionAddress::answers`]).
+    pub fn check_address(&self, a: &SessionAddress) -> bool {
+        self.offer.as_ref().is_some_and(|o| {
+            a.verify(&self.network_id, &self.relay_key).is_ok()
+                && a.offer_nonce == o.nonce
+                && a.client_wg_key == o.client_wg_key
+        })
     }
 
     /// The adopted session terms.
@@ -284,6 +311,83 @@ impl ClientSession {
             }
             _ => None,
         }
+    }
+}
+
+/// Most candidate accepts or addresses [`HelloReplies`] keeps (injected datagrams cannot grow it).
+const MAX_PENDING_REPLIES: usize = 8;
+
+/// What the replies to a `Hello` sent outside the tunnel have settled so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HelloOutcome {
+    /// Nothing decisive yet: keep repeating the Hello until the timeout.
+    Pending,
+    /// Our relay accepted and assigned addresses (the session adopted the accept).
+    Accepted {
+        /// The session terms.
+        accept: Box<SessionAccept>,
+        /// Our IPv4 tunnel address.
+        v4: Option<std::net::Ipv4Addr>,
+        /// Our IPv6 tunnel address.
+        v6: Option<std::net::Ipv6Addr>,
+    },
+    /// Our relay refused this offer (a reject it signed for it).
+    Refused(SessionRejectReason),
+}
+
+/// Sans-IO collector of the relay's answers on the Hello socket, where anyone on the path
+/// can inject datagrams: only an `Accept` and an `Address` both signed by our relay, for our
+/// offer and for the same session, complete the exchange; only a `Reject` signed for our offer
+/// ends it. Everything else is counted in [`HelloReplies::ignored`] and changes nothing.
+#[derive(Debug, Default)]
+pub struct HelloReplies {
+    accepts: Vec<SessionAccept>,
+    addresses: Vec<SessionAddress>,
+    ignored: u64,
+}
+
+impl HelloReplies {
+    /// Datagrams that were not a verifiable answer to our offer.
+    pub fn ignored(&self) -> u64 {
+        self.ignored
+    }
+
+    /// Takes one datagram from the Hello socket (after [`ClientSession::hello`]).
+    pub fn on_datagram(&mut self, session: &mut ClientSession, datagram: &[u8]) -> HelloOutcome {
+        match crate::decode(datagram) {
+            Ok(Message::Accept(a)) if session.check_accept(&a).is_ok() => {
+                if !self.accepts.contains(&a) && self.accepts.len() < MAX_PENDING_REPLIES {
+                    self.accepts.push(a);
+                }
+            }
+            Ok(Message::Address(a)) if session.check_address(&a) => {
+                if !self.addresses.contains(&a) && self.addresses.len() < MAX_PENDING_REPLIES {
+                    self.addresses.push(a);
+                }
+            }
+            Ok(Message::Reject(r)) => match session.check_reject(&r) {
+                Some(reason) => return HelloOutcome::Refused(reason),
+                None => self.ignored += 1,
+            },
+            _ => self.ignored += 1,
+        }
+        let Some(offer) = session.offer.clone() else {
+            return HelloOutcome::Pending;
+        };
+        for accept in &self.accepts {
+            if let Some(addr) = self.addresses.iter().find(|a| a.answers(&offer, accept)) {
+                let (accept, addr) = (accept.clone(), addr.clone());
+                if session.handle_accept(accept.clone()).is_err() {
+                    break;
+                }
+                return HelloOutcome::Accepted {
+                    accept: Box::new(accept),
+                    v4: (!addr.v4.is_unspecified()).then_some(addr.v4),
+                    v6: (!addr.v6.is_unspecified()).then_some(addr.v6),
+                };
+            }
+        }
+        HelloOutcome::Pending
     }
 }
 
@@ -449,5 +553,79 @@ mod tests {
             reason: ReceiptRejectReason::OutOfRange,
         };
         assert_eq!(crate::decode(&crate::encode(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn hello_replies_complete_only_on_our_relays_signed_answers_to_our_offer() {
+        use crate::{HelloOutcome, HelloReplies, RelayIdentity, SessionRejectReason, encode};
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let (done, relay, accept) = setup();
+        // A session that has sent its Hello but adopted nothing yet.
+        let mut c = ClientSession::new(
+            ClientConfig::default(),
+            done.key.clone(),
+            NET,
+            relay.public_key(),
+        );
+        let Message::Hello(offer) =
+            c.hello(done.offer.clone().unwrap().voucher, [0; 32], [0; 16], 1)
+        else {
+            panic!("hello")
+        };
+        let id = |seed: [u8; 32]| RelayIdentity {
+            network_id: NET,
+            ledger_key: SigningKey::from_seed(&[4; 32]).public_key(),
+            key: Arc::new(SigningKey::from_seed(&seed)),
+        };
+        // setup()'s relay seed is [2; 32].
+        let (real, forger) = (id([2; 32]), id([66; 32]));
+        assert_eq!(real.key.public_key(), relay.public_key());
+        let mut other_offer = offer.clone();
+        other_offer.nonce = [1; 16];
+        let evil = Some(Ipv4Addr::new(10, 77, 0, 66));
+        let mut other_session = accept.clone();
+        other_session.session_id = SessionId([6; 16]);
+        let other_session = other_session.sign(&relay);
+        let mut r = HelloReplies::default();
+        let injected = [
+            // v1's unsigned Reject and Address (what an on-path host could send before).
+            vec![0x03, 0, 1, 6],
+            [&[0x04, 0, 20, 10, 77, 0, 66][..], &[0; 16]].concat(),
+            // Signed by someone else, or by our relay for another offer / session.
+            encode(&forger.reject(&offer, SessionRejectReason::Busy)),
+            encode(&forger.address(&offer, &accept, evil, None)),
+            encode(&real.reject(&other_offer, SessionRejectReason::Busy)),
+            encode(&real.address(&other_offer, &accept, evil, None)),
+            encode(&real.address(&offer, &other_session, evil, None)),
+            encode(&Message::Accept(accept.clone().sign(&forger.key))),
+            vec![0xff; 40],
+        ];
+        for d in &injected {
+            assert_eq!(r.on_datagram(&mut c, d), HelloOutcome::Pending);
+        }
+        assert_eq!(r.ignored(), 8, "all but the forged accept are counted");
+        assert!(c.accept().is_none(), "nothing adopted");
+        // Our relay's address may arrive before its accept.
+        let v6: Option<Ipv6Addr> = "fd77::2".parse().ok();
+        let addr = encode(&real.address(&offer, &accept, Some(Ipv4Addr::new(10, 77, 0, 2)), v6));
+        assert_eq!(r.on_datagram(&mut c, &addr), HelloOutcome::Pending);
+        assert_eq!(
+            r.on_datagram(&mut c, &encode(&Message::Accept(accept.clone()))),
+            HelloOutcome::Accepted {
+                accept: Box::new(accept.clone()),
+                v4: Some(Ipv4Addr::new(10, 77, 0, 2)),
+                v6,
+            }
+        );
+        assert_eq!(c.accept(), Some(&accept));
+        // Our relay's signed reject of this offer ends it, with its reason.
+        let mut r = HelloReplies::default();
+        assert_eq!(
+            r.on_datagram(
+                &mut c,
+                &encode(&real.reject(&offer, SessionRejectReason::VoucherExpired))
+            ),
+            HelloOutcome::Refused(SessionRejectReason::VoucherExpired)
+        );
     }
 }

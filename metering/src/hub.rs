@@ -38,6 +38,11 @@ impl<P: Ord + Copy + Debug> RelayHub<P> {
         }
     }
 
+    /// The relay identity (signs accepts, receipts and Hello replies).
+    pub fn identity(&self) -> &RelayIdentity {
+        &self.id
+    }
+
     /// Verifies `offer` and opens a session for `peer` (replacing an older one of the same
     /// peer, whose unacknowledged bytes are forfeited). Returns the `Accept` to send.
     #[allow(clippy::too_many_arguments)]

@@ -27,13 +27,15 @@ mod meter;
 mod proto;
 mod relay;
 
-pub use client::{ClientConfig, ClientError, ClientSession, ClientVerdict, Tolerance};
+pub use client::{
+    ClientConfig, ClientError, ClientSession, ClientVerdict, HelloOutcome, HelloReplies, Tolerance,
+};
 pub use control::{ControlDatagram, control_datagram, parse_udp, udp_packet};
 pub use hub::RelayHub;
 pub use meter::{Direction, Meter};
 pub use proto::{
-    CONTROL_PORT, FrameError, HEADER_LEN, MAX_FRAME_LEN, Message, ReceiptRejectReason,
-    SessionRejectReason, decode, decode_prefix, encode,
+    CONTROL_PORT, CONTROL_VERSION, FrameError, HEADER_LEN, MAX_FRAME_LEN, Message,
+    ReceiptRejectReason, SessionRejectReason, decode, decode_prefix, encode, reject_reason,
 };
 pub use relay::{
     ConfigError, CosignError, CosignOutcome, CreditMode, CutOffReason, DropReason, RelayConfig,

@@ -14,11 +14,16 @@
 //! frame has exactly one valid encoding.
 
 use ferry_receipts::{
-    CoSignedReceipt, DecodeError, MAX_MESSAGE_LEN, SessionAccept, SessionOffer, SignedReceipt,
+    CoSignedReceipt, DecodeError, MAX_MESSAGE_LEN, SessionAccept, SessionAddress, SessionOffer,
+    SessionReject, SignedReceipt,
 };
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use thiserror::Error;
+
+/// Version of this control protocol. v2: `Reject` and `Address` are relay-signed and bound to
+/// the offer (frame types 0x05, 0x06); v1's unsigned ones (0x03, 0x04) are refused as
+/// [`FrameError::Retired`].
+pub const CONTROL_VERSION: u8 = 2;
 
 /// UDP port of the control service on the relay's tunnel address (e.g. `10.77.0.1:51821`).
 pub const CONTROL_PORT: u16 = 51821;
@@ -30,8 +35,11 @@ pub const MAX_FRAME_LEN: usize = HEADER_LEN + MAX_MESSAGE_LEN;
 mod ty {
     pub(super) const HELLO: u8 = 0x01;
     pub(super) const ACCEPT: u8 = 0x02;
-    pub(super) const REJECT: u8 = 0x03;
-    pub(super) const ADDRESS: u8 = 0x04;
+    /// v1's unsigned Reject and Address: retired.
+    pub(super) const REJECT_V1: u8 = 0x03;
+    pub(super) const ADDRESS_V1: u8 = 0x04;
+    pub(super) const REJECT: u8 = 0x05;
+    pub(super) const ADDRESS: u8 = 0x06;
     pub(super) const RECEIPT: u8 = 0x10;
     pub(super) const COSIGNED: u8 = 0x11;
     pub(super) const RECEIPT_REJECTED: u8 = 0x12;
@@ -48,16 +56,13 @@ pub enum Message {
     Hello(SessionOffer),
     /// Relay → client: session opened, with its terms.
     Accept(SessionAccept),
-    /// Relay → client: session refused.
-    Reject(SessionRejectReason),
+    /// Relay → client: session refused, signed by the relay and naming the offer; its
+    /// `reason` is a valid [`SessionRejectReason`] code (see [`reject_reason`]).
+    Reject(SessionReject),
     /// Relay → client, right after `Accept` when the handshake ran outside the tunnel:
-    /// the tunnel addresses assigned to the client's WireGuard key (unspecified = none).
-    Address {
-        /// Client IPv4 tunnel address (`0.0.0.0` = none).
-        v4: Ipv4Addr,
-        /// Client IPv6 tunnel address (`::` = none).
-        v6: Ipv6Addr,
-    },
+    /// the tunnel addresses assigned to the client's WireGuard key, signed by the relay and
+    /// bound to the offer and the session.
+    Address(SessionAddress),
     /// Relay → client: a signed cumulative receipt to co-sign.
     Receipt(SignedReceipt),
     /// Client → relay: the co-signed receipt.
@@ -157,6 +162,12 @@ pub enum FrameError {
     /// Bytes remained after the frame (datagram decoding).
     #[error("{0} trailing bytes after frame")]
     TrailingBytes(usize),
+    /// A control protocol v1 frame type that v2 refuses (an unsigned Reject or Address).
+    #[error(
+        "control protocol v1 frame {0:#04x} (unsigned Reject/Address) is no longer accepted; \
+         the relay runs an older ferry-agent"
+    )]
+    Retired(u8),
     /// A reason code is not defined.
     #[error("unknown reason code {0}")]
     UnknownReason(u8),
@@ -165,8 +176,14 @@ pub enum FrameError {
     Payload(#[from] DecodeError),
 }
 
+/// The reason of a decoded [`Message::Reject`] (the decoder accepts only defined codes).
+pub fn reject_reason(r: &SessionReject) -> SessionRejectReason {
+    SessionRejectReason::from_code(r.reason).unwrap_or(SessionRejectReason::Busy)
+}
+
 impl SessionRejectReason {
-    fn code(self) -> u8 {
+    /// Wire code (1..=6).
+    pub fn code(self) -> u8 {
         match self {
             Self::WrongNetwork => 1,
             Self::WrongKey => 2,
@@ -218,12 +235,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
     let (t, payload) = match msg {
         Message::Hello(o) => (ty::HELLO, o.encode()),
         Message::Accept(a) => (ty::ACCEPT, a.encode()),
-        Message::Reject(r) => (ty::REJECT, vec![r.code()]),
-        Message::Address { v4, v6 } => {
-            let mut p = v4.octets().to_vec();
-            p.extend_from_slice(&v6.octets());
-            (ty::ADDRESS, p)
-        }
+        Message::Reject(r) => (ty::REJECT, r.encode()),
+        Message::Address(a) => (ty::ADDRESS, a.encode()),
         Message::Receipt(r) => (ty::RECEIPT, r.encode()),
         Message::CoSigned(c) => (ty::COSIGNED, c.encode()),
         Message::Resync(c) => (ty::RESYNC, c.encode()),
@@ -267,6 +280,9 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Message, usize), FrameError> {
             have: 0,
         });
     };
+    if t == ty::REJECT_V1 || t == ty::ADDRESS_V1 {
+        return Err(FrameError::Retired(t));
+    }
     let expected = payload_len(t).ok_or(FrameError::UnknownType(t))?;
     if buf.len() < HEADER_LEN {
         return Err(FrameError::Incomplete {
@@ -288,17 +304,12 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Message, usize), FrameError> {
     let msg = match t {
         ty::HELLO => Message::Hello(SessionOffer::decode(p)?),
         ty::ACCEPT => Message::Accept(SessionAccept::decode(p)?),
-        ty::REJECT => Message::Reject(SessionRejectReason::from_code(p[0])?),
-        ty::ADDRESS => {
-            let mut v4 = [0u8; 4];
-            v4.copy_from_slice(&p[..4]);
-            let mut v6 = [0u8; 16];
-            v6.copy_from_slice(&p[4..20]);
-            Message::Address {
-                v4: Ipv4Addr::from(v4),
-                v6: Ipv6Addr::from(v6),
-            }
+        ty::REJECT => {
+            let r = SessionReject::decode(p)?;
+            SessionRejectReason::from_code(r.reason)?;
+            Message::Reject(r)
         }
+        ty::ADDRESS => Message::Address(SessionAddress::decode(p)?),
         ty::RECEIPT => Message::Receipt(SignedReceipt::decode(p)?),
         ty::COSIGNED => Message::CoSigned(CoSignedReceipt::decode(p)?),
         ty::RESYNC => Message::Resync(CoSignedReceipt::decode(p)?),
@@ -319,8 +330,8 @@ fn payload_len(t: u8) -> Option<usize> {
     Some(match t {
         ty::HELLO => SessionOffer::LEN,
         ty::ACCEPT => SessionAccept::LEN,
-        ty::REJECT => 1,
-        ty::ADDRESS => 20,
+        ty::REJECT => SessionReject::LEN,
+        ty::ADDRESS => SessionAddress::LEN,
         ty::RECEIPT | ty::FINAL_RECEIPT => SignedReceipt::LEN,
         ty::COSIGNED | ty::RESYNC => CoSignedReceipt::LEN,
         ty::RECEIPT_REJECTED => 9,

@@ -6,8 +6,8 @@ use ferry_metering::{
     decode_prefix, encode,
 };
 use ferry_receipts::{
-    NetworkId, PublicKey, ReceiptBody, SessionAccept, SessionId, SessionOffer, Signature,
-    SigningKey, Voucher, VoucherId,
+    NetworkId, PublicKey, ReceiptBody, SessionAccept, SessionAddress, SessionId, SessionOffer,
+    SessionReject, Signature, SigningKey, Voucher, VoucherId,
 };
 use proptest::prelude::*;
 
@@ -67,13 +67,13 @@ fn arb_message() -> impl Strategy<Value = Message> {
             price_micros_per_gib: t / 3,
             signature: Signature([7; 64]),
         })),
-        (1u8..=6).prop_map(|c| Message::Reject(match c {
-            1 => SessionRejectReason::WrongNetwork,
-            2 => SessionRejectReason::WrongKey,
-            3 => SessionRejectReason::BadSignature,
-            4 => SessionRejectReason::VoucherExpired,
-            5 => SessionRejectReason::AllowanceExhausted,
-            _ => SessionRejectReason::Busy,
+        (1u8..=6, any::<[u8; 16]>()).prop_map(|(c, nonce)| Message::Reject(SessionReject {
+            network_id: NetworkId([1; 16]),
+            relay_key: PublicKey([2; 32]),
+            client_key: PublicKey([3; 32]),
+            offer_nonce: nonce,
+            reason: c,
+            signature: Signature([7; 64]),
         })),
         receipt.clone().prop_map(Message::Receipt),
         receipt.clone().prop_map(Message::FinalReceipt),
@@ -102,9 +102,17 @@ fn arb_message() -> impl Strategy<Value = Message> {
             },
         }),
         any::<u64>().prop_map(|seq| Message::Ack { seq }),
-        (any::<[u8; 4]>(), any::<[u8; 16]>()).prop_map(|(a, b)| Message::Address {
-            v4: a.into(),
-            v6: b.into(),
+        (any::<[u8; 4]>(), any::<[u8; 16]>(), any::<[u8; 16]>()).prop_map(|(a, b, n)| {
+            Message::Address(SessionAddress {
+                network_id: NetworkId([1; 16]),
+                relay_key: PublicKey([2; 32]),
+                offer_nonce: n,
+                session_id: SessionId([4; 16]),
+                client_wg_key: [5; 32],
+                v4: a.into(),
+                v6: b.into(),
+                signature: Signature([7; 64]),
+            })
         }),
         Just(Message::Close),
     ]
@@ -168,7 +176,45 @@ fn trailing_bytes_unknown_types_and_bad_lengths_are_rejected() {
         decode(&[0x13, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
         Err(FrameError::BadLength { .. })
     ));
-    assert_eq!(decode(&[0x03, 0, 1, 0]), Err(FrameError::UnknownReason(0)));
+    // A signed Reject with an undefined reason code does not decode.
+    let mut reject = SessionReject {
+        network_id: NetworkId([1; 16]),
+        relay_key: PublicKey([2; 32]),
+        client_key: PublicKey([3; 32]),
+        offer_nonce: [4; 16],
+        reason: 6,
+        signature: Signature([7; 64]),
+    };
+    let ok = encode(&Message::Reject(reject.clone()));
+    assert_eq!(ok[0], 0x05);
+    assert_eq!(
+        ferry_metering::reject_reason(&match decode(&ok).unwrap() {
+            Message::Reject(r) => r,
+            m => panic!("{m:?}"),
+        }),
+        SessionRejectReason::Busy
+    );
+    reject.reason = 0;
+    assert_eq!(
+        decode(&encode(&Message::Reject(reject))),
+        Err(FrameError::UnknownReason(0))
+    );
     assert_eq!(encode(&Message::Close), vec![0x20, 0, 0]);
     assert_eq!(encode(&Message::Ack { seq: 1 }).len(), HEADER_LEN + 8);
+}
+
+#[test]
+fn control_protocol_v1_unsigned_reject_and_address_are_refused_by_name() {
+    // Exactly what a v1 relay sends: Reject "relay busy" (type 0x03, 1-byte reason) and
+    // Address 10.77.0.2 / :: (type 0x04, 20 bytes). v2 refuses both, saying why.
+    let v1_reject = [0x03, 0x00, 0x01, 0x06];
+    let mut v1_address = vec![0x04, 0x00, 0x14, 10, 77, 0, 2];
+    v1_address.extend_from_slice(&[0; 16]);
+    assert_eq!(ferry_metering::CONTROL_VERSION, 2);
+    for (frame, ty) in [(&v1_reject[..], 0x03), (&v1_address[..], 0x04)] {
+        let e = decode(frame).unwrap_err();
+        assert_eq!(e, FrameError::Retired(ty));
+        assert!(e.to_string().contains("older ferry-agent"), "{e}");
+        assert_eq!(decode_prefix(frame).unwrap_err(), FrameError::Retired(ty));
+    }
 }

@@ -9,7 +9,7 @@
 //! WireGuard key replaces the old session (an offer that does not verify changes nothing).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -94,11 +94,12 @@ fn reject_reason(e: VerifyError) -> SessionRejectReason {
     }
 }
 
-fn address_msg(p: &PaidPeer) -> Message {
-    Message::Address {
-        v4: p.v4.unwrap_or(Ipv4Addr::UNSPECIFIED),
-        v6: p.v6.unwrap_or(Ipv6Addr::UNSPECIFIED),
-    }
+/// The signed Accept + Address answering the Hello that opened `p`.
+fn accepted(shared: &Shared, p: &PaidPeer) -> Vec<Message> {
+    vec![
+        Message::Accept(p.accept.clone()),
+        shared.identity.address(&p.offer, &p.accept, p.v4, p.v6),
+    ]
 }
 
 /// What a Hello from a key already in the peer table means.
@@ -129,7 +130,7 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
         tracing::debug!(error = %e, "session offer refused");
         return match known {
             Some(Known::Trusted) => Vec::new(),
-            _ => vec![Message::Reject(reject_reason(e))],
+            _ => vec![id.reject(&offer, reject_reason(e))],
         };
     }
     match known {
@@ -138,13 +139,13 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
             tracing::debug!("Hello from a trusted peer's key ignored");
             return Vec::new();
         }
-        Some(Known::Repeat(p)) => return vec![Message::Accept(p.accept.clone()), address_msg(&p)],
+        Some(Known::Repeat(p)) => return accepted(shared, &p),
         Some(Known::Paid(peer, p)) => {
             if p.offer.client_key != offer.client_key {
                 tracing::debug!(
                     "Hello for a paid peer's WireGuard key from another client identity refused"
                 );
-                return vec![Message::Reject(SessionRejectReason::Busy)];
+                return vec![id.reject(&offer, SessionRejectReason::Busy)];
             }
             tracing::info!(session = %p.session, "client opened a new session; old one ends");
             end_session(shared, relay, peer).await;
@@ -152,39 +153,39 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
     }
     let spent = lock(&shared.store).voucher_spent(&offer.voucher.id());
     let Some(session_id) = random_session_id() else {
-        return vec![Message::Reject(SessionRejectReason::Busy)];
+        return vec![id.reject(&offer, SessionRejectReason::Busy)];
     };
     let admitted = with_sessions(relay, |r, s| {
         s.admit(r, &offer, session_id, spent, now, unix)
     });
     let (peer, paid) = match admitted {
         Some(Ok(x)) => x,
-        Some(Err(AdmitError::Rejected(reason))) => return vec![Message::Reject(reason)],
+        Some(Err(AdmitError::Rejected(reason))) => return vec![id.reject(&offer, reason)],
         Some(Err(AdmitError::Capped)) => {
             tracing::info!(
                 "paid client refused: its voucher or identity has the maximum of live sessions"
             );
-            return vec![Message::Reject(SessionRejectReason::Busy)];
+            return vec![id.reject(&offer, SessionRejectReason::Busy)];
         }
         Some(Err(AdmitError::Full)) | None => {
             tracing::warn!("paid client not admitted: peer table or tunnel subnets full");
-            return vec![Message::Reject(SessionRejectReason::Busy)];
+            return vec![id.reject(&offer, SessionRejectReason::Busy)];
         }
     };
     let record = Record::SessionOpen(Box::new(SessionOpen {
         accept: paid.accept.clone(),
-        offer,
+        offer: offer.clone(),
         extra: encode_addrs(paid.v4, paid.v6),
     }));
     // The Accept commits us to the session: store it first (fsync).
     if let Err(e) = shared.persister.persist(vec![record]).await {
         tracing::warn!(error = %e, "session not stored; offer refused");
         with_sessions(relay, |r, s| s.end(r, peer));
-        return vec![Message::Reject(SessionRejectReason::Busy)];
+        return vec![id.reject(&offer, SessionRejectReason::Busy)];
     }
     tracing::info!(session = %session_id, peer = peer.get(), "paid session opened");
     tracing::debug!(v4 = ?paid.v4, v6 = ?paid.v6, "paid client tunnel addresses");
-    vec![Message::Accept(paid.accept.clone()), address_msg(&paid)]
+    accepted(shared, &paid)
 }
 
 fn random_session_id() -> Option<SessionId> {

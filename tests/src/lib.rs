@@ -15,6 +15,7 @@
 pub mod agent;
 pub mod client;
 pub mod demo;
+pub mod inject;
 pub mod metering;
 pub mod multipeer;
 pub mod netns;

@@ -20,7 +20,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ferry_metering::{
-    ClientConfig, ClientSession, Message, ReceiptRejectReason, SessionRejectReason, decode, encode,
+    ClientConfig, ClientSession, HelloOutcome, HelloReplies, ReceiptRejectReason,
+    SessionRejectReason, encode,
 };
 use ferry_receipts::{CoSignedReceipt, NetworkId, PublicKey, SessionAccept, SigningKey, Voucher};
 use ferry_tunnel::{ClientTunnel, ControlPath, Event, Failure, PaidConfig, TunnelConfig};
@@ -587,34 +588,24 @@ fn open_session(
     let wg_pub = *spec.wg.public_key().as_bytes();
     let hello = encode(&session.hello(spec.voucher.clone(), wg_pub, nonce, unix_now()));
     let mut buf = [0u8; 2048];
-    let (mut accepted, mut addr) = (false, None);
+    let mut replies = HelloReplies::default();
     while !ctl.stop.load(Ordering::Relaxed) {
-        if !(accepted && addr.is_some()) {
-            sock.send(&hello)?;
-        }
+        sock.send(&hello)?;
         let deadline = Instant::now() + Duration::from_millis(300);
         while Instant::now() < deadline {
             let Ok(n) = sock.recv(&mut buf) else { continue };
-            match decode(&buf[..n]) {
-                Ok(Message::Accept(a)) => {
-                    session
-                        .handle_accept(a.clone())
-                        .map_err(|e| anyhow!("bad accept: {e}"))?;
-                    lock(report).accepted = Some(a);
-                    accepted = true;
-                }
-                Ok(Message::Address { v4, .. }) => {
-                    addr = Some(v4);
-                    lock(report).address = Some(v4);
-                }
-                Ok(Message::Reject(r)) => {
+            match replies.on_datagram(session, &buf[..n]) {
+                HelloOutcome::Pending => {}
+                HelloOutcome::Refused(r) => {
                     lock(report).refused = Some(r);
                     return Ok(None);
                 }
-                _ => {}
-            }
-            if accepted && addr.is_some() {
-                return Ok(addr);
+                HelloOutcome::Accepted { accept, v4, .. } => {
+                    let mut rep = lock(report);
+                    rep.accepted = Some(*accept);
+                    rep.address = v4;
+                    return Ok(v4);
+                }
             }
         }
     }

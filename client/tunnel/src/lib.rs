@@ -507,7 +507,13 @@ impl ClientTunnel {
                     });
                 }
             }
-            Message::Reject(r) if !p.accepted => self.fail(Failure::Refused(r)),
+            // Only a reject our relay signed for this offer ends the attempt; anything else
+            // (forged, replayed, another relay's) is ignored and the Hello retried.
+            Message::Reject(r) if !p.accepted => {
+                if let Some(reason) = p.session.check_reject(&r) {
+                    self.fail(Failure::Refused(reason));
+                }
+            }
             m @ (Message::Receipt(_) | Message::FinalReceipt(_) | Message::Ack { .. }) => {
                 let is_final = matches!(m, Message::FinalReceipt(_));
                 if !matches!(m, Message::Ack { .. }) {

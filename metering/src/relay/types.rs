@@ -107,6 +107,33 @@ pub struct RelayIdentity {
     pub key: Arc<SigningKey>,
 }
 
+impl RelayIdentity {
+    /// A signed refusal of `offer` (the Hello's answer when it is not admitted).
+    pub fn reject(
+        &self,
+        offer: &ferry_receipts::SessionOffer,
+        reason: crate::SessionRejectReason,
+    ) -> crate::Message {
+        crate::Message::Reject(
+            ferry_receipts::SessionReject::for_offer(self.network_id, offer, reason.code())
+                .sign(&self.key),
+        )
+    }
+
+    /// The signed tunnel addresses of the session `accept` opened for `offer`.
+    pub fn address(
+        &self,
+        offer: &ferry_receipts::SessionOffer,
+        accept: &ferry_receipts::SessionAccept,
+        v4: Option<std::net::Ipv4Addr>,
+        v6: Option<std::net::Ipv6Addr>,
+    ) -> crate::Message {
+        crate::Message::Address(
+            ferry_receipts::SessionAddress::for_session(offer, accept, v4, v6).sign(&self.key),
+        )
+    }
+}
+
 /// Whether a packet may be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {

@@ -49,7 +49,7 @@ impl PacketHook for Hub {
                 .open(peer, &offer, SessionId([9; 16]), 0, now, self.unix)
             {
                 Ok(m) => m,
-                Err(r) => Message::Reject(r),
+                Err(r) => self.hub.identity().reject(&offer, r),
             };
             self.outbox.push((peer, m));
         } else if let Some(c) = self.hub.handle_control(peer, d.payload, now) {
