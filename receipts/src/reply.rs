@@ -113,23 +113,15 @@ impl SessionAddress {
     /// Checks the network and the relay signature under `relay_key` (the key the client
     /// expects, not the one in the message alone).
     pub fn verify(&self, network_id: &NetworkId, relay_key: &PublicKey) -> Result<(), VerifyError> {
-        if &self.network_id != network_id {
-            return Err(VerifyError::WrongNetwork);
-        }
-        if &self.relay_key != relay_key {
-            return Err(VerifyError::WrongKey);
-        }
         let enc = self.encode();
-        if verify(
-            &self.relay_key,
+        let signed = (&self.network_id, &self.relay_key, &enc[..Self::SIGNED_LEN]);
+        check_reply(
+            signed,
             domain::SESSION_ADDRESS,
-            &enc[..Self::SIGNED_LEN],
             &self.signature,
-        ) {
-            Ok(())
-        } else {
-            Err(VerifyError::BadRelaySignature)
-        }
+            network_id,
+            relay_key,
+        )
     }
 
     /// True when this answers `offer` with the session `accept` opened.
@@ -224,27 +216,41 @@ impl SessionReject {
 
     /// Checks the network and the relay signature under the expected `relay_key`.
     pub fn verify(&self, network_id: &NetworkId, relay_key: &PublicKey) -> Result<(), VerifyError> {
-        if &self.network_id != network_id {
-            return Err(VerifyError::WrongNetwork);
-        }
-        if &self.relay_key != relay_key {
-            return Err(VerifyError::WrongKey);
-        }
         let enc = self.encode();
-        if verify(
-            &self.relay_key,
+        let signed = (&self.network_id, &self.relay_key, &enc[..Self::SIGNED_LEN]);
+        check_reply(
+            signed,
             domain::SESSION_REJECT,
-            &enc[..Self::SIGNED_LEN],
             &self.signature,
-        ) {
-            Ok(())
-        } else {
-            Err(VerifyError::BadRelaySignature)
-        }
+            network_id,
+            relay_key,
+        )
     }
 
     /// True when this refuses `offer` (its client identity and nonce).
     pub fn answers(&self, offer: &SessionOffer) -> bool {
         self.client_key == offer.client_key && self.offer_nonce == offer.nonce
+    }
+}
+
+/// A reply's checks: the network and relay key it names are the expected ones, and the relay
+/// signature over `tag || signed bytes` holds.
+fn check_reply(
+    (network, relay, signed): (&NetworkId, &PublicKey, &[u8]),
+    tag: &[u8],
+    signature: &Signature,
+    network_id: &NetworkId,
+    relay_key: &PublicKey,
+) -> Result<(), VerifyError> {
+    if network != network_id {
+        return Err(VerifyError::WrongNetwork);
+    }
+    if relay != relay_key {
+        return Err(VerifyError::WrongKey);
+    }
+    if verify(relay, tag, signed, signature) {
+        Ok(())
+    } else {
+        Err(VerifyError::BadRelaySignature)
     }
 }
