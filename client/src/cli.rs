@@ -89,8 +89,9 @@ pub(crate) enum VoucherCmd {
         /// Ledger base URL [default: [client] ledger-url].
         #[arg(long)]
         ledger: Option<String>,
-        /// Byte allowance to buy.
-        #[arg(long)]
+        /// Byte allowance to buy: a number of bytes, or with a unit (`100MiB`, `1.5GiB`, `500MB`;
+        /// KiB/MiB/GiB/TiB are powers of 1024, kB/MB/GB/TB powers of 1000).
+        #[arg(long, value_parser = parse_bytes)]
         bytes: u64,
         /// Where to store it [default: <dir>/voucher].
         #[arg(long)]
@@ -212,5 +213,81 @@ mod tests {
             .render_long_help()
             .to_string();
         assert!(help.contains("cannot open a paid session"), "{help}");
+    }
+}
+
+/// Parses `268435456`, `100MiB`, `1.5 GiB`, `500MB` (binary units are 1024-based, decimal
+/// ones 1000-based; a bare `K`/`M`/`G`/`T` is binary).
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in {s:?}: use bytes or KiB/MiB/GiB/TiB (1024) or kB/MB/GB/TB (1000)"
+            ));
+        }
+    };
+    let bad = || format!("{s:?} is not a byte count (e.g. 268435456, 256MiB, 1.5GiB)");
+    let bytes = if let Some((whole, frac)) = num.split_once('.') {
+        let whole: u64 = if whole.is_empty() {
+            0
+        } else {
+            whole.parse().map_err(|_| bad())?
+        };
+        if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let scale = 10u128.pow(frac.len() as u32);
+        let frac: u128 = frac.parse().map_err(|_| bad())?;
+        let total = u128::from(whole) * u128::from(mult) + frac * u128::from(mult) / scale;
+        u64::try_from(total).map_err(|_| format!("{s:?} is too large"))?
+    } else {
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        n.checked_mul(mult)
+            .ok_or_else(|| format!("{s:?} is too large"))?
+    };
+    if bytes == 0 {
+        return Err(format!("{s:?}: the allowance must be more than 0 bytes"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod byte_tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_take_units() {
+        assert_eq!(parse_bytes("268435456"), Ok(268_435_456));
+        assert_eq!(parse_bytes("100MiB"), Ok(100 << 20));
+        assert_eq!(parse_bytes("256 mib"), Ok(256 << 20));
+        assert_eq!(parse_bytes("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_bytes("500MB"), Ok(500_000_000));
+        assert_eq!(parse_bytes("2G"), Ok(2 << 30));
+        for bad in [
+            "",
+            "MiB",
+            "1.5.2GiB",
+            "12 parsecs",
+            "-5",
+            "0",
+            "1.GiB",
+            "99999999999TiB",
+        ] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

@@ -22,6 +22,9 @@ pub(crate) struct Config {
     /// `[[relay]]` entries.
     #[serde(default, rename = "relay")]
     pub(crate) relays: Vec<RelayEntry>,
+    /// Set when the file did not exist (so errors can name it).
+    #[serde(skip)]
+    missing: Option<PathBuf>,
 }
 
 /// `[client]`.
@@ -117,7 +120,12 @@ impl Config {
     pub(crate) fn load(path: &Path) -> Result<Self> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Self {
+                    missing: Some(path.to_owned()),
+                    ..Self::default()
+                });
+            }
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         Self::parse(&text).with_context(|| format!("config {}", path.display()))
@@ -148,8 +156,21 @@ impl Config {
     /// The relay called `name`.
     pub(crate) fn relay(&self, name: &str) -> Result<Relay> {
         let Some(r) = self.relays.iter().find(|r| r.name == name) else {
+            if let Some(path) = &self.missing {
+                bail!(
+                    "no config file at {}: create it with a [[relay]] section for {name:?} \
+                     (docs/client.md, \"Configuration\")",
+                    path.display()
+                );
+            }
+            if self.relays.is_empty() {
+                bail!("the config has no [[relay]] section; add one named {name:?}");
+            }
             let known: Vec<_> = self.relays.iter().map(|r| r.name.as_str()).collect();
-            bail!("no relay named {name:?} in the config (known: {known:?})");
+            bail!(
+                "no relay named {name:?} in the config (it has: {})",
+                known.join(", ")
+            );
         };
         r.parse()
     }
@@ -259,7 +280,26 @@ mod tests {
         assert!(r.paid.is_none());
         assert_eq!(r.addr_v4(), Some("10.77.0.2".parse().unwrap()));
         assert_eq!(r.addr_v6(), Some("fd77::2".parse().unwrap()));
-        assert!(c.relay("other").is_err());
+        let err = c.relay("other").unwrap_err().to_string();
+        assert!(err.contains("it has: home"), "{err}");
+        // No file at all: say so, naming it (not "known: []").
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.toml");
+        let err = Config::load(&path)
+            .unwrap()
+            .relay("home")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no config file at") && err.contains(path.to_str().unwrap()),
+            "{err}"
+        );
+        let err = Config::parse("")
+            .unwrap()
+            .relay("home")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no [[relay]] section"), "{err}");
     }
 
     #[test]

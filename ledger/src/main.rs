@@ -25,25 +25,34 @@ struct Cli {
 enum Cmd {
     /// Serve the HTTP API.
     Run {
+        /// Ledger configuration file (TOML, see config/ledger.example.toml; `ferry-ledger init`
+        /// writes one).
         #[arg(long, env = "FERRY_LEDGER_CONFIG")]
         config: PathBuf,
     },
     /// Create a config (if missing) with a random network id, plus the ledger key and an
     /// admin token (mode 0600) if missing.
     Init {
+        /// Configuration file to create; an existing one is kept (missing key and token files
+        /// next to it are still created).
         #[arg(long)]
         config: PathBuf,
         /// Price for a new config.
         #[arg(long, default_value_t = 500_000)]
         price_micros_per_gib: u64,
     },
-    /// Print the ledger public key and network id.
+    /// Print the ledger public key and network id as the `[network]` section a relay's
+    /// ferry-agent config needs (and the client's ledger-url).
     Pubkey {
+        /// Ledger configuration file (TOML, see config/ledger.example.toml; `ferry-ledger init`
+        /// writes one).
         #[arg(long, env = "FERRY_LEDGER_CONFIG")]
         config: PathBuf,
     },
     /// Register a relay or client key directly in the database.
     Register {
+        /// Ledger configuration file (TOML, see config/ledger.example.toml; `ferry-ledger init`
+        /// writes one).
         #[arg(long, env = "FERRY_LEDGER_CONFIG")]
         config: PathBuf,
         /// Ed25519 public key, 64 hex characters.
@@ -55,6 +64,8 @@ enum Cmd {
     },
     /// Credit a client's balance directly in the database.
     Credit {
+        /// Ledger configuration file (TOML, see config/ledger.example.toml; `ferry-ledger init`
+        /// writes one).
         #[arg(long, env = "FERRY_LEDGER_CONFIG")]
         config: PathBuf,
         /// Client public key, 64 hex characters.
@@ -74,6 +85,11 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: never escape codes in log files or journald.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -105,11 +121,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
         Cmd::Pubkey { config } => {
             let cfg = load(&config)?;
             let key = cfg.signing_key().context("loading ledger key")?;
-            say(&format!(
-                "ledger-key = \"{}\"\nnetwork-id = \"{}\"",
-                key.public_key(),
-                cfg.network_id
-            ));
+            say(&agent_snippet(&cfg, &key.public_key()));
             Ok(())
         }
         Cmd::Register { config, key, role } => {
@@ -355,10 +367,21 @@ fn init(path: &Path, price: u64) -> Result<()> {
         }
     }
     let key = cfg.signing_key().context("loading ledger key")?;
-    say(&format!(
-        "ledger-key = \"{}\"\nnetwork-id = \"{}\"",
-        key.public_key(),
-        cfg.network_id
-    ));
+    say(&agent_snippet(&cfg, &key.public_key()));
     Ok(())
+}
+
+/// What relays and clients paste: the agent's `[network]` section (its key names) and the
+/// client's `ledger-url`. An unspecified listen address becomes a placeholder to fill in.
+fn agent_snippet(cfg: &Config, ledger_key: &PublicKey) -> String {
+    let url = match cfg.listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("http://<this-host>:{}", a.port()),
+        Ok(a) => format!("http://{a}"),
+        Err(_) => format!("http://{}", cfg.listen),
+    };
+    format!(
+        "# ferry-agent config (paid relays):\n[network]\nid = \"{}\"\nledger-key = \"{ledger_key}\"\n\
+         ledger-url = \"{url}\"\n# ferry client.toml:\n# [client]\n# ledger-url = \"{url}\"",
+        cfg.network_id
+    )
 }

@@ -161,3 +161,58 @@ fn served_ledger_answers_over_tcp() {
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("\"ledger_key\""), "{body}");
 }
+
+#[test]
+fn pubkey_prints_the_agents_network_section_ready_to_paste() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ledger.toml");
+    let cfg_s = cfg.to_str().unwrap();
+    assert!(ledger(&["init", "--config", cfg_s]).status.success());
+    let out = ledger(&["pubkey", "--config", cfg_s]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    // What it prints is TOML whose [network] keys are the agent's (id, ledger-key, ledger-url).
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    let net = doc["network"].as_table().unwrap();
+    let conf: toml::Table = toml::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+    assert_eq!(net["id"].as_str(), conf["network-id"].as_str());
+    assert_eq!(net["ledger-key"].as_str().unwrap().len(), 64);
+    assert_eq!(net["ledger-url"].as_str(), Some("http://127.0.0.1:7878"));
+    assert_eq!(net.len(), 3, "{text}");
+}
+
+#[test]
+fn logs_written_to_a_file_have_no_colour_codes() {
+    // stderr is a pipe here, as with a log file or journald.
+    let out = ledger(&["run", "--config", "/nonexistent/ledger.toml"]);
+    assert!(!out.status.success());
+    let help = ledger(&["run", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Ledger configuration file"), "{help}");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("ledger.toml");
+    assert!(ledger(&["init", "--config", cfg.to_str().unwrap()]).status.success());
+    // A ledger that starts logs at least its "serving" line; stop it after that.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-ledger"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .env("FERRY_LEDGER_ADMIN_TOKEN", "0123456789abcdef0123")
+        .env_remove("NO_COLOR")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read until the first tracing line that ends the startup ("serving", or a bind error).
+    use std::io::BufRead as _;
+    let mut log = String::new();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(Ok(line)) = lines.next() {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("ferry-ledger serving") || line.contains("binding") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(log.contains("ferry-ledger serving") || log.contains("binding"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a piped log: {log:?}");
+}

@@ -9,9 +9,11 @@ use ferry_keys::{WgPrivateKey, WriteMode};
 pub(crate) fn genkey(out: Option<&Path>) -> Result<()> {
     let key = WgPrivateKey::generate().context("generating key")?;
     match out {
-        Some(path) => key
-            .write_to(path, WriteMode::CreateNew)
-            .with_context(|| format!("writing {}", path.display())),
+        Some(path) => {
+            crate::identity::create_key_dir(path)?;
+            key.write_to(path, WriteMode::CreateNew)
+                .context("writing the key")
+        }
         None => {
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "{}", key.to_base64().as_str()).context("writing stdout")

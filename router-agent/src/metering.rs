@@ -88,11 +88,11 @@ impl Metering {
     /// Hello socket and installs the metering hook in the relay.
     pub(crate) async fn setup(
         settings: &PaidSettings,
+        config: &std::path::Path,
         relay: &SharedRelay,
         subnets: Vec<IpNet>,
     ) -> Result<Self> {
-        let key = ferry_keys::load_identity(&settings.identity_key_file)
-            .with_context(|| format!("identity key {}", settings.identity_key_file.display()))?;
+        let key = crate::identity::load_key(&settings.identity_key_file, config)?;
         if let Some(dir) = settings.store_path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("creating state dir {}", dir.display()))?;

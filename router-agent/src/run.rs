@@ -27,8 +27,7 @@ pub(crate) fn check_config(path: &Path) -> Result<()> {
     // ours), so "config ok" means the agent will start.
     let paid = match &cfg.paid {
         Some(p) => {
-            let id = ferry_keys::load_identity(&p.identity_key_file)
-                .with_context(|| format!("identity key {}", p.identity_key_file.display()))?;
+            let id = crate::identity::load_key(&p.identity_key_file, path)?;
             format!(", paid sessions on (identity {})", id.public_key().to_hex())
         }
         None => String::new(),
@@ -91,7 +90,7 @@ fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
 async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()> {
     let relay: SharedRelay = Arc::new(Mutex::new(build_relay(&cfg, &key)?));
     let metering = match &cfg.paid {
-        Some(p) => Some(Metering::setup(p, &relay, cfg.address.clone()).await?),
+        Some(p) => Some(Metering::setup(p, path, &relay, cfg.address.clone()).await?),
         None => None,
     };
     let udp = bind_udp(cfg.listen).with_context(|| format!("binding UDP {}", cfg.listen))?;

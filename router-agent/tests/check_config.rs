@@ -38,8 +38,8 @@ fn check_config_refuses_a_missing_or_loose_identity_key_of_a_paid_relay() {
     .unwrap();
     let (ok, text) = check(&cfg);
     assert!(
-        !ok && text.contains("identity key"),
-        "missing key accepted: {text}"
+        !ok && text.contains("does not exist") && text.contains("identity --generate --config"),
+        "missing key accepted, or no way out named: {text}"
     );
     let id = d.join("identity.key");
     IdentityKey::generate()
@@ -58,4 +58,41 @@ fn check_config_refuses_a_missing_or_loose_identity_key_of_a_paid_relay() {
         ok && text.contains("config ok") && text.contains("paid sessions on"),
         "{text}"
     );
+}
+
+#[test]
+fn genkey_out_creates_the_key_directory_and_names_the_path_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("new/sub/wg.key");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        .args(["genkey", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(key.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    // A second run refuses to overwrite, naming the file once.
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        .args(["genkey", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.matches(key.to_str().unwrap()).count(), 1, "{err}");
 }

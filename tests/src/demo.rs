@@ -420,14 +420,7 @@ fn flow(
         .collect();
     std::fs::write(&ledger.config, patched)?;
     let pk = ledger.cli(&["pubkey"])?;
-    let field = |k: &str| {
-        pk.lines()
-            .find_map(|l| l.strip_prefix(k))
-            .map(|v| v.trim().trim_start_matches('=').trim().trim_matches('"'))
-            .map(str::to_owned)
-            .with_context(|| format!("{k} in `ferry-ledger pubkey`: {pk}"))
-    };
-    let (network_id, ledger_key) = (field("network-id")?, field("ledger-key")?);
+    let (network_id, ledger_key) = crate::metering::ledger_pubkey_fields(&pk)?;
     say(&format!(
         "      ferry-ledger init   -> {}\n      network-id {network_id}\n      ledger-key {ledger_key}",
         ledger.config.display()

@@ -171,20 +171,9 @@ impl Ledger {
             .arg("pubkey")
             .arg("--config")
             .arg(&config))?;
-        let field = |k: &str| {
-            pk.lines()
-                .find_map(|l| l.strip_prefix(k))
-                .map(|v| {
-                    v.trim()
-                        .trim_start_matches('=')
-                        .trim()
-                        .trim_matches('"')
-                        .to_owned()
-                })
-                .with_context(|| format!("{k} in `ferry-ledger pubkey` output: {pk}"))
-        };
-        let network_id = NetworkId::from_hex(&field("network-id")?).context("network id hex")?;
-        let ledger_key = PublicKey::from_hex(&field("ledger-key")?).context("ledger key hex")?;
+        let (network_id, ledger_key) = ledger_pubkey_fields(&pk)?;
+        let network_id = NetworkId::from_hex(&network_id).context("network id hex")?;
+        let ledger_key = PublicKey::from_hex(&ledger_key).context("ledger key hex")?;
         let price_micros_per_gib = text
             .lines()
             .find_map(|l| l.strip_prefix("price-micros-per-gib"))
@@ -758,4 +747,18 @@ fn drain(tunnel: &mut ClientTunnel, sock: &UdpSocket, report: &Mutex<ClientRepor
             _ => {}
         }
     }
+}
+
+/// `(network id, ledger key)` from `ferry-ledger pubkey`'s output (the agent's `[network]`
+/// section: `id = "..."`, `ledger-key = "..."`).
+pub fn ledger_pubkey_fields(out: &str) -> Result<(String, String)> {
+    let field = |k: &str| {
+        out.lines()
+            .find_map(|l| {
+                let (key, v) = l.split_once('=')?;
+                (key.trim() == k).then(|| v.trim().trim_matches('"').to_owned())
+            })
+            .with_context(|| format!("{k} in `ferry-ledger pubkey` output: {out}"))
+    };
+    Ok((field("id")?, field("ledger-key")?))
 }
