@@ -8,7 +8,6 @@
 //! Nothing is undone when the process stops, whatever the reason: after an error or a
 //! refused receipt the host stays cut off until `ferry disconnect` undoes everything.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +21,7 @@ use tokio::sync::Notify;
 use crate::cli::ConnectArgs;
 use crate::config::Config;
 use crate::engine::{Engine, relay_socket};
+use crate::lifecycle::{self, PidFile};
 use crate::netcfg::{self, Applied};
 use crate::paths::{Paths, wait_until};
 use crate::session::prepare;
@@ -33,14 +33,13 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         bail!("`ferry connect` needs root (TUN, routes, nftables); `ferry socks5` needs none");
     }
     paths.ensure_state()?;
-    if let Some(pid) = running_pid(&paths.pid()) {
-        bail!("ferry is already running (pid {pid}); `ferry disconnect` first");
-    }
+    let pid_file = PidFile::claim(paths, "connect")?;
     let mut setup = prepare(paths, cfg, &args.relay)?;
-    std::fs::write(paths.pid(), format!("{}\n", std::process::id()))?;
     // Resolved by `prepare`, before the kill switch: it allows exactly this address.
     let endpoint = setup.endpoint;
     let mut applied = Applied::load(&paths.state);
+    lifecycle::ensure_same_netns(applied.netns, "the previous session's kill switch and DNS")?;
+    applied.netns = lifecycle::current_netns();
 
     let mut allowed = vec![endpoint];
     allowed.extend(setup.hello);
@@ -111,7 +110,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         }
         r
     });
-    let _ = std::fs::remove_file(paths.pid());
+    drop(pid_file);
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),
@@ -158,29 +157,25 @@ async fn drive(
     }
 }
 
-fn running_pid(pid_file: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file)
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    (pid > 0 && Path::new(&format!("/proc/{pid}")).exists()).then_some(pid)
-}
-
 /// `ferry disconnect`: stop the connect process (final receipt), then undo every change.
 pub(crate) fn disconnect(paths: &Paths, wait: Duration) -> Result<ExitCode> {
-    if let Some(pid) = running_pid(&paths.pid()) {
-        let pid = Pid::from_raw(pid);
+    let applied = Applied::load(&paths.state);
+    let running = lifecycle::running(paths);
+    if let Some(r) = &running {
+        lifecycle::ensure_same_netns(r.netns, &format!("the running session (pid {})", r.pid))?;
+    }
+    lifecycle::ensure_same_netns(applied.netns, "the kill switch and DNS change")?;
+    if let Some(r) = running {
+        let pid = Pid::from_raw(r.pid);
         let _ = kill(pid, Signal::SIGTERM);
         let gone = || kill(pid, None).is_err();
         if !wait_until(wait, gone) {
-            tracing::warn!("connect process did not stop in time; killing it");
+            tracing::warn!(mode = %r.mode, "the session did not stop in time; killing it");
             let _ = kill(pid, Signal::SIGKILL);
             wait_until(Duration::from_secs(2), gone);
         }
         let _ = std::fs::remove_file(paths.pid());
     }
-    let applied = Applied::load(&paths.state);
     let mut errors = Vec::new();
     if let Some((conf, backup)) = &applied.resolv_conf {
         if backup.exists() {

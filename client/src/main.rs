@@ -17,6 +17,7 @@ mod connect;
 mod endpoint;
 mod engine;
 mod ledger;
+mod lifecycle;
 mod netcfg;
 mod paths;
 mod session;

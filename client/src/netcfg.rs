@@ -30,6 +30,9 @@ pub(crate) struct Applied {
     pub(crate) endpoint_route: Option<String>,
     /// resolv.conf we rewrote, and where its backup is.
     pub(crate) resolv_conf: Option<(PathBuf, PathBuf)>,
+    /// Network namespace (inode) these changes were made in.
+    #[serde(default)]
+    pub(crate) netns: Option<u64>,
 }
 
 impl Applied {
@@ -288,6 +291,7 @@ mod tests {
             kill_switch: true,
             endpoint_route: Some("198.51.100.1/32".into()),
             resolv_conf: Some(("/etc/resolv.conf".into(), dir.path().join("b"))),
+            netns: Some(4026531840),
         };
         a.save(dir.path()).unwrap();
         assert_eq!(Applied::load(dir.path()), a);

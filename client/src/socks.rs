@@ -117,6 +117,8 @@ pub(crate) async fn write_reply<S: AsyncWrite + Unpin>(s: &mut S, r: Reply) -> R
 /// `ferry socks5 RELAY --listen ADDR`.
 pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
     paths.ensure_state()?;
+    // One lifecycle with `connect`: `ferry disconnect` stops the proxy too (SIGTERM).
+    let _pid_file = crate::lifecycle::PidFile::claim(paths, "socks5")?;
     let mut setup = prepare(paths, cfg, &args.relay)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -191,7 +191,11 @@ fn logs_written_to_a_file_have_no_colour_codes() {
     assert!(help.contains("Ledger configuration file"), "{help}");
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("ledger.toml");
-    assert!(ledger(&["init", "--config", cfg.to_str().unwrap()]).status.success());
+    assert!(
+        ledger(&["init", "--config", cfg.to_str().unwrap()])
+            .status
+            .success()
+    );
     // A ledger that starts logs at least its "serving" line; stop it after that.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-ledger"))
         .args(["run", "--config", cfg.to_str().unwrap()])
@@ -213,6 +217,12 @@ fn logs_written_to_a_file_have_no_colour_codes() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(log.contains("ferry-ledger serving") || log.contains("binding"), "{log}");
-    assert!(!log.contains('\u{1b}'), "ANSI escape codes in a piped log: {log:?}");
+    assert!(
+        log.contains("ferry-ledger serving") || log.contains("binding"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "ANSI escape codes in a piped log: {log:?}"
+    );
 }

@@ -94,6 +94,24 @@ fn connect_fetches_from_the_internet_host_over_ipv4_and_ipv6_then_disconnect_res
     let human = lab.home.cli(&lab.topo.client, &["status"]).unwrap();
     assert!(human.contains("state:      connected"), "{human}");
 
+    // `ferry disconnect` from another network namespace (here: the host's) with the same
+    // state dir refuses and changes nothing: the session, its kill switch and its DNS backup
+    // belong to the client namespace (it used to copy that backup over the host's
+    // resolv.conf and report "kill switch: off").
+    let host_resolv = std::fs::read("/etc/resolv.conf").ok();
+    let argv = lab.home.argv(&["disconnect"]).unwrap();
+    let out = std::process::Command::new(&argv[0])
+        .args(&argv[1..])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "disconnect from the host succeeded");
+    assert!(err.contains("another network namespace"), "{err}");
+    assert_eq!(std::fs::read("/etc/resolv.conf").ok(), host_resolv);
+    assert!(lab.kill_switch_present());
+    let st = lab.status_json().unwrap();
+    assert!(st.contains("\"state\": \"connected\""), "{st}");
+
     lab.disconnect().unwrap();
     assert!(!lab.kill_switch_present());
     assert_eq!(lab.resolv.read(), format!("nameserver {ROUTER_WAN4}\n"));

@@ -146,7 +146,30 @@ fn socks5_as_nobody_fetches_by_address_and_by_name_through_the_tunnel() {
     assert_eq!(socks_fetch(&lab, Dst::Ip(sa(INET4, 9)), 1), Err(5));
     let st = lab.status_json().unwrap();
     assert!(st.contains("\"mode\": \"socks5\""), "{st}");
-    // Stops cleanly on SIGTERM.
-    let out = lab.topo.lab.stop(proc, Duration::from_secs(5));
+    // One lifecycle with `connect`: a second session is refused while it runs, and
+    // `ferry disconnect` stops the proxy (it used to say "stopped" while it kept serving).
+    let err = lab
+        .home
+        .cli(
+            &lab.topo.client,
+            &["socks5", "lab", "--listen", "127.0.0.1:1081"],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ferry socks5 is already running"), "{err}");
+    lab.disconnect().unwrap();
+    wait_until(Duration::from_secs(10), "the proxy to exit", || {
+        !lab.topo.lab.is_running(proc)
+    })
+    .unwrap();
+    let out = lab.topo.lab.stop(proc, Duration::from_secs(1));
     assert!(out.contains("exit status: 0"), "{out}");
+    let refused = lab
+        .topo
+        .client
+        .enter(|| TcpStream::connect(LISTEN).is_err())
+        .unwrap();
+    assert!(refused, "the proxy still serves after `ferry disconnect`");
+    let st = lab.status_json().unwrap();
+    assert!(st.contains("\"state\": \"stopped\""), "{st}");
 }

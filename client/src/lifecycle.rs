@@ -1,0 +1,142 @@
+//! One lifecycle for `ferry connect` and `ferry socks5`: whichever runs holds the pid file
+//! (`<state>/ferry.pid`: pid, mode, network namespace), so a second start is refused naming
+//! the first, and `ferry disconnect` stops either (SIGTERM: final receipt, then exit) — only
+//! from the network namespace the session runs in, since its kill switch, routes and DNS
+//! backup belong to that namespace.
+
+use std::os::unix::fs::MetadataExt as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::paths::Paths;
+
+/// The running session's pid file entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Running {
+    pub(crate) pid: i32,
+    /// `connect` or `socks5` (empty for a pid file of an older ferry).
+    pub(crate) mode: String,
+    /// Inode of the network namespace it runs in (`None` for an older pid file).
+    pub(crate) netns: Option<u64>,
+}
+
+/// The inode of this process's network namespace (`/proc/self/ns/net`).
+pub(crate) fn current_netns() -> Option<u64> {
+    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
+}
+
+/// The live process named by the pid file, if any.
+pub(crate) fn running(paths: &Paths) -> Option<Running> {
+    let text = std::fs::read_to_string(paths.pid()).ok()?;
+    let mut lines = text.lines();
+    let pid: i32 = lines.next()?.trim().parse().ok()?;
+    if pid <= 0 || !Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    let mode = lines.next().unwrap_or("").trim().to_owned();
+    let netns = lines.next().and_then(|l| l.trim().parse().ok());
+    Some(Running { pid, mode, netns })
+}
+
+/// Held while `connect` or `socks5` runs; removes the pid file when dropped.
+#[derive(Debug)]
+pub(crate) struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Claims the pid file for `mode`, refusing while another session runs.
+    pub(crate) fn claim(paths: &Paths, mode: &str) -> Result<Self> {
+        if let Some(r) = running(paths) {
+            let what = if r.mode.is_empty() {
+                "ferry".to_owned()
+            } else {
+                format!("ferry {}", r.mode)
+            };
+            bail!(
+                "{what} is already running (pid {}); `ferry disconnect` first",
+                r.pid
+            );
+        }
+        let path = paths.pid();
+        let netns = current_netns().map(|n| n.to_string()).unwrap_or_default();
+        std::fs::write(&path, format!("{}\n{mode}\n{netns}\n", std::process::id()))
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let ours = std::fs::read_to_string(&self.path).ok().and_then(|t| {
+            t.lines()
+                .next()
+                .map(|l| l.trim() == std::process::id().to_string())
+        });
+        if ours == Some(true) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Refuses to act on a session (or its leftover network changes, recorded with `netns`) from
+/// another network namespace than the one it belongs to.
+pub(crate) fn ensure_same_netns(netns: Option<u64>, what: &str) -> Result<()> {
+    let (Some(theirs), Some(ours)) = (netns, current_netns()) else {
+        return Ok(());
+    };
+    if theirs != ours {
+        bail!(
+            "{what} belongs to another network namespace (net:[{theirs}]; this shell is in \
+             net:[{ours}]): run `ferry disconnect` there, e.g. `ip netns exec <name> ferry \
+             disconnect`; nothing was changed"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(dir: &Path) -> Paths {
+        Paths {
+            dir: dir.to_owned(),
+            config: dir.join("client.toml"),
+            state: dir.to_owned(),
+        }
+    }
+
+    #[test]
+    fn one_session_at_a_time_and_the_file_names_mode_and_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        let held = PidFile::claim(&p, "socks5").unwrap();
+        let r = running(&p).unwrap();
+        assert_eq!(r.pid, std::process::id() as i32);
+        assert_eq!(r.mode, "socks5");
+        assert_eq!(r.netns, current_netns());
+        let err = PidFile::claim(&p, "connect").unwrap_err().to_string();
+        assert!(err.contains("ferry socks5 is already running"), "{err}");
+        drop(held);
+        assert!(running(&p).is_none());
+        assert!(!p.pid().exists());
+        // An older pid file (pid only) still names a live process.
+        std::fs::write(p.pid(), format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(running(&p).unwrap().netns, None);
+    }
+
+    #[test]
+    fn another_namespace_is_refused_and_the_same_one_passes() {
+        let ours = current_netns();
+        assert!(ensure_same_netns(ours, "the session").is_ok());
+        assert!(ensure_same_netns(None, "the session").is_ok());
+        if let Some(n) = ours {
+            let err = ensure_same_netns(Some(n + 1), "the session")
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("another network namespace"), "{err}");
+        }
+    }
+}
