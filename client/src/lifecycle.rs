@@ -98,6 +98,7 @@ pub(crate) fn ensure_same_netns(netns: Option<u64>, what: &str) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn paths(dir: &Path) -> Paths {
