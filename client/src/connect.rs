@@ -34,6 +34,16 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
     }
     paths.ensure_state()?;
     let pid_file = PidFile::claim(paths, "connect")?;
+    lifecycle::record_start(paths, "connect", &args.relay, netcfg::kill_switch_present());
+    let result = connect(paths, cfg, args);
+    if let Err(e) = &result {
+        lifecycle::record_failed_start(paths, e, netcfg::kill_switch_present());
+    }
+    drop(pid_file);
+    result
+}
+
+fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
     let mut setup = prepare(paths, cfg, &args.relay)?;
     // Resolved by `prepare`, before the kill switch: it allows exactly this address.
     let endpoint = setup.endpoint;
@@ -46,6 +56,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
     netcfg::kill_switch_on(&args.tun, &allowed)?;
     applied.kill_switch = true;
     applied.save(&paths.state)?;
+    lifecycle::record_start(paths, "connect", &args.relay, true);
     let route = netcfg::pin_endpoint_route(endpoint.ip())?;
     applied.endpoint_route = Some(route);
     applied.save(&paths.state)?;
@@ -110,7 +121,6 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
         }
         r
     });
-    drop(pid_file);
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),

@@ -80,6 +80,38 @@ impl Drop for PidFile {
     }
 }
 
+/// Writes the status of a start that has not reached the tunnel yet (this process, `mode`,
+/// `relay`, connecting, kill switch as given), replacing the previous run's.
+pub(crate) fn record_start(paths: &Paths, mode: &str, relay: &str, kill_switch: bool) {
+    let mut st =
+        crate::status::Status::new(mode, relay, String::new(), false, ferry_store::unix_now());
+    st.kill_switch = kill_switch;
+    if let Err(e) = st.write(&paths.status()) {
+        tracing::warn!(error = %e, "status file not written");
+    }
+}
+
+/// After a start failed: unless the engine already recorded the end, the status says failed,
+/// why, and whether the kill switch is installed (`kill_switch`, checked by the caller).
+pub(crate) fn record_failed_start(paths: &Paths, error: &anyhow::Error, kill_switch: bool) {
+    use crate::status::{State, Status};
+    let path = paths.status();
+    let mut st = match Status::read(&path) {
+        Ok(st) if st.pid == std::process::id() => st,
+        _ => return,
+    };
+    if matches!(st.state, State::Failed | State::Stopped) {
+        return;
+    }
+    st.state = State::Failed;
+    st.error = Some(format!("{error:#}"));
+    st.kill_switch = kill_switch;
+    st.updated_at = ferry_store::unix_now();
+    if let Err(e) = st.write(&path) {
+        tracing::warn!(error = %e, "status file not written");
+    }
+}
+
 /// Refuses to act on a session (or its leftover network changes, recorded with `netns`) from
 /// another network namespace than the one it belongs to.
 pub(crate) fn ensure_same_netns(netns: Option<u64>, what: &str) -> Result<()> {
@@ -126,6 +158,41 @@ mod tests {
         // An older pid file (pid only) still names a live process.
         std::fs::write(p.pid(), format!("{}\n", std::process::id())).unwrap();
         assert_eq!(running(&p).unwrap().netns, None);
+    }
+
+    #[test]
+    fn a_failed_start_replaces_the_previous_runs_status() {
+        use crate::status::{State, Status};
+        let dir = tempfile::tempdir().unwrap();
+        let p = paths(dir.path());
+        // The previous run: another relay, another pid, stopped cleanly.
+        let mut old = Status::new("connect", "old-relay", "198.51.100.9:51820".into(), true, 1);
+        old.pid = 1;
+        old.state = State::Stopped;
+        old.write(&p.status()).unwrap();
+        record_start(&p, "connect", "new-relay", false);
+        let st = Status::read(&p.status()).unwrap();
+        assert_eq!(
+            (st.relay.as_str(), st.pid, st.state),
+            ("new-relay", std::process::id(), State::Connecting)
+        );
+        record_start(&p, "connect", "new-relay", true);
+        let err = anyhow::anyhow!("relay refused the session: relay busy");
+        record_failed_start(&p, &err, true);
+        let st = Status::read(&p.status()).unwrap();
+        assert_eq!(st.state, State::Failed);
+        assert!(
+            st.kill_switch,
+            "the kill switch stays on after a failed start"
+        );
+        assert!(st.error.unwrap().contains("relay busy"));
+        // What the engine recorded itself is left alone.
+        let mut done = Status::read(&p.status()).unwrap();
+        done.state = State::Stopped;
+        done.error = None;
+        done.write(&p.status()).unwrap();
+        record_failed_start(&p, &err, true);
+        assert_eq!(Status::read(&p.status()).unwrap().state, State::Stopped);
     }
 
     #[test]

@@ -119,6 +119,15 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitC
     paths.ensure_state()?;
     // One lifecycle with `connect`: `ferry disconnect` stops the proxy too (SIGTERM).
     let _pid_file = crate::lifecycle::PidFile::claim(paths, "socks5")?;
+    crate::lifecycle::record_start(paths, "socks5", &args.relay, false);
+    let result = proxy(paths, cfg, args);
+    if let Err(e) = &result {
+        crate::lifecycle::record_failed_start(paths, e, false);
+    }
+    result
+}
+
+fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
     let mut setup = prepare(paths, cfg, &args.relay)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
