@@ -12,6 +12,8 @@ use crate::config::{Config, ValidPeer};
 const ADDRESS_REFRESH: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(config: PathBuf, relay: SharedRelay) {
+    // What the agent started with, to say on SIGHUP which edits only a restart applies.
+    let started = sections(&config);
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     let mut tick = tokio::time::interval(ADDRESS_REFRESH);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -20,9 +22,39 @@ pub(crate) async fn run(config: PathBuf, relay: SharedRelay) {
             _ = tick.tick() => refresh_addresses(&relay),
             Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
                 reload_peers(&config, &relay);
+                let changed = restart_needed(&started, &sections(&config));
+                if !changed.is_empty() {
+                    tracing::warn!(
+                        sections = %changed.join(", "),
+                        "SIGHUP: only [[peer]] changes apply on reload; the changes to these \
+                         sections need a restart (/etc/init.d/ferry restart, or restart the service)"
+                    );
+                }
             }
         }
     }
+}
+
+/// The config file's top-level tables (empty if unreadable: the reload reports that).
+fn sections(config: &std::path::Path) -> toml::Table {
+    std::fs::read_to_string(config)
+        .ok()
+        .and_then(|t| t.parse::<toml::Table>().ok())
+        .unwrap_or_default()
+}
+
+/// Top-level sections (other than `peer`) that differ between `old` and `new`, as `[name]`.
+fn restart_needed(old: &toml::Table, new: &toml::Table) -> Vec<String> {
+    if new.is_empty() {
+        return Vec::new();
+    }
+    let mut keys: Vec<&String> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| k.as_str() != "peer" && old.get(*k) != new.get(*k))
+        .map(|k| format!("[{k}]"))
+        .collect()
 }
 
 fn refresh_addresses(relay: &SharedRelay) {
@@ -82,6 +114,28 @@ mod tests {
     use ferry_relay_core::StaticSecret;
 
     use super::*;
+
+    #[test]
+    fn sighup_names_the_sections_that_need_a_restart() {
+        let t = |s: &str| s.parse::<toml::Table>().unwrap();
+        let old = t(
+            "[wireguard]\nlisten = \"0.0.0.0:51820\"\n[paid]\nenabled = false\n\
+                     [[peer]]\nname = \"a\"\n",
+        );
+        // Only peers changed: nothing to say.
+        let peers_only = t(
+            "[wireguard]\nlisten = \"0.0.0.0:51820\"\n[paid]\nenabled = false\n\
+                            [[peer]]\nname = \"b\"\n",
+        );
+        assert!(restart_needed(&old, &peers_only).is_empty());
+        let more = t(
+            "[wireguard]\nlisten = \"0.0.0.0:51999\"\n[paid]\nenabled = false\n\
+                      [limits]\nmax-peers = 5\n",
+        );
+        assert_eq!(restart_needed(&old, &more), ["[limits]", "[wireguard]"]);
+        // An unreadable file is reported by the reload itself.
+        assert!(restart_needed(&old, &toml::Table::new()).is_empty());
+    }
 
     fn peers(text: &str) -> Vec<ValidPeer> {
         let base = "[wireguard]\nprivate-key-file = \"k\"\naddress = [\"10.77.0.1/24\"]\n";

@@ -20,6 +20,7 @@ mod metering;
 mod metering_hello;
 mod observability;
 mod peers;
+mod pools;
 mod run;
 mod sessions;
 #[cfg(test)]
@@ -65,12 +66,22 @@ enum Cmd {
         /// Generate the peer's key pair; write its private key to this file (0600).
         #[arg(long, conflicts_with = "public_key")]
         generate_key: Option<PathBuf>,
-        /// Inner address(es) of the peer, e.g. 10.77.0.2/32 (repeatable). Default: next free.
+        /// Inner address(es) of the peer, e.g. 10.77.0.2/32 (repeatable). Default: the next
+        /// free address of each tunnel subnet's trusted-peer part (its first quarter; paid
+        /// sessions use the rest, so the two never collide).
         #[arg(long = "allowed-ip")]
         allowed_ips: Vec<String>,
         /// Peer name (default: peer-N).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Remove a trusted peer from the config file (a running agent drops it on SIGHUP).
+    RemovePeer {
+        /// Agent configuration file to edit.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Peer name (as shown by `ferry-agent peers`).
+        name: String,
     },
     /// List the peers in the config file.
     Peers {
@@ -130,6 +141,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Run { config } => run::run(&config),
         Cmd::Genkey { out } => keycmd::genkey(out.as_deref()),
         Cmd::Pubkey => keycmd::pubkey(),
+        Cmd::RemovePeer { config, name } => peers::remove_peer(&config, &name),
         Cmd::AddPeer {
             config,
             public_key,

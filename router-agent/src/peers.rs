@@ -59,6 +59,50 @@ pub(crate) fn add_peer(
     Ok(())
 }
 
+/// `remove-peer NAME`: drops that `[[peer]]` table (comments elsewhere kept), validates the
+/// result like `run`, and replaces the file atomically.
+pub(crate) fn remove_peer(config: &Path, name: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(config).with_context(|| format!("reading {}", config.display()))?;
+    let updated = without_peer(&text, name).with_context(|| format!("{}", config.display()))?;
+    Config::parse(&updated, config.parent().unwrap_or(Path::new(".")))
+        .context("the config would become invalid")?;
+    write_atomically(config, &updated)?;
+    writeln!(
+        std::io::stdout().lock(),
+        "removed peer {name}; a running agent drops it on SIGHUP (`kill -HUP <pid>`, or \
+         `/etc/init.d/ferry reload` on OpenWrt)"
+    )?;
+    Ok(())
+}
+
+fn without_peer(text: &str, name: &str) -> Result<String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().context("parsing config as TOML")?;
+    let Some(aot) = doc
+        .get_mut("peer")
+        .and_then(toml_edit::Item::as_array_of_tables_mut)
+    else {
+        bail!("no [[peer]] named {name:?} (the config has no peers)");
+    };
+    let names: Vec<String> = aot
+        .iter()
+        .map(|t| {
+            t.get("name")
+                .and_then(|v| v.as_str())
+                .unwrap_or("")
+                .to_owned()
+        })
+        .collect();
+    let Some(i) = names.iter().position(|n| n == name) else {
+        bail!("no [[peer]] named {name:?} (peers: {})", names.join(", "));
+    };
+    aot.remove(i);
+    if aot.is_empty() {
+        doc.remove("peer");
+    }
+    Ok(doc.to_string())
+}
+
 /// Appends a `[[peer]]` table, keeping the rest of the document (comments included) intact.
 fn append_peer(text: &str, name: &str, key: &WgPublicKey, nets: &[IpNet]) -> Result<String> {
     let mut doc: toml_edit::DocumentMut = text.parse().context("parsing config as TOML")?;
@@ -72,6 +116,20 @@ fn append_peer(text: &str, name: &str, key: &WgPublicKey, nets: &[IpNet]) -> Res
     table.insert("allowed-ips", toml_edit::value(arr));
     match doc.get_mut("peer") {
         None => {
+            // The document's trailing comments follow the last section's keys (often its
+            // commented-out options): keep them there, above the new table, not after it.
+            let trailing = doc.trailing().as_str().unwrap_or("").to_owned();
+            if !trailing.trim().is_empty() {
+                let sep = if trailing.ends_with('\n') {
+                    "\n"
+                } else {
+                    "\n\n"
+                };
+                table.decor_mut().set_prefix(format!("{trailing}{sep}"));
+                doc.set_trailing("");
+            } else {
+                table.decor_mut().set_prefix("\n");
+            }
             let mut aot = toml_edit::ArrayOfTables::new();
             aot.push(table);
             doc.insert("peer", toml_edit::Item::ArrayOfTables(aot));
@@ -84,7 +142,8 @@ fn append_peer(text: &str, name: &str, key: &WgPublicKey, nets: &[IpNet]) -> Res
     Ok(doc.to_string())
 }
 
-/// The first host address per tunnel subnet not used by the relay or any peer.
+/// The first address of each tunnel subnet's trusted pool (`pools.rs`) not used by the relay
+/// or any peer; paid sessions draw from the other pool, so this never collides with one.
 fn next_free(cfg: &Validated) -> Result<Vec<IpNet>> {
     let used: Vec<IpAddr> = cfg
         .address
@@ -98,13 +157,16 @@ fn next_free(cfg: &Validated) -> Result<Vec<IpNet>> {
         .collect();
     let mut out = Vec::new();
     for subnet in &cfg.address {
-        let host = subnet
-            .hosts()
-            .take(1 << 16)
-            .find(|a| *a != subnet.network() && !used.contains(a));
+        let (first, count) = crate::pools::trusted_range(subnet);
+        let host = (0..count.min(1 << 16))
+            .filter_map(|off| crate::pools::host_at(subnet, first + off))
+            .find(|a| !used.contains(a));
         match host {
             Some(a) => out.push(IpNet::from(a)),
-            None => bail!("no free address in {subnet}; pass --allowed-ip"),
+            None => bail!(
+                "no free address in the trusted-peer part of {subnet} (its first quarter); \
+                 pass --allowed-ip or widen the subnet"
+            ),
         }
     }
     Ok(out)
@@ -255,6 +317,57 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["laptop", "phone"]
         );
+    }
+
+    #[test]
+    fn a_new_peer_goes_after_the_comments_that_belong_to_the_last_section() {
+        // Commented keys of the last section stay with it: uncommenting them later must not
+        // land them inside the new [[peer]].
+        let text = format!("{BASE}[paid]\nenabled = false\n# hello-listen = \"0.0.0.0:51821\"\n");
+        let key = WgPrivateKey::from_bytes(&[7; 32]).public_key();
+        let nets = next_free(&Config::parse(&text, Path::new("/")).unwrap()).unwrap();
+        let out = append_peer(&text, "laptop", &key, &nets).unwrap();
+        let comment = out.find("# hello-listen").unwrap();
+        assert!(comment < out.find("[[peer]]").unwrap(), "{out}");
+        let uncommented = out.replace("# hello-listen", "hello-listen");
+        let cfg = Config::parse(&uncommented, Path::new("/")).unwrap();
+        assert_eq!(cfg.peers.len(), 1, "{uncommented}");
+        // A commented-out section at the end stays a section of its own.
+        let text = format!("{BASE}\n# [paid]\n# enabled = false\n");
+        let out = append_peer(&text, "laptop", &key, &nets).unwrap();
+        let un = out
+            .replace("# [paid]", "[paid]")
+            .replace("# enabled", "enabled");
+        assert_eq!(
+            Config::parse(&un, Path::new("/")).unwrap().peers.len(),
+            1,
+            "{un}"
+        );
+    }
+
+    #[test]
+    fn remove_peer_drops_exactly_that_peer_and_keeps_the_rest() {
+        let key = WgPrivateKey::from_bytes(&[7; 32]).public_key();
+        let key2 = WgPrivateKey::from_bytes(&[8; 32]).public_key();
+        let cfg = Config::parse(BASE, Path::new("/")).unwrap();
+        let t = append_peer(BASE, "laptop", &key, &next_free(&cfg).unwrap()).unwrap();
+        let nets = next_free(&Config::parse(&t, Path::new("/")).unwrap()).unwrap();
+        let t = append_peer(&t, "phone", &key2, &nets).unwrap();
+        let out = without_peer(&t, "laptop").unwrap();
+        assert!(out.contains("# keep"));
+        let cfg = Config::parse(&out, Path::new("/")).unwrap();
+        assert_eq!(cfg.peers.len(), 1);
+        assert_eq!(cfg.peers[0].name, "phone");
+        let err = without_peer(&out, "laptop").unwrap_err().to_string();
+        assert!(err.contains("peers: phone"), "{err}");
+        let none = without_peer(&out, "phone").unwrap();
+        assert!(
+            Config::parse(&none, Path::new("/"))
+                .unwrap()
+                .peers
+                .is_empty()
+        );
+        assert!(!none.contains("[[peer]]"));
     }
 
     #[test]

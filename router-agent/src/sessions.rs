@@ -316,7 +316,8 @@ impl PacketHook for PaidSessions {
     }
 }
 
-/// Tunnel addresses for paid clients. Candidates are tried from a cursor per subnet that moves
+/// Tunnel addresses for paid clients, from each subnet's paid pool (`pools.rs`: apart from the
+/// trusted peers' pool, so `add-peer` never picks a paid client's address). Candidates are tried from a cursor per subnet that moves
 /// past each allocation, and each is checked with one longest-prefix lookup in the relay's
 /// routes (not by scanning every peer), so an allocation costs O(1) lookups on average and at
 /// most `SCAN_LIMIT` when the subnet is nearly full.
@@ -364,12 +365,12 @@ impl Allocator {
             if net.addr().is_ipv6() != v6 {
                 continue;
             }
-            let (first, count) = host_range(&net);
+            let (first, count) = crate::pools::paid_range(&net);
             let tries = count.min(SCAN_LIMIT);
             for step in 0..tries {
                 let off = (self.cursor[i] + step) % count;
                 self.probes += 1;
-                let Some(a) = host_at(&net, first + off) else {
+                let Some(a) = crate::pools::host_at(&net, first + off) else {
                     continue;
                 };
                 if !self.own.contains(&a) && relay.route_owner(a).is_none() {
@@ -379,37 +380,6 @@ impl Allocator {
             }
         }
         None
-    }
-}
-
-/// (first host offset, number of host offsets) of `net`: IPv4 without the network and
-/// broadcast addresses (for prefixes below /31), IPv6 without the subnet-router anycast address.
-fn host_range(net: &IpNet) -> (u128, u128) {
-    let bits = u32::from(net.max_prefix_len() - net.prefix_len());
-    let size = if bits >= 64 {
-        1u128 << 64
-    } else {
-        1u128 << bits
-    };
-    match net {
-        IpNet::V4(_) if bits >= 2 => (1, size - 2),
-        IpNet::V4(_) => (0, size),
-        IpNet::V6(_) if size > 1 => (1, size - 1),
-        IpNet::V6(_) => (0, 1),
-    }
-}
-
-fn host_at(net: &IpNet, off: u128) -> Option<IpAddr> {
-    match net {
-        IpNet::V4(n) => {
-            let base = u32::from(n.network());
-            Some(IpAddr::V4(Ipv4Addr::from(
-                base.checked_add(u32::try_from(off).ok()?)?,
-            )))
-        }
-        IpNet::V6(n) => Some(IpAddr::V6(Ipv6Addr::from(
-            u128::from(n.network()).checked_add(off)?,
-        ))),
     }
 }
 

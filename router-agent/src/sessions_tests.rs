@@ -421,23 +421,30 @@ fn allocation_skips_own_and_taken_addresses() {
     ];
     let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
     let mut alloc = Allocator::new(&subnets, &own);
+    // Paid addresses come from the paid pool (.64 on in a /24), never the trusted peers'.
     let (v4, v6) = alloc.allocate(&relay).unwrap();
-    assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 2)));
-    assert_eq!(v6, "fd77::2".parse().ok());
+    assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 64)));
+    assert_eq!(v6, "fd77::4000:0:0:0".parse().ok());
     relay
         .add_peer(PeerConfig {
             public_key: PublicKey::from([9u8; 32]),
             allowed_ips: vec![
-                "10.77.0.2/31".parse().unwrap(),
-                "fd77::2/128".parse().unwrap(),
+                "10.77.0.64/31".parse().unwrap(),
+                "fd77::4000:0:0:1/128".parse().unwrap(),
             ],
             preshared_key: None,
             persistent_keepalive: None,
         })
         .unwrap();
     let (v4, v6) = alloc.allocate(&relay).unwrap();
-    assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 4)));
-    assert_eq!(v6, "fd77::3".parse().ok());
+    assert_eq!(v4, Some(Ipv4Addr::new(10, 77, 0, 66)));
+    assert_eq!(v6, "fd77::4000:0:0:2".parse().ok());
+    // A whole run of paid sessions never enters the trusted pool.
+    let mut alloc = Allocator::new(&subnets, &own);
+    for _ in 0..100 {
+        let (v4, _) = alloc.allocate(&relay).unwrap();
+        assert!(v4.unwrap().octets()[3] >= 64, "{v4:?}");
+    }
     let tiny: Vec<IpNet> = vec!["10.77.0.1/32".parse().unwrap()];
     assert!(Allocator::new(&tiny, &own).allocate(&relay).is_none());
 }
@@ -483,7 +490,11 @@ fn a_voucher_and_an_identity_hold_at_most_their_cap_of_live_sessions() {
     // Another client is unaffected; ending a session frees a place.
     let o = lab.offer_with(2, 9, 1 << 30, wg_key(4), 1);
     assert!(admit_offer(&mut lab, &o).is_ok());
-    let first = lab.relay.route_owner("10.77.0.2".parse().unwrap()).unwrap();
+    // The first paid address of 10.77.0.0/24 (its paid pool starts at .64).
+    let first = lab
+        .relay
+        .route_owner("10.77.0.64".parse().unwrap())
+        .unwrap();
     lab.relay
         .with_hook(|r, s: &mut PaidSessions| s.end(r, first))
         .unwrap();
@@ -571,7 +582,7 @@ fn allocation_costs_about_one_lookup_per_session_even_with_many_peers() {
         .hook::<PaidSessions>()
         .map(|s| s.alloc.probes)
         .unwrap();
-    // Two families (v4 + v6) per admission: one probe each, nothing rescanned (plus the
-    // relay's own .1 and ::1, skipped once).
-    assert_eq!(probes, 60 * 2 + 2, "{probes} probes for 60 admissions");
+    // Two families (v4 + v6) per admission: one probe each, nothing rescanned (the relay's
+    // own .1 and ::1 are in the trusted pool, never probed).
+    assert_eq!(probes, 60 * 2, "{probes} probes for 60 admissions");
 }

@@ -122,7 +122,11 @@ fn connect_fetches_from_the_internet_host_over_ipv4_and_ipv6_then_disconnect_res
     assert!(st.contains("\"kill_switch\": false"), "{st}");
     // A start that fails shows itself, not the previous run (relay, pid, state, error).
     let old_pid = json_u64(&st, "pid");
-    assert!(lab.home.cli(&lab.topo.client, &["connect", "nosuch"]).is_err());
+    assert!(
+        lab.home
+            .cli(&lab.topo.client, &["connect", "nosuch"])
+            .is_err()
+    );
     let st = lab.status_json().unwrap();
     assert!(st.contains("\"relay\": \"nosuch\""), "{st}");
     assert!(st.contains("\"state\": \"failed\""), "{st}");
