@@ -22,10 +22,13 @@ const NETWORK: &str = "42424242424242424242424242424242";
 /// The lab both tests share: topology, services, the real agent in paid mode, a client home
 /// configured for it (the fields drop in order: agent and services before the topology).
 struct AgentLab {
-    _agent: Agent,
+    agent: Agent,
     _services: Services,
     _resolv: NetnsResolvConf,
     home: FerryHome,
+    /// The relay's WireGuard key pair and receipts identity (hex).
+    relay_wg: KeyPair,
+    relay_identity: String,
     topo: Topology,
 }
 
@@ -78,10 +81,12 @@ fn agent_lab() -> AgentLab {
     .unwrap();
 
     AgentLab {
-        _agent: agent,
+        agent,
         _services: services,
         _resolv: resolv,
         home,
+        relay_wg: relay_key,
+        relay_identity: relay_home.identity_public.clone(),
         topo,
     }
 }
@@ -248,5 +253,200 @@ fn spoofed_hello_replies_on_the_wire_change_nothing() {
     .unwrap();
     assert_eq!(got.peer_seen.ip(), std::net::IpAddr::from(ROUTER_UP4));
     eprintln!("{sent} forged replies injected over 4 s; connected with the relay's own session");
+    home.cli(&topo.client, &["disconnect"]).unwrap();
+}
+
+/// A voucher minted with the test ledger key for `client` (what `ferry-test-relay voucher`
+/// does), `allowance` bytes.
+fn test_voucher(client: &ferry_receipts::SigningKey, allowance: u64) -> ferry_receipts::Voucher {
+    let ledger = ferry_receipts::SigningKey::from_seed(&[3; 32]);
+    let now = ferry_store::unix_now();
+    ferry_receipts::Voucher {
+        network_id: ferry_receipts::NetworkId::from_hex(NETWORK).unwrap(),
+        ledger_key: ledger.public_key(),
+        client_key: client.public_key(),
+        nonce: [7; 16],
+        allowance_bytes: allowance,
+        price_micros_per_gib: 500_000,
+        issued_at: now - 60,
+        expires_at: now + 3600,
+        signature: ferry_receipts::Signature::ZERO,
+    }
+    .sign(&ledger)
+}
+
+/// Average ping RTT (ms) from the client namespace to the internet host.
+fn ping_avg_ms(topo: &Topology, count: u32) -> f64 {
+    let out = topo
+        .client
+        .exec(&[
+            "ping",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.05",
+            &INET4.to_string(),
+        ])
+        .unwrap();
+    // rtt min/avg/max/mdev = 0.049/0.071/0.120/0.016 ms
+    let stats = out.lines().find(|l| l.contains("min/avg/max")).unwrap();
+    let nums = stats.split('=').nth(1).unwrap().trim();
+    nums.split('/').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn a_hello_flood_neither_ends_a_paying_session_nor_fills_the_relay_nor_slows_it() {
+    // Items 1 and 2 of the hardening issue, on the wire against the real agent: from 200
+    // source addresses, 1000 Hellos that all spend one cheap voucher (each with a new
+    // WireGuard key), plus unverifiable Hellos carrying the paying client's own WireGuard key.
+    // The paying client's session must stay (same session, traffic flows), its ping must stay
+    // within 2x of the calm baseline, and a fresh paying client must get in within 2 s.
+    use ferry_e2e::metering::{Behaviour, ClientSpec, PaidClient};
+    use ferry_metering::{Message, encode};
+    use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+    let mut lab = agent_lab();
+    let agent_label = lab.agent.label.clone();
+    let AgentLab {
+        home,
+        topo,
+        relay_wg,
+        relay_identity,
+        ..
+    } = &mut lab;
+    let tun = topo.lab.ifname("fh");
+    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
+    let session_of = |home: &FerryHome, topo: &Topology| {
+        let st = home.cli(&topo.client, &["status", "--json"]).unwrap();
+        st.split("\"session_id\": \"")
+            .nth(1)
+            .map(|r| r[..32].to_owned())
+    };
+    let session = session_of(home, topo).expect("paid session id in status");
+    let calm = ping_avg_ms(topo, 40);
+
+    // 200 extra source addresses on the client's link (the router routes the /24 back).
+    for i in 10..210u8 {
+        topo.client
+            .exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("198.51.100.{i}/32"),
+                "dev",
+                &topo.client_if,
+            ])
+            .unwrap();
+    }
+    let attacker = ferry_receipts::SigningKey::from_seed(&[0x77; 32]);
+    let cheap = test_voucher(&attacker, 2 << 20);
+    let relay_key = ferry_receipts::PublicKey::from_hex(relay_identity).unwrap();
+    let victim_wg: [u8; 32] = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD
+            .decode(&home.wg_public)
+            .unwrap()
+            .try_into()
+            .unwrap()
+    };
+    let hello_to = SocketAddr::from((ROUTER_WAN4, 51821));
+    let offer = |wg: [u8; 32], n: u32| {
+        let mut nonce = [0u8; 16];
+        nonce[..4].copy_from_slice(&n.to_be_bytes());
+        ferry_receipts::SessionOffer {
+            network_id: cheap.network_id,
+            relay_key,
+            client_key: attacker.public_key(),
+            client_wg_key: wg,
+            nonce,
+            created_at: ferry_store::unix_now(),
+            voucher: cheap.clone(),
+            signature: ferry_receipts::Signature::ZERO,
+        }
+        .sign(&attacker)
+    };
+    let flood = |topo: &Topology| {
+        topo.client
+            .enter(|| {
+                let socks: Vec<UdpSocket> = (10..210u8)
+                    .map(|i| UdpSocket::bind((Ipv4Addr::new(198, 51, 100, i), 0)).unwrap())
+                    .collect();
+                for n in 0..1000u32 {
+                    let mut wg = [0u8; 32];
+                    wg[..4].copy_from_slice(&(n + 1).to_be_bytes());
+                    let frame = encode(&Message::Hello(offer(wg, n)));
+                    let _ = socks[n as usize % socks.len()].send_to(&frame, hello_to);
+                }
+                // Unverifiable offers naming the paying client's WireGuard key.
+                for n in 0..20u32 {
+                    let mut o = offer(victim_wg, 5000 + n);
+                    o.signature.0[0] ^= 1;
+                    let _ = socks[n as usize].send_to(&encode(&Message::Hello(o)), hello_to);
+                }
+            })
+            .unwrap();
+    };
+    let t = std::time::Instant::now();
+    flood(topo);
+    let flood_secs = t.elapsed().as_secs_f64();
+    let under = ping_avg_ms(topo, 40);
+
+    // A fresh paying client gets in at once.
+    let fresh_id = std::sync::Arc::new(ferry_receipts::SigningKey::from_seed(&[0x55; 32]));
+    let spec = ClientSpec {
+        wg: KeyPair::generate().unwrap(),
+        identity: fresh_id.clone(),
+        voucher: test_voucher(&fresh_id, 64 << 20),
+        relay_identity: relay_key,
+        relay_wg: relay_wg.public_key(),
+        endpoint: Agent::endpoint(),
+        hello: hello_to,
+        target: sa(INET4, ferry_e2e::topology::ECHO_PORT),
+        payload: 200,
+        behaviour: Behaviour::Honest,
+    };
+    let t = std::time::Instant::now();
+    let fresh = PaidClient::start(&topo.client, spec).unwrap();
+    fresh
+        .wait(
+            Duration::from_secs(2),
+            "a fresh paying client admitted",
+            |r| r.address.is_some(),
+        )
+        .unwrap();
+    let admitted_ms = t.elapsed().as_millis();
+    let refused = fresh.report().refused;
+    assert!(refused.is_none(), "{refused:?}");
+
+    // The paying client's session is the same one and still carries traffic.
+    assert_eq!(session_of(home, topo).as_deref(), Some(session.as_str()));
+    let got = fetch(
+        &topo.client,
+        sa(INET4, DATA_PORT),
+        1 << 20,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(got.bytes, 1 << 20);
+    eprintln!(
+        "1000 Hellos on one voucher + 20 unverifiable ones for the victim's key from 200 \
+         sources in {flood_secs:.2} s; ping calm {calm:.3} ms, after the flood {under:.3} ms; \
+         a fresh paying client admitted in {admitted_ms} ms"
+    );
+    // Loopback-fast namespaces ping in ~0.05 ms, so "2x" gets 0.5 ms of absolute slack.
+    assert!(
+        under <= 2.0 * calm + 0.5,
+        "ping {under} ms vs calm {calm} ms"
+    );
+    let log = topo.lab.log("ferry-connect");
+    assert!(!log.contains("relay ended the session"), "{log}");
+    // The flood did reach the agent: it admitted the voucher's cap of sessions and refused
+    // the rest (the unverifiable offers changed nothing).
+    let agent_log = topo.lab.log(&agent_label);
+    let capped = agent_log.matches("maximum of live sessions").count();
+    assert!(capped > 100, "{capped} capped offers in the agent log");
+    assert!(!agent_log.contains("old one ends"), "{agent_log}");
+    drop(fresh);
     home.cli(&topo.client, &["disconnect"]).unwrap();
 }
