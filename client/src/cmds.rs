@@ -38,14 +38,17 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
 fn ledger_and_identity(
     paths: &Paths,
     ledger: Option<String>,
-) -> Result<(String, ferry_receipts::SigningKey)> {
+) -> Result<(ferry_store::LedgerClient, ferry_receipts::SigningKey)> {
+    let cfg = Config::load(&paths.config)?;
     let url = match ledger {
         Some(url) => url,
-        None => Config::load(&paths.config)?
+        None => cfg
             .client
             .ledger_url
+            .clone()
             .context("no ledger: pass --ledger URL or set [client] ledger-url")?,
     };
+    let url = crate::ledger::client(&url, cfg.client.ledger_ca_file.as_deref())?;
     let key = IdentityKey::load(&paths.identity())
         .context("run `ferry keygen` first")?
         .signing_key();

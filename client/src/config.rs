@@ -31,8 +31,11 @@ pub(crate) struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub(crate) struct ClientSection {
-    /// Ledger base URL (`http://host:port`): receipt submission; default for `voucher request`.
+    /// Ledger base URL (`http://host:port` or `https://host[:port]`): receipt submission;
+    /// default for `voucher request` and `balance`.
     pub(crate) ledger_url: Option<String>,
+    /// PEM CA certificate(s) an `https://` ledger must chain to (instead of the web roots).
+    pub(crate) ledger_ca_file: Option<PathBuf>,
     /// Receipt log (ferry-store). Default: `<key dir>/receipts.log`.
     pub(crate) receipts: Option<PathBuf>,
     /// Over-claim tolerance, basis points of the own count (default 200 = 2 %).
@@ -145,10 +148,7 @@ impl Config {
             r.parse()?;
         }
         if let Some(u) = &self.client.ledger_url {
-            ensure!(
-                u.starts_with("http://"),
-                "ledger-url must be http://host:port (got {u:?})"
-            );
+            ferry_store::LedgerUrl::parse(u).map_err(|e| anyhow::anyhow!("ledger-url: {e}"))?;
         }
         Ok(())
     }

@@ -310,17 +310,28 @@ async fn ledger_server() -> String {
 async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_submits() {
     let url = ledger_server().await;
     let (_, client_id, _) = keys();
-    let (voucher, answer) =
-        crate::ledger::request_voucher(&url, &client_id, 1 << 30, [8; 16], unix_now())
-            .await
-            .unwrap();
+    let (voucher, answer) = crate::ledger::request_voucher(
+        &crate::ledger::client(&url, None).unwrap(),
+        &client_id,
+        1 << 30,
+        [8; 16],
+        unix_now(),
+    )
+    .await
+    .unwrap();
     assert_eq!(voucher.client_key, client_id.public_key());
     assert_eq!(voucher.allowance_bytes, 1 << 30);
     assert_eq!(answer.cost_micros, 1_000_000);
     // Not enough balance for a second, larger one: the ledger's refusal is reported.
-    let err = crate::ledger::request_voucher(&url, &client_id, 10 << 30, [9; 16], unix_now())
-        .await
-        .unwrap_err();
+    let err = crate::ledger::request_voucher(
+        &crate::ledger::client(&url, None).unwrap(),
+        &client_id,
+        10 << 30,
+        [9; 16],
+        unix_now(),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("refused"), "{err:#}");
 
     let mut f = fixture(0, voucher, true).await;

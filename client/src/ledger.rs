@@ -11,11 +11,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use ferry_ledger_api as api;
 use ferry_receipts::{NetworkId, PublicKey, SigningKey, Voucher};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
+use ferry_store::LedgerClient;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -57,8 +53,8 @@ pub(crate) fn voucher_request_body(
 }
 
 /// Fetches `/v1/info`.
-pub(crate) async fn info(ledger_url: &str) -> Result<LedgerInfo> {
-    let (status, body) = request(ledger_url, "GET", "/v1/info", None).await?;
+pub(crate) async fn info(ledger: &LedgerClient) -> Result<LedgerInfo> {
+    let (status, body) = request(ledger, "GET", "/v1/info", None).await?;
     if status != 200 {
         let (code, msg) = error_of(&body);
         bail!("ledger /v1/info answered HTTP {status} {code}: {msg}");
@@ -77,16 +73,16 @@ pub(crate) async fn info(ledger_url: &str) -> Result<LedgerInfo> {
 /// Requests a voucher for `allowance_bytes`, verifies it and returns it with the ledger's
 /// answer (cost, balance).
 pub(crate) async fn request_voucher(
-    ledger_url: &str,
+    ledger: &LedgerClient,
     key: &SigningKey,
     allowance_bytes: u64,
     nonce: [u8; 16],
     now: u64,
 ) -> Result<(Voucher, api::IssuedVoucher)> {
-    let li = info(ledger_url).await?;
+    let li = info(ledger).await?;
     let req = voucher_request_body(&li.network_id, key, allowance_bytes, nonce, now);
     let (status, body) = request(
-        ledger_url,
+        ledger,
         "POST",
         "/v1/vouchers",
         Some(serde_json::to_string(&req)?),
@@ -112,11 +108,11 @@ pub(crate) async fn request_voucher(
 
 /// Our own account (`GET /v1/clients/{key}`, signed by our identity key at `now`).
 pub(crate) async fn account(
-    ledger_url: &str,
+    ledger: &LedgerClient,
     key: &SigningKey,
     now: u64,
 ) -> Result<api::ClientAccount> {
-    let li = info(ledger_url).await?;
+    let li = info(ledger).await?;
     let client_key = key.public_key();
     let msg = account_read_bytes(li.network_id.as_bytes(), client_key.as_bytes(), now);
     let sig = key.sign(ACCOUNT_READ_DOMAIN, &msg);
@@ -125,7 +121,7 @@ pub(crate) async fn account(
         client_key.to_hex(),
         hex::encode(sig.as_bytes())
     );
-    let (status, body) = request(ledger_url, "GET", &path, None).await?;
+    let (status, body) = request(ledger, "GET", &path, None).await?;
     if status == 404 {
         bail!(
             "the ledger does not know client key {client_key} (register it, or ask the \
@@ -167,54 +163,21 @@ pub(crate) fn save_voucher(path: &Path, v: &Voucher) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// One HTTP/1.1 request to `base` + `path`; returns status and JSON body (Null if not JSON).
+/// One request to the ledger (`http://` or `https://`, ferry-store's client).
 async fn request(
-    base: &str,
+    ledger: &LedgerClient,
     method: &str,
     path: &str,
     body: Option<String>,
 ) -> Result<(u16, Bytes)> {
-    let rest = base
-        .strip_prefix("http://")
-        .with_context(|| format!("ledger url {base:?} must start with http://"))?;
-    let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    let authority = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let prefix = prefix.trim_end_matches('/');
-    let full = if prefix.is_empty() {
-        path.to_owned()
-    } else {
-        format!("/{prefix}{path}")
-    };
-    let fut = async {
-        let stream = TcpStream::connect(&authority)
-            .await
-            .with_context(|| format!("connecting to the ledger at {authority}"))?;
-        let (mut sender, conn) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let conn = tokio::spawn(conn);
-        let data = body.unwrap_or_default();
-        let req = Request::builder()
-            .method(method)
-            .uri(full.as_str())
-            .header(HOST, authority.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(data)))?;
-        let resp = sender.send_request(req).await?;
-        let status = resp.status().as_u16();
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        conn.abort();
-        anyhow::Ok((status, bytes))
-    };
-    tokio::time::timeout(TIMEOUT, fut)
-        .await
-        .context("ledger request timed out")?
+    ledger.request(method, path, body).await.map_err(|e| {
+        anyhow::Error::new(e).context(format!("ledger at {}", ledger.url().authority()))
+    })
+}
+
+/// A client for `url` (`ca_file`: the CA an https ledger must chain to).
+pub(crate) fn client(url: &str, ca_file: Option<&Path>) -> Result<LedgerClient> {
+    LedgerClient::new(url, ca_file, TIMEOUT).map_err(anyhow::Error::new)
 }
 
 #[cfg(test)]

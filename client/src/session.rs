@@ -85,7 +85,11 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
     let store = Arc::new(Mutex::new(store));
     let submitter = match &cfg.client.ledger_url {
         Some(url) => {
-            let ledger = HttpLedger::new(url, Duration::from_secs(10))?;
+            let ledger = HttpLedger::with_ca_file(
+                url,
+                cfg.client.ledger_ca_file.as_deref(),
+                Duration::from_secs(10),
+            )?;
             let rng = ring::rand::SystemRandom::new();
             let random = Box::new(move || {
                 let mut b = [0u8; 8];

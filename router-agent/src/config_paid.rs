@@ -27,9 +27,14 @@ pub struct Network {
     pub id: String,
     /// Ledger Ed25519 public key, 64 hex characters (vouchers are signed with it).
     pub ledger_key: String,
-    /// `http://host:port` of the ledger; without it receipts stay in the store.
+    /// `http://host:port` or `https://host[:port]` of the ledger; without it receipts stay in
+    /// the store.
     #[serde(default)]
     pub ledger_url: Option<String>,
+    /// PEM CA certificate(s) an `https://` ledger's certificate must chain to (instead of the
+    /// bundled web roots), for a ledger with a private CA.
+    #[serde(default)]
+    pub ledger_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -176,6 +181,7 @@ pub struct PaidSettings {
     pub network_id: NetworkId,
     pub ledger_key: PublicKey,
     pub ledger_url: Option<String>,
+    pub ledger_ca_file: Option<PathBuf>,
     pub store_path: PathBuf,
     pub hello_listen: SocketAddr,
     pub meter: MeterConfig,
@@ -256,9 +262,17 @@ pub fn validate(
             network.ledger_key
         )
     })?;
+    let ledger_ca_file = network
+        .ledger_ca_file
+        .as_ref()
+        .map(|f| resolve(base_dir, f));
     if let Some(u) = &network.ledger_url {
-        ferry_store::HttpLedger::new(u, Duration::from_secs(10))
-            .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
+        ferry_store::HttpLedger::with_ca_file(
+            u,
+            ledger_ca_file.as_deref(),
+            Duration::from_secs(10),
+        )
+        .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
     }
     let hello_listen = match &paid.hello_listen {
         Some(s) => s
@@ -290,6 +304,7 @@ pub fn validate(
         network_id,
         ledger_key,
         ledger_url: network.ledger_url.clone(),
+        ledger_ca_file,
         store_path: resolve(base_dir, &metering.state_dir).join("receipts.log"),
         hello_listen,
         meter,

@@ -115,7 +115,11 @@ impl Metering {
         };
         let submitter = match &settings.ledger_url {
             Some(url) => {
-                let ledger = HttpLedger::new(url, Duration::from_secs(10))?;
+                let ledger = HttpLedger::with_ca_file(
+                    url,
+                    settings.ledger_ca_file.as_deref(),
+                    Duration::from_secs(10),
+                )?;
                 let rng = ring::rand::SystemRandom::new();
                 let random = Box::new(move || {
                     let mut b = [0u8; 8];

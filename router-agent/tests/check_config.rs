@@ -96,3 +96,34 @@ fn genkey_out_creates_the_key_directory_and_names_the_path_once() {
     assert!(!out.status.success());
     assert_eq!(err.matches(key.to_str().unwrap()).count(), 1, "{err}");
 }
+
+#[test]
+fn an_https_ledger_url_is_accepted_with_the_https_feature_and_named_without_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    WgPrivateKey::generate()
+        .unwrap()
+        .write_to(&d.join("wg.key"), WriteMode::CreateNew)
+        .unwrap();
+    IdentityKey::generate()
+        .unwrap()
+        .write_to(&d.join("identity.key"), WriteMode::CreateNew)
+        .unwrap();
+    let cfg = d.join("agent.toml");
+    std::fs::write(
+        &cfg,
+        "[wireguard]\nprivate-key-file = \"wg.key\"\naddress = [\"10.77.0.1/24\"]\n\
+         [identity]\nkey-file = \"identity.key\"\n\
+         [network]\nid = \"00112233445566778899aabbccddeeff\"\n\
+         ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+         ledger-url = \"https://ledger.example/api\"\n\
+         [metering]\nstate-dir = \"state\"\n[paid]\nenabled = true\n",
+    )
+    .unwrap();
+    let (ok, text) = check(&cfg);
+    if cfg!(feature = "https") {
+        assert!(ok && text.contains("config ok"), "{text}");
+    } else {
+        assert!(!ok && text.contains("https feature"), "{text}");
+    }
+}

@@ -14,6 +14,7 @@
 
 mod backoff;
 mod file;
+mod http;
 mod persist;
 mod record;
 mod store;
@@ -30,6 +31,7 @@ pub fn unix_now() -> u64 {
 }
 
 pub use file::{FileWrapper, LogFile, is_no_space};
+pub use http::{LedgerClient, LedgerUrl};
 pub use persist::{PersistError, Persister};
 pub use record::{
     MAGIC, MAX_EXTRA_LEN, MAX_RECORD_PAYLOAD, RECORD_HEADER_LEN, Record, Scan, SessionOpen, scan,

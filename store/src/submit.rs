@@ -12,14 +12,8 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use bytes::Bytes;
 use ferry_receipts::{CoSignedReceipt, SessionId};
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper::header::{CONTENT_TYPE, HOST};
-use hyper_util::rt::TokioIo;
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -29,16 +23,12 @@ use crate::backoff::Backoff;
 /// A boxed cause (I/O, HTTP, store and task errors share the variants below).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-fn transport(e: impl std::error::Error + Send + Sync + 'static) -> SubmitError {
-    SubmitError::Transport(Box::new(e))
-}
-
 /// Why one submission attempt failed (all are retried).
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum SubmitError {
-    /// The ledger URL is not `http://host:port[/prefix]`.
-    #[error("unsupported ledger url {0:?} (http://host[:port][/prefix] only)")]
+    /// The ledger URL is not `http[s]://host[:port][/prefix]`, or its TLS setup failed.
+    #[error("unusable ledger url or TLS setup: {0} (expected http[s]://host[:port][/prefix])")]
     BadUrl(String),
     /// Connecting, sending or reading failed (the cause is the source).
     #[error("ledger unreachable")]
@@ -63,39 +53,26 @@ pub enum ItemOutcome {
     Rejected(String),
 }
 
-/// HTTP/1.1 client for the ledger's batch endpoint (plain HTTP; put TLS in front with a
-/// local proxy if the ledger is remote).
+/// Client for the ledger's batch endpoint (`http://` or `https://`, see [`crate::LedgerClient`]).
 #[derive(Debug, Clone)]
 pub struct HttpLedger {
-    authority: String,
-    path: String,
-    timeout: Duration,
+    client: crate::LedgerClient,
 }
 
 impl HttpLedger {
-    /// `ledger_url` like `http://10.0.0.5:8080` or `http://ledger.lan/api`.
+    /// `ledger_url` like `http://10.0.0.5:8080`, `https://ledger.example/api`.
     pub fn new(ledger_url: &str, timeout: Duration) -> Result<Self, SubmitError> {
-        let bad = || SubmitError::BadUrl(ledger_url.to_owned());
-        let rest = ledger_url.strip_prefix("http://").ok_or_else(bad)?;
-        let (authority, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() {
-            return Err(bad());
-        }
-        let authority = if authority.contains(':') && !authority.ends_with(']') {
-            authority.to_owned()
-        } else {
-            format!("{authority}:80")
-        };
-        let prefix = prefix.trim_end_matches('/');
-        let path = if prefix.is_empty() {
-            "/v1/receipts/batch".to_owned()
-        } else {
-            format!("/{prefix}/v1/receipts/batch")
-        };
+        Self::with_ca_file(ledger_url, None, timeout)
+    }
+
+    /// As [`HttpLedger::new`], trusting only the CA certificates in `ca_file` for https.
+    pub fn with_ca_file(
+        ledger_url: &str,
+        ca_file: Option<&std::path::Path>,
+        timeout: Duration,
+    ) -> Result<Self, SubmitError> {
         Ok(Self {
-            authority,
-            path,
-            timeout,
+            client: crate::LedgerClient::new(ledger_url, ca_file, timeout)?,
         })
     }
 
@@ -104,42 +81,15 @@ impl HttpLedger {
         &self,
         receipts: &[CoSignedReceipt],
     ) -> Result<Vec<ItemOutcome>, SubmitError> {
-        match tokio::time::timeout(self.timeout, self.post_inner(receipts)).await {
-            Ok(r) => r,
-            Err(_) => Err(SubmitError::Transport("timed out".into())),
-        }
-    }
-
-    async fn post_inner(
-        &self,
-        receipts: &[CoSignedReceipt],
-    ) -> Result<Vec<ItemOutcome>, SubmitError> {
         let list: Vec<String> = receipts.iter().map(|c| B64.encode(c.encode())).collect();
         let body = serde_json::to_string(&ferry_ledger_api::BatchRequest { receipts: list })
             .map_err(|e| SubmitError::BadResponse(e.to_string()))?;
-        let stream = TcpStream::connect(&self.authority)
-            .await
-            .map_err(transport)?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(transport)?;
-        let conn = tokio::spawn(conn);
-        let req = Request::post(self.path.as_str())
-            .header(HOST, self.authority.as_str())
-            .header(CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(transport)?;
-        let resp = sender.send_request(req).await.map_err(transport)?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(transport)?
-            .to_bytes();
-        conn.abort();
-        if !status.is_success() {
-            return Err(SubmitError::Status(status.as_u16()));
+        let (status, bytes) = self
+            .client
+            .request("POST", "/v1/receipts/batch", Some(body))
+            .await?;
+        if !(200..300).contains(&status) {
+            return Err(SubmitError::Status(status));
         }
         parse_results(&bytes, receipts.len())
     }

@@ -172,7 +172,8 @@ async fn receipts_survive_a_ledger_outage_and_are_marked_only_after_acceptance()
 
 #[test]
 fn ledger_urls_are_parsed_strictly() {
-    assert!(HttpLedger::new("https://x", Duration::from_secs(1)).is_err());
+    assert!(HttpLedger::new("ftp://x", Duration::from_secs(1)).is_err());
+    assert!(HttpLedger::new("https://:443", Duration::from_secs(1)).is_err());
     assert!(HttpLedger::new("http://", Duration::from_secs(1)).is_err());
     assert!(HttpLedger::new("http://ledger.lan/api/", Duration::from_secs(1)).is_ok());
     assert!(HttpLedger::new("http://127.0.0.1:8080", Duration::from_secs(1)).is_ok());
