@@ -450,3 +450,78 @@ fn a_hello_flood_neither_ends_a_paying_session_nor_fills_the_relay_nor_slows_it(
     drop(fresh);
     home.cli(&topo.client, &["disconnect"]).unwrap();
 }
+
+#[test]
+#[ignore = "needs root: netns"]
+fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_delivered() {
+    // Item 4 of the hardening issue on the wire: the relay side (here: the router namespace,
+    // which routes the tunnel subnet into the agent) sends UDP to closed ports of the paying
+    // client's tunnel address. The client counts and delivers only flows it opened, so none
+    // of it reaches its count (what it co-signs) or its TUN, and `ferry status` shows the drops.
+    let mut lab = agent_lab();
+    let AgentLab { home, topo, .. } = &mut lab;
+    let tun = topo.lab.ifname("fu");
+    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
+    let addrs = topo
+        .client
+        .exec(&["ip", "-4", "-o", "addr", "show", "dev", &tun])
+        .unwrap();
+    let client_ip: std::net::Ipv4Addr = addrs
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap();
+    let status = || home.cli(&topo.client, &["status", "--json"]).unwrap();
+    let down_before = json_field(&status(), "bytes_down");
+    const N: u64 = 400;
+    const LEN: usize = 1000;
+    topo.router
+        .enter(|| {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 0..N {
+                let port = 20_000 + (i % 50) as u16;
+                let _ = s.send_to(&[0x5a; LEN], (client_ip, port));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+        .unwrap();
+    wait_until(Duration::from_secs(10), "the drops in ferry status", || {
+        json_field(&status(), "unsolicited_dropped") >= N * 9 / 10
+    })
+    .unwrap();
+    let st = status();
+    let down_after = json_field(&st, "bytes_down");
+    let junk = N * LEN as u64;
+    eprintln!(
+        "{N} unsolicited datagrams ({junk} B): client count +{} B, {} dropped",
+        down_after - down_before,
+        json_field(&st, "unsolicited_dropped")
+    );
+    // Keepalives and receipts may add a little; the junk itself must not be counted.
+    assert!(down_after - down_before < junk / 10, "{st}");
+    // Positive control: a flow the client opened still flows and is counted.
+    let got = fetch(
+        &topo.client,
+        sa(INET4, DATA_PORT),
+        1 << 20,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(got.bytes, 1 << 20);
+    // (the status file is rewritten about once a second)
+    wait_until(Duration::from_secs(5), "the download in the client's count", || {
+        json_field(&status(), "bytes_down") >= down_after + (1 << 20)
+    })
+    .unwrap();
+    home.cli(&topo.client, &["disconnect"]).unwrap();
+}
+
+fn json_field(text: &str, key: &str) -> u64 {
+    text.split(&format!("\"{key}\": "))
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
