@@ -18,10 +18,8 @@ fn check(config: &std::path::Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
-#[test]
-fn check_config_refuses_a_missing_or_loose_identity_key_of_a_paid_relay() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A paid relay's config in `d` (with a fresh wg.key), `network_extra` added to `[network]`.
+fn paid_config(d: &std::path::Path, network_extra: &str) -> std::path::PathBuf {
     WgPrivateKey::generate()
         .unwrap()
         .write_to(&d.join("wg.key"), WriteMode::CreateNew)
@@ -29,13 +27,23 @@ fn check_config_refuses_a_missing_or_loose_identity_key_of_a_paid_relay() {
     let cfg = d.join("agent.toml");
     std::fs::write(
         &cfg,
-        "[wireguard]\nprivate-key-file = \"wg.key\"\naddress = [\"10.77.0.1/24\"]\n\
-         [identity]\nkey-file = \"identity.key\"\n\
-         [network]\nid = \"00112233445566778899aabbccddeeff\"\n\
-         ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
-         [metering]\nstate-dir = \"state\"\n[paid]\nenabled = true\n",
+        format!(
+            "[wireguard]\nprivate-key-file = \"wg.key\"\naddress = [\"10.77.0.1/24\"]\n\
+             [identity]\nkey-file = \"identity.key\"\n\
+             [network]\nid = \"00112233445566778899aabbccddeeff\"\n\
+             ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+             {network_extra}[metering]\nstate-dir = \"state\"\n[paid]\nenabled = true\n"
+        ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn check_config_refuses_a_missing_or_loose_identity_key_of_a_paid_relay() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cfg = paid_config(d, "");
     let (ok, text) = check(&cfg);
     assert!(
         !ok && text.contains("does not exist") && text.contains("identity --generate --config"),
@@ -101,25 +109,11 @@ fn genkey_out_creates_the_key_directory_and_names_the_path_once() {
 fn an_https_ledger_url_is_accepted_with_the_https_feature_and_named_without_it() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    WgPrivateKey::generate()
-        .unwrap()
-        .write_to(&d.join("wg.key"), WriteMode::CreateNew)
-        .unwrap();
     IdentityKey::generate()
         .unwrap()
         .write_to(&d.join("identity.key"), WriteMode::CreateNew)
         .unwrap();
-    let cfg = d.join("agent.toml");
-    std::fs::write(
-        &cfg,
-        "[wireguard]\nprivate-key-file = \"wg.key\"\naddress = [\"10.77.0.1/24\"]\n\
-         [identity]\nkey-file = \"identity.key\"\n\
-         [network]\nid = \"00112233445566778899aabbccddeeff\"\n\
-         ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
-         ledger-url = \"https://ledger.example/api\"\n\
-         [metering]\nstate-dir = \"state\"\n[paid]\nenabled = true\n",
-    )
-    .unwrap();
+    let cfg = paid_config(d, "ledger-url = \"https://ledger.example/api\"\n");
     let (ok, text) = check(&cfg);
     if cfg!(feature = "https") {
         assert!(ok && text.contains("config ok"), "{text}");

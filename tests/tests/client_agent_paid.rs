@@ -91,13 +91,20 @@ fn agent_lab() -> AgentLab {
     }
 }
 
+/// [`agent_lab`] with `ferry connect` connected on a TUN named after `tag`.
+fn connected_lab(tag: &str) -> (AgentLab, String) {
+    let mut lab = agent_lab();
+    let tun = lab.topo.lab.ifname(tag);
+    let AgentLab { home, topo, .. } = &mut lab;
+    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
+    (lab, tun)
+}
+
 #[test]
 #[ignore = "needs root: netns"]
 fn paying_the_real_agent_cosigns_receipts_and_the_final_one() {
-    let mut lab = agent_lab();
+    let (mut lab, _tun) = connected_lab("fc");
     let AgentLab { home, topo, .. } = &mut lab;
-    let tun = topo.lab.ifname("fc");
-    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
     let got = fetch(
         &topo.client,
         sa(INET4, DATA_PORT),
@@ -458,10 +465,8 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
     // which routes the tunnel subnet into the agent) sends UDP to closed ports of the paying
     // client's tunnel address. The client counts and delivers only flows it opened, so none
     // of it reaches its count (what it co-signs) or its TUN, and `ferry status` shows the drops.
-    let mut lab = agent_lab();
+    let (mut lab, tun) = connected_lab("fu");
     let AgentLab { home, topo, .. } = &mut lab;
-    let tun = topo.lab.ifname("fu");
-    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
     let addrs = topo
         .client
         .exec(&["ip", "-4", "-o", "addr", "show", "dev", &tun])
@@ -511,9 +516,11 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
     .unwrap();
     assert_eq!(got.bytes, 1 << 20);
     // (the status file is rewritten about once a second)
-    wait_until(Duration::from_secs(5), "the download in the client's count", || {
-        json_field(&status(), "bytes_down") >= down_after + (1 << 20)
-    })
+    wait_until(
+        Duration::from_secs(5),
+        "the download in the client's count",
+        || json_field(&status(), "bytes_down") >= down_after + (1 << 20),
+    )
     .unwrap();
     home.cli(&topo.client, &["disconnect"]).unwrap();
 }
