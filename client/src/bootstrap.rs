@@ -34,6 +34,21 @@ pub(crate) struct PaidSetup {
     pub(crate) boot: Option<Bootstrapped>,
 }
 
+impl PaidSetup {
+    /// The same identity, voucher, store and tolerance, without a session: for opening a new
+    /// one after the relay ended the last.
+    pub(crate) fn fresh(&self) -> Self {
+        Self {
+            identity: self.identity.clone(),
+            voucher: self.voucher.clone(),
+            store: self.store.clone(),
+            kick: self.kick.clone(),
+            cfg: self.cfg,
+            boot: None,
+        }
+    }
+}
+
 /// An accepted session, ready for the engine.
 pub(crate) struct Bootstrapped {
     pub(crate) session: ClientSession,

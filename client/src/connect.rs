@@ -18,6 +18,7 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::Notify;
 
+use crate::bootstrap::PaidSetup;
 use crate::cli::ConnectArgs;
 use crate::config::Config;
 use crate::engine::{Engine, relay_socket};
@@ -94,8 +95,9 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             applied.save(&paths.state)?;
         }
         let udp = relay_socket(endpoint).await?;
+        let template = setup.paid.as_ref().map(PaidSetup::fresh);
         let mut engine = Engine::new(
-            relay,
+            &setup.relay,
             &setup.wg,
             udp.clone(),
             setup.paid.take(),
@@ -108,7 +110,52 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             let stop = stop.clone();
             tokio::spawn(s.run(async move { stop.notified().await }))
         });
-        let r = drive(&mut engine, &udp, &tun).await;
+        let mut r = drive(&mut engine, &udp, &tun).await;
+        // The relay ended the session with allowance left (router reboot, agent restart or
+        // upgrade): open a new one with the same voucher, behind the kill switch, until it
+        // answers, a refusal, or `ferry disconnect`.
+        while let (Err(_), true, Some(t)) =
+            (&r, engine.relay_ended_with_allowance_left(), &template)
+        {
+            let why = engine
+                .failure()
+                .unwrap_or("the relay ended the session")
+                .to_owned();
+            let old_addresses = setup.relay.address.clone();
+            match reopen(&mut setup, t, &why, &mut engine).await {
+                Reopen::Stopped => {
+                    r = Ok(());
+                    break;
+                }
+                Reopen::Failed(e) => {
+                    r = Err(e);
+                    break;
+                }
+                Reopen::Opened => {}
+            }
+            for a in old_addresses
+                .iter()
+                .filter(|a| !setup.relay.address.contains(a))
+            {
+                let fam = if a.addr().is_ipv6() { "-6" } else { "-4" };
+                let _ = netcfg::ip(&[fam, "addr", "del", &a.to_string(), "dev", &args.tun]);
+            }
+            for a in &setup.relay.address {
+                let fam = if a.addr().is_ipv6() { "-6" } else { "-4" };
+                netcfg::ip(&[fam, "addr", "replace", &a.to_string(), "dev", &args.tun])?;
+            }
+            netcfg::full_tunnel_routes(&args.tun)?;
+            engine = Engine::new(
+                &setup.relay,
+                &setup.wg,
+                udp.clone(),
+                setup.paid.take(),
+                "connect",
+                Some(paths.status()),
+            )?;
+            engine.status_mut().kill_switch = true;
+            r = drive(&mut engine, &udp, &tun).await;
+        }
         match &r {
             Ok(()) => engine.finish(State::Stopped, None),
             Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
@@ -125,6 +172,54 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),
     }
+}
+
+enum Reopen {
+    Opened,
+    Stopped,
+    Failed(anyhow::Error),
+}
+
+/// Opens a new paid session after the relay ended the last one (`why`), retrying with backoff
+/// (2 s doubling to 30 s) while the relay does not answer; a refusal ends it, as does SIGTERM
+/// or SIGINT (`ferry disconnect`). The status says what is happening at each attempt.
+async fn reopen(
+    setup: &mut crate::session::Setup,
+    template: &PaidSetup,
+    why: &str,
+    engine: &mut Engine,
+) -> Reopen {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return Reopen::Failed(anyhow::anyhow!("cannot watch for signals"));
+    };
+    let mut delay = Duration::from_secs(2);
+    for attempt in 1u32.. {
+        let note =
+            format!("{why}; opening a new session with the same voucher (attempt {attempt})");
+        tracing::warn!("{note}");
+        engine.finish(State::Connecting, Some(note));
+        setup.paid = Some(template.fresh());
+        let opened = tokio::select! {
+            r = crate::session::open_paid_session(setup) => r,
+            _ = term.recv() => return Reopen::Stopped,
+            _ = int.recv() => return Reopen::Stopped,
+        };
+        match opened {
+            Ok(()) => return Reopen::Opened,
+            Err(e) if format!("{e:#}").contains("refused") => return Reopen::Failed(e),
+            Err(e) => tracing::info!(error = %format!("{e:#}"), "relay not answering yet"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = term.recv() => return Reopen::Stopped,
+            _ = int.recv() => return Reopen::Stopped,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    Reopen::Stopped
 }
 
 async fn drive(

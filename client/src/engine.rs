@@ -47,6 +47,9 @@ pub(crate) struct Engine {
     last_status: Option<Instant>,
     /// The voucher's allowance (to say "voucher used up" when the relay ends the session).
     allowance: Option<u64>,
+    /// The relay ended the session with allowance left (shutdown, restart): a new session
+    /// may be opened with the same voucher.
+    ended_with_allowance_left: bool,
 }
 
 /// Less than this left of a voucher counts as used up (more than one packet of any MTU).
@@ -60,10 +63,7 @@ fn ended_message(total: u64, allowance: Option<u64>) -> String {
             "the relay ended the session: voucher used up ({total} of {a} bytes); buy a new one \
              with `ferry voucher request`"
         ),
-        _ => format!(
-            "the relay ended the session (final receipt co-signed: {total} bytes); connect again \
-             with `ferry connect`"
-        ),
+        _ => format!("the relay ended the session (final receipt co-signed: {total} bytes)"),
     }
 }
 
@@ -163,10 +163,17 @@ impl Engine {
             status_path,
             last_status: None,
             allowance,
+            ended_with_allowance_left: false,
         })
     }
 
     /// Set when the session must end (relay over-claimed, refused us, ...).
+    /// True when the relay ended a paid session that still had allowance left (its shutdown
+    /// or restart): `connect` opens a new session instead of giving up.
+    pub(crate) fn relay_ended_with_allowance_left(&self) -> bool {
+        self.ended_with_allowance_left
+    }
+
     pub(crate) fn failure(&self) -> Option<&str> {
         self.failure.as_deref()
     }
@@ -293,6 +300,9 @@ impl Engine {
                 }
                 Event::EndedByRelay { total_bytes } => {
                     self.failure = Some(ended_message(total_bytes, self.allowance));
+                    self.ended_with_allowance_left = self
+                        .allowance
+                        .is_some_and(|a| total_bytes.saturating_add(USED_UP_SLACK) < a);
                     changed = true;
                 }
                 Event::Closed { .. } => self.closed = true,

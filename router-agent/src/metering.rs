@@ -208,7 +208,7 @@ impl Metering {
         } = self;
         let stop = Arc::new(Notify::new());
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(crate::metering_hello::run(
+        let hello = tasks.spawn(crate::metering_hello::run(
             hello,
             shared.clone(),
             relay.clone(),
@@ -235,6 +235,7 @@ impl Metering {
         Running {
             shared,
             relay,
+            hello,
             tasks,
             stop,
             close_grace: settings.meter.close_grace,
@@ -246,6 +247,9 @@ impl Metering {
 pub(crate) struct Running {
     shared: Arc<Shared>,
     relay: SharedRelay,
+    /// The Hello listener: stopped first at shutdown, so no session opens while the others
+    /// are being closed.
+    hello: tokio::task::AbortHandle,
     tasks: tokio::task::JoinSet<()>,
     stop: Arc<Notify>,
     close_grace: Duration,
@@ -255,6 +259,7 @@ impl Running {
     /// Shutdown: sends every session its final receipt and waits (at most `close-grace`
     /// + 1 s) for the co-signatures, while the shell keeps forwarding control traffic.
     pub(crate) async fn drain(&self) {
+        self.hello.abort();
         let relay = &self.relay;
         let n = with_sessions(relay, |_, s| {
             s.hub.close_all(Instant::now());

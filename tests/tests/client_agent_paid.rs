@@ -26,6 +26,8 @@ struct AgentLab {
     _services: Services,
     _resolv: NetnsResolvConf,
     home: FerryHome,
+    /// The agent's config (to start it again).
+    agent_cfg: AgentConfig,
     /// The relay's WireGuard key pair and receipts identity (hex).
     relay_wg: KeyPair,
     relay_identity: String,
@@ -85,6 +87,7 @@ fn agent_lab() -> AgentLab {
         _services: services,
         _resolv: resolv,
         home,
+        agent_cfg: cfg,
         relay_wg: relay_key,
         relay_identity: relay_home.identity_public.clone(),
         topo,
@@ -531,4 +534,88 @@ fn json_field(text: &str, key: &str) -> u64 {
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn after_the_agent_restarts_the_client_opens_a_new_session_by_itself() {
+    // The router reboots or the agent is upgraded: it ends the session (final receipt) and
+    // comes back without it. `ferry connect` says what happened, keeps the kill switch, opens
+    // a new session with the same voucher once the relay answers again, and traffic flows.
+    let (mut lab, _tun) = connected_lab("fr");
+    let status = |lab: &AgentLab| {
+        lab.home
+            .cli(&lab.topo.client, &["status", "--json"])
+            .unwrap()
+    };
+    let session_of = |st: &str| {
+        st.split("\"session_id\": \"")
+            .nth(1)
+            .map(|r| r[..32].to_owned())
+    };
+    let first = session_of(&status(&lab)).unwrap();
+    // Traffic first, so the session owes a final receipt at shutdown.
+    fetch(
+        &lab.topo.client,
+        sa(INET4, DATA_PORT),
+        1 << 20,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    let out = lab.topo.lab.stop(lab.agent.proc, Duration::from_secs(5));
+    assert!(out.contains("exit status: 0"), "{out}");
+    let agent_log = lab.topo.lab.log(&lab.agent.label);
+    wait_until(
+        Duration::from_secs(10),
+        "the client to say the relay ended it",
+        || {
+            let st = status(&lab);
+            st.contains("\"state\": \"connecting\"") && st.contains("opening a new session")
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "{e}\nagent: {}\nclient: {}\nstatus: {}",
+            agent_log
+                .lines()
+                .rev()
+                .take(8)
+                .collect::<Vec<_>>()
+                .join("\n"),
+            lab.topo.lab.log("ferry-connect"),
+            status(&lab)
+        )
+    })
+    .unwrap();
+    let st = status(&lab);
+    assert!(st.contains("\"kill_switch\": true"), "{st}");
+    assert!(st.contains("the relay ended the session"), "{st}");
+    // The agent comes back (same keys, config and state).
+    std::thread::sleep(Duration::from_secs(3));
+    let AgentLab {
+        topo,
+        agent,
+        agent_cfg,
+        relay_wg,
+        ..
+    } = &mut lab;
+    *agent = Agent::start(&mut topo.lab, &topo.router, relay_wg, agent_cfg).unwrap();
+    wait_until(
+        Duration::from_secs(45),
+        "connected again with a new session",
+        || {
+            let st = status(&lab);
+            st.contains("\"state\": \"connected\"") && session_of(&st).is_some_and(|s| s != first)
+        },
+    )
+    .unwrap();
+    let got = fetch(
+        &lab.topo.client,
+        sa(INET4, DATA_PORT),
+        1 << 20,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(got.bytes, 1 << 20);
+    lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
 }
