@@ -74,10 +74,7 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             .mtu(relay.mtu)
             .build_async()
             .with_context(|| format!("creating TUN {}", args.tun))?;
-        for a in &relay.address {
-            let fam = if a.addr().is_ipv6() { "-6" } else { "-4" };
-            netcfg::ip(&[fam, "addr", "replace", &a.to_string(), "dev", &args.tun])?;
-        }
+        netcfg::set_tunnel_addresses(&args.tun, &[], &relay.address)?;
         netcfg::ip(&[
             "link",
             "set",
@@ -96,15 +93,7 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
         }
         let udp = relay_socket(endpoint).await?;
         let template = setup.paid.as_ref().map(PaidSetup::fresh);
-        let mut engine = Engine::new(
-            &setup.relay,
-            &setup.wg,
-            udp.clone(),
-            setup.paid.take(),
-            "connect",
-            Some(paths.status()),
-        )?;
-        engine.status_mut().kill_switch = true;
+        let mut engine = engine_for(&mut setup, &udp, paths)?;
         let stop = Arc::new(Notify::new());
         let sub = setup.submitter.take().map(|s| {
             let stop = stop.clone();
@@ -133,27 +122,9 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
                 }
                 Reopen::Opened => {}
             }
-            for a in old_addresses
-                .iter()
-                .filter(|a| !setup.relay.address.contains(a))
-            {
-                let fam = if a.addr().is_ipv6() { "-6" } else { "-4" };
-                let _ = netcfg::ip(&[fam, "addr", "del", &a.to_string(), "dev", &args.tun]);
-            }
-            for a in &setup.relay.address {
-                let fam = if a.addr().is_ipv6() { "-6" } else { "-4" };
-                netcfg::ip(&[fam, "addr", "replace", &a.to_string(), "dev", &args.tun])?;
-            }
+            netcfg::set_tunnel_addresses(&args.tun, &old_addresses, &setup.relay.address)?;
             netcfg::full_tunnel_routes(&args.tun)?;
-            engine = Engine::new(
-                &setup.relay,
-                &setup.wg,
-                udp.clone(),
-                setup.paid.take(),
-                "connect",
-                Some(paths.status()),
-            )?;
-            engine.status_mut().kill_switch = true;
+            engine = engine_for(&mut setup, &udp, paths)?;
             r = drive(&mut engine, &udp, &tun).await;
         }
         match &r {
@@ -172,6 +143,24 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(e.context("disconnected; the kill switch stays on until `ferry disconnect`")),
     }
+}
+
+/// The engine for the session `setup` holds (behind the kill switch `connect` installed).
+fn engine_for(
+    setup: &mut crate::session::Setup,
+    udp: &Arc<tokio::net::UdpSocket>,
+    paths: &Paths,
+) -> Result<Engine> {
+    let mut engine = Engine::new(
+        &setup.relay,
+        &setup.wg,
+        udp.clone(),
+        setup.paid.take(),
+        "connect",
+        Some(paths.status()),
+    )?;
+    engine.status_mut().kill_switch = true;
+    Ok(engine)
 }
 
 enum Reopen {

@@ -179,6 +179,23 @@ pub(crate) fn pin_endpoint_route(endpoint: IpAddr) -> Result<String> {
     Ok(dst)
 }
 
+/// Puts `addresses` on `tun` and removes those of `previous` it no longer has (a new session
+/// may get other tunnel addresses than the last).
+pub(crate) fn set_tunnel_addresses(
+    tun: &str,
+    previous: &[ipnet::IpNet],
+    addresses: &[ipnet::IpNet],
+) -> Result<()> {
+    let fam = |a: &ipnet::IpNet| if a.addr().is_ipv6() { "-6" } else { "-4" };
+    for a in previous.iter().filter(|a| !addresses.contains(a)) {
+        let _ = ip(&[fam(a), "addr", "del", &a.to_string(), "dev", tun]);
+    }
+    for a in addresses {
+        ip(&[fam(a), "addr", "replace", &a.to_string(), "dev", tun])?;
+    }
+    Ok(())
+}
+
 /// Routes both halves of each family's address space into `tun`. IPv6 routes are best
 /// effort (a host without IPv6 cannot leak it; the kill switch drops it anyway).
 pub(crate) fn full_tunnel_routes(tun: &str) -> Result<()> {
