@@ -115,8 +115,8 @@ impl ServeLimits {
             connections: ferry_telemetry::http1::Limits {
                 max_connections,
                 header_read_timeout: Duration::from_secs(header_timeout_secs),
-                max_buf_size: 16 * 1024,
-                drain_timeout: Duration::from_secs(5),
+                max_buf_size: ferry_telemetry::http1::MAX_BUF_SIZE,
+                drain_timeout: ferry_telemetry::http1::DRAIN_TIMEOUT,
             },
             request_timeout: Duration::from_secs(request_timeout_secs),
         }

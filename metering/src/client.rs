@@ -371,19 +371,19 @@ impl HelloReplies {
             },
             _ => self.ignored += 1,
         }
-        let Some(offer) = session.offer.clone() else {
-            return HelloOutcome::Pending;
-        };
-        for accept in &self.accepts {
-            if let Some(addr) = self.addresses.iter().find(|a| a.answers(&offer, accept)) {
-                let (accept, addr) = (accept.clone(), addr.clone());
-                if session.handle_accept(accept.clone()).is_err() {
-                    break;
-                }
+        // An accept and an address of the same session, both for this offer.
+        let pair = session.offer.as_ref().and_then(|offer| {
+            self.accepts.iter().find_map(|accept| {
+                let addr = self.addresses.iter().find(|a| a.answers(offer, accept))?;
+                Some((accept.clone(), addr.v4, addr.v6))
+            })
+        });
+        if let Some((accept, v4, v6)) = pair {
+            if session.handle_accept(accept.clone()).is_ok() {
                 return HelloOutcome::Accepted {
                     accept: Box::new(accept),
-                    v4: (!addr.v4.is_unspecified()).then_some(addr.v4),
-                    v6: (!addr.v6.is_unspecified()).then_some(addr.v6),
+                    v4: (!v4.is_unspecified()).then_some(v4),
+                    v6: (!v6.is_unspecified()).then_some(v6),
                 };
             }
         }

@@ -23,6 +23,14 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+/// After shutdown, in-flight requests get this long to finish before their connections are
+/// dropped (both servers use it).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Per-connection read buffer cap (hyper's minimum is 8 KiB): bounds request heads, and so the
+/// memory one connection can pin, to 16 KiB; bigger heads get 431 (both servers use it).
+pub const MAX_BUF_SIZE: usize = 16 * 1024;
+
 /// Connection limits of one server (shared by all its listeners).
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -145,14 +145,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// the [`MAX_CONNECTIONS`] slots.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// After shutdown, in-flight requests get this long to finish before their connections are
-/// dropped.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Per-connection read buffer cap (hyper's minimum is 8 KiB): bounds request heads, and so the
-/// memory one connection can pin, to 16 KiB; bigger heads get 431.
-const MAX_BUF_SIZE: usize = 16 * 1024;
-
 type Body = Full<Bytes>;
 
 /// A bound, not yet serving, metrics server.
@@ -239,8 +231,8 @@ impl MetricsServer {
 const LIMITS: crate::http1::Limits = crate::http1::Limits {
     max_connections: MAX_CONNECTIONS,
     header_read_timeout: HEADER_READ_TIMEOUT,
-    max_buf_size: MAX_BUF_SIZE,
-    drain_timeout: DRAIN_TIMEOUT,
+    max_buf_size: crate::http1::MAX_BUF_SIZE,
+    drain_timeout: crate::http1::DRAIN_TIMEOUT,
 };
 
 /// Routes on path, then method: unknown paths are 404 (empty body); other methods than GET and
