@@ -8,6 +8,20 @@ use ferry_receipts::{
 /// Network id used by fixtures.
 pub const NETWORK: NetworkId = NetworkId([0x42; 16]);
 
+/// Ledger parameters for tests: `network_id`, 1-hour epochs, 500,000 micros/GiB, one-day
+/// vouchers, batches of 2,000, 300 s request skew, 1-hour refund grace.
+pub fn params(network_id: NetworkId) -> crate::Params {
+    crate::Params {
+        network_id,
+        epoch_secs: 3600,
+        price_micros_per_gib: 500_000,
+        voucher_ttl_secs: 86_400,
+        max_batch: 2000,
+        request_skew_secs: 300,
+        refund_grace_secs: 3600,
+    }
+}
+
 /// A signing key derived from `n` (distinct `n` → distinct keys).
 pub fn key(tag: u8, n: u64) -> SigningKey {
     let mut seed = [tag; 32];

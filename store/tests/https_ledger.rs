@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_ledger::http::{AppState, router};
-use ferry_ledger::{Ledger, Params, SqliteStore};
+use ferry_ledger::{Ledger, SqliteStore};
 use ferry_receipts::{NetworkId, SigningKey};
 use ferry_store::{HttpLedger, LedgerClient};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
@@ -51,15 +51,7 @@ async fn ledger_behind_tls(pki: &Pki) -> u16 {
     let ledger = Ledger::new(
         SqliteStore::open_in_memory().unwrap(),
         SigningKey::from_seed(&[0x1e; 32]),
-        Params {
-            network_id: NetworkId([0x42; 16]),
-            epoch_secs: 3600,
-            price_micros_per_gib: 500_000,
-            voucher_ttl_secs: 86_400,
-            max_batch: 2000,
-            request_skew_secs: 300,
-            refund_grace_secs: 3600,
-        },
+        ferry_ledger::testkit::params(NetworkId([0x42; 16])),
     );
     let state = AppState {
         ledger: Arc::new(ledger),

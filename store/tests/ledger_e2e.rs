@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_ledger::http::{AppState, router};
-use ferry_ledger::{Ledger, Params, Role, SqliteStore};
+use ferry_ledger::{Ledger, Role, SqliteStore};
 use ferry_metering::{
     ClientConfig, ClientSession, Direction, Message, RelayConfig, RelayIdentity, RelaySession,
     SessionState, Verdict,
@@ -21,15 +21,7 @@ const NOW: u64 = 1_700_000_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[allow(clippy::disallowed_methods)]
 async fn co_signed_receipts_reach_the_real_ledger_and_credit_the_relay() {
-    let params = Params {
-        network_id: NET,
-        epoch_secs: 3600,
-        price_micros_per_gib: 500_000,
-        voucher_ttl_secs: 86_400,
-        max_batch: 2000,
-        request_skew_secs: 300,
-        refund_grace_secs: 3600,
-    };
+    let params = ferry_ledger::testkit::params(NET);
     let ledger = Arc::new(Ledger::new(
         SqliteStore::open_in_memory().unwrap(),
         SigningKey::from_seed(&[0x1e; 32]),

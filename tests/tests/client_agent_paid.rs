@@ -108,15 +108,8 @@ fn connected_lab(tag: &str) -> (AgentLab, String) {
 fn paying_the_real_agent_cosigns_receipts_and_the_final_one() {
     let (mut lab, _tun) = connected_lab("fc");
     let AgentLab { home, topo, .. } = &mut lab;
-    let got = fetch(
-        &topo.client,
-        sa(INET4, DATA_PORT),
-        8 << 20,
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert_eq!(got.peer_seen.ip(), std::net::IpAddr::from(ROUTER_UP4));
-    let status = || home.cli(&topo.client, &["status", "--json"]).unwrap();
+    download(topo, 8 << 20);
+    let status = || status_json(home, topo);
     wait_until(Duration::from_secs(10), "an acknowledged receipt", || {
         status().contains("\"acked\": true")
     })
@@ -254,14 +247,7 @@ fn spoofed_hello_replies_on_the_wire_change_nothing() {
         !addrs.contains(&Ipv4Addr::new(10, 77, 0, 66).to_string()),
         "{addrs}"
     );
-    let got = fetch(
-        &topo.client,
-        sa(INET4, DATA_PORT),
-        1 << 20,
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert_eq!(got.peer_seen.ip(), std::net::IpAddr::from(ROUTER_UP4));
+    download(topo, 1 << 20);
     eprintln!("{sent} forged replies injected over 4 s; connected with the relay's own session");
     home.cli(&topo.client, &["disconnect"]).unwrap();
 }
@@ -316,7 +302,7 @@ fn a_hello_flood_neither_ends_a_paying_session_nor_fills_the_relay_nor_slows_it(
     use ferry_e2e::metering::{Behaviour, ClientSpec, PaidClient};
     use ferry_metering::{Message, encode};
     use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-    let mut lab = agent_lab();
+    let (mut lab, _tun) = connected_lab("fh");
     let agent_label = lab.agent.label.clone();
     let AgentLab {
         home,
@@ -325,15 +311,7 @@ fn a_hello_flood_neither_ends_a_paying_session_nor_fills_the_relay_nor_slows_it(
         relay_identity,
         ..
     } = &mut lab;
-    let tun = topo.lab.ifname("fh");
-    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
-    let session_of = |home: &FerryHome, topo: &Topology| {
-        let st = home.cli(&topo.client, &["status", "--json"]).unwrap();
-        st.split("\"session_id\": \"")
-            .nth(1)
-            .map(|r| r[..32].to_owned())
-    };
-    let session = session_of(home, topo).expect("paid session id in status");
+    let session = session_id(&status_json(home, topo)).expect("paid session id in status");
     let calm = ping_avg_ms(topo, 40);
 
     // 200 extra source addresses on the client's link (the router routes the /24 back).
@@ -430,15 +408,11 @@ fn a_hello_flood_neither_ends_a_paying_session_nor_fills_the_relay_nor_slows_it(
     assert!(refused.is_none(), "{refused:?}");
 
     // The paying client's session is the same one and still carries traffic.
-    assert_eq!(session_of(home, topo).as_deref(), Some(session.as_str()));
-    let got = fetch(
-        &topo.client,
-        sa(INET4, DATA_PORT),
-        1 << 20,
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert_eq!(got.bytes, 1 << 20);
+    assert_eq!(
+        session_id(&status_json(home, topo)).as_deref(),
+        Some(session.as_str())
+    );
+    download(topo, 1 << 20);
     eprintln!(
         "1000 Hellos on one voucher + 20 unverifiable ones for the victim's key from 200 \
          sources in {flood_secs:.2} s; ping calm {calm:.3} ms, after the flood {under:.3} ms; \
@@ -481,7 +455,7 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
         .and_then(|a| a.split('/').next())
         .and_then(|a| a.parse().ok())
         .unwrap();
-    let status = || home.cli(&topo.client, &["status", "--json"]).unwrap();
+    let status = || status_json(home, topo);
     let down_before = json_field(&status(), "bytes_down");
     const N: u64 = 400;
     const LEN: usize = 1000;
@@ -510,14 +484,7 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
     // Keepalives and receipts may add a little; the junk itself must not be counted.
     assert!(down_after - down_before < junk / 10, "{st}");
     // Positive control: a flow the client opened still flows and is counted.
-    let got = fetch(
-        &topo.client,
-        sa(INET4, DATA_PORT),
-        1 << 20,
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert_eq!(got.bytes, 1 << 20);
+    download(topo, 1 << 20);
     // (the status file is rewritten about once a second)
     wait_until(
         Duration::from_secs(5),
@@ -526,6 +493,33 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
     )
     .unwrap();
     home.cli(&topo.client, &["disconnect"]).unwrap();
+}
+
+/// `ferry status --json` of `home`, run in the client namespace.
+fn status_json(home: &FerryHome, topo: &Topology) -> String {
+    home.cli(&topo.client, &["status", "--json"]).unwrap()
+}
+
+/// The paid session id in a `ferry status --json` text.
+fn session_id(status: &str) -> Option<String> {
+    status
+        .split("\"session_id\": \"")
+        .nth(1)
+        .map(|r| r[..32].to_owned())
+}
+
+/// Downloads `bytes` from the internet host through the tunnel: all of them arrive, and the
+/// internet host sees the router (masqueraded), not the client.
+fn download(topo: &Topology, bytes: u64) {
+    let got = fetch(
+        &topo.client,
+        sa(INET4, DATA_PORT),
+        bytes,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    assert_eq!(got.bytes, bytes);
+    assert_eq!(got.peer_seen.ip(), std::net::IpAddr::from(ROUTER_UP4));
 }
 
 fn json_field(text: &str, key: &str) -> u64 {
@@ -543,25 +537,10 @@ fn after_the_agent_restarts_the_client_opens_a_new_session_by_itself() {
     // comes back without it. `ferry connect` says what happened, keeps the kill switch, opens
     // a new session with the same voucher once the relay answers again, and traffic flows.
     let (mut lab, _tun) = connected_lab("fr");
-    let status = |lab: &AgentLab| {
-        lab.home
-            .cli(&lab.topo.client, &["status", "--json"])
-            .unwrap()
-    };
-    let session_of = |st: &str| {
-        st.split("\"session_id\": \"")
-            .nth(1)
-            .map(|r| r[..32].to_owned())
-    };
-    let first = session_of(&status(&lab)).unwrap();
+    let status = |lab: &AgentLab| status_json(&lab.home, &lab.topo);
+    let first = session_id(&status(&lab)).unwrap();
     // Traffic first, so the session owes a final receipt at shutdown.
-    fetch(
-        &lab.topo.client,
-        sa(INET4, DATA_PORT),
-        1 << 20,
-        Duration::from_secs(20),
-    )
-    .unwrap();
+    download(&lab.topo, 1 << 20);
     let out = lab.topo.lab.stop(lab.agent.proc, Duration::from_secs(5));
     assert!(out.contains("exit status: 0"), "{out}");
     let agent_log = lab.topo.lab.log(&lab.agent.label);
@@ -605,17 +584,10 @@ fn after_the_agent_restarts_the_client_opens_a_new_session_by_itself() {
         "connected again with a new session",
         || {
             let st = status(&lab);
-            st.contains("\"state\": \"connected\"") && session_of(&st).is_some_and(|s| s != first)
+            st.contains("\"state\": \"connected\"") && session_id(&st).is_some_and(|s| s != first)
         },
     )
     .unwrap();
-    let got = fetch(
-        &lab.topo.client,
-        sa(INET4, DATA_PORT),
-        1 << 20,
-        Duration::from_secs(20),
-    )
-    .unwrap();
-    assert_eq!(got.bytes, 1 << 20);
+    download(&lab.topo, 1 << 20);
     lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
 }

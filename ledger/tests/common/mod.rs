@@ -12,15 +12,9 @@ pub const NOW: u64 = 1_700_000_000;
 pub const EPOCH: u64 = 3600;
 
 pub fn params() -> Params {
-    Params {
-        network_id: NETWORK,
-        epoch_secs: EPOCH,
-        price_micros_per_gib: PRICE,
-        voucher_ttl_secs: 86_400,
-        max_batch: 2000,
-        request_skew_secs: 300,
-        refund_grace_secs: 3600,
-    }
+    let p = ferry_ledger::testkit::params(NETWORK);
+    assert_eq!((p.epoch_secs, p.price_micros_per_gib), (EPOCH, PRICE));
+    p
 }
 
 pub fn ledger_key() -> SigningKey {
