@@ -100,12 +100,11 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             tokio::spawn(s.run(async move { stop.notified().await }))
         });
         let mut r = drive(&mut engine, &udp, &tun).await;
-        // The relay ended the session with allowance left (router reboot, agent restart or
-        // upgrade): open a new one with the same voucher, behind the kill switch, until it
-        // answers, a refusal, or `ferry disconnect`.
-        while let (Err(_), true, Some(t)) =
-            (&r, engine.relay_ended_with_allowance_left(), &template)
-        {
+        // The session is gone with allowance left (the relay ended it: router reboot, agent
+        // restart or upgrade; or it stopped answering: restarted without it): open a new one
+        // with the same voucher, behind the kill switch, until it answers, a refusal, or
+        // `ferry disconnect`.
+        while let (Err(_), true, Some(t)) = (&r, engine.may_reopen(), &template) {
             let why = engine
                 .failure()
                 .unwrap_or("the relay ended the session")

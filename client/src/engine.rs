@@ -28,6 +28,9 @@ use crate::status::{LastReceipt, State, Status, spend_micros};
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// No WireGuard handshake this long after the start: a wrong relay key, or no relay there.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// A paid session whose relay sends nothing back for this long while we send is gone (the
+/// relay restarted without it, or ended it unseen): `connect` opens a new one.
+const RELAY_SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(25);
 
 /// The receipt log of a paid session.
 struct Log {
@@ -47,9 +50,9 @@ pub(crate) struct Engine {
     last_status: Option<Instant>,
     /// The voucher's allowance (to say "voucher used up" when the relay ends the session).
     allowance: Option<u64>,
-    /// The relay ended the session with allowance left (shutdown, restart): a new session
-    /// may be opened with the same voucher.
-    ended_with_allowance_left: bool,
+    /// The session is gone while the voucher has allowance left (the relay ended it, or
+    /// stopped answering): a new session may be opened with the same voucher.
+    may_reopen: bool,
 }
 
 /// Less than this left of a voucher counts as used up (more than one packet of any MTU).
@@ -132,6 +135,7 @@ impl Engine {
             rehandshake_after: None,
             close_grace: ferry_tunnel::CLOSE_GRACE,
             handshake_timeout: Some(HANDSHAKE_TIMEOUT),
+            silent_after: paid.is_some().then_some(RELAY_SILENT_AFTER),
         };
         let allowance = paid.as_ref().map(|p| p.voucher.allowance_bytes);
         let (paid_cfg, log, price) = match (paid, &relay.paid) {
@@ -163,15 +167,15 @@ impl Engine {
             status_path,
             last_status: None,
             allowance,
-            ended_with_allowance_left: false,
+            may_reopen: false,
         })
     }
 
-    /// Set when the session must end (relay over-claimed, refused us, ...).
-    /// True when the relay ended a paid session that still had allowance left (its shutdown
-    /// or restart): `connect` opens a new session instead of giving up.
-    pub(crate) fn relay_ended_with_allowance_left(&self) -> bool {
-        self.ended_with_allowance_left
+    /// True when a paid session is gone while its voucher has allowance left (the relay
+    /// ended it: shutdown, restart; or it stopped answering): `connect` opens a new session
+    /// instead of giving up.
+    pub(crate) fn may_reopen(&self) -> bool {
+        self.may_reopen
     }
 
     pub(crate) fn failure(&self) -> Option<&str> {
@@ -294,13 +298,18 @@ impl Engine {
                     ));
                     changed = true;
                 }
+                Event::Failed(f @ ferry_tunnel::Failure::RelaySilent(_)) => {
+                    self.failure = Some(f.to_string());
+                    self.may_reopen = self.allowance.is_some();
+                    changed = true;
+                }
                 Event::Failed(f) => {
                     self.failure = Some(f.to_string());
                     changed = true;
                 }
                 Event::EndedByRelay { total_bytes } => {
                     self.failure = Some(ended_message(total_bytes, self.allowance));
-                    self.ended_with_allowance_left = self
+                    self.may_reopen = self
                         .allowance
                         .is_some_and(|a| total_bytes.saturating_add(USED_UP_SLACK) < a);
                     changed = true;

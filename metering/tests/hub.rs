@@ -134,15 +134,24 @@ fn hub_bills_the_honest_client_cuts_off_the_silent_one_and_leaves_trusted_peers_
     assert!(hub.remove(2).is_some());
     // Honest peer 1: close and check the bill equals every forwarded byte.
     hub.close_all(now);
+    let mut finals = 0;
     while let Some((peer, msg)) = hub.poll_transmit(now, UNIX) {
-        // Everything was co-signed already: the close answers with the last Ack only.
-        assert!(matches!(msg, Message::Ack { .. }), "{msg:?}");
-        assert!(
-            clients[peer as usize - 1]
-                .handle_message(msg, UNIX)
-                .is_none()
-        );
+        // Everything was co-signed already: the close still sends a final receipt (same
+        // totals, next seq), so the client learns the session is over.
+        let Message::FinalReceipt(r) = &msg else {
+            panic!("expected a final receipt, got {msg:?}");
+        };
+        assert_eq!(r.body.total_bytes(), forwarded[1]);
+        finals += 1;
+        let reply = clients[peer as usize - 1]
+            .handle_message(msg, UNIX)
+            .unwrap();
+        assert!(matches!(reply, Message::CoSigned(_)), "{reply:?}");
+        let co = hub.handle_control(peer, &encode(&reply), now).unwrap();
+        stored.push(co);
+        hub.persisted(peer, co.body().seq).unwrap();
     }
+    assert_eq!(finals, 1);
     assert_eq!(
         hub.poll_event(),
         Some((1, RelayEvent::Closed { acknowledged: true }))

@@ -314,6 +314,51 @@ fn resume_after_restart_continues_from_the_stored_receipt() {
 }
 
 #[test]
+fn a_relay_close_with_every_byte_co_signed_still_sends_a_final_receipt() {
+    // The client learns that the session ended only from a final receipt; a bare Ack (what
+    // the relay sent before) left it "connected" to a relay that had dropped it.
+    let mut w = World::new(cfg());
+    for i in 0..2_000u64 {
+        w.up(pkt(i));
+        w.advance(MS);
+        w.pump();
+    }
+    w.advance(Duration::from_secs(31));
+    w.pump();
+    let before = *w.store.last().unwrap().body();
+    assert_eq!(before.total_bytes(), w.relay.meter().total());
+    w.relay.close(w.now);
+    let Some(Message::FinalReceipt(r)) = w.relay.poll_transmit(w.now, w.unix) else {
+        panic!("a final receipt is due at once")
+    };
+    assert_eq!(r.body.seq, before.seq + 1);
+    assert_eq!(r.body.total_bytes(), before.total_bytes());
+    let reply = w.client.handle_message(Message::FinalReceipt(r), w.unix);
+    let Some(Message::CoSigned(c)) = reply else {
+        panic!("the client co-signs a zero-delta final receipt: {reply:?}")
+    };
+    let persist = w.relay.handle_message(Message::CoSigned(c), w.now).unwrap();
+    assert_eq!(w.relay.state(), SessionState::Closing);
+    assert_eq!(
+        w.relay.persisted(persist.body().seq),
+        Some(Message::Ack { seq: r.body.seq })
+    );
+    assert_eq!(w.relay.state(), SessionState::Closed);
+    assert_eq!(
+        events(&mut w),
+        vec![RelayEvent::Closed { acknowledged: true }]
+    );
+}
+
+#[test]
+fn a_session_that_never_counted_a_byte_closes_without_a_receipt() {
+    let mut w = World::new(cfg());
+    w.relay.close(w.now);
+    assert_eq!(w.relay.state(), SessionState::Closed);
+    assert_eq!(w.relay.poll_transmit(w.now, w.unix), None);
+}
+
+#[test]
 fn voucher_allowance_is_enforced_and_the_session_closes_with_a_final_receipt() {
     let mut w = World::with_allowance(cfg(), 100_000);
     let mut forwarded = 0;

@@ -637,6 +637,7 @@ fn client_main(
             close_grace: Duration::from_secs(3600),
             // The relay may be down for a while (kill -9 tests): keep trying.
             handshake_timeout: None,
+            silent_after: None,
         },
         Some(PaidConfig {
             session,

@@ -591,3 +591,69 @@ fn after_the_agent_restarts_the_client_opens_a_new_session_by_itself() {
     download(&lab.topo, 1 << 20);
     lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
 }
+
+#[test]
+#[ignore = "needs root: netns"]
+fn when_the_agent_comes_back_without_the_session_the_client_notices_and_opens_a_new_one() {
+    // Power loss on a router whose agent state lived on tmpfs: the agent dies without a
+    // final receipt and comes back with no record of the session. The client's packets go
+    // unanswered; it says so, keeps the kill switch and opens a new session by itself.
+    let (mut lab, _tun) = connected_lab("fs");
+    let status = |lab: &AgentLab| status_json(&lab.home, &lab.topo);
+    let first = session_id(&status(&lab)).unwrap();
+    download(&lab.topo, 1 << 20);
+    // Something keeps sending, as a user's apps would.
+    let inet = INET4.to_string();
+    let ping = lab
+        .topo
+        .lab
+        .spawn(&lab.topo.client, "ping-bg", &["ping", "-i", "0.5", &inet])
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(lab.agent.proc.pid() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = lab.topo.lab.stop(lab.agent.proc, Duration::from_secs(1));
+    assert!(out.contains("signal: 9"), "{out}");
+    let state = lab.topo.lab.dir().join("agent-state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let AgentLab {
+        topo,
+        agent,
+        agent_cfg,
+        relay_wg,
+        ..
+    } = &mut lab;
+    *agent = Agent::start(&mut topo.lab, &topo.router, relay_wg, agent_cfg).unwrap();
+    let t0 = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(60),
+        "connected again with a new session",
+        || {
+            let st = status(&lab);
+            st.contains("\"state\": \"connected\"") && session_id(&st).is_some_and(|s| s != first)
+        },
+    )
+    .map_err(|e| {
+        format!(
+            "{e}\nclient: {}\nstatus: {}",
+            lab.topo.lab.log("ferry-connect"),
+            status(&lab)
+        )
+    })
+    .unwrap();
+    let took = t0.elapsed();
+    let log = lab.topo.lab.log("ferry-connect");
+    assert!(log.contains("the relay stopped answering"), "{log}");
+    assert!(log.contains("opening a new session"), "{log}");
+    assert!(status(&lab).contains("\"kill_switch\": true"));
+    eprintln!(
+        "session lost with the agent's state: new session after {:.1} s",
+        took.as_secs_f64()
+    );
+    download(&lab.topo, 1 << 20);
+    lab.topo.lab.stop(ping, Duration::from_secs(1));
+    lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
+}

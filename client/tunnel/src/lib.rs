@@ -74,6 +74,11 @@ pub struct TunnelConfig {
     /// Fail ([`Failure::NoHandshake`]) when no WireGuard handshake completed this long after
     /// the start (a wrong relay key, a relay that is not there); `None`: keep trying.
     pub handshake_timeout: Option<Duration>,
+    /// Fail ([`Failure::RelaySilent`]) when, after connecting, a packet we sent has had no
+    /// answer of any kind (data, keepalive, handshake, control) for this long: the relay
+    /// dropped the session (restart without it, ended it unseen) or the path is gone. A relay
+    /// answers data with a keepalive within 10 s, so 25 s is safe. `None`: never.
+    pub silent_after: Option<Duration>,
 }
 
 /// The paid part of a tunnel.
@@ -100,6 +105,8 @@ pub enum Failure {
     BadAccept(String),
     /// No WireGuard handshake completed within the handshake timeout.
     NoHandshake(Duration),
+    /// After connecting, nothing came back from the relay for this long while we sent.
+    RelaySilent(Duration),
     /// We refused a receipt (the relay claimed more than we counted); `ReceiptRejected` was sent.
     ReceiptRefused {
         /// The refused receipt's sequence number.
@@ -117,6 +124,12 @@ impl fmt::Display for Failure {
             Self::NoHandshake(d) => write!(
                 f,
                 "the relay did not answer the WireGuard handshake within {} s",
+                d.as_secs()
+            ),
+            Self::RelaySilent(d) => write!(
+                f,
+                "the relay stopped answering (nothing came back for {} s): it restarted \
+                 without our session or the network path is down",
                 d.as_secs()
             ),
             Self::ReceiptRefused { seq, reason } => {
@@ -218,6 +231,9 @@ pub struct ClientTunnel {
     last_rx: Option<Instant>,
     last_tx: Option<Instant>,
     last_forced: Option<Instant>,
+    silent_after: Option<Duration>,
+    /// The first packet we sent since the relay last sent anything.
+    unanswered_since: Option<Instant>,
     /// Paid tunnels: inbound packets are counted and delivered only for flows we opened.
     flows: Option<Flows>,
     unsolicited: u64,
@@ -278,6 +294,8 @@ impl ClientTunnel {
             last_rx: None,
             last_tx: None,
             last_forced: None,
+            silent_after: cfg.silent_after,
+            unanswered_since: None,
         }
     }
 
@@ -299,6 +317,7 @@ impl ClientTunnel {
         }
         self.up += pkt.len() as u64;
         self.last_tx = Some(now);
+        self.unanswered_since.get_or_insert(now);
         self.encapsulate(pkt);
         true
     }
@@ -314,7 +333,7 @@ impl ClientTunnel {
             {
                 TunnResult::WriteToNetwork(b) => {
                     self.transmits.push_back(b.to_vec());
-                    self.last_rx = Some(now);
+                    self.heard(now);
                     // Queued packets may follow a completed handshake.
                     input = &[];
                     continue;
@@ -322,6 +341,7 @@ impl ClientTunnel {
                 TunnResult::WriteToTunnelV4(p, _) | TunnResult::WriteToTunnelV6(p, _) => {
                     let pkt: &[u8] = p;
                     self.last_rx = Some(now);
+                    self.unanswered_since = None;
                     match self
                         .paid
                         .as_ref()
@@ -346,7 +366,7 @@ impl ClientTunnel {
                         }
                     }
                 }
-                TunnResult::Done => self.last_rx = Some(now),
+                TunnResult::Done => self.heard(now),
                 TunnResult::Err(_) => {}
             }
             break;
@@ -382,6 +402,13 @@ impl ClientTunnel {
         if let (Some(limit), Some(t0)) = (self.handshake_timeout, self.started_at) {
             if self.tunn.stats().0.is_none() && now.saturating_duration_since(t0) >= limit {
                 self.fail(Failure::NoHandshake(limit));
+                return;
+            }
+        }
+        if let (Some(limit), Some(t)) = (self.silent_after, self.unanswered_since) {
+            if self.connected && self.closing.is_none() && now.saturating_duration_since(t) >= limit
+            {
+                self.fail(Failure::RelaySilent(limit));
                 return;
             }
         }
@@ -572,6 +599,12 @@ impl ClientTunnel {
             }
             _ => {}
         }
+    }
+
+    /// A datagram from the relay decrypted (data, keepalive, handshake response).
+    fn heard(&mut self, now: Instant) {
+        self.last_rx = Some(now);
+        self.unanswered_since = None;
     }
 
     fn check_connected(&mut self) {

@@ -288,3 +288,45 @@ fn a_wrong_relay_key_fails_in_words_after_the_handshake_timeout() {
             .contains("did not answer the WireGuard handshake within 20 s")
     );
 }
+
+#[test]
+fn a_relay_that_dropped_the_session_is_noticed_once_our_packets_go_unanswered() {
+    let mut p = Pair::new(cfg(), 1 << 40);
+    p.connect();
+    traffic(&mut p, 20, 1000);
+    // Idle is not lost: nothing sent, nothing expected back.
+    for _ in 0..60 {
+        p.advance(Duration::from_secs(1));
+    }
+    assert!(p.client.failure().is_none(), "{:?}", p.client.failure());
+    // One packet nobody replies to: the relay still answers it (a keepalive), so the
+    // session is alive.
+    p.echo = false;
+    assert!(p.send_up(200));
+    for _ in 0..60 {
+        p.advance(Duration::from_secs(1));
+    }
+    assert!(p.client.failure().is_none(), "{:?}", p.client.failure());
+    // The relay loses the session (restart without it): nothing at all comes back.
+    p.drop_every = 1;
+    assert!(p.send_up(200));
+    for _ in 0..24 {
+        p.advance(Duration::from_secs(1));
+        assert!(
+            p.client.failure().is_none(),
+            "not before {:?}",
+            common::SILENT_AFTER
+        );
+    }
+    for _ in 0..2 {
+        p.advance(Duration::from_secs(1));
+    }
+    let f = p
+        .client
+        .failure()
+        .cloned()
+        .expect("the silence was noticed");
+    assert_eq!(f, Failure::RelaySilent(common::SILENT_AFTER));
+    assert!(f.to_string().contains("stopped answering"), "{f}");
+    assert!(p.events.iter().any(|e| *e == Event::Failed(f.clone())));
+}

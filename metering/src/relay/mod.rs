@@ -62,6 +62,8 @@ pub struct RelaySession {
     awaiting_persist: BTreeMap<u64, CoSignedReceipt>,
     credit_blocked: bool,
     close_started_at: Option<Instant>,
+    /// Seq of the final receipt, once issued (every close that counted bytes sends one).
+    final_seq: Option<u64>,
     bucket: Option<TokenBucket>,
     transmit: VecDeque<Message>,
     events: VecDeque<RelayEvent>,
@@ -178,6 +180,7 @@ impl RelaySession {
             awaiting_persist: BTreeMap::new(),
             credit_blocked: false,
             close_started_at: None,
+            final_seq: None,
             bucket,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
@@ -379,7 +382,7 @@ impl RelaySession {
         if self.unacknowledged_bytes() < self.cfg.credit_window_bytes {
             self.credit_blocked = false;
         }
-        if self.state == SessionState::Closing && self.acked_total == self.meter.total() {
+        if self.state == SessionState::Closing && self.final_seq.is_some_and(|f| seq >= f) {
             self.finish(true);
         }
         Some(Message::Ack { seq })
@@ -406,13 +409,13 @@ impl RelaySession {
         if self.state != SessionState::Active {
             return;
         }
-        if self.meter.total() == self.acked_total {
-            if let Some(a) = &self.acked {
-                self.transmit.push_back(Message::Ack { seq: a.body().seq });
-            }
+        // Nothing was ever counted: nothing to bill and nobody to tell.
+        if self.meter.total() == 0 && self.acked.is_none() && self.outstanding.is_empty() {
             self.finish(true);
             return;
         }
+        // Otherwise a final receipt goes out even when every byte is co-signed already:
+        // it is how the client learns that the session is over (and can open a new one).
         self.state = SessionState::Closing;
         self.close_started_at = Some(now);
     }
@@ -510,12 +513,15 @@ impl RelaySession {
             .last_sent_at
             .is_some_and(|s| now.saturating_duration_since(s) >= self.cfg.retransmit_after)
             && !self.outstanding.is_empty();
-        let new_due = uncovered > 0
-            && (closing
-                || (self.credit_blocked && self.outstanding.is_empty())
-                || retransmit_due
-                || uncovered >= self.cfg.receipt_every_bytes
-                || now.saturating_duration_since(self.last_issue_at) >= self.cfg.receipt_every);
+        let final_due = closing && self.final_seq.is_none();
+        let new_due = final_due
+            || (uncovered > 0
+                && (closing
+                    || (self.credit_blocked && self.outstanding.is_empty())
+                    || retransmit_due
+                    || uncovered >= self.cfg.receipt_every_bytes
+                    || now.saturating_duration_since(self.last_issue_at)
+                        >= self.cfg.receipt_every));
         if new_due && self.outstanding.len() < MAX_OUTSTANDING {
             let r = ReceiptBody::for_session(
                 &self.accept,
@@ -525,6 +531,9 @@ impl RelaySession {
                 unix_ts,
             )
             .sign(&self.key);
+            if closing {
+                self.final_seq = Some(self.next_seq);
+            }
             self.next_seq += 1;
             self.credit_blocked = false;
             self.issued_total = self.meter.total();

@@ -129,8 +129,12 @@ pub fn tunnel_config(
         rehandshake_after: None,
         close_grace: ferry_tunnel::CLOSE_GRACE,
         handshake_timeout,
+        silent_after: Some(SILENT_AFTER),
     }
 }
+
+/// What `ferry connect` uses.
+pub const SILENT_AFTER: Duration = Duration::from_secs(25);
 
 fn secret(seed: u8) -> StaticSecret {
     StaticSecret::from([seed; 32])
