@@ -199,3 +199,54 @@ fn real_prometheus_sees_the_tunnel_bytes_move() {
     assert!(number("tx_bytes") >= down, "{status}");
     assert!(number("rx_bytes") >= up, "{status}");
 }
+
+#[test]
+#[ignore = "needs root: netns"]
+fn behind_an_isp_modem_the_private_wan_address_is_not_in_the_default_listen() {
+    // The router's WAN sits behind an ISP modem: its default route leaves through an interface
+    // with a private address (10.99.0.1, the modem is 10.99.0.2). The default listen set must
+    // not include it: only the LAN address and loopback serve /metrics and /status.
+    let mut topo = ferry_e2e::topology::Topology::build().unwrap();
+    topo.router
+        .addr(&topo.router_up_if, "10.99.0.1/24")
+        .unwrap();
+    let inet_if = topo.lab.ifname("i");
+    topo.inet.addr(&inet_if, "10.99.0.2/24").unwrap();
+    topo.router
+        .ip(&["route", "replace", "default", "via", "10.99.0.2"])
+        .unwrap();
+    let key = ferry_e2e::wg::KeyPair::generate().unwrap();
+    let cfg = ferry_e2e::agent::AgentConfig::new(Egress::Tun);
+    let _agent = ferry_e2e::agent::Agent::start(&mut topo.lab, &topo.router, &key, &cfg).unwrap();
+    let router = topo.router.clone();
+    ferry_e2e::wait::wait_until(T, "the metrics listener", || {
+        http_get(&router, &format!("http://{METRICS}/healthz"), None).is_ok_and(|r| r.0 == 200)
+    })
+    .unwrap();
+    let listening = router.exec(&["ss", "-Htln", "sport = :9586"]).unwrap();
+    let mut local: Vec<&str> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    local.sort_unstable();
+    assert_eq!(
+        local,
+        vec![METRICS.to_owned(), format!("{ROUTER_LAN4}:9586")],
+        "{listening}"
+    );
+    let lan_url = format!("http://{ROUTER_LAN4}:9586/healthz");
+    assert_eq!(http_get(&topo.lan, &lan_url, None).unwrap().0, 200);
+    // From the modem's side the private WAN address does not answer (positive control: the
+    // address itself is reachable, the admin port on it answers).
+    assert_eq!(
+        http_get(&topo.inet, "http://10.99.0.1:9586/healthz", None)
+            .unwrap()
+            .0,
+        0
+    );
+    assert!(
+        topo.inet
+            .exec(&["ping", "-c", "1", "-W", "2", "10.99.0.1"])
+            .is_ok()
+    );
+}
