@@ -16,9 +16,7 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::Notify;
 
-use crate::bootstrap::PaidSetup;
 use crate::cli::ConnectArgs;
 use crate::config::Config;
 use crate::engine::{Engine, relay_socket};
@@ -92,51 +90,20 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             applied.save(&paths.state)?;
         }
         let udp = relay_socket(endpoint).await?;
-        let template = setup.paid.as_ref().map(PaidSetup::fresh);
-        let mut engine = engine_for(&mut setup, &udp, paths)?;
-        let stop = Arc::new(Notify::new());
-        let sub = setup.submitter.take().map(|s| {
-            let stop = stop.clone();
-            tokio::spawn(s.run(async move { stop.notified().await }))
-        });
-        let mut r = drive(&mut engine, &udp, &tun).await;
-        // The session is gone with allowance left (the relay ended it: router reboot, agent
-        // restart or upgrade; or it stopped answering: restarted without it): open a new one
-        // with the same voucher, behind the kill switch, until it answers, a refusal, or
-        // `ferry disconnect`.
-        while let (Err(_), true, Some(t)) = (&r, engine.may_reopen(), &template) {
-            let why = engine
-                .failure()
-                .unwrap_or("the relay ended the session")
-                .to_owned();
-            let old_addresses = setup.relay.address.clone();
-            match reopen(&mut setup, t, &why, &mut engine).await {
-                Reopen::Stopped => {
-                    r = Ok(());
-                    break;
-                }
-                Reopen::Failed(e) => {
-                    r = Err(e);
-                    break;
-                }
-                Reopen::Opened => {}
+        // A session gone with allowance left (the relay ended it: router reboot, agent
+        // restart or upgrade; or it stopped answering: restarted without it) is followed by a
+        // new one with the same voucher, behind the kill switch, until the relay answers, a
+        // refusal, or `ferry disconnect`.
+        crate::session::run_sessions(&mut setup, async |setup, old| {
+            if let Some(old) = old {
+                netcfg::set_tunnel_addresses(&args.tun, &old.address, &setup.relay.address)?;
+                netcfg::full_tunnel_routes(&args.tun)?;
             }
-            netcfg::set_tunnel_addresses(&args.tun, &old_addresses, &setup.relay.address)?;
-            netcfg::full_tunnel_routes(&args.tun)?;
-            engine = engine_for(&mut setup, &udp, paths)?;
-            r = drive(&mut engine, &udp, &tun).await;
-        }
-        match &r {
-            Ok(()) => engine.finish(State::Stopped, None),
-            Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
-        }
-        if let Some(h) = sub {
-            // Give the submitter a moment to hand the final receipt to the ledger.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stop.notify_one();
-            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-        }
-        r
+            let mut engine = engine_for(setup, &udp, paths)?;
+            let r = drive(&mut engine, &udp, &tun).await;
+            Ok((engine, r))
+        })
+        .await
     });
     match result {
         Ok(()) => Ok(ExitCode::SUCCESS),
@@ -160,54 +127,6 @@ fn engine_for(
     )?;
     engine.status_mut().kill_switch = true;
     Ok(engine)
-}
-
-enum Reopen {
-    Opened,
-    Stopped,
-    Failed(anyhow::Error),
-}
-
-/// Opens a new paid session after the relay ended the last one (`why`), retrying with backoff
-/// (2 s doubling to 30 s) while the relay does not answer; a refusal ends it, as does SIGTERM
-/// or SIGINT (`ferry disconnect`). The status says what is happening at each attempt.
-async fn reopen(
-    setup: &mut crate::session::Setup,
-    template: &PaidSetup,
-    why: &str,
-    engine: &mut Engine,
-) -> Reopen {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return Reopen::Failed(anyhow::anyhow!("cannot watch for signals"));
-    };
-    let mut delay = Duration::from_secs(2);
-    for attempt in 1u32.. {
-        let note =
-            format!("{why}; opening a new session with the same voucher (attempt {attempt})");
-        tracing::warn!("{note}");
-        engine.finish(State::Connecting, Some(note));
-        setup.paid = Some(template.fresh());
-        let opened = tokio::select! {
-            r = crate::session::open_paid_session(setup) => r,
-            _ = term.recv() => return Reopen::Stopped,
-            _ = int.recv() => return Reopen::Stopped,
-        };
-        match opened {
-            Ok(()) => return Reopen::Opened,
-            Err(e) if format!("{e:#}").contains("refused") => return Reopen::Failed(e),
-            Err(e) => tracing::info!(error = %format!("{e:#}"), "relay not answering yet"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = term.recv() => return Reopen::Stopped,
-            _ = int.recv() => return Reopen::Stopped,
-        }
-        delay = (delay * 2).min(Duration::from_secs(30));
-    }
-    Reopen::Stopped
 }
 
 async fn drive(

@@ -10,9 +10,13 @@ use ferry_keys::{IdentityKey, WgPrivateKey};
 use ferry_metering::{ClientConfig, Tolerance};
 use ferry_store::{HttpLedger, Store, Submitter, SubmitterConfig};
 
+use tokio::signal::unix::{SignalKind, signal};
+
 use crate::bootstrap::PaidSetup;
 use crate::config::{Config, Relay, expand_home};
+use crate::engine::Engine;
 use crate::paths::Paths;
+use crate::status::State;
 use ferry_store::unix_now;
 
 /// Ready-to-run pieces.
@@ -156,4 +160,104 @@ pub(crate) async fn open_paid_session(setup: &mut Setup) -> Result<()> {
     tracing::info!("paid session accepted by the relay");
     paid.boot = Some(boot);
     Ok(())
+}
+
+/// What [`reopen`] came to.
+enum Reopen {
+    /// A new session is open (`setup` holds it).
+    Opened,
+    /// `ferry disconnect` (SIGTERM) or Ctrl-C while trying.
+    Stopped,
+    /// The relay refused (voucher used up, relay busy) or signals could not be watched.
+    Failed(anyhow::Error),
+}
+
+/// Runs the session `setup` holds with `run` (which builds its engine and drives it; `old`
+/// is the previous session's relay, `None` the first time), and again on a new session each
+/// time one is gone while its voucher has allowance left ([`Engine::may_reopen`]: the relay
+/// ended it, or stopped answering). The ledger submitter runs meanwhile; the last engine's
+/// status says how it ended. Returns how the last session ended.
+pub(crate) async fn run_sessions(
+    setup: &mut Setup,
+    mut run: impl AsyncFnMut(&mut Setup, Option<&Relay>) -> Result<(Engine, Result<()>)>,
+) -> Result<()> {
+    let template = setup.paid.as_ref().map(PaidSetup::fresh);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let sub = setup.submitter.take().map(|s| {
+        let stop = stop.clone();
+        tokio::spawn(s.run(async move { stop.notified().await }))
+    });
+    let ended = async {
+        let (mut engine, mut r) = run(setup, None).await?;
+        while let (Err(_), true, Some(t)) = (&r, engine.may_reopen(), &template) {
+            let why = engine
+                .failure()
+                .unwrap_or("the relay ended the session")
+                .to_owned();
+            let old = setup.relay.clone();
+            match reopen(setup, t, &why, &mut engine).await {
+                Reopen::Stopped => {
+                    r = Ok(());
+                    break;
+                }
+                Reopen::Failed(e) => {
+                    r = Err(e);
+                    break;
+                }
+                Reopen::Opened => {}
+            }
+            (engine, r) = run(setup, Some(&old)).await?;
+        }
+        match &r {
+            Ok(()) => engine.finish(State::Stopped, None),
+            Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
+        }
+        r
+    }
+    .await;
+    if let Some(h) = sub {
+        // Give the submitter a moment to hand the final receipt to the ledger.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        stop.notify_one();
+        let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
+    }
+    ended
+}
+
+/// Opens a new paid session after the last one ended with allowance left (`why`), retrying
+/// with backoff (2 s doubling to 30 s) while the relay does not answer; a refusal ends it, as
+/// does SIGTERM or SIGINT (`ferry disconnect`). The status says what is happening at each
+/// attempt.
+async fn reopen(setup: &mut Setup, template: &PaidSetup, why: &str, engine: &mut Engine) -> Reopen {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return Reopen::Failed(anyhow::anyhow!("cannot watch for signals"));
+    };
+    let mut delay = Duration::from_secs(2);
+    for attempt in 1u32.. {
+        let note =
+            format!("{why}; opening a new session with the same voucher (attempt {attempt})");
+        tracing::warn!("{note}");
+        engine.finish(State::Connecting, Some(note));
+        setup.paid = Some(template.fresh());
+        let opened = tokio::select! {
+            r = open_paid_session(setup) => r,
+            _ = term.recv() => return Reopen::Stopped,
+            _ = int.recv() => return Reopen::Stopped,
+        };
+        match opened {
+            Ok(()) => return Reopen::Opened,
+            Err(e) if format!("{e:#}").contains("refused") => return Reopen::Failed(e),
+            Err(e) => tracing::info!(error = %format!("{e:#}"), "relay not answering yet"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = term.recv() => return Reopen::Stopped,
+            _ = int.recv() => return Reopen::Stopped,
+        }
+        delay = (delay * 2).min(Duration::from_secs(30));
+    }
+    Reopen::Stopped
 }

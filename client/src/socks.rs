@@ -20,7 +20,6 @@ use crate::engine::{Engine, relay_socket};
 use crate::paths::Paths;
 use crate::session::prepare;
 use crate::stack::{Command, Stack};
-use crate::status::State;
 
 /// SOCKS5 reply codes (RFC 1928 §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,53 +134,55 @@ fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async {
         crate::session::open_paid_session(&mut setup).await?;
-        let relay = setup.relay.clone();
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
         let udp = relay_socket(setup.endpoint).await?;
-        let mut engine = Engine::new(
-            &relay,
-            &setup.wg,
-            udp.clone(),
-            setup.paid.take(),
-            "socks5",
-            Some(paths.status()),
-        )?;
-        let stop = Arc::new(Notify::new());
-        let sub = setup.submitter.take().map(|s| {
-            let stop = stop.clone();
-            tokio::spawn(s.run(async move { stop.notified().await }))
-        });
-        let mut seed = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
-            .map_err(|_| anyhow::anyhow!("no randomness"))?;
-        let stack = Stack::new(
-            relay.addr_v4(),
-            relay.addr_v6(),
-            usize::from(relay.mtu),
-            relay.dns.clone(),
-            u64::from_le_bytes(seed),
-            smol_now(),
-        );
-        let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+        let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         let accept = tokio::spawn(accept_loop(listener, cmd_tx, wake.clone()));
-        tracing::info!(listen = %args.listen, relay = %relay.name, "SOCKS5 proxy ready");
-        let r = drive(&mut engine, &udp, stack, cmd_rx, &wake).await;
+        tracing::info!(listen = %args.listen, relay = %setup.relay.name, "SOCKS5 proxy ready");
+        // Like `connect`: a session gone with allowance left is followed by a new one (the
+        // proxy keeps listening; connections through the old session end).
+        let r = crate::session::run_sessions(&mut setup, async |setup, _| {
+            let mut engine = Engine::new(
+                &setup.relay,
+                &setup.wg,
+                udp.clone(),
+                setup.paid.take(),
+                "socks5",
+                Some(paths.status()),
+            )?;
+            let r = drive(
+                &mut engine,
+                &udp,
+                new_stack(&setup.relay)?,
+                &mut cmd_rx,
+                &wake,
+            )
+            .await;
+            Ok((engine, r))
+        })
+        .await;
         accept.abort();
-        match &r {
-            Ok(()) => engine.finish(State::Stopped, None),
-            Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
-        }
-        if let Some(h) = sub {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            stop.notify_one();
-            let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
-        }
         r
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The user-space TCP/IP stack on the session's tunnel addresses.
+fn new_stack(relay: &crate::config::Relay) -> Result<Stack> {
+    let mut seed = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed)
+        .map_err(|_| anyhow::anyhow!("no randomness"))?;
+    Ok(Stack::new(
+        relay.addr_v4(),
+        relay.addr_v6(),
+        usize::from(relay.mtu),
+        relay.dns.clone(),
+        u64::from_le_bytes(seed),
+        smol_now(),
+    ))
 }
 
 fn smol_now() -> smoltcp::time::Instant {
@@ -192,7 +193,7 @@ async fn drive(
     engine: &mut Engine,
     udp: &tokio::net::UdpSocket,
     mut stack: Stack,
-    mut cmds: mpsc::UnboundedReceiver<Command>,
+    cmds: &mut mpsc::UnboundedReceiver<Command>,
     wake: &Notify,
 ) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;

@@ -353,3 +353,62 @@ fn read_pattern(r: &mut impl Read, max: u64) -> Result<(u64, bool)> {
 fn canonical(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
 }
+
+/// Where a SOCKS5 CONNECT goes.
+pub enum SocksDst<'a> {
+    /// An address.
+    Ip(SocketAddr),
+    /// A name the proxy resolves.
+    Name(&'a str, u16),
+}
+
+/// SOCKS5 CONNECT (from `ns` to the proxy at `proxy`) + `GET n` to the data service;
+/// returns (banner line, verified byte count), or the SOCKS reply code if the proxy refused.
+#[allow(clippy::unwrap_used)]
+pub fn socks_fetch(
+    ns: &Ns,
+    proxy: &str,
+    dst: SocksDst<'_>,
+    n: u64,
+) -> std::result::Result<(String, u64), u8> {
+    let mut s = ns.enter(|| TcpStream::connect(proxy)).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut a = [0u8; 2];
+    s.read_exact(&mut a).unwrap();
+    assert_eq!(a, [5, 0]);
+    let mut req = vec![5, 1, 0];
+    match dst {
+        SocksDst::Ip(SocketAddr::V4(v4)) => {
+            req.push(1);
+            req.extend(v4.ip().octets());
+            req.extend(v4.port().to_be_bytes());
+        }
+        SocksDst::Ip(SocketAddr::V6(v6)) => {
+            req.push(4);
+            req.extend(v6.ip().octets());
+            req.extend(v6.port().to_be_bytes());
+        }
+        SocksDst::Name(name, port) => {
+            req.extend([3, name.len() as u8]);
+            req.extend(name.as_bytes());
+            req.extend(port.to_be_bytes());
+        }
+    }
+    s.write_all(&req).unwrap();
+    let mut rep = [0u8; 10];
+    s.read_exact(&mut rep).unwrap();
+    if rep[1] != 0 {
+        return Err(rep[1]);
+    }
+    s.write_all(format!("GET {n}\n").as_bytes()).unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let nl = all.iter().position(|b| *b == b'\n').unwrap();
+    let banner = String::from_utf8_lossy(&all[..nl]).into_owned();
+    let body = &all[nl + 1..];
+    for (i, b) in body.iter().enumerate() {
+        assert_eq!(*b, pattern(i as u64), "corrupted byte {i}");
+    }
+    Ok((banner, body.len() as u64))
+}

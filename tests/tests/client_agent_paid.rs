@@ -11,7 +11,7 @@ use std::time::Duration;
 use ferry_e2e::agent::{Agent, AgentConfig, Egress};
 use ferry_e2e::client::{FerryHome, NetnsResolvConf, start_connect, test_relay_binary};
 use ferry_e2e::scenario::Services;
-use ferry_e2e::servers::fetch;
+use ferry_e2e::servers::{SocksDst, fetch, socks_fetch};
 use ferry_e2e::topology::{DATA_PORT, INET4, ROUTER_UP4, ROUTER_WAN4, Topology, sa};
 use ferry_e2e::wait::wait_until;
 use ferry_e2e::wg::KeyPair;
@@ -91,6 +91,27 @@ fn agent_lab() -> AgentLab {
         relay_wg: relay_key,
         relay_identity: relay_home.identity_public.clone(),
         topo,
+    }
+}
+
+impl AgentLab {
+    /// Starts the agent again (same keys, config and state directory).
+    fn restart_agent(&mut self) {
+        self.agent = Agent::start(
+            &mut self.topo.lab,
+            &self.topo.router,
+            &self.relay_wg,
+            &self.agent_cfg,
+        )
+        .unwrap();
+    }
+
+    /// Waits until the client is connected on a session other than `first`.
+    fn wait_new_session(&self, first: &str, limit: Duration) -> anyhow::Result<()> {
+        wait_until(limit, "connected again with a new session", || {
+            let st = status_json(&self.home, &self.topo);
+            st.contains("\"state\": \"connected\"") && session_id(&st).is_some_and(|s| s != first)
+        })
     }
 }
 
@@ -571,23 +592,9 @@ fn after_the_agent_restarts_the_client_opens_a_new_session_by_itself() {
     assert!(st.contains("the relay ended the session"), "{st}");
     // The agent comes back (same keys, config and state).
     std::thread::sleep(Duration::from_secs(3));
-    let AgentLab {
-        topo,
-        agent,
-        agent_cfg,
-        relay_wg,
-        ..
-    } = &mut lab;
-    *agent = Agent::start(&mut topo.lab, &topo.router, relay_wg, agent_cfg).unwrap();
-    wait_until(
-        Duration::from_secs(45),
-        "connected again with a new session",
-        || {
-            let st = status(&lab);
-            st.contains("\"state\": \"connected\"") && session_id(&st).is_some_and(|s| s != first)
-        },
-    )
-    .unwrap();
+    lab.restart_agent();
+    lab.wait_new_session(&first, Duration::from_secs(45))
+        .unwrap();
     download(&lab.topo, 1 << 20);
     lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
 }
@@ -619,31 +626,17 @@ fn when_the_agent_comes_back_without_the_session_the_client_notices_and_opens_a_
     let state = lab.topo.lab.dir().join("agent-state");
     std::fs::remove_dir_all(&state).unwrap();
     std::fs::create_dir_all(&state).unwrap();
-    let AgentLab {
-        topo,
-        agent,
-        agent_cfg,
-        relay_wg,
-        ..
-    } = &mut lab;
-    *agent = Agent::start(&mut topo.lab, &topo.router, relay_wg, agent_cfg).unwrap();
+    lab.restart_agent();
     let t0 = std::time::Instant::now();
-    wait_until(
-        Duration::from_secs(60),
-        "connected again with a new session",
-        || {
-            let st = status(&lab);
-            st.contains("\"state\": \"connected\"") && session_id(&st).is_some_and(|s| s != first)
-        },
-    )
-    .map_err(|e| {
-        format!(
-            "{e}\nclient: {}\nstatus: {}",
-            lab.topo.lab.log("ferry-connect"),
-            status(&lab)
-        )
-    })
-    .unwrap();
+    lab.wait_new_session(&first, Duration::from_secs(60))
+        .map_err(|e| {
+            format!(
+                "{e}\nclient: {}\nstatus: {}",
+                lab.topo.lab.log("ferry-connect"),
+                status(&lab)
+            )
+        })
+        .unwrap();
     let took = t0.elapsed();
     let log = lab.topo.lab.log("ferry-connect");
     assert!(log.contains("the relay stopped answering"), "{log}");
@@ -656,4 +649,48 @@ fn when_the_agent_comes_back_without_the_session_the_client_notices_and_opens_a_
     download(&lab.topo, 1 << 20);
     lab.topo.lab.stop(ping, Duration::from_secs(1));
     lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn socks5_opens_a_new_session_after_the_agent_restarts() {
+    // The same as for `connect`, for the proxy: it keeps listening, says what happened in
+    // `ferry status` and serves new connections through a new session with the same voucher.
+    let mut lab = agent_lab();
+    const PROXY: &str = "127.0.0.1:1080";
+    let argv = lab
+        .home
+        .argv(&["socks5", "agent", "--listen", PROXY])
+        .unwrap();
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let proxy = lab
+        .topo
+        .lab
+        .spawn(&lab.topo.client, "ferry-socks5", &refs)
+        .unwrap();
+    let status = |lab: &AgentLab| status_json(&lab.home, &lab.topo);
+    wait_until(Duration::from_secs(20), "socks5 connected", || {
+        status(&lab).contains("\"state\": \"connected\"")
+    })
+    .unwrap();
+    let first = session_id(&status(&lab)).unwrap();
+    let dst = || SocksDst::Ip(sa(INET4, DATA_PORT));
+    let (_, n) = socks_fetch(&lab.topo.client, PROXY, dst(), 1 << 20).unwrap();
+    assert_eq!(n, 1 << 20);
+    let out = lab.topo.lab.stop(lab.agent.proc, Duration::from_secs(5));
+    assert!(out.contains("exit status: 0"), "{out}");
+    wait_until(Duration::from_secs(10), "the proxy to say so", || {
+        status(&lab).contains("opening a new session")
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    lab.restart_agent();
+    lab.wait_new_session(&first, Duration::from_secs(45))
+        .map_err(|e| format!("{e}\nproxy: {}", lab.topo.lab.log("ferry-socks5")))
+        .unwrap();
+    assert!(lab.topo.lab.is_running(proxy));
+    let (_, n) = socks_fetch(&lab.topo.client, PROXY, dst(), 1 << 20).unwrap();
+    assert_eq!(n, 1 << 20);
+    lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
+    assert!(!lab.topo.lab.is_running(proxy));
 }

@@ -4,70 +4,19 @@
 //! Needs root to build the lab: `cargo test -p ferry-e2e --test client_socks5 -- --ignored`.
 #![allow(clippy::unwrap_used)]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use ferry_e2e::client::{ClientLab, DATA_NAME, WireCounters};
-use ferry_e2e::servers::pattern;
+use ferry_e2e::servers::SocksDst as Dst;
 use ferry_e2e::topology::{DATA_PORT, INET4, INET6, ROUTER_UP4, sa};
 use ferry_e2e::wait::wait_until;
 
 const LISTEN: &str = "127.0.0.1:1080";
 
-enum Dst<'a> {
-    Ip(SocketAddr),
-    Name(&'a str, u16),
-}
-
-/// SOCKS5 CONNECT + `GET n` through the proxy; returns (banner line, verified byte count),
-/// or the SOCKS reply code if the proxy refused.
+/// SOCKS5 CONNECT + `GET n` through the proxy at [`LISTEN`] in the client namespace.
 fn socks_fetch(lab: &ClientLab, dst: Dst<'_>, n: u64) -> Result<(String, u64), u8> {
-    let mut s = lab
-        .topo
-        .client
-        .enter(|| TcpStream::connect(LISTEN))
-        .unwrap()
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    s.write_all(&[5, 1, 0]).unwrap();
-    let mut a = [0u8; 2];
-    s.read_exact(&mut a).unwrap();
-    assert_eq!(a, [5, 0]);
-    let mut req = vec![5, 1, 0];
-    match dst {
-        Dst::Ip(SocketAddr::V4(v4)) => {
-            req.push(1);
-            req.extend(v4.ip().octets());
-            req.extend(v4.port().to_be_bytes());
-        }
-        Dst::Ip(SocketAddr::V6(v6)) => {
-            req.push(4);
-            req.extend(v6.ip().octets());
-            req.extend(v6.port().to_be_bytes());
-        }
-        Dst::Name(name, port) => {
-            req.extend([3, name.len() as u8]);
-            req.extend(name.as_bytes());
-            req.extend(port.to_be_bytes());
-        }
-    }
-    s.write_all(&req).unwrap();
-    let mut rep = [0u8; 10];
-    s.read_exact(&mut rep).unwrap();
-    if rep[1] != 0 {
-        return Err(rep[1]);
-    }
-    s.write_all(format!("GET {n}\n").as_bytes()).unwrap();
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).unwrap();
-    let nl = all.iter().position(|b| *b == b'\n').unwrap();
-    let banner = String::from_utf8_lossy(&all[..nl]).into_owned();
-    let body = &all[nl + 1..];
-    for (i, b) in body.iter().enumerate() {
-        assert_eq!(*b, pattern(i as u64), "corrupted byte {i}");
-    }
-    Ok((banner, body.len() as u64))
+    ferry_e2e::servers::socks_fetch(&lab.topo.client, LISTEN, dst, n)
 }
 
 #[test]

@@ -46,6 +46,21 @@ fn wait_value(prom: &Prometheus, expr: &str, ok: impl Fn(f64) -> bool) -> f64 {
     }
 }
 
+/// The agent's metrics port listens on exactly 127.0.0.1 and the router's LAN address.
+fn assert_listens_on_loopback_and_lan_only(router: &ferry_e2e::netns::Ns) {
+    let listening = router.exec(&["ss", "-Htln", "sport = :9586"]).unwrap();
+    let mut local: Vec<&str> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    local.sort_unstable();
+    assert_eq!(
+        local,
+        vec![METRICS.to_owned(), format!("{ROUTER_LAN4}:9586")],
+        "{listening}"
+    );
+}
+
 #[test]
 #[ignore = "needs root: netns"]
 fn real_prometheus_sees_the_tunnel_bytes_move() {
@@ -67,17 +82,7 @@ fn real_prometheus_sees_the_tunnel_bytes_move() {
     let c = s.topo.client.clone();
 
     // Default listen: the LAN address and loopback, nothing else (not WAN, not the tunnel).
-    let listening = router.exec(&["ss", "-Htln", "sport = :9586"]).unwrap();
-    let mut local: Vec<&str> = listening
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .collect();
-    local.sort_unstable();
-    assert_eq!(
-        local,
-        vec![METRICS.to_owned(), format!("{ROUTER_LAN4}:9586")],
-        "{listening}"
-    );
+    assert_listens_on_loopback_and_lan_only(&router);
     let lan_url = format!("http://{ROUTER_LAN4}:9586/healthz");
     assert_eq!(
         http_get(&s.topo.lan, &lan_url, None).unwrap(),
@@ -223,17 +228,7 @@ fn behind_an_isp_modem_the_private_wan_address_is_not_in_the_default_listen() {
         http_get(&router, &format!("http://{METRICS}/healthz"), None).is_ok_and(|r| r.0 == 200)
     })
     .unwrap();
-    let listening = router.exec(&["ss", "-Htln", "sport = :9586"]).unwrap();
-    let mut local: Vec<&str> = listening
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(3))
-        .collect();
-    local.sort_unstable();
-    assert_eq!(
-        local,
-        vec![METRICS.to_owned(), format!("{ROUTER_LAN4}:9586")],
-        "{listening}"
-    );
+    assert_listens_on_loopback_and_lan_only(&router);
     let lan_url = format!("http://{ROUTER_LAN4}:9586/healthz");
     assert_eq!(http_get(&topo.lan, &lan_url, None).unwrap().0, 200);
     // From the modem's side the private WAN address does not answer (positive control: the
