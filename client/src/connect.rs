@@ -89,7 +89,8 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             applied.resolv_conf = Some((args.resolv_conf.clone(), backup));
             applied.save(&paths.state)?;
         }
-        let udp = relay_socket(endpoint).await?;
+        // Handed from engine to engine: the socket they follow the network with.
+        let mut udp = Some(relay_socket(endpoint).await?);
         // A session gone with allowance left (the relay ended it: router reboot, agent
         // restart or upgrade; or it stopped answering: restarted without it) is followed by a
         // new one with the same voucher, behind the kill switch, until the relay answers, a
@@ -99,8 +100,10 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
                 netcfg::set_tunnel_addresses(&args.tun, &old.address, &setup.relay.address)?;
                 netcfg::full_tunnel_routes(&args.tun)?;
             }
-            let mut engine = engine_for(setup, &udp, paths)?;
-            let r = drive(&mut engine, &udp, &tun).await;
+            let sock = udp.take().context("no relay socket (internal)")?;
+            let mut engine = engine_for(setup, sock, paths)?;
+            let r = drive(&mut engine, &tun).await;
+            udp = Some(engine.socket());
             Ok((engine, r))
         })
         .await
@@ -114,32 +117,30 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
 /// The engine for the session `setup` holds (behind the kill switch `connect` installed).
 fn engine_for(
     setup: &mut crate::session::Setup,
-    udp: &Arc<tokio::net::UdpSocket>,
+    udp: Arc<tokio::net::UdpSocket>,
     paths: &Paths,
 ) -> Result<Engine> {
     let mut engine = Engine::new(
         &setup.relay,
         &setup.wg,
-        udp.clone(),
+        udp,
         setup.paid.take(),
         "connect",
         Some(paths.status()),
     )?;
     engine.status_mut().kill_switch = true;
+    engine.repin_route_on_roam();
     Ok(engine)
 }
 
-async fn drive(
-    engine: &mut Engine,
-    udp: &tokio::net::UdpSocket,
-    tun: &tun_rs::AsyncDevice,
-) -> Result<()> {
+async fn drive(engine: &mut Engine, tun: &tun_rs::AsyncDevice) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let mut net = vec![0u8; 65536];
     let mut buf = vec![0u8; 65536];
     loop {
+        let udp = engine.socket();
         tokio::select! {
             r = udp.recv(&mut net) => match r {
                 Ok(n) => {

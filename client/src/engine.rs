@@ -8,6 +8,8 @@
 //! [`Engine::send_inner`], every datagram from the socket to [`Engine::handle_datagram`]
 //! (it returns the inner packets to deliver), call [`Engine::on_tick`] every ~250 ms, and stop
 //! when [`Engine::failure`] is set or, after [`Engine::close`], when [`Engine::closed`].
+//! Receive from [`Engine::socket`] anew each time: the engine replaces the socket when the
+//! host's address or route to the relay changes (roaming).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -31,6 +33,9 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 /// A paid session whose relay sends nothing back for this long while we send is gone (the
 /// relay restarted without it, or ended it unseen): `connect` opens a new one.
 const RELAY_SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(25);
+/// How often the engine checks whether the host would now send to the relay from another
+/// address (DHCP renewal, Wi-Fi to LTE); at once after a failed send.
+const PATH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The receipt log of a paid session.
 struct Log {
@@ -42,6 +47,12 @@ struct Log {
 pub(crate) struct Engine {
     tunnel: ClientTunnel,
     udp: Arc<UdpSocket>,
+    /// The relay endpoint the socket is connected to.
+    endpoint: SocketAddr,
+    last_path_check: Option<Instant>,
+    send_failed: bool,
+    /// `connect`: re-pin the endpoint host route when the path changes.
+    repin_route: bool,
     log: Option<Log>,
     failure: Option<String>,
     closed: bool,
@@ -76,6 +87,18 @@ pub(crate) fn unix_now() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// The source address the host would use for the relay now (a route lookup, no packet).
+fn preferred_source(endpoint: SocketAddr) -> Option<IpAddr> {
+    let bind: SocketAddr = if endpoint.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let s = std::net::UdpSocket::bind(bind).ok()?;
+    s.connect(endpoint).ok()?;
+    s.local_addr().ok().map(|a| a.ip())
 }
 
 /// A UDP socket connected to the relay endpoint.
@@ -160,6 +183,10 @@ impl Engine {
         Ok(Self {
             tunnel: ClientTunnel::new(cfg, paid_cfg),
             udp,
+            endpoint,
+            last_path_check: None,
+            send_failed: false,
+            repin_route: false,
             log,
             failure: None,
             closed: false,
@@ -193,6 +220,17 @@ impl Engine {
         self.tunnel.is_up()
     }
 
+    /// The connected UDP socket to the relay (replaced when the path changes: receive from the
+    /// current one).
+    pub(crate) fn socket(&self) -> Arc<UdpSocket> {
+        self.udp.clone()
+    }
+
+    /// `connect` mode: when the path changes, also re-pin the host route to the endpoint.
+    pub(crate) fn repin_route_on_roam(&mut self) {
+        self.repin_route = true;
+    }
+
     /// The status snapshot (also written to the status file).
     pub(crate) fn status_mut(&mut self) -> &mut Status {
         &mut self.status
@@ -215,6 +253,7 @@ impl Engine {
 
     /// Timers: WireGuard handshakes/keepalives, Hello retransmission, close grace, status file.
     pub(crate) async fn on_tick(&mut self) {
+        self.follow_path().await;
         self.tunnel.handle_timeout(Instant::now());
         self.flush().await;
         self.write_status(false);
@@ -244,6 +283,7 @@ impl Engine {
         loop {
             while let Some(d) = self.tunnel.poll_transmit() {
                 if let Err(e) = self.udp.send(&d).await {
+                    self.send_failed = true;
                     tracing::trace!(error = %e, "udp send failed");
                 }
             }
@@ -323,6 +363,49 @@ impl Engine {
             self.write_status(true);
         }
         deliver
+    }
+
+    /// Roaming: when the host would now reach the relay from another source address than
+    /// the socket's (the connected socket keeps the address it had at connect time, and every
+    /// send fails or leaves with a stale source once that address is gone), connects a new
+    /// socket and sends a keepalive from it at once. The relay moves the endpoint on the
+    /// first authenticated datagram from the new address; the session and its receipts stay.
+    async fn follow_path(&mut self) {
+        let now = Instant::now();
+        let due = self.send_failed
+            || self
+                .last_path_check
+                .is_none_or(|t| now.saturating_duration_since(t) >= PATH_CHECK_EVERY);
+        if !due {
+            return;
+        }
+        self.last_path_check = Some(now);
+        self.send_failed = false;
+        let current = self.udp.local_addr().ok().map(|a| a.ip());
+        let mut preferred = preferred_source(self.endpoint);
+        if preferred.is_none() || preferred == current {
+            return;
+        }
+        if self.repin_route {
+            // The pinned host route may have gone with its interface: the lookup then goes
+            // into the tunnel. Pin it again through the physical default route.
+            if let Err(e) = crate::netcfg::repin_endpoint_route(self.endpoint.ip()) {
+                tracing::warn!(error = %format!("{e:#}"), "could not re-pin the route to the relay");
+            }
+            preferred = preferred_source(self.endpoint);
+            if preferred.is_none() || preferred == current {
+                return;
+            }
+        }
+        match relay_socket(self.endpoint).await {
+            Ok(udp) => {
+                tracing::info!("the network changed; the tunnel follows it from the new address");
+                self.udp = udp;
+                self.tunnel.keepalive();
+                self.flush().await;
+            }
+            Err(e) => tracing::debug!(error = %format!("{e:#}"), "no new socket yet"),
+        }
     }
 
     fn refresh_receipt_status(&mut self) {

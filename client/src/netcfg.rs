@@ -163,13 +163,38 @@ pub(crate) fn parse_route_get(out: &str) -> Option<(Option<String>, String)> {
 pub(crate) fn pin_endpoint_route(endpoint: IpAddr) -> Result<String> {
     let out = ip(&["route", "get", &endpoint.to_string()])
         .with_context(|| format!("no route to the relay endpoint {endpoint}"))?;
-    let (via, dev) = parse_route_get(&out)
-        .with_context(|| format!("cannot parse `ip route get {endpoint}`: {out}"))?;
-    let dst = match endpoint {
-        IpAddr::V4(a) => format!("{a}/32"),
-        IpAddr::V6(a) => format!("{a}/128"),
-    };
-    let fam = if endpoint.is_ipv4() { "-4" } else { "-6" };
+    pin_like(endpoint, &out)
+}
+
+/// After a network change: keeps the pinned host route to `endpoint` if it is still there,
+/// otherwise pins it again through the main table's default route (the full-tunnel routes are
+/// two halves, never `default`, so this is the physical path).
+pub(crate) fn repin_endpoint_route(endpoint: IpAddr) -> Result<()> {
+    let (fam, dst) = host_route(endpoint);
+    if !ip(&[fam, "route", "show", &dst])?.trim().is_empty() {
+        return Ok(());
+    }
+    let out = ip(&[fam, "route", "show", "default"])?;
+    let line = out
+        .lines()
+        .next()
+        .context("no default route (no network yet)")?;
+    pin_like(endpoint, line).map(drop)
+}
+
+/// (`ip` family flag, host-route destination) of `endpoint`.
+fn host_route(endpoint: IpAddr) -> (&'static str, String) {
+    match endpoint {
+        IpAddr::V4(a) => ("-4", format!("{a}/32")),
+        IpAddr::V6(a) => ("-6", format!("{a}/128")),
+    }
+}
+
+/// Routes `endpoint` (host route) the way `route` (an `ip route` line) goes: via, dev.
+fn pin_like(endpoint: IpAddr, route: &str) -> Result<String> {
+    let (via, dev) =
+        parse_route_get(route).with_context(|| format!("cannot parse the route `{route}`"))?;
+    let (fam, dst) = host_route(endpoint);
     let mut args = vec![fam, "route", "replace", &dst];
     if let Some(v) = &via {
         args.extend(["via", v]);

@@ -137,7 +137,8 @@ fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        let udp = relay_socket(setup.endpoint).await?;
+        // Handed from engine to engine: the socket they follow the network with.
+        let mut udp = Some(relay_socket(setup.endpoint).await?);
         let (cmd_tx, mut cmd_rx) = mpsc::unbounded_channel();
         let wake = Arc::new(Notify::new());
         let accept = tokio::spawn(accept_loop(listener, cmd_tx, wake.clone()));
@@ -145,22 +146,17 @@ fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
         // Like `connect`: a session gone with allowance left is followed by a new one (the
         // proxy keeps listening; connections through the old session end).
         let r = crate::session::run_sessions(&mut setup, async |setup, _| {
+            let sock = udp.take().context("no relay socket (internal)")?;
             let mut engine = Engine::new(
                 &setup.relay,
                 &setup.wg,
-                udp.clone(),
+                sock,
                 setup.paid.take(),
                 "socks5",
                 Some(paths.status()),
             )?;
-            let r = drive(
-                &mut engine,
-                &udp,
-                new_stack(&setup.relay)?,
-                &mut cmd_rx,
-                &wake,
-            )
-            .await;
+            let r = drive(&mut engine, new_stack(&setup.relay)?, &mut cmd_rx, &wake).await;
+            udp = Some(engine.socket());
             Ok((engine, r))
         })
         .await;
@@ -191,7 +187,6 @@ fn smol_now() -> smoltcp::time::Instant {
 
 async fn drive(
     engine: &mut Engine,
-    udp: &tokio::net::UdpSocket,
     mut stack: Stack,
     cmds: &mut mpsc::UnboundedReceiver<Command>,
     wake: &Notify,
@@ -202,6 +197,7 @@ async fn drive(
     let mut net = vec![0u8; 65536];
     loop {
         let delay = stack.poll_delay(smol_now());
+        let udp = engine.socket();
         tokio::select! {
             r = udp.recv(&mut net) => match r {
                 Ok(n) => {

@@ -116,7 +116,7 @@ fn serve_tcp(s: TcpStream, peer: SocketAddr, banner: &str) -> Result<()> {
             }
         }
         (Some("PUT"), Some(n)) => {
-            let (got, ok) = read_pattern(&mut r, n)?;
+            let (got, ok) = read_pattern(&mut r, 0, n)?;
             let verdict = if ok && got == n { "OK" } else { "BAD" };
             w.write_all(format!("{banner} {peer} GOT {got} {verdict}\n").as_bytes())?;
         }
@@ -219,7 +219,7 @@ pub fn fetch(ns: &Ns, addr: SocketAddr, n: u64, timeout: Duration) -> Result<Fet
     s.write_all(format!("GET {n}\n").as_bytes())?;
     let mut r = BufReader::new(s);
     let (banner, peer_seen) = read_header(&mut r)?;
-    let (bytes, ok) = read_pattern(&mut r, u64::MAX)?;
+    let (bytes, ok) = read_pattern(&mut r, 0, u64::MAX)?;
     ensure!(ok, "fetch from {addr}: corrupted data");
     ensure!(bytes == n, "fetch from {addr}: got {bytes} of {n} bytes");
     Ok(Fetched {
@@ -227,6 +227,41 @@ pub fn fetch(ns: &Ns, addr: SocketAddr, n: u64, timeout: Duration) -> Result<Fet
         peer_seen,
         bytes,
     })
+}
+
+/// A download from a [`TcpService`] read in steps (to change the network mid-stream).
+pub struct Download {
+    r: BufReader<TcpStream>,
+    /// Bytes received and verified so far.
+    pub got: u64,
+    /// Bytes asked for.
+    pub total: u64,
+}
+
+impl Download {
+    /// Connects from `ns` and asks for `total` bytes (`timeout` per connect and read).
+    pub fn start(ns: &Ns, addr: SocketAddr, total: u64, timeout: Duration) -> Result<Self> {
+        let mut s = connect(ns, addr, timeout)?;
+        s.write_all(format!("GET {total}\n").as_bytes())?;
+        let mut r = BufReader::new(s);
+        read_header(&mut r)?;
+        Ok(Self { r, got: 0, total })
+    }
+
+    /// Reads (verifying the pattern) until `upto` bytes arrived in all.
+    pub fn read_to(&mut self, upto: u64) -> Result<()> {
+        let want = upto.min(self.total).saturating_sub(self.got);
+        let (k, ok) = read_pattern(&mut self.r, self.got, want)?;
+        ensure!(ok, "corrupted data after byte {}", self.got);
+        self.got += k;
+        ensure!(k == want, "the stream ended at {} of {upto}", self.got);
+        Ok(())
+    }
+
+    /// A new per-read timeout.
+    pub fn set_timeout(&self, timeout: Duration) -> Result<()> {
+        Ok(self.r.get_ref().set_read_timeout(Some(timeout))?)
+    }
 }
 
 /// Uploads `n` pattern bytes; returns the peer address the service saw once it confirmed all.
@@ -331,8 +366,9 @@ fn parse_header(line: &str) -> Result<(String, SocketAddr)> {
     ))
 }
 
-/// Reads up to `max` bytes (until EOF) checking the pattern; returns (count, intact).
-fn read_pattern(r: &mut impl Read, max: u64) -> Result<(u64, bool)> {
+/// Reads up to `max` bytes (until EOF) checking the pattern from offset `from`; returns
+/// (count, intact).
+fn read_pattern(r: &mut impl Read, from: u64, max: u64) -> Result<(u64, bool)> {
     let mut buf = vec![0u8; 64 * 1024];
     let (mut off, mut ok) = (0u64, true);
     while off < max {
@@ -344,7 +380,7 @@ fn read_pattern(r: &mut impl Read, max: u64) -> Result<(u64, bool)> {
         ok &= buf[..k]
             .iter()
             .enumerate()
-            .all(|(j, b)| *b == pattern(off + j as u64));
+            .all(|(j, b)| *b == pattern(from + off + j as u64));
         off += k as u64;
     }
     Ok((off, ok))

@@ -12,7 +12,9 @@ use ferry_e2e::agent::{Agent, AgentConfig, Egress};
 use ferry_e2e::client::{FerryHome, NetnsResolvConf, start_connect, test_relay_binary};
 use ferry_e2e::scenario::Services;
 use ferry_e2e::servers::{SocksDst, fetch, socks_fetch};
-use ferry_e2e::topology::{DATA_PORT, INET4, ROUTER_UP4, ROUTER_WAN4, Topology, sa};
+use ferry_e2e::topology::{
+    CLIENT_WAN4, CLIENT_WAN4_ALT, DATA_PORT, INET4, ROUTER_UP4, ROUTER_WAN4, Topology, sa,
+};
 use ferry_e2e::wait::wait_until;
 use ferry_e2e::wg::KeyPair;
 
@@ -693,4 +695,54 @@ fn socks5_opens_a_new_session_after_the_agent_restarts() {
     assert_eq!(n, 1 << 20);
     lab.home.cli(&lab.topo.client, &["disconnect"]).unwrap();
     assert!(!lab.topo.lab.is_running(proxy));
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn roaming_keeps_the_paid_session_and_the_download() {
+    // DHCP renewal / Wi-Fi to LTE: the client's address changes mid-download. `ferry connect`
+    // follows it (new socket from the new address), the relay moves the endpoint, the same
+    // paid session carries on and the download completes intact.
+    let (lab, _tun) = connected_lab("fm");
+    let c = &lab.topo.client;
+    let first = session_id(&status_json(&lab.home, &lab.topo)).unwrap();
+    let total = 64 << 20;
+    let mut dl = ferry_e2e::servers::Download::start(
+        c,
+        sa(INET4, DATA_PORT),
+        total,
+        Duration::from_secs(20),
+    )
+    .unwrap();
+    dl.read_to(4 << 20).unwrap();
+    // Keep the new address when the old primary goes (else the kernel flushes secondaries).
+    let cif = &lab.topo.client_if;
+    c.sysctl(&format!("net.ipv4.conf.{cif}.promote_secondaries"), "1")
+        .unwrap();
+    c.addr(cif, &format!("{CLIENT_WAN4_ALT}/24")).unwrap();
+    c.del_addr(cif, &format!("{CLIENT_WAN4}/24")).unwrap();
+    let t0 = std::time::Instant::now();
+    dl.set_timeout(Duration::from_secs(60)).unwrap();
+    dl.read_to(total)
+        .map_err(|e| format!("{e:#}\nclient: {}", lab.topo.lab.log("ferry-connect")))
+        .unwrap();
+    eprintln!(
+        "roamed: the download finished {:.1} s after the address change",
+        t0.elapsed().as_secs_f64()
+    );
+    let log = lab.topo.lab.log("ferry-connect");
+    assert!(log.contains("the network changed"), "{log}");
+    let st = status_json(&lab.home, &lab.topo);
+    assert!(st.contains("\"state\": \"connected\""), "{st}");
+    assert_eq!(session_id(&st).unwrap(), first, "the same paid session");
+    // The socket now sends from the new address.
+    let socks = c.exec(&["ss", "-Hunp"]).unwrap();
+    assert!(
+        socks.contains(&format!("{CLIENT_WAN4_ALT}:"))
+            && !socks.contains(&format!("{CLIENT_WAN4}:")),
+        "{socks}"
+    );
+    lab.home.cli(c, &["disconnect"]).unwrap();
+    let st = status_json(&lab.home, &lab.topo);
+    assert!(json_field(&st, "bytes_down") >= total, "{st}");
 }

@@ -462,6 +462,14 @@ impl ClientTunnel {
         }
     }
 
+    /// Sends a WireGuard keepalive now (after the caller moved to a new local address, so
+    /// the relay learns the new endpoint at once).
+    pub fn keepalive(&mut self) {
+        if !self.closed && self.failure.is_none() {
+            self.encapsulate(&[]);
+        }
+    }
+
     /// Next datagram for the relay's endpoint.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.transmits.pop_front()
