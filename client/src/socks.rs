@@ -26,6 +26,7 @@ use crate::stack::{Command, Stack};
 pub(crate) enum Reply {
     Succeeded = 0,
     GeneralFailure = 1,
+    ConnectionNotAllowed = 2,
     HostUnreachable = 4,
     ConnectionRefused = 5,
     CommandNotSupported = 7,
@@ -293,7 +294,9 @@ async fn serve(
         Ok(()) => write_reply(&mut stream, Reply::Succeeded).await?,
         Err(e) => {
             tracing::debug!(error = e, "connect through the tunnel failed");
-            let code = if e.contains("refused") {
+            let code = if e == crate::stack::NOT_ALLOWED {
+                Reply::ConnectionNotAllowed
+            } else if e.contains("refused") {
                 Reply::ConnectionRefused
             } else if e.contains("family") || e.contains("timed out") {
                 Reply::HostUnreachable

@@ -29,6 +29,69 @@ const DNS_TIMEOUT: Duration = Duration::from_secs(2);
 const DNS_TRIES: u32 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// What a connect the relay's policy refused fails with (SOCKS reply 2).
+pub(crate) const NOT_ALLOWED: &str = "not allowed by the relay's policy";
+
+/// For an ICMP/ICMPv6 "administratively prohibited" error quoting one of our TCP packets:
+/// (our port, the remote address and port it was for).
+fn prohibited_tcp(pkt: &[u8]) -> Option<(u16, SocketAddr)> {
+    use smoltcp::wire::{
+        Icmpv4Message, Icmpv4Packet, Icmpv6Message, Icmpv6Packet, IpProtocol, Ipv4Packet,
+        Ipv6Packet,
+    };
+    // The quoted packet: its IP header, then at least the ports.
+    match pkt.first()? >> 4 {
+        4 => {
+            let ip = Ipv4Packet::new_checked(pkt).ok()?;
+            if ip.next_header() != IpProtocol::Icmp {
+                return None;
+            }
+            let icmp = Icmpv4Packet::new_checked(ip.payload()).ok()?;
+            // Codes 9, 10, 13: network, host, communication administratively prohibited.
+            if icmp.msg_type() != Icmpv4Message::DstUnreachable
+                || !matches!(icmp.msg_code(), 9 | 10 | 13)
+            {
+                return None;
+            }
+            quoted_v4(icmp.data())
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(pkt).ok()?;
+            if ip.next_header() != IpProtocol::Icmpv6 {
+                return None;
+            }
+            let icmp = Icmpv6Packet::new_checked(ip.payload()).ok()?;
+            if icmp.msg_type() != Icmpv6Message::DstUnreachable || icmp.msg_code() != 1 {
+                return None;
+            }
+            quoted_v6(icmp.payload())
+        }
+        _ => None,
+    }
+}
+
+/// An IPv6 quote: a fixed header whose next header is TCP (we send no extension headers).
+fn quoted_v6(q: &[u8]) -> Option<(u16, SocketAddr)> {
+    if q.len() < 44 || q[6] != 6 {
+        return None;
+    }
+    let dst: [u8; 16] = q[24..40].try_into().ok()?;
+    let sport = u16::from_be_bytes([q[40], q[41]]);
+    let dport = u16::from_be_bytes([q[42], q[43]]);
+    Some((sport, SocketAddr::new(Ipv6Addr::from(dst).into(), dport)))
+}
+
+fn quoted_v4(q: &[u8]) -> Option<(u16, SocketAddr)> {
+    let ihl = usize::from(*q.first()? & 0x0f) * 4;
+    if ihl < 20 || q.len() < ihl + 4 || q[9] != 6 {
+        return None;
+    }
+    let dst: [u8; 4] = q[16..20].try_into().ok()?;
+    let sport = u16::from_be_bytes([q[ihl], q[ihl + 1]]);
+    let dport = u16::from_be_bytes([q[ihl + 2], q[ihl + 3]]);
+    Some((sport, SocketAddr::new(Ipv4Addr::from(dst).into(), dport)))
+}
+
 /// A request from a SOCKS connection task.
 pub(crate) enum Command {
     /// Open a TCP connection; `ready` gets the outcome; afterwards bytes flow through the
@@ -142,7 +205,28 @@ impl Stack {
 
     /// A decrypted packet from the relay.
     pub(crate) fn receive(&mut self, pkt: Vec<u8>) {
+        // smoltcp's TCP ignores ICMP errors: a connect the relay answers with "administratively
+        // prohibited" (its egress policy) fails here at once instead of after the timeout.
+        if let Some((local_port, remote)) = prohibited_tcp(&pkt) {
+            self.refuse_pending(local_port, remote);
+        }
         self.dev.rx.push_back(pkt);
+    }
+
+    /// Fails the pending connect from our `local_port` to `remote` with "not allowed".
+    fn refuse_pending(&mut self, local_port: u16, remote: SocketAddr) {
+        for c in &mut self.conns {
+            let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
+            let ours = s.local_endpoint().is_some_and(|l| l.port == local_port)
+                && s.remote_endpoint()
+                    .is_some_and(|r| SocketAddr::new(r.addr.into(), r.port) == remote);
+            if ours {
+                if let Some(r) = c.ready.take() {
+                    s.abort();
+                    let _ = r.send(Err(NOT_ALLOWED));
+                }
+            }
+        }
     }
 
     /// Packets to encrypt and send.
@@ -469,5 +553,92 @@ impl Device for TunnelDevice {
         c.medium = Medium::Ip;
         c.max_transmission_unit = self.mtu;
         c
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{
+        Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    };
+
+    /// What the relay answers a blocked packet with (see ferry-relay-core's `unreachable`).
+    fn prohibited(orig: &[u8], code: Icmpv4DstUnreachable) -> Vec<u8> {
+        let o = Ipv4Packet::new_checked(orig).unwrap();
+        let icmp = Icmpv4Repr::DstUnreachable {
+            reason: code,
+            header: Ipv4Repr {
+                src_addr: o.src_addr(),
+                dst_addr: o.dst_addr(),
+                next_header: o.next_header(),
+                payload_len: o.payload().len(),
+                hop_limit: o.hop_limit(),
+            },
+            data: o.payload(),
+        };
+        let outer = Ipv4Repr {
+            src_addr: "10.77.0.1".parse().unwrap(),
+            dst_addr: o.src_addr(),
+            next_header: IpProtocol::Icmp,
+            payload_len: icmp.buffer_len(),
+            hop_limit: 64,
+        };
+        let caps = ChecksumCapabilities::default();
+        let mut buf = vec![0u8; outer.buffer_len() + icmp.buffer_len()];
+        let mut ip = Ipv4Packet::new_unchecked(&mut buf[..]);
+        outer.emit(&mut ip, &caps);
+        icmp.emit(&mut Icmpv4Packet::new_unchecked(ip.payload_mut()), &caps);
+        buf
+    }
+
+    fn connecting(dst: &str) -> (Stack, oneshot::Receiver<Result<(), &'static str>>, Vec<u8>) {
+        let now = SmolInstant::from_millis(0);
+        let mut st = Stack::new(
+            Some("10.77.0.2".parse().unwrap()),
+            None,
+            1420,
+            vec![],
+            7,
+            now,
+        );
+        let (_to_tx, to_net) = mpsc::channel(4);
+        let (from_net, _from_rx) = mpsc::channel(4);
+        let (ready, rx) = oneshot::channel();
+        st.command(
+            Command::Connect {
+                dst: dst.parse().unwrap(),
+                to_net,
+                from_net,
+                ready,
+            },
+            now,
+        );
+        st.poll(now);
+        let syn = st.take_outgoing().pop().expect("a SYN");
+        (st, rx, syn)
+    }
+
+    #[test]
+    fn a_connect_the_relay_prohibits_fails_at_once_with_not_allowed() {
+        let (mut st, mut rx, syn) = connecting("192.168.77.2:8000");
+        st.receive(prohibited(&syn, Icmpv4DstUnreachable::CommProhibited));
+        st.poll(SmolInstant::from_millis(5));
+        assert_eq!(rx.try_recv().unwrap(), Err(NOT_ALLOWED));
+    }
+
+    #[test]
+    fn other_icmp_errors_and_other_flows_leave_the_connect_pending() {
+        let (mut st, mut rx, syn) = connecting("192.168.77.2:8000");
+        // Port unreachable is not a policy refusal.
+        st.receive(prohibited(&syn, Icmpv4DstUnreachable::PortUnreachable));
+        // A prohibition quoting another destination port.
+        let mut other = syn.clone();
+        other[22..24].copy_from_slice(&9u16.to_be_bytes());
+        st.receive(prohibited(&other, Icmpv4DstUnreachable::CommProhibited));
+        st.poll(SmolInstant::from_millis(5));
+        assert!(rx.try_recv().is_err(), "still pending");
     }
 }

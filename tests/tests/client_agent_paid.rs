@@ -13,7 +13,8 @@ use ferry_e2e::client::{FerryHome, NetnsResolvConf, start_connect, test_relay_bi
 use ferry_e2e::scenario::Services;
 use ferry_e2e::servers::{SocksDst, fetch, socks_fetch};
 use ferry_e2e::topology::{
-    CLIENT_WAN4, CLIENT_WAN4_ALT, DATA_PORT, INET4, ROUTER_UP4, ROUTER_WAN4, Topology, sa,
+    CLIENT_WAN4, CLIENT_WAN4_ALT, DATA_PORT, INET4, LAN_HOST4, ROUTER_UP4, ROUTER_WAN4, Topology,
+    sa,
 };
 use ferry_e2e::wait::wait_until;
 use ferry_e2e::wg::KeyPair;
@@ -132,6 +133,22 @@ fn paying_the_real_agent_cosigns_receipts_and_the_final_one() {
     let (mut lab, _tun) = connected_lab("fc");
     let AgentLab { home, topo, .. } = &mut lab;
     download(topo, 8 << 20);
+    // A destination the relay's policy blocks fails at once ("No route to host": the relay
+    // answers ICMP admin-prohibited), not after the kernel's SYN retries.
+    let t0 = std::time::Instant::now();
+    let err = ferry_e2e::servers::connect(
+        &topo.client,
+        sa(LAN_HOST4, DATA_PORT),
+        Duration::from_secs(10),
+    )
+    .unwrap_err();
+    let refused_in = t0.elapsed();
+    eprintln!(
+        "blocked destination refused in {} ms",
+        refused_in.as_millis()
+    );
+    assert!(format!("{err:#}").contains("No route to host"), "{err:#}");
+    assert!(refused_in < Duration::from_secs(2), "{refused_in:?}");
     let status = || status_json(home, topo);
     wait_until(Duration::from_secs(10), "an acknowledged receipt", || {
         status().contains("\"acked\": true")
@@ -679,6 +696,20 @@ fn socks5_opens_a_new_session_after_the_agent_restarts() {
     let dst = || SocksDst::Ip(sa(INET4, DATA_PORT));
     let (_, n) = socks_fetch(&lab.topo.client, PROXY, dst(), 1 << 20).unwrap();
     assert_eq!(n, 1 << 20);
+    // A destination the relay's policy blocks (the household LAN) is refused at once with
+    // SOCKS reply 2, "not allowed by ruleset" (the relay answers ICMP admin-prohibited).
+    let t0 = std::time::Instant::now();
+    let blocked = SocksDst::Ip(sa(LAN_HOST4, DATA_PORT));
+    assert_eq!(
+        socks_fetch(&lab.topo.client, PROXY, blocked, 1).map(|_| ()),
+        Err(2)
+    );
+    let refused_in = t0.elapsed();
+    eprintln!(
+        "blocked destination refused in {} ms",
+        refused_in.as_millis()
+    );
+    assert!(refused_in < Duration::from_secs(2), "{refused_in:?}");
     let out = lab.topo.lab.stop(lab.agent.proc, Duration::from_secs(5));
     assert!(out.contains("exit status: 0"), "{out}");
     wait_until(Duration::from_secs(10), "the proxy to say so", || {

@@ -22,6 +22,7 @@ mod relay;
 mod routing;
 mod stats;
 mod sync;
+mod unreachable;
 
 pub use admission::DEFAULT_HANDSHAKE_BUDGET;
 pub use boringtun::x25519::{PublicKey, StaticSecret};

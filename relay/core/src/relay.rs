@@ -168,6 +168,11 @@ pub struct Relay {
     flush: Option<PeerId>,
     timer_cursor: usize,
     hook: Option<Box<dyn PacketHook>>,
+    /// Our tunnel addresses (the source of our ICMP answers).
+    tunnel_addresses: Vec<IpAddr>,
+    prohibited: crate::unreachable::Prohibited,
+    /// An answer to a policy-blocked packet, for [`Self::poll_transmit`].
+    answer: Option<(PeerId, Vec<u8>)>,
 }
 
 impl Relay {
@@ -191,6 +196,9 @@ impl Relay {
             flush: None,
             timer_cursor: usize::MAX,
             hook: None,
+            tunnel_addresses: cfg.tunnel_addresses,
+            prohibited: crate::unreachable::Prohibited::default(),
+            answer: None,
         }
     }
 
@@ -532,6 +540,16 @@ impl Relay {
         if buf.len() < MIN_BUFFER_LEN {
             return None;
         }
+        if let Some((id, answer)) = self.answer.take() {
+            if let Some(len) = self.encapsulate_answer(id, &answer, buf) {
+                self.stats.prohibited_answers += 1;
+                let dst = self.peer(id)?.endpoint?;
+                return Some(Transmit {
+                    dst,
+                    bytes: &buf[..len],
+                });
+            }
+        }
         if let Some(id) = self.flush {
             if let Some(len) = self.flush_one(id, buf) {
                 let dst = self.peer(id)?.endpoint?;
@@ -559,6 +577,23 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// Encrypts a packet the relay itself answers with (not client traffic: not metered, not
+    /// counted as the peer's); the datagram's length in `buf`.
+    fn encapsulate_answer(&mut self, id: PeerId, answer: &[u8], buf: &mut [u8]) -> Option<usize> {
+        if buf.len() < buffer_len(answer.len()) {
+            return None;
+        }
+        let peer = self.peers.get_mut(id.0 as usize)?.as_mut()?;
+        peer.endpoint?;
+        match peer.tunn.encapsulate(answer, buf) {
+            TunnResult::WriteToNetwork(out) => {
+                self.stats.udp_tx_packets += 1;
+                Some(out.len())
+            }
+            _ => None,
+        }
     }
 
     fn flush_one(&mut self, id: PeerId, buf: &mut [u8]) -> Option<usize> {
@@ -619,7 +654,14 @@ impl Relay {
         }
         match self.policy.check(&hdr) {
             Verdict::Allow => {}
-            Verdict::Blocked => return self.drop(DropReason::Policy),
+            Verdict::Blocked => {
+                // Say so (ICMP administratively prohibited) instead of a silent timeout.
+                self.answer = self
+                    .prohibited
+                    .answer(pkt, &hdr, &self.tunnel_addresses, now)
+                    .map(|a| (id, a));
+                return self.drop(DropReason::Policy);
+            }
             Verdict::TunnelAddress => return self.drop(DropReason::TunnelAddress),
         }
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {

@@ -129,6 +129,8 @@ pub struct Stats {
     pub cookie_replies: u64,
     /// Client endpoint changes (roaming).
     pub roams: u64,
+    /// ICMP "administratively prohibited" answers sent to clients for policy-blocked packets.
+    pub prohibited_answers: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 
