@@ -166,6 +166,7 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
             let shared = relay.clone();
             let mut ns = NetstackConfig {
                 mtu: usize::from(cfg.mtu),
+                client_rate_bytes: cfg.raw.limits.client_rate_mbit.saturating_mul(125_000),
                 ..NetstackConfig::default()
             }
             .with_policy(move |ip| {

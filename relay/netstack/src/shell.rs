@@ -38,6 +38,46 @@ struct Shared {
     mtu: usize,
     out_tx: mpsc::Sender<Vec<u8>>,
     dropped_out: AtomicU64,
+    pacer: Option<Pacer>,
+}
+
+/// Paces internet-to-client TCP payload per client address to just under the relay's
+/// per-client rate, so its bucket (which drops) never has to.
+struct Pacer {
+    /// Payload bytes per second.
+    rate: u64,
+    buckets: Mutex<std::collections::HashMap<std::net::IpAddr, ferry_ratelimit::TokenBucket>>,
+}
+
+/// Most clients remembered at once (full buckets are forgotten first).
+const MAX_PACED_CLIENTS: usize = 4096;
+
+impl Pacer {
+    /// 98 % of `ip_rate` (bytes/s of IP packets), less the 40 header bytes per `mtu` packet.
+    fn new(ip_rate: u64, mtu: usize) -> Option<Self> {
+        if ip_rate == 0 {
+            return None;
+        }
+        let mtu = mtu.max(576) as u64;
+        let rate = (ip_rate.saturating_mul(98) / 100).saturating_mul(mtu - 40) / mtu;
+        Some(Self {
+            rate: rate.max(1),
+            buckets: Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// How long to wait before handing `bytes` for `client` to the stack.
+    fn delay(&self, client: std::net::IpAddr, bytes: usize) -> Duration {
+        let now = std::time::Instant::now();
+        let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if b.len() >= MAX_PACED_CLIENTS && !b.contains_key(&client) {
+            b.retain(|_, t| !t.is_full(now));
+        }
+        let rate = self.rate;
+        b.entry(client)
+            .or_insert_with(|| ferry_ratelimit::TokenBucket::new(rate, 64 * 1024))
+            .reserve(now, bytes as u64)
+    }
 }
 
 impl Shared {
@@ -64,6 +104,7 @@ impl UserspaceEgress {
         let seed = std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish();
+        let pacer = Pacer::new(cfg.client_rate_bytes, cfg.mtu);
         let shared = Arc::new(Shared {
             connect_timeout: cfg.connect_timeout,
             mtu: cfg.mtu,
@@ -72,6 +113,7 @@ impl UserspaceEgress {
             epoch,
             out_tx,
             dropped_out: AtomicU64::new(0),
+            pacer,
         });
         let driver = tokio::spawn(drive(shared.clone()));
         Self {
@@ -209,6 +251,7 @@ async fn tcp_flow(shared: Arc<Shared>, flow: FlowId, remote: SocketAddr) {
             wr.write_all(&buf[..n]).await?;
         }
     };
+    let client = shared.core().tcp_client(flow).map(|c| c.ip());
     let downstream = async {
         let mut buf = vec![0u8; TCP_CHUNK];
         loop {
@@ -217,6 +260,12 @@ async fn tcp_flow(shared: Arc<Shared>, flow: FlowId, remote: SocketAddr) {
                 shared.core().tcp_close(flow);
                 shared.kick.notify_one();
                 return Ok::<(), std::io::Error>(());
+            }
+            if let (Some(p), Some(c)) = (&shared.pacer, client) {
+                let wait = p.delay(c, n);
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
             }
             let mut off = 0;
             while off < n {

@@ -281,6 +281,10 @@ impl NetStack {
         );
         sock.set_nagle_enabled(false);
         sock.set_timeout(Some(TCP_RETRANSMIT_TIMEOUT));
+        // Without congestion control smoltcp sends the whole window every round trip; where
+        // the relay's per-client rate limit drops the excess (`client-rate-mbit`), that
+        // collapses to a few Mbit/s. Reno backs off on loss like the kernel's TCP does.
+        sock.set_congestion_control(tcp::CongestionControl::Reno);
         let ep = IpListenEndpoint {
             addr: Some(f.remote.ip().into()),
             port: f.remote.port(),
@@ -369,6 +373,11 @@ impl NetStack {
             }
             Err(_) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
         }
+    }
+
+    /// The client (tunnel address and port) of a TCP flow.
+    pub fn tcp_client(&self, flow: FlowId) -> Option<SocketAddr> {
+        self.tcp.get(&flow).map(|f| f.client)
     }
 
     /// The outside closed its sending side: send FIN to the client after queued data.
