@@ -68,7 +68,7 @@ impl Pacer {
 
     /// How long to wait before handing `bytes` for `client` to the stack.
     fn delay(&self, client: std::net::IpAddr, bytes: usize) -> Duration {
-        let now = std::time::Instant::now();
+        let now = Instant::now().into_std();
         let mut b = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if b.len() >= MAX_PACED_CLIENTS && !b.contains_key(&client) {
             b.retain(|_, t| !t.is_full(now));
