@@ -200,6 +200,8 @@ struct Paid {
     last_hello: Option<Instant>,
     accepted: bool,
     final_cosigned: bool,
+    /// Seq of the final receipt we co-signed (a close waits for its Ack, within the grace).
+    final_seq: Option<u64>,
     /// Co-signatures waiting for the caller's [`ClientTunnel::persisted`], by seq.
     unsent: BTreeMap<u64, Message>,
     /// Highest seq the caller reported stored.
@@ -263,6 +265,7 @@ impl ClientTunnel {
                 control: p.control,
                 last_hello: None,
                 final_cosigned: false,
+                final_seq: None,
                 unsent: BTreeMap::new(),
                 stored: None,
                 answer_receipts: p.answer_receipts,
@@ -434,11 +437,13 @@ impl ClientTunnel {
             }
         }
         if let Some(t) = self.closing {
-            let (final_cosigned, accepted) = self
-                .paid
-                .as_ref()
-                .map_or((true, false), |p| (p.final_cosigned, p.accepted));
-            if final_cosigned || !accepted || now - t >= self.close_grace {
+            let (final_cosigned, final_acked, accepted) =
+                self.paid.as_ref().map_or((true, true, false), |p| {
+                    let acked = p.final_seq.is_some_and(|f| p.last_acked >= Some(f));
+                    (p.final_cosigned, acked, p.accepted)
+                });
+            // Done once the relay acknowledged (stored) our final co-signature.
+            if final_acked || !accepted || now - t >= self.close_grace {
                 self.finish_close(final_cosigned && accepted);
             } else if self.last_close.is_none_or(|c| now - c >= CLOSE_RETRY) {
                 self.last_close = Some(now);
@@ -448,7 +453,8 @@ impl ClientTunnel {
     }
 
     /// Starts ending the session: a paid session sends `Close` and waits (at most
-    /// [`CLOSE_GRACE`]) for the final receipt; otherwise it ends at once ([`Event::Closed`]).
+    /// [`CLOSE_GRACE`]) for the final receipt and the relay's Ack of our co-signature of it;
+    /// otherwise it ends at once ([`Event::Closed`]).
     pub fn close(&mut self, now: Instant) {
         if self.closing.is_some() || self.closed {
             return;
@@ -571,6 +577,7 @@ impl ClientTunnel {
                     Some(Message::CoSigned(c)) => {
                         if is_final {
                             p.final_cosigned = true;
+                            p.final_seq = Some(c.body().seq);
                         }
                         let total = c.body().total_bytes();
                         let seq = c.body().seq;
