@@ -32,12 +32,7 @@ impl TokenBucket {
 
     /// Takes `cost` units at `now` if available; returns whether they were.
     pub fn try_take(&mut self, now: Instant, cost: u64) -> bool {
-        let inc = self.nanos_per_unit.saturating_mul(u128::from(cost));
-        let inc = Duration::from_nanos(u64::try_from(inc).unwrap_or(u64::MAX));
-        let tat = match self.tat {
-            Some(t) if t > now => t,
-            _ => now,
-        };
+        let (tat, inc) = self.due(now, cost);
         let Some(new_tat) = tat.checked_add(inc) else {
             return false;
         };
@@ -52,17 +47,23 @@ impl TokenBucket {
     /// the caller must wait before using them so that the output conforms to the bucket
     /// (zero while the burst lasts).
     pub fn reserve(&mut self, now: Instant, cost: u64) -> Duration {
+        let (tat, inc) = self.due(now, cost);
+        let new_tat = tat.checked_add(inc).unwrap_or(tat);
+        self.tat = Some(new_tat);
+        new_tat
+            .saturating_duration_since(now)
+            .saturating_sub(self.tolerance)
+    }
+
+    /// (theoretical arrival time as of `now`, what `cost` units add to it).
+    fn due(&self, now: Instant, cost: u64) -> (Instant, Duration) {
         let inc = self.nanos_per_unit.saturating_mul(u128::from(cost));
         let inc = Duration::from_nanos(u64::try_from(inc).unwrap_or(u64::MAX));
         let tat = match self.tat {
             Some(t) if t > now => t,
             _ => now,
         };
-        let new_tat = tat.checked_add(inc).unwrap_or(tat);
-        self.tat = Some(new_tat);
-        new_tat
-            .saturating_duration_since(now)
-            .saturating_sub(self.tolerance)
+        (tat, inc)
     }
 
     /// Whether the bucket is full again at `now` (its state can be forgotten).
