@@ -15,6 +15,10 @@ pub(crate) mod msg_type {
     pub(crate) const SESSION_REJECT: u8 = 0x05;
     pub(crate) const RECEIPT: u8 = 0x10;
     pub(crate) const COSIGNED_RECEIPT: u8 = 0x11;
+    pub(crate) const RELAY_DESCRIPTOR: u8 = 0x30;
+    pub(crate) const DIRECTORY_ANNOTATION: u8 = 0x31;
+    pub(crate) const PROBE_CHALLENGE: u8 = 0x32;
+    pub(crate) const PROBE_RESPONSE: u8 = 0x33;
 }
 
 pub(crate) struct Writer {
@@ -36,6 +40,21 @@ impl Writer {
 
     pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
         self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub(crate) fn u32(&mut self, v: u32) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub(crate) fn u16(&mut self, v: u16) -> &mut Self {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+
+    pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
+        self.buf.push(v);
         self
     }
 
@@ -75,6 +94,48 @@ impl<'a> Reader<'a> {
             return Err(DecodeError::TrailingBytes(buf.len() - len));
         }
         Ok(Self { buf, pos: 2 })
+    }
+
+    /// For variable-length messages: checks version and type and that at least the
+    /// `fixed` leading bytes are present (the fixed part reads infallibly); the variable
+    /// part is read with [`Reader::take`], and [`Reader::finish`] refuses trailing bytes.
+    pub(crate) fn prefix(buf: &'a [u8], ty: u8, fixed: usize) -> Result<Self, DecodeError> {
+        let head = buf.get(..fixed).unwrap_or(buf);
+        Self::new(head, ty, fixed)?;
+        Ok(Self { buf, pos: 2 })
+    }
+
+    /// The next `n` bytes, or `Truncated`.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        let end = self.pos.saturating_add(n);
+        let Some(out) = self.buf.get(self.pos..end) else {
+            return Err(DecodeError::Truncated {
+                need: end,
+                have: self.buf.len(),
+            });
+        };
+        self.pos = end;
+        Ok(out)
+    }
+
+    /// Ends a variable-length message: no bytes may follow.
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        match self.buf.len() - self.pos {
+            0 => Ok(()),
+            n => Err(DecodeError::TrailingBytes(n)),
+        }
+    }
+
+    pub(crate) fn u32(&mut self) -> u32 {
+        u32::from_be_bytes(self.array())
+    }
+
+    pub(crate) fn u16(&mut self) -> u16 {
+        u16::from_be_bytes(self.array())
+    }
+
+    pub(crate) fn u8(&mut self) -> u8 {
+        self.array::<1>()[0]
     }
 
     pub(crate) fn array<const N: usize>(&mut self) -> [u8; N] {

@@ -2,8 +2,8 @@
 //! test. Not part of the stable API.
 
 use crate::{
-    CoSignedReceipt, SessionAccept, SessionAddress, SessionOffer, SessionReject, SignedReceipt,
-    Voucher,
+    CoSignedReceipt, DirectoryAnnotation, ProbeChallenge, ProbeResponse, RelayDescriptor,
+    SessionAccept, SessionAddress, SessionOffer, SessionReject, SignedReceipt, Voucher,
 };
 
 /// Decodes `data` as every Ferry message type. Whenever a decode succeeds, re-encoding
@@ -22,6 +22,14 @@ pub fn check_decode(data: &[u8]) -> usize {
     accepted += round_trip(data, SessionReject::decode, SessionReject::encode);
     accepted += round_trip(data, SignedReceipt::decode, SignedReceipt::encode);
     accepted += round_trip(data, CoSignedReceipt::decode, CoSignedReceipt::encode);
+    accepted += round_trip(data, RelayDescriptor::decode, RelayDescriptor::encode);
+    accepted += round_trip(
+        data,
+        DirectoryAnnotation::decode,
+        DirectoryAnnotation::encode,
+    );
+    accepted += round_trip(data, ProbeChallenge::decode, ProbeChallenge::encode);
+    accepted += round_trip(data, ProbeResponse::decode, ProbeResponse::encode);
     assert!(
         accepted <= 1,
         "{accepted} message types accepted the same bytes"

@@ -2,7 +2,9 @@
 //!
 //! This crate owns the *wire format* of everything money depends on: the ledger-signed
 //! [`Voucher`], the client's [`SessionOffer`], the relay's [`SessionAccept`], the
-//! relay-signed [`SignedReceipt`] and the client co-signed [`CoSignedReceipt`], plus the
+//! relay-signed [`SignedReceipt`] and the client co-signed [`CoSignedReceipt`], the directory's
+//! messages (the relay's [`RelayDescriptor`], the ledger's [`DirectoryAnnotation`], the
+//! reachability [`ProbeChallenge`] and [`ProbeResponse`]), plus the
 //! [`CumulativeState`] that accepts only receipts whose counters never decrease.
 //!
 //! It is sans-IO: no clock reads, no OS randomness, no files or sockets. Timestamps are
@@ -15,6 +17,8 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 mod codec;
+mod descriptor;
+mod directory;
 mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -27,6 +31,13 @@ mod state;
 mod voucher;
 
 pub use codec::MAX_MESSAGE_LEN;
+pub use descriptor::{
+    AdvertisedLimits, MAX_BLOCKED_PORTS, MAX_CONTACT_LEN, MAX_REGION_LEN, MAX_SOFTWARE_LEN,
+    RelayDescriptor, WEEK_HOURS,
+};
+pub use directory::{
+    DirectoryAnnotation, ProbeChallenge, ProbeResponse, REACHABLE_V4, REACHABLE_V6,
+};
 pub use error::{DecodeError, VerifyError};
 pub use ids::{NetworkId, PublicKey, SessionId, Signature, VoucherId};
 pub use keys::SigningKey;
@@ -58,4 +69,12 @@ pub mod domain {
     pub const RECEIPT_RELAY: &[u8] = b"ferry/v1/receipt-relay\0";
     /// Client co-signature over a relay-signed receipt plus the client's own counts.
     pub const RECEIPT_CLIENT: &[u8] = b"ferry/v1/receipt-client\0";
+    /// Relay signature over a [`crate::RelayDescriptor`].
+    pub const RELAY_DESCRIPTOR: &[u8] = b"ferry/v1/relay-descriptor\0";
+    /// Ledger (directory) signature over a [`crate::DirectoryAnnotation`].
+    pub const DIRECTORY_ANNOTATION: &[u8] = b"ferry/v1/directory-annotation\0";
+    /// Ledger (directory) signature over a [`crate::ProbeChallenge`].
+    pub const PROBE_CHALLENGE: &[u8] = b"ferry/v1/probe-challenge\0";
+    /// Relay signature over a [`crate::ProbeResponse`].
+    pub const PROBE_RESPONSE: &[u8] = b"ferry/v1/probe-response\0";
 }

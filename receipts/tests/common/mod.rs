@@ -102,3 +102,68 @@ pub fn reject() -> ferry_receipts::SessionReject {
     // Reason 6: the control protocol's "relay busy".
     ferry_receipts::SessionReject::for_offer(NETWORK_ID, &offer(), 6).sign(&relay())
 }
+
+pub fn descriptor() -> ferry_receipts::RelayDescriptor {
+    ferry_receipts::RelayDescriptor {
+        network_id: NETWORK_ID,
+        relay_key: PublicKey([0; 32]),
+        wg_key: counting(0x50),
+        ipv4: Some("192.0.2.10:51820".parse().unwrap()),
+        ipv6: Some("[2001:db8::10]:51820".parse().unwrap()),
+        hello_port: 51821,
+        price_micros_per_gib: 1_250_000,
+        limits: ferry_receipts::AdvertisedLimits {
+            max_mbit: 50,
+            monthly_quota_gib: 500,
+            schedule: ferry_receipts::AdvertisedLimits::ALWAYS,
+            blocked_ports: vec![25, 465, 587],
+        },
+        country: *b"DE",
+        region: "Berlin".into(),
+        software: "ferry-agent/0.1.0".into(),
+        abuse_contact: "abuse@example.org".into(),
+        issued_at: T0 + 600,
+        expires_at: T0 + 600 + 1800,
+        signature: Signature::ZERO,
+    }
+    .sign(&relay())
+}
+
+pub fn annotation() -> ferry_receipts::DirectoryAnnotation {
+    ferry_receipts::DirectoryAnnotation {
+        network_id: NETWORK_ID,
+        ledger_key: PublicKey([0; 32]),
+        relay_key: relay().public_key(),
+        descriptor_id: descriptor().id(),
+        annotated_at: T0 + 700,
+        first_seen: T0 + 601,
+        last_seen: T0 + 601,
+        reachable: ferry_receipts::REACHABLE_V4,
+        probe_rtt_micros: 1_234,
+        probes_ok: 3,
+        probes_total: 4,
+        score: 640,
+        paid_bytes: 5 << 30,
+        completed_sessions: 12,
+        paying_clients: 7,
+        refusals: 1,
+        signature: Signature::ZERO,
+    }
+    .sign(&ledger())
+}
+
+pub fn probe_challenge() -> ferry_receipts::ProbeChallenge {
+    ferry_receipts::ProbeChallenge {
+        network_id: NETWORK_ID,
+        ledger_key: PublicKey([0; 32]),
+        relay_key: relay().public_key(),
+        nonce: counting(0x60),
+        issued_at: T0 + 602,
+        signature: Signature::ZERO,
+    }
+    .sign(&ledger())
+}
+
+pub fn probe_response() -> ferry_receipts::ProbeResponse {
+    probe_challenge().response().sign(&relay())
+}
