@@ -299,6 +299,8 @@ async fn ledger_server() -> String {
         open_registration: false,
         max_body_bytes: 1 << 20,
         clock: system_clock(),
+        join: Default::default(),
+        directory: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -168,6 +168,8 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
         open_registration: false,
         max_body_bytes: 64 << 20,
         clock: Arc::new(move || now),
+        join: Default::default(),
+        directory: None,
     };
     let app = router(state);
     let queue = Arc::new(std::sync::Mutex::new(bodies));

@@ -104,9 +104,19 @@ pub struct Config {
     /// Voucher validity.
     #[serde(default = "default_ttl")]
     pub voucher_ttl_seconds: u64,
-    /// Let anyone register keys (otherwise admin token required).
+    /// Let anyone register keys without even a signature (otherwise a self-registration
+    /// signed by the key, or the admin token).
     #[serde(default)]
     pub open_registration: bool,
+    /// Keys may register themselves with a request signed by that key (proof of possession).
+    #[serde(default = "default_true")]
+    pub self_registration: bool,
+    /// Self-registrations accepted per source address (IPv6: per /64) per hour.
+    #[serde(default = "default_registrations")]
+    pub registrations_per_hour: u32,
+    /// The relay directory.
+    #[serde(default)]
+    pub directory: DirectoryConfig,
     /// HTTP body limit.
     #[serde(default = "default_body")]
     pub max_body_bytes: usize,
@@ -139,6 +149,75 @@ pub struct Config {
 
 fn default_metrics() -> bool {
     true
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_registrations() -> u32 {
+    10
+}
+
+/// `[directory]`: relay announces, reachability probes and the listing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DirectoryConfig {
+    /// Serve the directory endpoints.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Lowest price a relay may ask (micros per GiB).
+    #[serde(default)]
+    pub min_price_micros_per_gib: u64,
+    /// Highest price a relay may ask (default: 10 x the network price).
+    #[serde(default)]
+    pub max_price_micros_per_gib: Option<u64>,
+    /// Longest descriptor validity accepted.
+    #[serde(default = "default_max_ttl")]
+    pub max_descriptor_ttl_seconds: u64,
+    /// Probe datagrams per endpoint and announce.
+    #[serde(default = "default_probe_attempts")]
+    pub probe_attempts: u32,
+    /// Wait for each probe answer.
+    #[serde(default = "default_probe_wait")]
+    pub probe_wait_ms: u64,
+    /// An unchanged relay is probed again only after this long.
+    #[serde(default = "default_probe_interval")]
+    pub min_probe_interval_seconds: u64,
+    /// Most relays one listing returns.
+    #[serde(default = "default_max_list")]
+    pub max_list: usize,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            min_price_micros_per_gib: 0,
+            max_price_micros_per_gib: None,
+            max_descriptor_ttl_seconds: default_max_ttl(),
+            probe_attempts: default_probe_attempts(),
+            probe_wait_ms: default_probe_wait(),
+            min_probe_interval_seconds: default_probe_interval(),
+            max_list: default_max_list(),
+        }
+    }
+}
+
+fn default_max_ttl() -> u64 {
+    3600
+}
+fn default_probe_attempts() -> u32 {
+    3
+}
+fn default_probe_wait() -> u64 {
+    700
+}
+fn default_probe_interval() -> u64 {
+    30
+}
+fn default_max_list() -> usize {
+    1000
 }
 
 fn default_max_connections() -> usize {
@@ -223,6 +302,18 @@ impl Config {
         {
             return bad("header-timeout-seconds and request-timeout-seconds must be in 1..3600");
         }
+        let d = &self.directory;
+        if d.max_descriptor_ttl_seconds < 60 || !(1..=10).contains(&d.probe_attempts) {
+            return bad(
+                "directory: max-descriptor-ttl-seconds must be >= 60, probe-attempts 1..=10",
+            );
+        }
+        if !(50..=10_000).contains(&d.probe_wait_ms) || !(1..=100_000).contains(&d.max_list) {
+            return bad("directory: probe-wait-ms must be in 50..=10000, max-list in 1..=100000");
+        }
+        if self.directory_params()?.max_price_micros_per_gib < d.min_price_micros_per_gib {
+            return bad("directory: max-price-micros-per-gib is below min-price-micros-per-gib");
+        }
         if self.listen.parse::<std::net::SocketAddr>().is_err() {
             return Err(ConfigError::Invalid(format!(
                 "listen must be IP:PORT (got {:?})",
@@ -246,6 +337,22 @@ impl Config {
     /// A path from the file, resolved against the config's folder.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         self.base.join(p)
+    }
+
+    /// Directory parameters.
+    pub fn directory_params(&self) -> Result<crate::directory::DirectoryParams, ConfigError> {
+        let d = &self.directory;
+        Ok(crate::directory::DirectoryParams {
+            network_id: self.network()?,
+            min_price_micros_per_gib: d.min_price_micros_per_gib,
+            max_price_micros_per_gib: d
+                .max_price_micros_per_gib
+                .unwrap_or(self.price_micros_per_gib.saturating_mul(10)),
+            max_ttl_secs: d.max_descriptor_ttl_seconds,
+            skew_secs: self.request_skew_seconds,
+            min_probe_interval_secs: d.min_probe_interval_seconds,
+            max_list: d.max_list,
+        })
     }
 
     /// Service parameters.

@@ -20,7 +20,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::domain::{Outcome, Role};
+mod market;
+
+pub use market::JoinPolicy;
+
+use crate::directory::Directory;
+use crate::domain::Outcome;
 use crate::service::{ItemError, Ledger, LedgerError, SubmitResult, VoucherRequest};
 use crate::store::{Store, StoreError};
 
@@ -49,6 +54,10 @@ pub struct AppState<S> {
     pub max_body_bytes: usize,
     /// Time source.
     pub clock: Clock,
+    /// Self-serve registration.
+    pub join: JoinPolicy,
+    /// The relay directory (`None`: its endpoints answer 404 `directory_disabled`).
+    pub directory: Option<Arc<Directory<S>>>,
 }
 
 impl<S> Clone for AppState<S> {
@@ -59,6 +68,8 @@ impl<S> Clone for AppState<S> {
             open_registration: self.open_registration,
             max_body_bytes: self.max_body_bytes,
             clock: self.clock.clone(),
+            join: self.join.clone(),
+            directory: self.directory.clone(),
         }
     }
 }
@@ -75,7 +86,9 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
     let limit = state.max_body_bytes;
     Router::new()
         .route("/v1/info", get(info::<S>))
-        .route("/v1/keys", post(register::<S>))
+        .route("/v1/keys", post(market::register::<S>))
+        .route("/v1/directory/announce", post(market::announce::<S>))
+        .route("/v1/relays", get(market::list::<S>))
         .route("/v1/clients/{key}", get(client::<S>))
         .route("/v1/clients/{key}/credit", post(credit::<S>))
         .route("/v1/vouchers", post(issue::<S>))
@@ -316,35 +329,16 @@ async fn info<S: Store>(State(st): State<AppState<S>>) -> Json<api::Info> {
         max_batch: p.max_batch as u64,
         max_body_bytes: st.max_body_bytes as u64,
         open_registration: st.open_registration,
+        self_registration: st.join.self_registration,
+        min_price_micros_per_gib: st
+            .directory
+            .as_ref()
+            .map_or(0, |d| d.params().min_price_micros_per_gib),
+        max_price_micros_per_gib: st
+            .directory
+            .as_ref()
+            .map_or(0, |d| d.params().max_price_micros_per_gib),
     })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterBody {
-    public_key: String,
-    role: String,
-}
-
-async fn register<S: Store>(
-    State(st): State<AppState<S>>,
-    headers: HeaderMap,
-    ApiJson(body): ApiJson<RegisterBody>,
-) -> Result<Response, ApiError> {
-    if !st.open_registration {
-        check_admin(&st, &headers)?;
-    }
-    let key = parse_key(&body.public_key)?;
-    let role = Role::parse(&body.role)
-        .ok_or_else(|| ApiError::bad("role must be \"relay\" or \"client\""))?;
-    let created = st.ledger.register(key, role, (st.clock)()).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    let body = json!({"public_key": key.to_hex(), "role": role.as_str(), "created": created});
-    Ok((status, Json(body)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -11,6 +11,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod config;
+pub mod directory;
 pub mod domain;
 pub mod http;
 pub mod merkle;

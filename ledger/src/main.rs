@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use ferry_ledger::config::{self, Config, Database};
-use ferry_ledger::http::{AppState, ServeLimits, hash_token, router, system_clock};
+use ferry_ledger::directory::{Directory, UdpProber};
+use ferry_ledger::http::{AppState, JoinPolicy, ServeLimits, hash_token, router, system_clock};
 use ferry_ledger::{Ledger, PgStore, Role, SqliteStore, Store};
 use ferry_receipts::PublicKey;
 use ring::rand::{SecureRandom as _, SystemRandom};
@@ -246,13 +247,26 @@ async fn run(path: &Path) -> Result<()> {
 }
 
 async fn serve<S: Store>(cfg: &Config, ledger: Ledger<S>, token: Option<String>) -> Result<()> {
-    let state = AppState {
+    let mut state = AppState {
         ledger: Arc::new(ledger),
         admin_token_hash: token.as_deref().map(hash_token),
         open_registration: cfg.open_registration,
         max_body_bytes: cfg.max_body_bytes,
         clock: system_clock(),
+        join: JoinPolicy::new(cfg.self_registration, cfg.registrations_per_hour),
+        directory: None,
     };
+    if cfg.directory.enabled {
+        let prober = UdpProber {
+            attempts: cfg.directory.probe_attempts,
+            wait: std::time::Duration::from_millis(cfg.directory.probe_wait_ms),
+        };
+        state.directory = Some(Arc::new(Directory::new(
+            state.ledger.clone(),
+            cfg.directory_params()?,
+            Arc::new(prober),
+        )));
+    }
     let ledger_key = state.ledger.public_key();
     let mut app = router(state.clone());
     if cfg.metrics {

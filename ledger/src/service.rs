@@ -284,6 +284,11 @@ impl<S: Store> Ledger<S> {
         self.key.public_key()
     }
 
+    /// The ledger key (the directory signs its annotations and probes with it).
+    pub(crate) fn signing_key(&self) -> &SigningKey {
+        &self.key
+    }
+
     /// Registers a relay or client key.
     pub async fn register(
         &self,

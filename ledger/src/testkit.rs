@@ -125,3 +125,56 @@ impl SplitMix {
         }
     }
 }
+
+/// A descriptor of `relay` at `ipv4` (Hello port 51821) asking `price`, declared in
+/// `country`, valid for 30 minutes from `now`.
+pub fn descriptor(
+    network_id: NetworkId,
+    relay: &SigningKey,
+    ipv4: std::net::SocketAddrV4,
+    price: u64,
+    country: [u8; 2],
+    now: u64,
+) -> ferry_receipts::RelayDescriptor {
+    ferry_receipts::RelayDescriptor {
+        network_id,
+        relay_key: relay.public_key(),
+        wg_key: [7; 32],
+        ipv4: Some(ipv4),
+        ipv6: None,
+        hello_port: 51821,
+        price_micros_per_gib: price,
+        limits: ferry_receipts::AdvertisedLimits::unlimited(),
+        country,
+        region: String::new(),
+        software: "ferry-agent/test".into(),
+        abuse_contact: String::new(),
+        issued_at: now,
+        expires_at: now + 1800,
+        signature: ferry_receipts::Signature::ZERO,
+    }
+    .sign(relay)
+}
+
+/// A prober that answers for the listed Hello addresses only (after `rtt`), without
+/// sockets; counts the probes it was asked for.
+#[derive(Debug, Default)]
+pub struct FakeProber {
+    /// Addresses that answer.
+    pub open: std::sync::Mutex<std::collections::BTreeSet<std::net::SocketAddr>>,
+    /// Probes asked for.
+    pub probes: std::sync::atomic::AtomicU64,
+}
+
+impl crate::directory::Prober for FakeProber {
+    fn probe<'a>(
+        &'a self,
+        to: std::net::SocketAddr,
+        _challenge: &'a ferry_receipts::ProbeChallenge,
+    ) -> crate::directory::probe::ProbeFuture<'a> {
+        self.probes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let open = self.open.lock().map(|o| o.contains(&to)).unwrap_or(false);
+        Box::pin(async move { open.then(|| std::time::Duration::from_micros(800)) })
+    }
+}

@@ -39,6 +39,8 @@ async fn app<S: Store>(store: S) -> (Router, World<S>) {
         open_registration: false,
         max_body_bytes: LIMIT,
         clock: Arc::new(|| NOW),
+        join: Default::default(),
+        directory: None,
     };
     (router(state), w)
 }

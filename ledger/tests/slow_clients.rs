@@ -22,6 +22,8 @@ async fn start(limits: ServeLimits) -> (std::net::SocketAddr, tokio::sync::onesh
         open_registration: false,
         max_body_bytes: 64 * 1024,
         clock: Arc::new(|| common::NOW),
+        join: Default::default(),
+        directory: None,
     };
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

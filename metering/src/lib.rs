@@ -38,6 +38,6 @@ pub use proto::{
     ReceiptRejectReason, SessionRejectReason, decode, decode_prefix, encode, reject_reason,
 };
 pub use relay::{
-    ConfigError, CosignError, CosignOutcome, CreditMode, CutOffReason, DropReason, RelayConfig,
-    RelayEvent, RelayIdentity, RelaySession, SessionState, Verdict,
+    ConfigError, CosignError, CosignOutcome, CreditMode, CutOffReason, DropReason, PROBE_SKEW_SECS,
+    RelayConfig, RelayEvent, RelayIdentity, RelaySession, SessionState, Verdict,
 };

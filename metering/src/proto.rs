@@ -14,8 +14,8 @@
 //! frame has exactly one valid encoding.
 
 use ferry_receipts::{
-    CoSignedReceipt, DecodeError, MAX_MESSAGE_LEN, SessionAccept, SessionAddress, SessionOffer,
-    SessionReject, SignedReceipt,
+    CoSignedReceipt, DecodeError, MAX_MESSAGE_LEN, ProbeChallenge, ProbeResponse, SessionAccept,
+    SessionAddress, SessionOffer, SessionReject, SignedReceipt,
 };
 
 use thiserror::Error;
@@ -47,6 +47,8 @@ mod ty {
     pub(super) const RESYNC: u8 = 0x14;
     pub(super) const CLOSE: u8 = 0x20;
     pub(super) const FINAL_RECEIPT: u8 = 0x21;
+    pub(super) const PROBE: u8 = 0x30;
+    pub(super) const PROBE_REPLY: u8 = 0x31;
 }
 
 /// One control-protocol message.
@@ -88,6 +90,10 @@ pub enum Message {
     Close,
     /// Relay → client: the last receipt of the session; co-sign it like any other.
     FinalReceipt(SignedReceipt),
+    /// Directory → relay's Hello port: a ledger-signed reachability challenge.
+    Probe(ProbeChallenge),
+    /// Relay → directory: the relay-signed answer (smaller than the challenge).
+    ProbeReply(ProbeResponse),
 }
 
 /// Why a relay refused a session offer.
@@ -248,6 +254,8 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Ack { seq } => (ty::ACK, seq.to_be_bytes().to_vec()),
         Message::Close => (ty::CLOSE, Vec::new()),
         Message::FinalReceipt(r) => (ty::FINAL_RECEIPT, r.encode()),
+        Message::Probe(c) => (ty::PROBE, c.encode()),
+        Message::ProbeReply(r) => (ty::PROBE_REPLY, r.encode()),
     };
     let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
     out.push(t);
@@ -320,6 +328,8 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Message, usize), FrameError> {
         ty::ACK => Message::Ack { seq: be_u64(p) },
         ty::CLOSE => Message::Close,
         ty::FINAL_RECEIPT => Message::FinalReceipt(SignedReceipt::decode(p)?),
+        ty::PROBE => Message::Probe(ProbeChallenge::decode(p)?),
+        ty::PROBE_REPLY => Message::ProbeReply(ProbeResponse::decode(p)?),
         _ => return Err(FrameError::UnknownType(t)),
     };
     Ok((msg, end))
@@ -337,6 +347,8 @@ fn payload_len(t: u8) -> Option<usize> {
         ty::RECEIPT_REJECTED => 9,
         ty::ACK => 8,
         ty::CLOSE => 0,
+        ty::PROBE => ProbeChallenge::LEN,
+        ty::PROBE_REPLY => ProbeResponse::LEN,
         _ => return None,
     })
 }

@@ -77,6 +77,24 @@ fn arb_message() -> impl Strategy<Value = Message> {
         })),
         receipt.clone().prop_map(Message::Receipt),
         receipt.clone().prop_map(Message::FinalReceipt),
+        (any::<[u8; 16]>(), any::<u64>()).prop_map(|(nonce, t)| {
+            Message::Probe(ferry_receipts::ProbeChallenge {
+                network_id: NetworkId([1; 16]),
+                ledger_key: PublicKey([9; 32]),
+                relay_key: PublicKey([2; 32]),
+                nonce,
+                issued_at: t,
+                signature: Signature([6; 64]),
+            })
+        }),
+        any::<[u8; 16]>().prop_map(|nonce| {
+            Message::ProbeReply(ferry_receipts::ProbeResponse {
+                network_id: NetworkId([1; 16]),
+                relay_key: PublicKey([2; 32]),
+                nonce,
+                signature: Signature([6; 64]),
+            })
+        }),
         (receipt, any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(r, u, d, t)| {
             Message::CoSigned(r.cosign(&SigningKey::from_seed(&[3; 32]), u, d, t))
         }),

@@ -41,6 +41,9 @@ pub struct Config {
     /// `[dns]`: the forwarder on the tunnel addresses; absent = off (see `dns.rs`).
     #[serde(default)]
     pub dns: Option<ferry_dns::DnsConfig>,
+    /// `[directory]`: publish this relay in the directory; absent = not listed.
+    #[serde(default)]
+    pub directory: Option<crate::config_directory::Directory>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,6 +174,8 @@ pub struct Validated {
     pub peers: Vec<ValidPeer>,
     /// Paid sessions (None = disabled).
     pub paid: Option<crate::config_paid::PaidSettings>,
+    /// Directory announces (None = not announcing; needs paid sessions and a ledger URL).
+    pub directory: Option<crate::config_directory::DirectorySettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -332,8 +337,16 @@ impl Config {
             listen,
             base_dir,
         )?;
+        let directory = crate::config_directory::validate(self.directory.as_ref())?;
+        if directory.is_some() && paid.as_ref().is_none_or(|p| p.ledger_url.is_none()) {
+            bail!(
+                "[directory] announces a paid relay: it needs [paid] enabled = true and \
+                 [network] ledger-url (or set [directory] announce = false)"
+            );
+        }
         Ok(Validated {
             paid,
+            directory,
             private_key_file,
             listen,
             mtu,

@@ -7,4 +7,5 @@
 //! lives in the `ferry-agent` binary (`src/main.rs`).
 
 pub mod config;
+pub mod config_directory;
 pub mod config_paid;

@@ -10,9 +10,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 // The config modules live in the library target (shared with the fuzz target and tests);
 // imported here so `crate::config` / `crate::config_paid` paths keep working.
-use ferry_agent::{config, config_paid};
+use ferry_agent::{config, config_directory, config_paid};
 
 mod control;
+mod directory;
 mod dns;
 mod identity;
 mod keycmd;
@@ -117,6 +118,19 @@ enum Cmd {
         #[arg(long)]
         generate: bool,
     },
+    /// Print the signed relay descriptor this agent announces to the directory (`[directory]`:
+    /// address, price, country, limits), without announcing it. Asks the ledger for the
+    /// network price unless `[directory] price-micros-per-gib` is set.
+    Descriptor {
+        /// Agent configuration file.
+        #[arg(
+            long,
+            short,
+            env = "FERRY_AGENT_CONFIG",
+            default_value = "/etc/ferry/agent.toml"
+        )]
+        config: PathBuf,
+    },
     /// Validate a config file (and the private key file) without starting.
     CheckConfig {
         /// Agent configuration file.
@@ -171,5 +185,6 @@ fn dispatch(cli: Cli) -> Result<()> {
         ),
         Cmd::Identity { config, generate } => identity::identity(&config, generate),
         Cmd::CheckConfig { config } => run::check_config(&config),
+        Cmd::Descriptor { config } => run::print_descriptor(&config),
     }
 }

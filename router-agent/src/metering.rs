@@ -58,6 +58,8 @@ pub(crate) struct Shared {
     pub(crate) kick: Option<Arc<Notify>>,
     /// Receipt counters for `/metrics`.
     pub(crate) counters: Arc<ReceiptCounters>,
+    /// The directory listing (probes are answered on the Hello port).
+    pub(crate) directory: Arc<Mutex<crate::directory::DirectoryState>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -148,6 +150,7 @@ impl Metering {
             persister,
             kick: submitter.as_ref().map(Submitter::kicker),
             counters: Arc::default(),
+            directory: Arc::default(),
         });
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await
@@ -187,6 +190,13 @@ impl Metering {
     }
 
     /// Handles the metrics snapshot reads (see `observability::MeteringSource`).
+    /// The relay identity and the directory state an [`crate::directory::Announcer`] uses.
+    pub(crate) fn directory_parts(
+        &self,
+    ) -> (RelayIdentity, Arc<Mutex<crate::directory::DirectoryState>>) {
+        (self.shared.identity.clone(), self.shared.directory.clone())
+    }
+
     pub(crate) fn stats_source(&self) -> crate::observability::MeteringSource {
         crate::observability::MeteringSource {
             shared: self.shared.clone(),

@@ -70,11 +70,19 @@ pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay
             tracing::trace!("Hello rate limit");
             continue;
         }
-        let Ok(Message::Hello(offer)) = decode(&buf[..n]) else {
-            tracing::trace!("non-Hello datagram on the Hello port dropped");
-            continue;
+        let replies = match decode(&buf[..n]) {
+            Ok(Message::Hello(offer)) => on_hello(&shared, &relay, offer).await,
+            // The directory checking that this port is reachable: one signature, no state.
+            Ok(Message::Probe(c)) => {
+                let answer = shared.identity.answer_probe(&c, unix_now());
+                lock(&shared.directory).probe(answer.is_some());
+                answer.into_iter().collect()
+            }
+            _ => {
+                tracing::trace!("datagram on the Hello port that is no Hello or probe dropped");
+                continue;
+            }
         };
-        let replies = on_hello(&shared, &relay, offer).await;
         for m in replies {
             if let Err(e) = sock.send_to(&encode(&m), from).await {
                 tracing::debug!(error = %e, "hello reply send failed");

@@ -172,6 +172,8 @@ impl MeteringSource {
         s.receipts.cosigned = c.cosigned.load(Ordering::Relaxed);
         s.receipts.rejected = c.rejected.load(Ordering::Relaxed);
         s.earned_bytes = c.earned.load(Ordering::Relaxed);
+        let d = lock(&self.shared.directory);
+        s.directory = d.announcing.then(|| d.stats());
     }
 }
 
@@ -431,6 +433,23 @@ fn paid_status(m: &MeteringSource, sessions: usize) -> serde_json::Value {
         "ledger_configured": sub.is_some(),
         "last_ledger_contact_secs": sub.as_ref().and_then(|s| s.last_contact).map(|t| t.elapsed().as_secs()),
         "ledger_error": sub.and_then(|s| s.last_error),
+        "directory": directory_status(&lock(&m.shared.directory)),
+    })
+}
+
+/// The directory listing in words (`null` when the relay does not announce).
+fn directory_status(d: &crate::directory::DirectoryState) -> serde_json::Value {
+    if !d.announcing {
+        return serde_json::Value::Null;
+    }
+    json!({
+        "listed": d.listed,
+        "last_announce_unix": d.last_announce,
+        "seen_from": d.seen_from,
+        "probe_rtt_micros": d.probe_rtt_micros,
+        "problems": d.findings.iter().map(|(code, message)| json!({"code": code, "message": message})).collect::<Vec<_>>(),
+        "error": d.error,
+        "probes_answered": d.probes_answered,
     })
 }
 

@@ -1,5 +1,6 @@
 //! `run` and `check-config`: load everything, build the relay, start the shell, clean up.
 
+use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -109,6 +110,13 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         "ferry-agent starting"
     );
     let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
+    let announcer = match (&metering, &cfg.directory, &cfg.paid) {
+        (Some(m), Some(d), Some(p)) => {
+            let a = announcer(m, d, p, &cfg, &key)?;
+            Some(tokio::spawn(crate::directory::run(a)))
+        }
+        _ => None,
+    };
     let (stop_tx, stop) = observability::stopper();
     let status_info = observability::StaticInfo {
         public_key: key.public_key().to_string(),
@@ -186,6 +194,9 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         }
     };
     control.abort();
+    if let Some(a) = announcer {
+        a.abort();
+    }
     let _ = stop_tx.send(true);
     let stats = relay.lock().map(|r| r.stats().clone()).unwrap_or_default();
     tracing::info!(
@@ -196,6 +207,87 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
         "ferry-agent stopped"
     );
     result.context("relay stopped")
+}
+
+/// `ferry-agent descriptor`: builds and prints the descriptor `run` would announce.
+pub(crate) fn print_descriptor(path: &Path) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let p = cfg
+        .paid
+        .as_ref()
+        .context("the descriptor describes a paid relay: set [paid] enabled = true")?;
+    let d = match &cfg.directory {
+        Some(d) => d.clone(),
+        None => crate::config_directory::validate(Some(&toml::from_str("")?))?
+            .context("default [directory]")?,
+    };
+    let key = WgPrivateKey::load(&cfg.private_key_file)
+        .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
+    let id_key = crate::identity::load_key(&p.identity_key_file, path)?;
+    let identity = ferry_metering::RelayIdentity {
+        network_id: p.network_id,
+        ledger_key: p.ledger_key,
+        key: Arc::new(id_key),
+    };
+    let url = p
+        .ledger_url
+        .as_deref()
+        .context("[network] ledger-url is needed")?;
+    let ledger = ferry_store::LedgerClient::new(
+        url,
+        p.ledger_ca_file.as_deref(),
+        std::time::Duration::from_secs(15),
+    )
+    .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
+    let a = crate::directory::Announcer {
+        settings: d,
+        identity,
+        wg_key: *key.public_key().as_bytes(),
+        wg_port: cfg.listen.port(),
+        hello_port: p.hello_listen.port(),
+        max_mbit: u32::try_from(cfg.raw.limits.client_rate_mbit).unwrap_or(u32::MAX),
+        ledger,
+        state: Arc::default(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio runtime")?;
+    let desc = rt.block_on(a.current(&mut None))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", crate::directory::describe(&desc))?;
+    Ok(())
+}
+
+/// The directory announcer of a paid relay with a `[directory]` section.
+fn announcer(
+    m: &Metering,
+    d: &crate::config_directory::DirectorySettings,
+    p: &crate::config_paid::PaidSettings,
+    cfg: &Validated,
+    key: &WgPrivateKey,
+) -> Result<crate::directory::Announcer> {
+    let url = p
+        .ledger_url
+        .as_deref()
+        .context("[directory] needs [network] ledger-url")?;
+    let ledger = ferry_store::LedgerClient::new(
+        url,
+        p.ledger_ca_file.as_deref(),
+        std::time::Duration::from_secs(15),
+    )
+    .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
+    let (identity, state) = m.directory_parts();
+    Ok(crate::directory::Announcer {
+        settings: d.clone(),
+        identity,
+        wg_key: *key.public_key().as_bytes(),
+        wg_port: cfg.listen.port(),
+        hello_port: p.hello_listen.port(),
+        max_mbit: u32::try_from(cfg.raw.limits.client_rate_mbit).unwrap_or(u32::MAX),
+        ledger,
+        state,
+    })
 }
 
 /// Runs the shell (and the paid-session tasks beside it) until SIGINT/SIGTERM; paid sessions

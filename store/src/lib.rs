@@ -15,6 +15,7 @@
 mod backoff;
 mod file;
 mod http;
+pub mod market;
 mod persist;
 mod record;
 mod store;

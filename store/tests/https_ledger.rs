@@ -59,6 +59,8 @@ async fn ledger_behind_tls(pki: &Pki) -> u16 {
         open_registration: false,
         max_body_bytes: 1 << 20,
         clock: Arc::new(|| 1_700_000_000),
+        join: Default::default(),
+        directory: None,
     };
     let plain = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let backend = plain.local_addr().unwrap();

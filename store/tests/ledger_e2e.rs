@@ -52,6 +52,8 @@ async fn co_signed_receipts_reach_the_real_ledger_and_credit_the_relay() {
         open_registration: false,
         max_body_bytes: 1 << 20,
         clock: Arc::new(|| NOW + 600),
+        join: Default::default(),
+        directory: None,
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

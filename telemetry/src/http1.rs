@@ -95,6 +95,10 @@ where
 
 /// Accepts on one listener until `stop` turns true (or its sender is gone), one task per
 /// connection, holding one of the shared `slots` while it lives.
+/// The TCP peer of the connection a request came on (a request extension set by [`serve`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 async fn accept_loop<S, B>(
     name: &'static str,
     listener: TcpListener,
@@ -132,7 +136,14 @@ async fn accept_loop<S, B>(
                 }
             }
         };
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service.clone()));
+        let svc = service.clone();
+        // Handlers learn who is asking (the ledger rate-limits self-registration per source
+        // and compares a relay's announced address with the one it announced from).
+        let with_peer = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            svc.call(req)
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), with_peer));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::trace!(%peer, error = %e, "{name}: connection ended");

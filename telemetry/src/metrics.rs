@@ -22,6 +22,10 @@
 //! | `ferry_unacknowledged_bytes` | gauge | |
 //! | `ferry_earned_bytes_total` | counter | |
 //! | `ferry_dns_queries_total`, `ferry_dns_upstream_failures_total` | counter | |
+//! | `ferry_directory_listed` | gauge (1 listed, 0 not) | |
+//! | `ferry_directory_problem` | gauge (1 = finding present) | `code` ([`DIRECTORY_FINDINGS`]) |
+//! | `ferry_directory_announces_total` | counter | `result` (`ok`, `failed`) |
+//! | `ferry_directory_probes_total` | counter | `result` (`answered`, `refused`) |
 //! | `ferry_store_fsync_seconds` | histogram | |
 //! | `process_resident_memory_bytes`, `process_start_time_seconds` | gauge | |
 //! | `ferry_build_info` | info | `version` |
@@ -192,6 +196,30 @@ pub struct DnsStats {
     pub upstream_failures: u64,
 }
 
+/// The directory's finding codes the agent exports (one `ferry_directory_problem` series each).
+pub const DIRECTORY_FINDINGS: [&str; 3] = [
+    "hello_port_closed",
+    "address_mismatch",
+    "address_not_public",
+];
+
+/// The relay's standing in the directory (present when the agent announces).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DirectoryStats {
+    /// The last announce listed the relay.
+    pub listed: bool,
+    /// Codes of the last announce's findings.
+    pub findings: Vec<String>,
+    /// Announces the ledger answered.
+    pub announces_ok: u64,
+    /// Announces that failed (unreachable ledger or refused).
+    pub announces_failed: u64,
+    /// Directory probes answered.
+    pub probes_answered: u64,
+    /// Probe datagrams refused (wrong ledger, relay, network or stale).
+    pub probes_refused: u64,
+}
+
 /// Everything the agent reports at scrape time. Counters are cumulative since process start.
 ///
 /// `#[non_exhaustive]`: build it with `Snapshot::default()` and assign fields.
@@ -223,6 +251,8 @@ pub struct Snapshot {
     pub earned_bytes: u64,
     /// DNS forwarder counters, if the forwarder runs.
     pub dns: Option<DnsStats>,
+    /// Directory standing, if the agent announces.
+    pub directory: Option<DirectoryStats>,
 }
 
 /// Produces a [`Snapshot`] on each scrape. Closures `Fn() -> Snapshot` implement it.
@@ -410,6 +440,9 @@ impl Collector for AgentCollector {
             "Bytes covered by co-signed receipts",
             s.earned_bytes,
         )?;
+        if let Some(d) = &s.directory {
+            encode_directory(&mut enc, d)?;
+        }
         if let Some(dns) = s.dns {
             counter(
                 &mut enc,
@@ -426,6 +459,54 @@ impl Collector for AgentCollector {
         }
         Ok(())
     }
+}
+
+fn encode_directory(enc: &mut DescriptorEncoder, d: &DirectoryStats) -> fmt::Result {
+    gauge(
+        enc,
+        "ferry_directory_listed",
+        "1 when the directory lists this relay (its Hello port answered the probe)",
+        u64::from(d.listed),
+    )?;
+    let problems: Vec<(String, u64)> = DIRECTORY_FINDINGS
+        .iter()
+        .map(|c| {
+            (
+                (*c).to_owned(),
+                u64::from(d.findings.iter().any(|f| f == c)),
+            )
+        })
+        .collect();
+    labelled(
+        enc,
+        "ferry_directory_problem",
+        "1 while the directory reports this problem (see /status for the words)",
+        MetricType::Gauge,
+        "code",
+        &problems,
+    )?;
+    labelled(
+        enc,
+        "ferry_directory_announces",
+        "Descriptor announces, by result",
+        MetricType::Counter,
+        "result",
+        &[
+            ("ok".into(), d.announces_ok),
+            ("failed".into(), d.announces_failed),
+        ],
+    )?;
+    labelled(
+        enc,
+        "ferry_directory_probes",
+        "Directory reachability probes on the Hello port, by result",
+        MetricType::Counter,
+        "result",
+        &[
+            ("answered".into(), d.probes_answered),
+            ("refused".into(), d.probes_refused),
+        ],
+    )
 }
 
 impl AgentCollector {
@@ -469,6 +550,28 @@ pub(crate) fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u6
 pub(crate) fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> fmt::Result {
     let metric = ConstGauge::new(v);
     metric.encode(enc.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// One family with a single label: a gauge or counter series per `(label value, value)`.
+fn labelled(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    label: &str,
+    series: &[(String, u64)],
+) -> fmt::Result {
+    let mut family = enc.encode_descriptor(name, help, None, ty)?;
+    for (value, v) in series {
+        let labels = [(label, value.as_str())];
+        let e = family.encode_family(&labels)?;
+        if matches!(ty, MetricType::Counter) {
+            ConstCounter::new(*v).encode(e)?;
+        } else {
+            ConstGauge::new(*v).encode(e)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

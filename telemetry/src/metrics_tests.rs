@@ -241,3 +241,40 @@ fn drop_reason_slots_and_labels_are_distinct() {
         DropReason::ALL.iter().map(|r| r.as_label()).collect();
     assert_eq!(labels.len(), DropReason::ALL.len());
 }
+
+#[test]
+fn directory_metrics_name_each_problem_and_are_absent_without_announces() {
+    let mut m = Metrics::new(&MetricsConfig::default());
+    m.register_agent(Snapshot::default);
+    assert!(!m.encode().unwrap().contains("ferry_directory_"));
+    let mut m = Metrics::new(&MetricsConfig::default());
+    m.register_agent(|| Snapshot {
+        directory: Some(DirectoryStats {
+            listed: false,
+            findings: vec!["hello_port_closed".into()],
+            announces_ok: 2,
+            announces_failed: 1,
+            probes_answered: 0,
+            probes_refused: 4,
+        }),
+        ..Snapshot::default()
+    });
+    let text = m.encode().unwrap();
+    assert_eq!(sample(&text, "ferry_directory_listed"), Some(0.0));
+    assert_eq!(
+        sample(&text, "ferry_directory_problem{code=\"hello_port_closed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "ferry_directory_problem{code=\"address_mismatch\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&text, "ferry_directory_announces_total{result=\"failed\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&text, "ferry_directory_probes_total{result=\"refused\"}"),
+        Some(4.0)
+    );
+}

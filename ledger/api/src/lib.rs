@@ -43,8 +43,89 @@ pub struct Info {
     pub max_batch: u64,
     /// Largest request body.
     pub max_body_bytes: u64,
-    /// Whether keys may register without the admin token.
+    /// Whether keys may register without the admin token or a proof of possession.
     pub open_registration: bool,
+    /// Whether a key may register itself with a request signed by that key.
+    #[serde(default)]
+    pub self_registration: bool,
+    /// Lowest relay price the directory lists.
+    #[serde(default)]
+    pub min_price_micros_per_gib: u64,
+    /// Highest relay price the directory lists.
+    #[serde(default)]
+    pub max_price_micros_per_gib: u64,
+}
+
+/// `POST /v1/keys`: register a relay or client key. Without the admin token (and with open
+/// registration off) the request must carry `at` and `signature`: the key's own signature
+/// over [`signing::register_bytes`] (proof of possession).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterRequest {
+    /// The key (hex).
+    pub public_key: String,
+    /// `"relay"` or `"client"`.
+    pub role: String,
+    /// Unix seconds of signing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<u64>,
+    /// The key's signature (hex, 64 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+}
+
+/// `POST /v1/directory/announce`: a relay publishes its signed descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnnounceRequest {
+    /// The descriptor's canonical encoding (base64).
+    pub descriptor: String,
+}
+
+/// One finding of the directory about an announcing relay, in words.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diagnosis {
+    /// Stable code, e.g. `hello_port_closed`, `address_mismatch`.
+    pub code: String,
+    /// What it means and what to do.
+    pub message: String,
+}
+
+/// `POST /v1/directory/announce` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnnounceResponse {
+    /// The relay is listed (it answered the probe on at least one endpoint).
+    pub listed: bool,
+    /// The address the announce came from, as the directory saw it.
+    pub seen_from: String,
+    /// The IPv4 endpoint answered the probe.
+    pub reachable_v4: bool,
+    /// The IPv6 endpoint answered the probe.
+    pub reachable_v6: bool,
+    /// Best probe round trip, microseconds.
+    pub probe_rtt_micros: Option<u64>,
+    /// The ledger-signed annotation now listed with the descriptor (base64).
+    pub annotation: String,
+    /// Findings, empty when all is well.
+    pub diagnosis: Vec<Diagnosis>,
+}
+
+/// One relay of `GET /v1/relays`: verify both signatures before relying on either.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayListing {
+    /// The relay-signed descriptor (base64).
+    pub descriptor: String,
+    /// The ledger-signed annotation (base64).
+    pub annotation: String,
+}
+
+/// `GET /v1/relays?country=&max_price=&min_score=&ipv6=&limit=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayList {
+    /// Ledger time of the answer.
+    pub generated_at: u64,
+    /// Listed relays, best score first (then lower price).
+    pub relays: Vec<RelayListing>,
 }
 
 /// `POST /v1/vouchers`: a client-signed request (`signature`, `nonce`, `requested_at`), or
@@ -239,6 +320,24 @@ pub mod signing {
     pub const VOUCHER_REQUEST_DOMAIN: &[u8] = b"ferry/v1/ledger-voucher-request\0";
     /// Domain tag of an account read (`GET /v1/clients/{key}?at=&sig=`).
     pub const ACCOUNT_READ_DOMAIN: &[u8] = b"ferry/v1/ledger-account-read\0";
+    /// Domain tag of a self-registration (`POST /v1/keys` with a signature).
+    pub const REGISTER_DOMAIN: &[u8] = b"ferry/v1/ledger-register\0";
+
+    /// Role byte of a relay in [`register_bytes`].
+    pub const ROLE_RELAY: u8 = 1;
+    /// Role byte of a client in [`register_bytes`].
+    pub const ROLE_CLIENT: u8 = 2;
+
+    /// `network_id(16) || key(32) || role(1: 1 relay, 2 client) || at(8)`: the key registers
+    /// itself at unix time `at` (accepted within the ledger's request skew).
+    pub fn register_bytes(network_id: &[u8; 16], key: &[u8; 32], role: u8, at: u64) -> Vec<u8> {
+        let mut b = Vec::with_capacity(57);
+        b.extend_from_slice(network_id);
+        b.extend_from_slice(key);
+        b.push(role);
+        b.extend_from_slice(&at.to_be_bytes());
+        b
+    }
 
     /// `network_id(16) || client_key(32) || allowance_bytes(8) || nonce(16) || requested_at(8)`.
     pub fn voucher_request_bytes(

@@ -13,10 +13,14 @@ use ferry_receipts::{PublicKey, SessionId, VoucherId};
 
 use crate::domain::{Outcome, Reject, Role, VerifiedReceipt, VoucherRow};
 
+pub mod directory;
+mod pg_dir;
 mod pg_rows;
 mod postgres;
 mod sqlite;
+mod sqlite_dir;
 
+pub use directory::{DirectoryRow, DirectoryStore, RelayFilter};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -176,7 +180,7 @@ pub type ItemResult = Result<Outcome, Reject>;
 
 /// What the ledger needs from storage. Implementations must make every method atomic and
 /// durable (committed, fsynced) before returning `Ok`.
-pub trait Store: Send + Sync + 'static {
+pub trait Store: DirectoryStore + Send + Sync + 'static {
     /// Registers `key` in `role`; `Ok(false)` if it already was. Clients get a zero balance.
     fn register_key(
         &self,

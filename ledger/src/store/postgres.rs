@@ -48,6 +48,15 @@ CREATE TABLE IF NOT EXISTS receipts (
   clamped BOOLEAN NOT NULL, encoded BYTEA NOT NULL, leaf_hash BYTEA NOT NULL,
   PRIMARY KEY (relay_key, session_id, seq));
 CREATE INDEX IF NOT EXISTS receipts_epoch ON receipts (epoch, relay_key, session_id, seq);
+CREATE INDEX IF NOT EXISTS sessions_client ON sessions (client_key);
+CREATE TABLE IF NOT EXISTS directory (
+  relay_key BYTEA PRIMARY KEY, descriptor BYTEA NOT NULL, annotation BYTEA NOT NULL,
+  country TEXT NOT NULL, price BIGINT NOT NULL, ipv6 BOOLEAN NOT NULL,
+  reachable BOOLEAN NOT NULL, score INTEGER NOT NULL, expires_at BIGINT NOT NULL,
+  first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL, last_probe BIGINT NOT NULL,
+  probes_ok BIGINT NOT NULL, probes_total BIGINT NOT NULL);
+CREATE INDEX IF NOT EXISTS directory_listing ON directory (score DESC, price, relay_key);
+CREATE INDEX IF NOT EXISTS directory_expiry ON directory (expires_at);
 ";
 
 const VOUCHER_COLS: &str = "id, client_key, allowance_bytes, price, issued_at, expires_at, used_bytes, cost_micros, encoded";
@@ -56,7 +65,7 @@ const MAX_ATTEMPTS: u32 = 10;
 /// PostgreSQL-backed [`Store`].
 #[derive(Clone)]
 pub struct PgStore {
-    pool: Pool,
+    pub(super) pool: Pool,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -65,7 +74,7 @@ impl std::fmt::Debug for PgStore {
     }
 }
 
-fn pool_err(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn pool_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Pool(e.to_string())
 }
 

@@ -43,6 +43,15 @@ CREATE TABLE IF NOT EXISTS receipts (
   clamped INTEGER NOT NULL, encoded BLOB NOT NULL, leaf_hash BLOB NOT NULL,
   PRIMARY KEY (relay_key, session_id, seq));
 CREATE INDEX IF NOT EXISTS receipts_epoch ON receipts (epoch, relay_key, session_id, seq);
+CREATE INDEX IF NOT EXISTS sessions_client ON sessions (client_key);
+CREATE TABLE IF NOT EXISTS directory (
+  relay_key BLOB PRIMARY KEY, descriptor BLOB NOT NULL, annotation BLOB NOT NULL,
+  country TEXT NOT NULL, price INTEGER NOT NULL, ipv6 INTEGER NOT NULL,
+  reachable INTEGER NOT NULL, score INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, last_probe INTEGER NOT NULL,
+  probes_ok INTEGER NOT NULL, probes_total INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS directory_listing ON directory (score DESC, price, relay_key);
+CREATE INDEX IF NOT EXISTS directory_expiry ON directory (expires_at);
 ";
 
 /// SQLite-backed [`Store`].
@@ -97,7 +106,7 @@ impl SqliteStore {
         })
     }
 
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -113,7 +122,7 @@ impl SqliteStore {
         .map_err(|e| StoreError::Worker(e.to_string()))?
     }
 
-    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    pub(super) async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,

@@ -25,8 +25,8 @@ use ferry_receipts::{
 mod types;
 
 pub use types::{
-    ConfigError, CosignError, CosignOutcome, CreditMode, CutOffReason, DropReason, RelayConfig,
-    RelayEvent, RelayIdentity, SessionState, Verdict,
+    ConfigError, CosignError, CosignOutcome, CreditMode, CutOffReason, DropReason, PROBE_SKEW_SECS,
+    RelayConfig, RelayEvent, RelayIdentity, SessionState, Verdict,
 };
 
 use crate::meter::{Direction, Meter};

@@ -132,7 +132,33 @@ impl RelayIdentity {
             ferry_receipts::SessionAddress::for_session(offer, accept, v4, v6).sign(&self.key),
         )
     }
+
+    /// The signed answer to a directory's reachability probe, or `None` (say nothing) unless
+    /// the challenge names this relay and network, is signed by our ledger and was issued
+    /// within [`PROBE_SKEW_SECS`] of `unix_ts`.
+    pub fn answer_probe(
+        &self,
+        challenge: &ferry_receipts::ProbeChallenge,
+        unix_ts: u64,
+    ) -> Option<crate::Message> {
+        challenge
+            .verify(
+                &self.network_id,
+                &self.key.public_key(),
+                &self.ledger_key,
+                unix_ts,
+                PROBE_SKEW_SECS,
+            )
+            .ok()?;
+        Some(crate::Message::ProbeReply(
+            challenge.response().sign(&self.key),
+        ))
+    }
 }
+
+/// How far a probe challenge's time may be from the relay's clock (routers without a
+/// real-time clock are off until NTP runs; a relay that far off refuses vouchers anyway).
+pub const PROBE_SKEW_SECS: u64 = 600;
 
 /// Whether a packet may be forwarded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,4 +240,62 @@ pub enum CosignError {
     /// Signature or network check failed.
     #[error("verification failed")]
     Verify(#[from] VerifyError),
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use ferry_receipts::{ProbeChallenge, Signature};
+
+    use super::*;
+
+    const NET: NetworkId = NetworkId([1; 16]);
+    const T: u64 = 1_800_000_000;
+
+    fn identity(ledger: &SigningKey) -> RelayIdentity {
+        RelayIdentity {
+            network_id: NET,
+            ledger_key: ledger.public_key(),
+            key: Arc::new(SigningKey::from_seed(&[2; 32])),
+        }
+    }
+
+    fn challenge(relay: PublicKey, signer: &SigningKey, at: u64) -> ProbeChallenge {
+        ProbeChallenge {
+            network_id: NET,
+            ledger_key: PublicKey([0; 32]),
+            relay_key: relay,
+            nonce: [7; 16],
+            issued_at: at,
+            signature: Signature::ZERO,
+        }
+        .sign(signer)
+    }
+
+    #[test]
+    fn a_relay_answers_only_fresh_probes_from_its_ledger_for_itself() {
+        let ledger = SigningKey::from_seed(&[1; 32]);
+        let id = identity(&ledger);
+        let me = id.key.public_key();
+        let c = challenge(me, &ledger, T);
+        let Some(crate::Message::ProbeReply(r)) = id.answer_probe(&c, T + PROBE_SKEW_SECS) else {
+            panic!("no answer");
+        };
+        assert!(r.answers(&c));
+        assert!(
+            id.answer_probe(&c, T + PROBE_SKEW_SECS + 1).is_none(),
+            "stale"
+        );
+        let stranger = SigningKey::from_seed(&[9; 32]);
+        assert!(
+            id.answer_probe(&challenge(me, &stranger, T), T).is_none(),
+            "not our ledger"
+        );
+        let other_relay = stranger.public_key();
+        assert!(
+            id.answer_probe(&challenge(other_relay, &ledger, T), T)
+                .is_none(),
+            "not us"
+        );
+    }
 }
