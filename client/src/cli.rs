@@ -51,6 +51,32 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// List the relays in the network's directory with price, score and latency. Each
+    /// listing is verified (the relay's signature over its terms, the ledger's over its
+    /// annotation) before it is shown; the last list is cached for when the ledger is away.
+    Relays {
+        /// Ledger base URL [default: [client] ledger-url].
+        #[arg(long)]
+        ledger: Option<String>,
+        /// Only relays declaring this country (ISO 3166 code, e.g. DE).
+        #[arg(long)]
+        country: Option<String>,
+        /// Only relays asking at most this price (micros per GiB).
+        #[arg(long)]
+        max_price: Option<u64>,
+        /// Only relays with at least this score (0..=1000).
+        #[arg(long)]
+        min_score: Option<u16>,
+        /// Only relays reachable over IPv6.
+        #[arg(long)]
+        ipv6: bool,
+        /// At most this many relays.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Machine-readable JSON (verified listings, decoded).
+        #[arg(long)]
+        json: bool,
+    },
     /// Connect through a relay: TUN device, full-tunnel routes (IPv4+IPv6), DNS through the
     /// tunnel and a kill switch that stays until `ferry disconnect`. Needs root
     /// (CAP_NET_ADMIN). Runs in the foreground.

@@ -22,6 +22,24 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pubkey => pubkey(&paths),
         Cmd::Voucher { cmd } => voucher(&paths, cmd),
         Cmd::Balance { ledger, json } => balance(&paths, ledger, json),
+        Cmd::Relays {
+            ledger,
+            country,
+            max_price,
+            min_score,
+            ipv6,
+            limit,
+            json,
+        } => {
+            let f = crate::relays::Filters {
+                country,
+                max_price,
+                min_score,
+                ipv6,
+                limit,
+            };
+            relays(&paths, ledger, &f, json)
+        }
         Cmd::Connect(a) => crate::connect::run(&paths, &Config::load(&paths.config)?, a),
         Cmd::Socks5(a) => crate::socks::run(&paths, &Config::load(&paths.config)?, a),
         Cmd::Disconnect { wait } => crate::connect::disconnect(&paths, Duration::from_secs(wait)),
@@ -78,6 +96,92 @@ fn balance(paths: &Paths, ledger: Option<String>, json: bool) -> Result<ExitCode
         a.allowance_bytes,
         a.used_bytes,
     ))
+}
+
+/// The network and ledger key listings must verify under: the stored voucher's (the ledger we
+/// already pay), else what the ledger says about itself.
+async fn trust_root(
+    paths: &Paths,
+    ledger: &ferry_store::LedgerClient,
+) -> Result<(ferry_receipts::NetworkId, ferry_receipts::PublicKey)> {
+    if let Ok(v) = crate::ledger::load_voucher(&paths.voucher()) {
+        return Ok((v.network_id, v.ledger_key));
+    }
+    let li = crate::ledger::info(ledger).await?;
+    Ok((li.network_id, li.ledger_key))
+}
+
+fn relays(
+    paths: &Paths,
+    ledger: Option<String>,
+    f: &crate::relays::Filters,
+    json: bool,
+) -> Result<ExitCode> {
+    use crate::relays::{read_cache, table, verify_list, write_cache};
+    let (client, _) = ledger_and_identity(paths, ledger)?;
+    let cache = paths.dir.join("relays.cache");
+    let now = ferry_store::unix_now();
+    let (list, trust, cached) = block_on(async {
+        let fetched = ferry_store::market::relays(&client, &f.query())
+            .await
+            .map_err(anyhow::Error::from);
+        let trust = trust_root(paths, &client).await;
+        match (fetched, trust) {
+            (Ok(list), Ok(t)) => Ok((list, t, false)),
+            (Err(e), _) | (_, Err(e)) if !cache.exists() => {
+                Err(anyhow::anyhow!("{e:#}")).context("listing relays (no cached list either)")
+            }
+            (Err(e), Ok(t)) => {
+                eprintln!("ferry: ledger unreachable ({e:#}); showing the cached list");
+                Ok((read_cache(&cache)?, t, true))
+            }
+            (_, Err(e)) => Err(e),
+        }
+    })?;
+    let (mut ok, refused) = verify_list(&list, &trust.0, &trust.1, now);
+    if cached {
+        ok.retain(|l| f.keep(l));
+    } else if let Err(e) = write_cache(&cache, &list) {
+        eprintln!("ferry: could not cache the relay list: {e:#}");
+    }
+    if refused > 0 {
+        eprintln!(
+            "ferry: {refused} listing(s) dropped: a signature, the ledger key or the expiry did              not verify"
+        );
+    }
+    if json {
+        let items: Vec<serde_json::Value> = ok
+            .iter()
+            .map(|l| {
+                let (d, a) = (&l.descriptor, &l.annotation);
+                serde_json::json!({
+                    "relay_key": d.relay_key.to_hex(),
+                    "country": d.country_code(),
+                    "region": d.region,
+                    "price_micros_per_gib": d.price_micros_per_gib,
+                    "score": a.score,
+                    "probe_rtt_micros": a.probe_rtt_micros,
+                    "endpoints": d.endpoints().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "hello_port": d.hello_port,
+                    "max_mbit": d.limits.max_mbit,
+                    "expires_at": d.expires_at,
+                    "factors": {
+                        "paid_bytes": a.paid_bytes,
+                        "paying_clients": a.paying_clients,
+                        "completed_sessions": a.completed_sessions,
+                        "refusals": a.refusals,
+                        "probes_ok": a.probes_ok,
+                        "probes_total": a.probes_total,
+                    },
+                })
+            })
+            .collect();
+        return out(&format!("{}\n", serde_json::to_string_pretty(&items)?));
+    }
+    if ok.is_empty() {
+        return out("no relays listed (try fewer filters)\n");
+    }
+    out(&table(&ok))
 }
 
 fn out(text: &str) -> Result<ExitCode> {

@@ -20,6 +20,7 @@ mod ledger;
 mod lifecycle;
 mod netcfg;
 mod paths;
+mod relays;
 mod session;
 mod socks;
 mod stack;
