@@ -160,6 +160,7 @@ pub(crate) fn write_cache(path: &Path, list: &api::RelayList) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use ferry_receipts::{AdvertisedLimits, Signature, SigningKey};
 
     use super::*;
