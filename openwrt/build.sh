@@ -163,7 +163,7 @@ build_one() {
 	load "$1"
 	start=$(date +%s)
 	log "build $ARCH ($TRIPLE, $METHOD, $FEATURES features)"
-	# shellcheck disable=SC2086 # FEATURE_ARGS is empty or one word; FERRY_CARGO_ARGS is split
+	# shellcheck disable=SC2086 # FEATURE_ARGS and FERRY_CARGO_ARGS are split into words on purpose
 	case "$METHOD" in
 	gnu) cargo_gnu build --locked --profile router -p ferry-agent --target "$TRIPLE" $FEATURE_ARGS ${FERRY_CARGO_ARGS:-} ;;
 	zig)

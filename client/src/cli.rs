@@ -41,6 +41,13 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         cmd: VoucherCmd,
     },
+    /// Register this identity (client key) with the ledger by itself: a request signed by the
+    /// key (no operator needed, when the ledger allows self-registration).
+    Register {
+        /// Ledger base URL [default: [client] ledger-url].
+        #[arg(long)]
+        ledger: Option<String>,
+    },
     /// Show this identity's ledger account: balance, deposits, spend, vouchers and bytes used
     /// (a read signed by the identity key; the ledger shows an account only to its owner).
     Balance {

@@ -22,6 +22,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Pubkey => pubkey(&paths),
         Cmd::Voucher { cmd } => voucher(&paths, cmd),
         Cmd::Balance { ledger, json } => balance(&paths, ledger, json),
+        Cmd::Register { ledger } => register(&paths, ledger),
         Cmd::Relays {
             ledger,
             country,
@@ -78,6 +79,29 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .enable_all()
         .build()?
         .block_on(f)
+}
+
+fn register(paths: &Paths, ledger: Option<String>) -> Result<ExitCode> {
+    let (client, key) = ledger_and_identity(paths, ledger)?;
+    let created = block_on(async {
+        let li = crate::ledger::info(&client).await?;
+        let at = ferry_store::unix_now();
+        ferry_store::market::register_self(
+            &client,
+            &li.network_id,
+            &key,
+            ferry_store::market::Role::Client,
+            at,
+        )
+        .await
+        .map_err(anyhow::Error::from)
+    })?;
+    let pk = key.public_key();
+    out(&if created {
+        format!("client {pk} registered\n")
+    } else {
+        format!("client {pk} was already registered\n")
+    })
 }
 
 fn balance(paths: &Paths, ledger: Option<String>, json: bool) -> Result<ExitCode> {

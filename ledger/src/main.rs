@@ -14,6 +14,7 @@ use ferry_receipts::PublicKey;
 use ring::rand::{SecureRandom as _, SystemRandom};
 
 mod bench;
+mod bench_directory;
 
 #[derive(Parser)]
 #[command(name = "ferry-ledger", version, about = "Ferry rewards ledger")]
@@ -78,6 +79,8 @@ enum Cmd {
     },
     /// Measure receipt ingestion throughput (receipts/s) against a store.
     Bench(bench::BenchArgs),
+    /// Measure the relay directory: announce N relays, then time GET /v1/relays (p50/p99).
+    BenchDirectory(bench_directory::DirectoryBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -160,6 +163,7 @@ async fn dispatch(cmd: Cmd) -> Result<()> {
             Ok(())
         }
         Cmd::Bench(args) => bench::run(args).await,
+        Cmd::BenchDirectory(args) => bench_directory::run(args).await,
     }
 }
 

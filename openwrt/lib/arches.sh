@@ -26,7 +26,8 @@ load() {
 $info
 EOF2
 	FEATURE_ARGS=""
-	[ "$FEATURES" != small ] || FEATURE_ARGS="--no-default-features"
+	# small: no DoT/DoH upstreams, and debug/trace log statements compiled out (~60 KB).
+	[ "$FEATURES" != small ] || FEATURE_ARGS="--no-default-features --features=small-logs"
 	TC=$(echo "$TRIPLE" | tr '-' '_')
 	TE=$(echo "$TRIPLE" | tr 'a-z-' 'A-Z_')
 }

@@ -61,8 +61,8 @@ check "PKG_MAINTAINER has a name and an address" grep -Eq '^PKG_MAINTAINER:=[^<]
 check "no keep.d file of our own (package-pack.mk lists directory conffiles in keep.d)" \
 	sh -c "! grep -Eq 'ferry\.keep|INSTALL.*keep\.d' '$tmp/feed/net/ferry/Makefile'"
 for a in mips mipsel; do
-	check "ARCH=$a builds the small feature set (--no-default-features)" \
-		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --profile router --path /build/router-agent --locked --no-default-features' '$tmp/compile-$a'"
+	check "ARCH=$a builds the small feature set (--no-default-features --features=small-logs)" \
+		sh -c "$(printf '%s' "make -s -C '$tmp/feed/net/ferry' TOPDIR='$tmp/top' INCLUDE_DIR='$tmp/inc' PKG_BUILD_DIR=/build ARCH=$a OUT='$tmp/compile-$a' compile-test") && grep -Eqx '[[:space:]]*cargo-install --profile router --path /build/router-agent --locked --no-default-features --features=small-logs' '$tmp/compile-$a'"
 done
 for a in aarch64 arm x86_64; do
 	check "ARCH=$a builds the default features" \

@@ -3,63 +3,59 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
-use serde::Deserialize;
+use anyhow::{Context, Result, bail};
 
-/// `[directory]` as written. Present = announce (unless `announce = false`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct Directory {
-    /// Publish the descriptor on start and every `announce-every-secs`.
-    #[serde(default = "yes")]
-    pub announce: bool,
-    /// Register the relay key with the ledger (self-registration, signed by the key) first.
-    #[serde(default = "yes")]
-    pub register: bool,
-    /// Public IPv4 address clients reach the router on (port forwarding, static IP). Default:
-    /// the address the router uses towards the ledger.
-    #[serde(default)]
-    pub public_address: Option<Ipv4Addr>,
-    /// Public IPv6 address to announce as well (none by default).
-    #[serde(default)]
-    pub public_address_v6: Option<Ipv6Addr>,
-    /// This relay's price, micros per GiB (default: the network price from the ledger).
-    #[serde(default)]
-    pub price_micros_per_gib: Option<u64>,
-    /// ISO 3166-1 alpha-2 country, e.g. `DE` (`ZZ` = not declared).
-    #[serde(default = "zz")]
-    pub country: String,
-    /// Region or city, free text (printable ASCII, at most 32).
-    #[serde(default)]
-    pub region: String,
-    /// Where abuse reports go (mail address or URL, at most 64).
-    #[serde(default)]
-    pub abuse_contact: String,
-    /// Re-announce interval.
-    #[serde(default = "every")]
-    pub announce_every_secs: u64,
-    /// Descriptor validity (must exceed the interval: a missed announce keeps the listing).
-    #[serde(default = "ttl")]
-    pub descriptor_ttl_secs: u64,
+/// The keys `[directory]` may hold (any other is an error, as `deny_unknown_fields` elsewhere).
+/// Read from the section's table by hand: one more serde-derived struct costs ~10 KB of flash.
+const KEYS: [&str; 9] = [
+    "announce",
+    "public-address",
+    "public-address-v6",
+    "price-micros-per-gib",
+    "country",
+    "region",
+    "abuse-contact",
+    "announce-every-secs",
+    "descriptor-ttl-secs",
+];
+
+/// `[directory]` as written (see config/agent.example.toml). Present = announce (unless
+/// `announce = false`).
+pub type Directory = toml::Table;
+
+fn get_bool(t: &toml::Table, k: &str, default: bool) -> Result<bool> {
+    match t.get(k) {
+        None => Ok(default),
+        Some(v) => v
+            .as_bool()
+            .with_context(|| format!("directory.{k}: must be true or false")),
+    }
 }
 
-fn yes() -> bool {
-    true
+fn get_str<'a>(t: &'a toml::Table, k: &str) -> Result<Option<&'a str>> {
+    match t.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .with_context(|| format!("directory.{k}: must be a string")),
+    }
 }
-fn zz() -> String {
-    "ZZ".into()
-}
-fn every() -> u64 {
-    600
-}
-fn ttl() -> u64 {
-    1800
+
+fn get_u64(t: &toml::Table, k: &str) -> Result<Option<u64>> {
+    match t.get(k) {
+        None => Ok(None),
+        Some(v) => v
+            .as_integer()
+            .and_then(|i| u64::try_from(i).ok())
+            .map(Some)
+            .with_context(|| format!("directory.{k}: must be a non-negative integer")),
+    }
 }
 
 /// Validated `[directory]`.
 #[derive(Debug, Clone)]
 pub struct DirectorySettings {
-    pub register: bool,
     pub public_address: Option<Ipv4Addr>,
     pub public_address_v6: Option<Ipv6Addr>,
     pub price_micros_per_gib: Option<u64>,
@@ -72,22 +68,30 @@ pub struct DirectorySettings {
 
 /// `None` when not announcing. Needs paid sessions and a ledger URL (checked by the caller).
 pub fn validate(d: Option<&Directory>) -> Result<Option<DirectorySettings>> {
-    let Some(d) = d.filter(|d| d.announce) else {
+    let Some(t) = d else { return Ok(None) };
+    if let Some(k) = t.keys().find(|k| !KEYS.contains(&k.as_str())) {
+        bail!("directory: unknown key {k:?} (known: {})", KEYS.join(", "));
+    }
+    if !get_bool(t, "announce", true)? {
         return Ok(None);
-    };
-    let c = d.country.trim().to_ascii_uppercase();
+    }
+    let c = get_str(t, "country")?
+        .unwrap_or("ZZ")
+        .trim()
+        .to_ascii_uppercase();
     let country: [u8; 2] = match c.as_bytes() {
         [a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => [*a, *b],
         _ => bail!(
-            "directory.country: {:?} is not a two-letter ISO 3166 code like \"DE\" (ZZ = not declared)",
-            d.country
+            "directory.country: {c:?} is not a two-letter ISO 3166 code like \"DE\" (ZZ = not declared)"
         ),
     };
+    let region = get_str(t, "region")?.unwrap_or_default();
+    let abuse_contact = get_str(t, "abuse-contact")?.unwrap_or_default();
     for (field, text, max) in [
-        ("region", &d.region, ferry_receipts::MAX_REGION_LEN),
+        ("region", region, ferry_receipts::MAX_REGION_LEN),
         (
             "abuse-contact",
-            &d.abuse_contact,
+            abuse_contact,
             ferry_receipts::MAX_CONTACT_LEN,
         ),
     ] {
@@ -95,33 +99,43 @@ pub fn validate(d: Option<&Directory>) -> Result<Option<DirectorySettings>> {
             bail!("directory.{field}: at most {max} printable ASCII characters");
         }
     }
-    if !(60..=3600).contains(&d.announce_every_secs) {
+    let every = get_u64(t, "announce-every-secs")?.unwrap_or(600);
+    let ttl = get_u64(t, "descriptor-ttl-secs")?.unwrap_or(1800);
+    if !(60..=3600).contains(&every) {
         bail!("directory.announce-every-secs: must be in 60..=3600");
     }
-    if d.descriptor_ttl_secs <= d.announce_every_secs || d.descriptor_ttl_secs > 3600 {
+    if ttl <= every || ttl > 3600 {
         bail!(
-            "directory.descriptor-ttl-secs: must exceed announce-every-secs ({}) and be at most \
-             3600 (the directory's limit)",
-            d.announce_every_secs
+            "directory.descriptor-ttl-secs: must exceed announce-every-secs ({every}) and be at \
+             most 3600 (the directory's limit)"
         );
     }
-    if d.price_micros_per_gib == Some(0) {
+    let price = get_u64(t, "price-micros-per-gib")?;
+    if price == Some(0) {
         bail!("directory.price-micros-per-gib: must be positive");
     }
-    if d.public_address
-        .is_some_and(|a| a.is_unspecified() || a.is_loopback())
-    {
-        bail!("directory.public-address: must be the router's public IPv4 address");
-    }
+    let public_address = match get_str(t, "public-address")? {
+        Some(a) => match a.trim().parse::<Ipv4Addr>() {
+            Ok(ip) if !ip.is_unspecified() && !ip.is_loopback() => Some(ip),
+            _ => bail!("directory.public-address: {a:?} is not the router's public IPv4 address"),
+        },
+        None => None,
+    };
+    let public_address_v6 = match get_str(t, "public-address-v6")? {
+        Some(a) => match a.trim().parse::<Ipv6Addr>() {
+            Ok(ip) if !ip.is_unspecified() && !ip.is_loopback() => Some(ip),
+            _ => bail!("directory.public-address-v6: {a:?} is not a public IPv6 address"),
+        },
+        None => None,
+    };
     Ok(Some(DirectorySettings {
-        register: d.register,
-        public_address: d.public_address,
-        public_address_v6: d.public_address_v6,
-        price_micros_per_gib: d.price_micros_per_gib,
+        public_address,
+        public_address_v6,
+        price_micros_per_gib: price,
         country,
-        region: d.region.clone(),
-        abuse_contact: d.abuse_contact.clone(),
-        every: Duration::from_secs(d.announce_every_secs),
-        ttl_secs: d.descriptor_ttl_secs,
+        region: region.to_owned(),
+        abuse_contact: abuse_contact.to_owned(),
+        every: Duration::from_secs(every),
+        ttl_secs: ttl,
     }))
 }

@@ -1,6 +1,6 @@
-//! Publishing this relay in the network's directory (docs/directory.md): register the relay
-//! key (self-registration signed by it), then announce a signed descriptor on start and every
-//! `announce-every-secs`. The directory probes the Hello port (answered in `metering_hello`)
+//! Publishing this relay in the network's directory (docs/directory.md): announce a signed
+//! descriptor on start and every `announce-every-secs` (the ledger registers a new relay key
+//! on its first valid descriptor, which proves possession of the key). The directory probes the Hello port (answered in `metering_hello`)
 //! and says what it found; that goes to the log (when it changes), `/status` and metrics.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use ferry_metering::RelayIdentity;
 use ferry_receipts::{AdvertisedLimits, PublicKey, RelayDescriptor, Signature};
 use ferry_store::LedgerClient;
-use ferry_store::market::{self, MarketError, Role};
+use ferry_store::market::{self, MarketError};
 
 use crate::config_directory::DirectorySettings;
 use crate::metering::lock;
@@ -123,16 +123,16 @@ impl Announcer {
         let p = match (s.price_micros_per_gib, *price) {
             (Some(p), _) | (None, Some(p)) => p,
             (None, None) => {
-                let info = market::info(&self.ledger)
+                let p = market::network_price(&self.ledger)
                     .await
                     .context("asking the ledger for the network price")?;
-                *price = Some(info.price_micros_per_gib);
-                info.price_micros_per_gib
+                *price = Some(p);
+                p
             }
         };
         let v4 = match s.public_address {
             Some(a) => a,
-            None => self.outbound_v4().await?,
+            None => self.outbound_v4()?,
         };
         let ipv4 = Some(SocketAddrV4::new(v4, self.wg_port));
         let ipv6 = s
@@ -153,51 +153,28 @@ impl Announcer {
 
     /// The source address the kernel picks towards the ledger (no packet is sent): the WAN
     /// address, or a private one behind another NAT (the directory then says so).
-    async fn outbound_v4(&self) -> Result<Ipv4Addr> {
-        let authority = self.ledger.url().authority().to_owned();
-        let target = tokio::net::lookup_host(&authority)
-            .await
+    fn outbound_v4(&self) -> Result<Ipv4Addr> {
+        use std::net::ToSocketAddrs as _;
+        let authority = self.ledger.url().authority();
+        // Blocking resolution, once per announce: a name (rare for a ledger URL) briefly holds
+        // one worker; std's resolver is already linked, tokio's would add to the binary.
+        let target = authority
+            .to_socket_addrs()
             .with_context(|| format!("resolving the ledger {authority}"))?
             .find(SocketAddr::is_ipv4)
             .with_context(|| format!("the ledger {authority} has no IPv4 address"))?;
-        let sock = tokio::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).await?;
-        sock.connect(target).await?;
+        let sock = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        sock.connect(target)?;
         match sock.local_addr()?.ip() {
             IpAddr::V4(a) => Ok(a),
             IpAddr::V6(_) => anyhow::bail!("no IPv4 route to the ledger"),
         }
     }
 
-    async fn announce_once(
-        &self,
-        price: &mut Option<u64>,
-        registered: &mut bool,
-    ) -> Result<Duration> {
+    /// One announce (the ledger registers a new relay key on its first valid, signed
+    /// descriptor); returns when to announce next.
+    async fn announce_once(&self, price: &mut Option<u64>) -> Result<Duration> {
         let s = &self.settings;
-        if s.register && !*registered {
-            let id = &self.identity;
-            match market::register_self(
-                &self.ledger,
-                &id.network_id,
-                &id.key,
-                Role::Relay,
-                ferry_store::unix_now(),
-            )
-            .await
-            {
-                Ok(created) => {
-                    if created {
-                        tracing::info!("relay key registered with the ledger");
-                    }
-                    *registered = true;
-                }
-                // A closed network: the operator registers relays; announcing may still work.
-                Err(MarketError::Refused { code, .. }) if code == "self_registration_disabled" => {
-                    *registered = true;
-                }
-                Err(e) => return Err(e).context("registering the relay key"),
-            }
-        }
         let d = self.current(price).await?;
         match market::announce(&self.ledger, &d).await {
             Ok(r) => {
@@ -264,7 +241,8 @@ pub(crate) fn describe(d: &RelayDescriptor) -> String {
         "id": hex_of(&d.id()),
         "encoding": base64::engine::general_purpose::STANDARD.encode(d.encode()),
     });
-    serde_json::to_string_pretty(&v).unwrap_or_default()
+    // Compact: the pretty printer would be one more serializer in the router binary.
+    v.to_string()
 }
 
 fn hex_of(b: &[u8]) -> String {
@@ -275,10 +253,10 @@ fn hex_of(b: &[u8]) -> String {
 /// (30 s, then doubling up to the interval).
 pub(crate) async fn run(a: Announcer) {
     lock(&a.state).announcing = true;
-    let (mut price, mut registered) = (None, false);
+    let mut price = None;
     let mut retry = Duration::from_secs(30);
     loop {
-        let wait = match a.announce_once(&mut price, &mut registered).await {
+        let wait = match a.announce_once(&mut price).await {
             Ok(next) => {
                 retry = Duration::from_secs(30);
                 next

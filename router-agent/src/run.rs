@@ -52,12 +52,7 @@ pub(crate) fn run(path: &Path) -> Result<()> {
     init_tracing(&cfg.raw.log)?;
     let key = WgPrivateKey::load(&cfg.private_key_file)
         .with_context(|| format!("private key {}", cfg.private_key_file.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("ferry-agent")
-        .build()
-        .context("starting tokio runtime")?;
-    rt.block_on(run_async(path, cfg, key))
+    runtime()?.block_on(run_async(path, cfg, key))
 }
 
 fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
@@ -218,7 +213,7 @@ pub(crate) fn print_descriptor(path: &Path) -> Result<()> {
         .context("the descriptor describes a paid relay: set [paid] enabled = true")?;
     let d = match &cfg.directory {
         Some(d) => d.clone(),
-        None => crate::config_directory::validate(Some(&toml::from_str("")?))?
+        None => crate::config_directory::validate(Some(&toml::Table::new()))?
             .context("default [directory]")?,
     };
     let key = WgPrivateKey::load(&cfg.private_key_file)
@@ -249,14 +244,19 @@ pub(crate) fn print_descriptor(path: &Path) -> Result<()> {
         ledger,
         state: Arc::default(),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting tokio runtime")?;
-    let desc = rt.block_on(a.current(&mut None))?;
+    let desc = runtime()?.block_on(a.current(&mut None))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", crate::directory::describe(&desc))?;
     Ok(())
+}
+
+/// The one runtime configuration (one copy of the builder in the router binary).
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("ferry-agent")
+        .build()
+        .context("starting tokio runtime")
 }
 
 /// The directory announcer of a paid relay with a `[directory]` section.

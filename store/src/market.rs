@@ -91,9 +91,15 @@ pub async fn relays(ledger: &LedgerClient, query: &str) -> Result<api::RelayList
     exchange(ledger, "GET", &path, None).await
 }
 
-/// `GET /v1/info`.
-pub async fn info(ledger: &LedgerClient) -> Result<api::Info, MarketError> {
-    exchange(ledger, "GET", "/v1/info", None).await
+/// The network price from `GET /v1/info` (micros per GiB).
+pub async fn network_price(ledger: &LedgerClient) -> Result<u64, MarketError> {
+    // Only the one field: a full `api::Info` deserializer costs flash on routers.
+    #[derive(serde::Deserialize)]
+    struct Price {
+        price_micros_per_gib: u64,
+    }
+    let p: Price = exchange(ledger, "GET", "/v1/info", None).await?;
+    Ok(p.price_micros_per_gib)
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<String, MarketError> {
@@ -106,17 +112,28 @@ async fn exchange<T: serde::de::DeserializeOwned>(
     path: &str,
     body: Option<String>,
 ) -> Result<T, MarketError> {
-    let (status, bytes) = ledger.request(method, path, body).await?;
-    if !(200..300).contains(&status) {
-        return Err(match serde_json::from_slice::<api::ErrorBody>(&bytes) {
-            Ok(e) => MarketError::Refused {
-                status,
-                code: e.error.code,
-                message: e.error.message,
-            },
-            Err(_) => SubmitError::Status(status).into(),
-        });
-    }
+    let bytes = call(ledger, method, path, body).await?;
     serde_json::from_slice(&bytes)
         .map_err(|e| SubmitError::BadResponse(format!("{path}: {e}")).into())
+}
+
+/// The request itself, not generic (one copy of the future in small router binaries).
+async fn call(
+    ledger: &LedgerClient,
+    method: &str,
+    path: &str,
+    body: Option<String>,
+) -> Result<bytes::Bytes, MarketError> {
+    let (status, bytes) = ledger.request(method, path, body).await?;
+    if (200..300).contains(&status) {
+        return Ok(bytes);
+    }
+    Err(match serde_json::from_slice::<api::ErrorBody>(&bytes) {
+        Ok(e) => MarketError::Refused {
+            status,
+            code: e.error.code,
+            message: e.error.message,
+        },
+        Err(_) => SubmitError::Status(status).into(),
+    })
 }

@@ -26,6 +26,11 @@ fn now() -> u64 {
 
 /// A ledger with a directory served on 127.0.0.1 (3 self-registrations per source per hour).
 async fn ledger() -> (LedgerClient, Arc<Ledger<SqliteStore>>) {
+    ledger_with(JoinPolicy::new(true, 3)).await
+}
+
+/// The same with `join` as the registration policy.
+async fn ledger_with(join: JoinPolicy) -> (LedgerClient, Arc<Ledger<SqliteStore>>) {
     let ledger = Arc::new(Ledger::new(
         SqliteStore::open_in_memory().unwrap(),
         SigningKey::from_seed(&[0x1e; 32]),
@@ -50,7 +55,7 @@ async fn ledger() -> (LedgerClient, Arc<Ledger<SqliteStore>>) {
         open_registration: false,
         max_body_bytes: 1 << 20,
         clock: Arc::new(now),
-        join: JoinPolicy::new(true, 3),
+        join,
         directory: Some(Arc::new(Directory::new(
             ledger.clone(),
             params,
@@ -108,29 +113,14 @@ async fn a_stranger_joins_announces_is_probed_and_listed() {
     })
     .await;
     let d = descriptor(&relay, hello);
-    let Err(MarketError::Refused {
-        status: 403,
-        code,
-        message,
-    }) = market::announce(&client, &d).await
-    else {
-        panic!("an unregistered relay was accepted");
-    };
-    assert_eq!(code, "unknown_relay");
-    assert!(message.contains("POST /v1/keys"), "{message}");
-    // Self-registration, no admin token; again is not new.
-    assert!(
-        market::register_self(&client, &NET, &relay, Role::Relay, now())
-            .await
-            .unwrap()
-    );
+    // Its first announce registers the key (the descriptor's signature proves possession).
+    let a = market::announce(&client, &d).await.unwrap();
+    assert!(a.listed && a.reachable_v4, "{a:?}");
     assert!(
         !market::register_self(&client, &NET, &relay, Role::Relay, now())
             .await
             .unwrap()
     );
-    let a = market::announce(&client, &d).await.unwrap();
-    assert!(a.listed && a.reachable_v4, "{a:?}");
     assert_eq!(a.seen_from, "127.0.0.1");
     assert!(a.probe_rtt_micros.unwrap() < 300_000);
     // Loopback is not public; the operator is told, the relay still listed (reachable).
@@ -237,4 +227,38 @@ async fn self_registration_needs_the_keys_signature_and_is_rate_limited() {
         panic!("fourth registration accepted");
     };
     assert!(message.contains("3 self-registrations"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_network_lists_only_relays_its_operator_registered() {
+    let (client, ledger) = ledger_with(JoinPolicy::new(false, 3)).await;
+    let relay = Arc::new(SigningKey::from_seed(&[0x23; 32]));
+    let hello = hello_port(RelayIdentity {
+        network_id: NET,
+        ledger_key: ledger.public_key(),
+        key: relay.clone(),
+    })
+    .await;
+    let d = descriptor(&relay, hello);
+    let Err(MarketError::Refused {
+        status: 403,
+        code,
+        message,
+    }) = market::announce(&client, &d).await
+    else {
+        panic!("an unregistered relay was accepted");
+    };
+    assert_eq!(code, "unknown_relay");
+    assert!(message.contains("POST /v1/keys"), "{message}");
+    let Err(MarketError::Refused { code, .. }) =
+        market::register_self(&client, &NET, &relay, Role::Relay, now()).await
+    else {
+        panic!("self-registration accepted on a closed network");
+    };
+    assert_eq!(code, "self_registration_disabled");
+    ledger
+        .register(relay.public_key(), ferry_ledger::Role::Relay, now())
+        .await
+        .unwrap();
+    assert!(market::announce(&client, &d).await.unwrap().listed);
 }

@@ -96,10 +96,10 @@ fn a_stranger_relay_joins_by_itself_and_is_listed_with_both_signatures() {
     })
     .unwrap();
     let joined = t0.elapsed();
-    let log = lab.topo.lab.log("agent");
+    let ledger_log = lab.topo.lab.log("ferry-ledger");
     assert!(
-        log.contains("relay key registered with the ledger"),
-        "{log}"
+        ledger_log.contains("relay registered by its first announce"),
+        "{ledger_log}"
     );
     let list = relays(&lab, "country=NL");
     let items = list["relays"].as_array().unwrap();

@@ -146,14 +146,7 @@ pub(super) async fn register<S: Store>(
             {
                 let src = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(PeerAddr(a))| a.ip());
                 if !st.join.allow(source_of(src), now) {
-                    return Err(ApiError::new(
-                        StatusCode::TOO_MANY_REQUESTS,
-                        "registration_rate_limited",
-                        format!(
-                            "at most {} self-registrations per source address per hour",
-                            st.join.per_source_per_hour
-                        ),
-                    ));
+                    return Err(rate_limited(&st.join));
                 }
             }
         }
@@ -173,6 +166,17 @@ pub(super) async fn register<S: Store>(
     };
     let body = json!({"public_key": key.to_hex(), "role": role.as_str(), "created": created});
     Ok((status, Json(body)).into_response())
+}
+
+fn rate_limited(join: &JoinPolicy) -> ApiError {
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "registration_rate_limited",
+        format!(
+            "at most {} self-registrations per source address per hour",
+            join.per_source_per_hour
+        ),
+    )
 }
 
 fn role_byte(role: Role) -> u8 {
@@ -216,8 +220,29 @@ pub(super) async fn announce<S: Store>(
         .decode(body.descriptor.as_bytes())
         .map_err(|_| ApiError::bad("descriptor must be standard base64"))?;
     let seen = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(PeerAddr(a))| a.ip());
+    let now = (st.clock)();
+    // A descriptor is signed by the relay key: proof of possession, so with self-registration
+    // on, a relay's first valid announce registers it (under the same per-source limit).
+    if st.join.self_registration
+        && let Ok(d) = ferry_receipts::RelayDescriptor::decode(&bytes)
+        && d.verify(&st.ledger.params().network_id, now, dir.params().skew_secs)
+            .is_ok()
+    {
+        let store = st.ledger.store();
+        let known = store
+            .has_key(d.relay_key, Role::Relay)
+            .await
+            .map_err(crate::LedgerError::from)?;
+        if !known {
+            if !st.join.allow(source_of(seen), now) {
+                return Err(rate_limited(&st.join));
+            }
+            st.ledger.register(d.relay_key, Role::Relay, now).await?;
+            tracing::info!(relay = %d.relay_key, "relay registered by its first announce");
+        }
+    }
     let nonce = super::random_nonce()?;
-    let a = dir.announce(&bytes, seen, nonce, (st.clock)()).await?;
+    let a = dir.announce(&bytes, seen, nonce, now).await?;
     Ok(Json(api::AnnounceResponse {
         listed: a.listed,
         seen_from: a.seen_from.to_string(),
