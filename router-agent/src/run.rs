@@ -107,7 +107,8 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
     let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
     let announcer = match (&metering, &cfg.directory, &cfg.paid) {
         (Some(m), Some(d), Some(p)) => {
-            let a = announcer(m, d, p, &cfg, &key)?;
+            let (identity, state) = m.directory_parts();
+            let a = announcer(d, p, &cfg, &key, identity, state)?;
             Some(tokio::spawn(crate::directory::run(a)))
         }
         _ => None,
@@ -224,26 +225,7 @@ pub(crate) fn print_descriptor(path: &Path) -> Result<()> {
         ledger_key: p.ledger_key,
         key: Arc::new(id_key),
     };
-    let url = p
-        .ledger_url
-        .as_deref()
-        .context("[network] ledger-url is needed")?;
-    let ledger = ferry_store::LedgerClient::new(
-        url,
-        p.ledger_ca_file.as_deref(),
-        std::time::Duration::from_secs(15),
-    )
-    .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
-    let a = crate::directory::Announcer {
-        settings: d,
-        identity,
-        wg_key: *key.public_key().as_bytes(),
-        wg_port: cfg.listen.port(),
-        hello_port: p.hello_listen.port(),
-        max_mbit: u32::try_from(cfg.raw.limits.client_rate_mbit).unwrap_or(u32::MAX),
-        ledger,
-        state: Arc::default(),
-    };
+    let a = announcer(&d, p, &cfg, &key, identity, Arc::default())?;
     let desc = runtime()?.block_on(a.current(&mut None))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", crate::directory::describe(&desc))?;
@@ -261,11 +243,12 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 /// The directory announcer of a paid relay with a `[directory]` section.
 fn announcer(
-    m: &Metering,
     d: &crate::config_directory::DirectorySettings,
     p: &crate::config_paid::PaidSettings,
     cfg: &Validated,
     key: &WgPrivateKey,
+    identity: ferry_metering::RelayIdentity,
+    state: Arc<Mutex<crate::directory::DirectoryState>>,
 ) -> Result<crate::directory::Announcer> {
     let url = p
         .ledger_url
@@ -277,7 +260,6 @@ fn announcer(
         std::time::Duration::from_secs(15),
     )
     .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
-    let (identity, state) = m.directory_parts();
     Ok(crate::directory::Announcer {
         settings: d.clone(),
         identity,
