@@ -8,7 +8,9 @@ use ring::digest;
 
 use crate::codec::{Reader, Writer, msg_type};
 use crate::keys::verify;
-use crate::{DecodeError, NetworkId, PublicKey, Signature, SigningKey, VerifyError, domain};
+use crate::{
+    DecodeError, DescriptorId, NetworkId, PublicKey, Signature, SigningKey, VerifyError, domain,
+};
 
 /// Most blocked ports a descriptor lists.
 pub const MAX_BLOCKED_PORTS: usize = 32;
@@ -290,11 +292,11 @@ impl RelayDescriptor {
     }
 
     /// SHA-256 of the canonical encoding; the directory's annotation names it.
-    pub fn id(&self) -> [u8; 32] {
+    pub fn id(&self) -> DescriptorId {
         let d = digest::digest(&digest::SHA256, &self.encode());
         let mut out = [0u8; 32];
         out.copy_from_slice(d.as_ref());
-        out
+        DescriptorId(out)
     }
 
     /// The country as text (`"ZZ"` when not declared).

@@ -5,7 +5,9 @@
 
 use crate::codec::{Reader, Writer, msg_type};
 use crate::keys::verify;
-use crate::{DecodeError, NetworkId, PublicKey, Signature, SigningKey, VerifyError, domain};
+use crate::{
+    DecodeError, DescriptorId, NetworkId, PublicKey, Signature, SigningKey, VerifyError, domain,
+};
 
 /// The directory's signed view of one relay at `annotated_at`.
 ///
@@ -32,7 +34,7 @@ pub struct DirectoryAnnotation {
     /// Relay described.
     pub relay_key: PublicKey,
     /// The descriptor this annotation goes with ([`crate::RelayDescriptor::id`]).
-    pub descriptor_id: [u8; 32],
+    pub descriptor_id: DescriptorId,
     /// Unix seconds of this statement.
     pub annotated_at: u64,
     /// First announce seen.
@@ -76,7 +78,7 @@ impl DirectoryAnnotation {
             .bytes(self.network_id.as_bytes())
             .bytes(self.ledger_key.as_bytes())
             .bytes(self.relay_key.as_bytes())
-            .bytes(&self.descriptor_id)
+            .bytes(self.descriptor_id.as_bytes())
             .u64(self.annotated_at)
             .u64(self.first_seen)
             .u64(self.last_seen)
@@ -113,7 +115,7 @@ impl DirectoryAnnotation {
             network_id: NetworkId(r.array()),
             ledger_key: PublicKey(r.array()),
             relay_key: PublicKey(r.array()),
-            descriptor_id: r.array(),
+            descriptor_id: DescriptorId(r.array()),
             annotated_at: r.u64(),
             first_seen: r.u64(),
             last_seen: r.u64(),

@@ -86,6 +86,12 @@ byte_newtype!(
     32
 );
 byte_newtype!(
+    /// SHA-256 of a relay descriptor's canonical signed encoding; the directory's annotation
+    /// names the descriptor it goes with by it.
+    DescriptorId,
+    32
+);
+byte_newtype!(
     /// An Ed25519 signature.
     Signature,
     64

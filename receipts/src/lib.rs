@@ -39,7 +39,7 @@ pub use directory::{
     DirectoryAnnotation, ProbeChallenge, ProbeResponse, REACHABLE_V4, REACHABLE_V6,
 };
 pub use error::{DecodeError, VerifyError};
-pub use ids::{NetworkId, PublicKey, SessionId, Signature, VoucherId};
+pub use ids::{DescriptorId, NetworkId, PublicKey, SessionId, Signature, VoucherId};
 pub use keys::SigningKey;
 pub use receipt::{CoSignedReceipt, ReceiptBody, SignedReceipt};
 pub use reply::{SessionAddress, SessionReject};

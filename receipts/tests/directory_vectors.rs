@@ -87,7 +87,7 @@ fn encodings_are_frozen_and_decode_to_the_fixtures() {
         a
     );
     // The annotation names the descriptor by the SHA-256 of its encoding (offset 82).
-    assert_eq!(&ANNOTATION_HEX[82 * 2..114 * 2], hex::encode(d.id()));
+    assert_eq!(&ANNOTATION_HEX[82 * 2..114 * 2], d.id().to_hex());
     let c = probe_challenge();
     assert_eq!(hex::encode(c.encode()), PROBE_CHALLENGE_HEX);
     assert_eq!(

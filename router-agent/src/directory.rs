@@ -1,7 +1,8 @@
 //! Publishing this relay in the network's directory (docs/directory.md): announce a signed
 //! descriptor on start and every `announce-every-secs` (the ledger registers a new relay key
-//! on its first valid descriptor, which proves possession of the key). The directory probes the Hello port (answered in `metering_hello`)
-//! and says what it found; that goes to the log (when it changes), `/status` and metrics.
+//! on its first valid descriptor, which proves possession of the key). The directory probes
+//! the Hello port (answered in `metering_hello`) and says what it found; that goes to the log
+//! (when it changes), `/status` and metrics.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::sync::{Arc, Mutex};
@@ -218,7 +219,7 @@ impl Announcer {
     }
 }
 
-/// A descriptor as pretty JSON (its fields, id and canonical encoding).
+/// A descriptor as JSON (its fields, id and canonical encoding).
 pub(crate) fn describe(d: &RelayDescriptor) -> String {
     use base64::Engine as _;
     let v = serde_json::json!({
@@ -238,15 +239,11 @@ pub(crate) fn describe(d: &RelayDescriptor) -> String {
         "abuse_contact": d.abuse_contact,
         "issued_at": d.issued_at,
         "expires_at": d.expires_at,
-        "id": hex_of(&d.id()),
+        "id": d.id().to_hex(),
         "encoding": base64::engine::general_purpose::STANDARD.encode(d.encode()),
     });
     // Compact: the pretty printer would be one more serializer in the router binary.
     v.to_string()
-}
-
-fn hex_of(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Announces until the task is dropped: at the configured interval, sooner after failures
