@@ -91,6 +91,7 @@ impl<S: Store> Directory<S> {
     /// Accepts a descriptor announced from `seen_from` at `now`: checks it, probes the
     /// endpoints (challenge nonce `nonce`) unless an unchanged one was probed within
     /// `min_probe_interval_secs`, scores, signs the annotation and stores both.
+    /// [`AnnounceError::UnknownRelay`] comes only for a descriptor that verified.
     pub async fn announce(
         &self,
         bytes: &[u8],

@@ -221,28 +221,24 @@ pub(super) async fn announce<S: Store>(
         .map_err(|_| ApiError::bad("descriptor must be standard base64"))?;
     let seen = peer.map_or(IpAddr::from([0, 0, 0, 0]), |Extension(PeerAddr(a))| a.ip());
     let now = (st.clock)();
-    // A descriptor is signed by the relay key: proof of possession, so with self-registration
-    // on, a relay's first valid announce registers it (under the same per-source limit).
-    if st.join.self_registration
-        && let Ok(d) = ferry_receipts::RelayDescriptor::decode(&bytes)
-        && d.verify(&st.ledger.params().network_id, now, dir.params().skew_secs)
-            .is_ok()
-    {
-        let store = st.ledger.store();
-        let known = store
-            .has_key(d.relay_key, Role::Relay)
-            .await
-            .map_err(crate::LedgerError::from)?;
-        if !known {
+    let nonce = super::random_nonce()?;
+    let a = match dir.announce(&bytes, seen, nonce, now).await {
+        // `UnknownRelay` comes only after the descriptor verified, and it is signed by the relay
+        // key: proof of possession. With self-registration on, a relay's first announce
+        // registers it (under the same per-source limit) and is taken again.
+        Err(DirectoryError::Announce(AnnounceError::UnknownRelay)) if st.join.self_registration => {
+            let relay = ferry_receipts::RelayDescriptor::decode(&bytes)
+                .map_err(|e| ApiError::bad(format!("malformed descriptor: {e}")))?
+                .relay_key;
             if !st.join.allow(source_of(seen), now) {
                 return Err(rate_limited(&st.join));
             }
-            st.ledger.register(d.relay_key, Role::Relay, now).await?;
-            tracing::info!(relay = %d.relay_key, "relay registered by its first announce");
+            st.ledger.register(relay, Role::Relay, now).await?;
+            tracing::info!(relay = %relay, "relay registered by its first announce");
+            dir.announce(&bytes, seen, nonce, now).await?
         }
-    }
-    let nonce = super::random_nonce()?;
-    let a = dir.announce(&bytes, seen, nonce, now).await?;
+        r => r?,
+    };
     Ok(Json(api::AnnounceResponse {
         listed: a.listed,
         seen_from: a.seen_from.to_string(),
