@@ -387,16 +387,18 @@ impl Collector for AgentCollector {
             "Completed WireGuard handshakes",
             s.handshakes,
         )?;
-        let mut drops = enc.encode_descriptor(
+        let drops: Vec<(&str, u64)> = DropReason::ALL
+            .iter()
+            .map(|r| (r.as_label(), s.drops.get(*r)))
+            .collect();
+        labelled(
+            &mut enc,
             "ferry_packets_dropped",
             "Packets dropped, by reason",
-            None,
             MetricType::Counter,
+            "reason",
+            &drops,
         )?;
-        for reason in DropReason::ALL {
-            let labels = [("reason", reason.as_label())];
-            ConstCounter::new(s.drops.get(reason)).encode(drops.encode_family(&labels)?)?;
-        }
         let r = s.receipts;
         counter(
             &mut enc,
@@ -468,14 +470,9 @@ fn encode_directory(enc: &mut DescriptorEncoder, d: &DirectoryStats) -> fmt::Res
         "1 when the directory lists this relay (its Hello port answered the probe)",
         u64::from(d.listed),
     )?;
-    let problems: Vec<(String, u64)> = DIRECTORY_FINDINGS
+    let problems: Vec<(&str, u64)> = DIRECTORY_FINDINGS
         .iter()
-        .map(|c| {
-            (
-                (*c).to_owned(),
-                u64::from(d.findings.iter().any(|f| f == c)),
-            )
-        })
+        .map(|c| (*c, u64::from(d.findings.iter().any(|f| f == c))))
         .collect();
     labelled(
         enc,
@@ -491,10 +488,7 @@ fn encode_directory(enc: &mut DescriptorEncoder, d: &DirectoryStats) -> fmt::Res
         "Descriptor announces, by result",
         MetricType::Counter,
         "result",
-        &[
-            ("ok".into(), d.announces_ok),
-            ("failed".into(), d.announces_failed),
-        ],
+        &[("ok", d.announces_ok), ("failed", d.announces_failed)],
     )?;
     labelled(
         enc,
@@ -503,8 +497,8 @@ fn encode_directory(enc: &mut DescriptorEncoder, d: &DirectoryStats) -> fmt::Res
         MetricType::Counter,
         "result",
         &[
-            ("answered".into(), d.probes_answered),
-            ("refused".into(), d.probes_refused),
+            ("answered", d.probes_answered),
+            ("refused", d.probes_refused),
         ],
     )
 }
@@ -559,11 +553,11 @@ fn labelled(
     help: &str,
     ty: MetricType,
     label: &str,
-    series: &[(String, u64)],
+    series: &[(&str, u64)],
 ) -> fmt::Result {
     let mut family = enc.encode_descriptor(name, help, None, ty)?;
     for (value, v) in series {
-        let labels = [(label, value.as_str())];
+        let labels = [(label, *value)];
         let e = family.encode_family(&labels)?;
         if matches!(ty, MetricType::Counter) {
             ConstCounter::new(*v).encode(e)?;
