@@ -101,11 +101,12 @@ fn descriptor(relay: &SigningKey, hello: SocketAddr) -> RelayDescriptor {
     d.sign(relay)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stranger_joins_announces_is_probed_and_listed() {
-    let (client, ledger) = ledger().await;
-    let relay = Arc::new(SigningKey::from_seed(&[0x21; 32]));
-    // Unregistered: the announce says what to do.
+/// A relay key (from `seed`) whose Hello port answers probes, and its signed descriptor.
+async fn answering_relay(
+    ledger: &Ledger<SqliteStore>,
+    seed: u8,
+) -> (Arc<SigningKey>, RelayDescriptor) {
+    let relay = Arc::new(SigningKey::from_seed(&[seed; 32]));
     let hello = hello_port(RelayIdentity {
         network_id: NET,
         ledger_key: ledger.public_key(),
@@ -113,7 +114,14 @@ async fn a_stranger_joins_announces_is_probed_and_listed() {
     })
     .await;
     let d = descriptor(&relay, hello);
-    // Its first announce registers the key (the descriptor's signature proves possession).
+    (relay, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_joins_announces_is_probed_and_listed() {
+    let (client, ledger) = ledger().await;
+    let (relay, d) = answering_relay(&ledger, 0x21).await;
+    // Unregistered: its first announce registers the key (the descriptor's signature proves possession).
     let a = market::announce(&client, &d).await.unwrap();
     assert!(a.listed && a.reachable_v4, "{a:?}");
     assert!(
@@ -232,14 +240,7 @@ async fn self_registration_needs_the_keys_signature_and_is_rate_limited() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_network_lists_only_relays_its_operator_registered() {
     let (client, ledger) = ledger_with(JoinPolicy::new(false, 3)).await;
-    let relay = Arc::new(SigningKey::from_seed(&[0x23; 32]));
-    let hello = hello_port(RelayIdentity {
-        network_id: NET,
-        ledger_key: ledger.public_key(),
-        key: relay.clone(),
-    })
-    .await;
-    let d = descriptor(&relay, hello);
+    let (relay, d) = answering_relay(&ledger, 0x23).await;
     let Err(MarketError::Refused {
         status: 403,
         code,
