@@ -4,11 +4,12 @@
 //! Owns: the peer table (keyed by receiver index and public key), handshake admission
 //! (MAC1 check; under load a per-source bucket and a relay-wide DH budget, beyond which
 //! boringtun cookie replies are demanded),
-//! allowed-IPs checks, endpoint roaming, the egress policy, per-client token buckets, per-peer
+//! allowed-IPs checks, endpoint roaming, the egress policy, per-client token buckets (downloads over the rate wait in a bounded shaper queue), per-peer
 //! u64 byte counters of accepted traffic, and drop statistics.
 //!
 //! Must not: do I/O, read clocks (time is the `now` argument; boringtun's `Tunn` reads its own
-//! clock internally), use OS randomness (the index salt is an argument), allocate per packet,
+//! clock internally), use OS randomness (the index salt is an argument), allocate per packet
+//! (the shaper's buffers are pooled),
 //! or log destinations above TRACE. The tokio shell lives in `ferry-relay-io`.
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ mod policy;
 mod ratelimit;
 mod relay;
 mod routing;
+mod shaper;
 mod stats;
 mod sync;
 mod unreachable;

@@ -16,6 +16,7 @@ pub use crate::peer::{PeerId, PeerKind};
 use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
 use crate::ratelimit::TokenBucket;
 use crate::routing::AllowedIps;
+use crate::shaper::Shaper;
 use crate::stats::{DropReason, PeerCounters, Stats, TunnelStats};
 
 /// Bytes WireGuard adds to an inner packet (header 16 + tag 16).
@@ -141,6 +142,9 @@ pub(crate) struct Peer {
     /// Client -> egress and egress -> client buckets (None = unlimited).
     up: Option<TokenBucket>,
     down: Option<TokenBucket>,
+    /// Download bytes waiting in the shaper, and the most that may wait (~50 ms of the rate).
+    held: usize,
+    hold_max: usize,
 }
 
 /// The sans-IO relay. Drive it with:
@@ -173,6 +177,7 @@ pub struct Relay {
     prohibited: crate::unreachable::Prohibited,
     /// An answer to a policy-blocked packet, for [`Self::poll_transmit`].
     answer: Option<(PeerId, Vec<u8>)>,
+    shaper: Shaper,
 }
 
 impl Relay {
@@ -199,6 +204,7 @@ impl Relay {
             tunnel_addresses: cfg.tunnel_addresses,
             prohibited: crate::unreachable::Prohibited::default(),
             answer: None,
+            shaper: Shaper::default(),
         }
     }
 
@@ -308,6 +314,8 @@ impl Relay {
             counters: PeerCounters::default(),
             up: bucket.clone(),
             down: bucket,
+            held: 0,
+            hold_max: hold_limit(self.client_rate),
         };
         let idx = slot as usize;
         if idx == self.peers.len() {
@@ -325,6 +333,7 @@ impl Relay {
         self.by_key.remove(&peer.public_key);
         self.routes.remove_value(id);
         self.free.push(id.0);
+        self.shaper.forget(id);
         if self.flush == Some(id) {
             self.flush = None;
         }
@@ -384,6 +393,7 @@ impl Relay {
         let bucket = (bytes_per_sec > 0).then(|| rate_bucket(bytes_per_sec));
         p.up = bucket.clone();
         p.down = bucket;
+        p.hold_max = hold_limit(bytes_per_sec);
         true
     }
 
@@ -473,10 +483,34 @@ impl Relay {
             return self.drop(DropReason::NoEndpoint);
         };
         if let Some(b) = &mut peer.down {
-            if !b.try_take(now, packet.len() as u64) {
-                return self.drop(DropReason::RateLimit);
+            let len = packet.len();
+            // Behind held packets a packet waits its turn even if the bucket has room again.
+            if peer.held > 0 || !b.try_take(now, len as u64) {
+                if peer.held + len > peer.hold_max || !self.shaper.has_room(len) {
+                    return self.drop(DropReason::RateLimit);
+                }
+                let wait = b.reserve(now, len as u64);
+                peer.held += len;
+                self.shaper.hold(id, packet, now + wait);
+                self.stats.shaped_packets += 1;
+                return Action::Done;
             }
         }
+        self.send_down(id, endpoint, packet, now, buf)
+    }
+
+    /// Meters (paid peers), encrypts and counts one download packet for `id`.
+    fn send_down<'b>(
+        &mut self,
+        id: PeerId,
+        endpoint: SocketAddr,
+        packet: &[u8],
+        now: Instant,
+        buf: &'b mut [u8],
+    ) -> Action<'b> {
+        let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
+            return self.drop(DropReason::NoRoute);
+        };
         if peer.kind == PeerKind::Paid {
             if let Err(reason) = meter(&mut self.hook, id, HookDirection::Down, packet.len(), now) {
                 return self.drop(reason);
@@ -500,6 +534,54 @@ impl Relay {
             }
             TunnResult::Err(e) => self.drop(DropReason::from_wg(&e)),
             _ => Action::Done,
+        }
+    }
+
+    /// When the earliest download packet held by the rate shaper is due (call
+    /// [`poll_released`](Self::poll_released) then).
+    pub fn next_release(&self) -> Option<Instant> {
+        self.shaper.next()
+    }
+
+    /// Whether a packet held since the last call is due before everything held earlier (a
+    /// shell sleeping until [`next_release`](Self::next_release) must wake up and re-arm).
+    pub fn take_release_rearm(&mut self) -> bool {
+        self.shaper.take_rearm()
+    }
+
+    /// The next held download packet due at `now`, metered, encrypted and counted as if it
+    /// had just arrived; call until `None` when [`next_release`](Self::next_release) passes.
+    pub fn poll_released<'b>(&mut self, now: Instant, buf: &'b mut [u8]) -> Option<Transmit<'b>> {
+        loop {
+            let (id, i) = self.shaper.pop_due(now)?;
+            let packet = self.shaper.take(i);
+            // A removed peer's packets were forgotten with it (`remove_peer`).
+            let endpoint = self
+                .peers
+                .get_mut(id.0 as usize)
+                .and_then(Option::as_mut)
+                .and_then(|peer| {
+                    peer.held = peer.held.saturating_sub(packet.len());
+                    peer.endpoint
+                });
+            let sent = if buf.len() < buffer_len(packet.len()) {
+                self.drop(DropReason::BufferTooSmall)
+            } else if let Some(endpoint) = endpoint {
+                self.send_down(id, endpoint, &packet, now, buf)
+            } else {
+                self.drop(DropReason::NoEndpoint)
+            };
+            let sent = match sent {
+                Action::SendUdp { dst, bytes } => Some((dst, bytes.len())),
+                _ => None,
+            };
+            self.shaper.put_back(i, packet);
+            if let Some((dst, len)) = sent {
+                return Some(Transmit {
+                    dst,
+                    bytes: &buf[..len],
+                });
+            }
         }
     }
 
@@ -731,6 +813,11 @@ fn roam(stats: &mut Stats, peer: &mut Peer, src: SocketAddr) {
 fn count_to_client(peer: &mut Peer, len: usize) {
     peer.counters.to_client_bytes += len as u64;
     peer.counters.to_client_packets += 1;
+}
+
+/// How many download bytes may wait for a client at `bytes_per_sec` (as much as its burst).
+fn hold_limit(bytes_per_sec: u64) -> usize {
+    usize::try_from((bytes_per_sec / 20).max(64 * 1024)).unwrap_or(usize::MAX)
 }
 
 /// A byte bucket with ~50 ms of burst (at least 64 KiB so one TSO-sized burst passes).

@@ -131,6 +131,8 @@ pub struct Stats {
     pub roams: u64,
     /// ICMP "administratively prohibited" answers sent to clients for policy-blocked packets.
     pub prohibited_answers: u64,
+    /// Download packets over a client's rate that waited in the shaper instead of being dropped.
+    pub shaped_packets: u64,
     drops: [u64; DropReason::ALL.len()],
 }
 

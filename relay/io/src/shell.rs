@@ -4,7 +4,9 @@
 //!   accepted packets to the egress and send any handshake replies;
 //! - `egress -> udp`: one blocking read plus whatever else is ready (up to a batch), encrypt under
 //!   one lock, then send runs of equal-sized datagrams to one peer as a single GSO send;
-//! - `timers`: every 250 ms `handle_timeout` and drain `poll_transmit`.
+//! - `timers`: every 250 ms `handle_timeout` and drain `poll_transmit`;
+//! - `released`: sleeps until the rate shaper's next held download packet is due (woken early
+//!   when a packet due sooner is held), then sends everything due, GSO-merged like the above.
 //!
 //! The lock is never held across an await; syscalls happen outside it, so the directions overlap.
 
@@ -13,6 +15,8 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
+
+use tokio::sync::Notify;
 
 use ferry_relay_core::{Action, Relay, TIMER_INTERVAL, buffer_len};
 use quinn_udp::RecvMeta;
@@ -86,11 +90,19 @@ impl<E: Egress> Shell<E> {
             self.egress.clone(),
             self.cfg,
         ));
+        let rearm = Arc::new(Notify::new());
         tasks.spawn(egress_to_udp(
             self.relay.clone(),
             self.udp.clone(),
             self.egress.clone(),
             self.cfg,
+            rearm.clone(),
+        ));
+        tasks.spawn(released(
+            self.relay.clone(),
+            self.udp.clone(),
+            self.cfg,
+            rearm,
         ));
         tasks.spawn(timers(self.relay.clone(), self.udp.clone(), self.cfg));
         let result = tokio::select! {
@@ -205,6 +217,7 @@ async fn egress_to_udp<E: Egress>(
     udp: Arc<UdpEndpoint>,
     egress: Arc<E>,
     cfg: ShellConfig,
+    rearm: Arc<Notify>,
 ) -> io::Result<()> {
     let batch = cfg.batch.max(2 * TUN_MIN_BATCH);
     // Full-MTU packets encrypt to exactly `stride` bytes, so consecutive ones are GSO-contiguous.
@@ -239,8 +252,58 @@ async fn egress_to_udp<E: Egress>(
                 outs.push((t.dst, k, off, t.bytes.len()));
                 k += 1;
             }
+            if r.take_release_rearm() {
+                rearm.notify_one();
+            }
         }
         send_runs(&udp, &arena, &outs, stride).await;
+    }
+}
+
+/// Sends the shaper's held download packets when they are due.
+async fn released(
+    relay: SharedRelay,
+    udp: Arc<UdpEndpoint>,
+    cfg: ShellConfig,
+    rearm: Arc<Notify>,
+) -> io::Result<()> {
+    let stride = buffer_len(cfg.mtu);
+    let batch = cfg.batch.max(2 * TUN_MIN_BATCH);
+    let mut arena = vec![0u8; stride * batch];
+    let mut outs: Vec<(SocketAddr, usize, usize, usize)> = Vec::with_capacity(batch);
+    loop {
+        let next = lock(&relay).next_release();
+        match next {
+            None => rearm.notified().await,
+            Some(at) => {
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.into()) => {}
+                    () = rearm.notified() => continue,
+                }
+            }
+        }
+        // Everything due now, a batch at a time (the lock is not held across sends).
+        loop {
+            outs.clear();
+            {
+                let mut r = lock(&relay);
+                let now = Instant::now();
+                while outs.len() < batch {
+                    let k = outs.len();
+                    let buf = slot(&mut arena, k, stride);
+                    let head = buf.as_ptr() as usize;
+                    let Some(t) = r.poll_released(now, buf) else {
+                        break;
+                    };
+                    let off = (t.bytes.as_ptr() as usize).saturating_sub(head);
+                    outs.push((t.dst, k, off, t.bytes.len()));
+                }
+            }
+            send_runs(&udp, &arena, &outs, stride).await;
+            if outs.len() < batch {
+                break;
+            }
+        }
     }
 }
 
