@@ -145,6 +145,8 @@ pub(crate) struct Peer {
     /// Download bytes waiting in the shaper, and the most that may wait (~50 ms of the rate).
     held: usize,
     hold_max: usize,
+    /// Unique among all peers this relay ever had (a slot's owners differ).
+    serial: u64,
 }
 
 /// The sans-IO relay. Drive it with:
@@ -178,6 +180,7 @@ pub struct Relay {
     /// An answer to a policy-blocked packet, for [`Self::poll_transmit`].
     answer: Option<(PeerId, Vec<u8>)>,
     shaper: Shaper,
+    serials: u64,
 }
 
 impl Relay {
@@ -205,6 +208,7 @@ impl Relay {
             prohibited: crate::unreachable::Prohibited::default(),
             answer: None,
             shaper: Shaper::default(),
+            serials: 0,
         }
     }
 
@@ -316,7 +320,9 @@ impl Relay {
             down: bucket,
             held: 0,
             hold_max: hold_limit(self.client_rate),
+            serial: self.serials,
         };
+        self.serials += 1;
         let idx = slot as usize;
         if idx == self.peers.len() {
             self.peers.push(Some(peer));
@@ -333,7 +339,6 @@ impl Relay {
         self.by_key.remove(&peer.public_key);
         self.routes.remove_value(id);
         self.free.push(id.0);
-        self.shaper.forget(id);
         if self.flush == Some(id) {
             self.flush = None;
         }
@@ -491,7 +496,7 @@ impl Relay {
                 }
                 let wait = b.reserve(now, len as u64);
                 peer.held += len;
-                self.shaper.hold(id, packet, now + wait);
+                self.shaper.hold((id, peer.serial), packet, now + wait);
                 self.stats.shaped_packets += 1;
                 return Action::Done;
             }
@@ -553,17 +558,16 @@ impl Relay {
     /// had just arrived; call until `None` when [`next_release`](Self::next_release) passes.
     pub fn poll_released<'b>(&mut self, now: Instant, buf: &'b mut [u8]) -> Option<Transmit<'b>> {
         loop {
-            let (id, i) = self.shaper.pop_due(now)?;
+            let ((id, serial), i) = self.shaper.pop_due(now)?;
+            // A removed peer's packets are discarded (its slot may have a new owner).
+            let peer = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut);
+            let Some(peer) = peer.filter(|p| p.serial == serial) else {
+                self.shaper.recycle(i);
+                continue;
+            };
             let packet = self.shaper.take(i);
-            // A removed peer's packets were forgotten with it (`remove_peer`).
-            let endpoint = self
-                .peers
-                .get_mut(id.0 as usize)
-                .and_then(Option::as_mut)
-                .and_then(|peer| {
-                    peer.held = peer.held.saturating_sub(packet.len());
-                    peer.endpoint
-                });
+            peer.held = peer.held.saturating_sub(packet.len());
+            let endpoint = peer.endpoint;
             let sent = if buf.len() < buffer_len(packet.len()) {
                 self.drop(DropReason::BufferTooSmall)
             } else if let Some(endpoint) = endpoint {

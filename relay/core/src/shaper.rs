@@ -2,7 +2,8 @@
 //! the rate) instead of being dropped, so TCP through a TUN egress sees a delay it adapts to
 //! rather than a loss it must recover from. Beyond the queue bound it tail-drops.
 //!
-//! Packets are held as plaintext and metered, encrypted and counted only when released: a
+//! A removed peer's packets are not searched out: they are discarded when due, because the
+//! slot's next owner has another serial. Packets are held as plaintext and metered, encrypted and counted only when released: a
 //! held packet costs the client nothing until it is actually sent. Buffers are pooled, so
 //! steady-state shaping allocates nothing per packet.
 
@@ -15,11 +16,21 @@ use crate::peer::PeerId;
 /// Most bytes held for all peers together (router RAM: 64–128 MB).
 pub(crate) const MAX_HELD_TOTAL: usize = 4 * 1024 * 1024;
 
+/// One held packet, ordered by release time, then arrival.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Held {
+    at: Instant,
+    seq: u64,
+    peer: PeerId,
+    /// Tells a removed peer's packets from those of the slot's next owner.
+    serial: u64,
+    buf: usize,
+}
+
 /// Held packets of all peers, released in time order.
 #[derive(Default)]
 pub(crate) struct Shaper {
-    /// (release time, arrival sequence, peer, buffer index), earliest first.
-    due: BinaryHeap<Reverse<(Instant, u64, PeerId, usize)>>,
+    due: BinaryHeap<Reverse<Held>>,
     bufs: Vec<Vec<u8>>,
     free: Vec<usize>,
     seq: u64,
@@ -35,7 +46,7 @@ impl Shaper {
     }
 
     /// Holds a copy of `packet` for `peer` until `at`.
-    pub(crate) fn hold(&mut self, peer: PeerId, packet: &[u8], at: Instant) {
+    pub(crate) fn hold(&mut self, peer: (PeerId, u64), packet: &[u8], at: Instant) {
         let i = match self.free.pop() {
             Some(i) => i,
             None => {
@@ -51,12 +62,18 @@ impl Shaper {
         if self.next().is_none_or(|t| at < t) {
             self.rearm = true;
         }
-        self.due.push(Reverse((at, self.seq, peer, i)));
+        self.due.push(Reverse(Held {
+            at,
+            seq: self.seq,
+            peer: peer.0,
+            serial: peer.1,
+            buf: i,
+        }));
     }
 
     /// The earliest release time.
     pub(crate) fn next(&self) -> Option<Instant> {
-        self.due.peek().map(|Reverse((t, ..))| *t)
+        self.due.peek().map(|h| h.0.at)
     }
 
     /// Takes (and clears) the re-arm flag.
@@ -64,15 +81,15 @@ impl Shaper {
         std::mem::take(&mut self.rearm)
     }
 
-    /// The next packet due at `now`: its peer and buffer index ([`Self::take`] it, then
-    /// [`Self::put_back`]).
-    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<(PeerId, usize)> {
+    /// The next packet due at `now`: its peer (slot and serial) and buffer index
+    /// ([`Self::take`] it, then [`Self::put_back`]).
+    pub(crate) fn pop_due(&mut self, now: Instant) -> Option<((PeerId, u64), usize)> {
         if self.next()? > now {
             return None;
         }
-        let Reverse((_, _, peer, i)) = self.due.pop()?;
-        self.held_bytes -= self.bufs[i].len();
-        Some((peer, i))
+        let Reverse(h) = self.due.pop()?;
+        self.held_bytes -= self.bufs[h.buf].len();
+        Some(((h.peer, h.serial), h.buf))
     }
 
     /// Takes buffer `i` out (no copy) for use while the relay is borrowed mutably.
@@ -83,24 +100,11 @@ impl Shaper {
     /// Returns buffer `i` (taken with [`Self::take`]) to the pool.
     pub(crate) fn put_back(&mut self, i: usize, buf: Vec<u8>) {
         self.bufs[i] = buf;
-        self.free.push(i);
+        self.recycle(i);
     }
 
-    /// Forgets everything held for `peer` (it was removed; its slot may be reused);
-    /// returns how many bytes that was.
-    pub(crate) fn forget(&mut self, peer: PeerId) -> usize {
-        let mut gone = 0;
-        let (bufs, free) = (&self.bufs, &mut self.free);
-        self.due.retain(|Reverse((_, _, p, i))| {
-            if *p == peer {
-                gone += bufs[*i].len();
-                free.push(*i);
-                false
-            } else {
-                true
-            }
-        });
-        self.held_bytes -= gone;
-        gone
+    /// Returns buffer `i` (not taken) to the pool.
+    pub(crate) fn recycle(&mut self, i: usize) {
+        self.free.push(i);
     }
 }

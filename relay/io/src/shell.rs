@@ -4,9 +4,9 @@
 //!   accepted packets to the egress and send any handshake replies;
 //! - `egress -> udp`: one blocking read plus whatever else is ready (up to a batch), encrypt under
 //!   one lock, then send runs of equal-sized datagrams to one peer as a single GSO send;
-//! - `timers`: every 250 ms `handle_timeout` and drain `poll_transmit`;
-//! - `released`: sleeps until the rate shaper's next held download packet is due (woken early
-//!   when a packet due sooner is held), then sends everything due, GSO-merged like the above.
+//! - `timers`: every 250 ms `handle_timeout` and drain `poll_transmit`; in between it sleeps
+//!   until the rate shaper's next held download packet is due (woken early when a packet due
+//!   sooner is held) and sends everything due, GSO-merged like the above.
 //!
 //! The lock is never held across an await; syscalls happen outside it, so the directions overlap.
 
@@ -98,13 +98,12 @@ impl<E: Egress> Shell<E> {
             self.cfg,
             rearm.clone(),
         ));
-        tasks.spawn(released(
+        tasks.spawn(timers(
             self.relay.clone(),
             self.udp.clone(),
             self.cfg,
             rearm,
         ));
-        tasks.spawn(timers(self.relay.clone(), self.udp.clone(), self.cfg));
         let result = tokio::select! {
             () = shutdown => Ok(()),
             r = tasks.join_next() => match r {
@@ -260,53 +259,6 @@ async fn egress_to_udp<E: Egress>(
     }
 }
 
-/// Sends the shaper's held download packets when they are due.
-async fn released(
-    relay: SharedRelay,
-    udp: Arc<UdpEndpoint>,
-    cfg: ShellConfig,
-    rearm: Arc<Notify>,
-) -> io::Result<()> {
-    let stride = buffer_len(cfg.mtu);
-    let batch = cfg.batch.max(2 * TUN_MIN_BATCH);
-    let mut arena = vec![0u8; stride * batch];
-    let mut outs: Vec<(SocketAddr, usize, usize, usize)> = Vec::with_capacity(batch);
-    loop {
-        let next = lock(&relay).next_release();
-        match next {
-            None => rearm.notified().await,
-            Some(at) => {
-                tokio::select! {
-                    () = tokio::time::sleep_until(at.into()) => {}
-                    () = rearm.notified() => continue,
-                }
-            }
-        }
-        // Everything due now, a batch at a time (the lock is not held across sends).
-        loop {
-            outs.clear();
-            {
-                let mut r = lock(&relay);
-                let now = Instant::now();
-                while outs.len() < batch {
-                    let k = outs.len();
-                    let buf = slot(&mut arena, k, stride);
-                    let head = buf.as_ptr() as usize;
-                    let Some(t) = r.poll_released(now, buf) else {
-                        break;
-                    };
-                    let off = (t.bytes.as_ptr() as usize).saturating_sub(head);
-                    outs.push((t.dst, k, off, t.bytes.len()));
-                }
-            }
-            send_runs(&udp, &arena, &outs, stride).await;
-            if outs.len() < batch {
-                break;
-            }
-        }
-    }
-}
-
 /// Sends `outs`, merging runs of full-stride datagrams to one destination into GSO sends.
 async fn send_runs(
     udp: &UdpEndpoint,
@@ -354,23 +306,65 @@ async fn send_runs(
     }
 }
 
-async fn timers(relay: SharedRelay, udp: Arc<UdpEndpoint>, cfg: ShellConfig) -> io::Result<()> {
-    let mut tick = tokio::time::interval(TIMER_INTERVAL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+async fn timers(
+    relay: SharedRelay,
+    udp: Arc<UdpEndpoint>,
+    cfg: ShellConfig,
+    rearm: Arc<Notify>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; buffer_len(cfg.mtu)];
     let mut pending: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let stride = buffer_len(cfg.mtu);
+    let batch = cfg.batch.max(2 * TUN_MIN_BATCH);
+    let mut arena = vec![0u8; stride * batch];
+    let mut outs: Vec<(SocketAddr, usize, usize, usize)> = Vec::with_capacity(batch);
+    let mut next_tick = tokio::time::Instant::now();
     loop {
-        tick.tick().await;
-        {
-            let mut r = lock(&relay);
-            r.handle_timeout(Instant::now());
-            while let Some(t) = r.poll_transmit(&mut buf) {
-                pending.push((t.dst, t.bytes.to_vec()));
+        let release = lock(&relay)
+            .next_release()
+            .map(tokio::time::Instant::from_std);
+        let wake = release.map_or(next_tick, |r| r.min(next_tick));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            () = rearm.notified() => continue,
+        }
+        let now = tokio::time::Instant::now();
+        if now >= next_tick {
+            // Missed ticks are skipped, not caught up.
+            next_tick = (next_tick + TIMER_INTERVAL).max(now);
+            {
+                let mut r = lock(&relay);
+                r.handle_timeout(now.into_std());
+                while let Some(t) = r.poll_transmit(&mut buf) {
+                    pending.push((t.dst, t.bytes.to_vec()));
+                }
+            }
+            for (dst, bytes) in pending.drain(..) {
+                if let Err(e) = udp.send(dst, &bytes, None).await {
+                    tracing::debug!(error = %e, "udp send failed");
+                }
             }
         }
-        for (dst, bytes) in pending.drain(..) {
-            if let Err(e) = udp.send(dst, &bytes, None).await {
-                tracing::debug!(error = %e, "udp send failed");
+        // Everything the shaper has due, a batch at a time (no lock across sends).
+        loop {
+            outs.clear();
+            {
+                let mut r = lock(&relay);
+                let now = Instant::now();
+                while outs.len() < batch {
+                    let k = outs.len();
+                    let buf = slot(&mut arena, k, stride);
+                    let head = buf.as_ptr() as usize;
+                    let Some(t) = r.poll_released(now, buf) else {
+                        break;
+                    };
+                    let off = (t.bytes.as_ptr() as usize).saturating_sub(head);
+                    outs.push((t.dst, k, off, t.bytes.len()));
+                }
+            }
+            send_runs(&udp, &arena, &outs, stride).await;
+            if outs.len() < batch {
+                break;
             }
         }
     }
