@@ -535,9 +535,11 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
     home.cli(&topo.client, &["disconnect"]).unwrap();
 }
 
-/// `ferry status --json` of `home`, run in the client namespace.
+/// `ferry status --json` of `home`, run in the client namespace; the error text while there is
+/// no status yet (a process just spawned has not written it: polls keep waiting).
 fn status_json(home: &FerryHome, topo: &Topology) -> String {
-    home.cli(&topo.client, &["status", "--json"]).unwrap()
+    home.cli(&topo.client, &["status", "--json"])
+        .unwrap_or_else(|e| format!("no status yet: {e}"))
 }
 
 /// The paid session id in a `ferry status --json` text.
