@@ -122,10 +122,15 @@ pub(crate) enum VoucherCmd {
         /// Ledger base URL [default: [client] ledger-url].
         #[arg(long)]
         ledger: Option<String>,
-        /// Byte allowance to buy: a number of bytes, or with a unit (`100MiB`, `1.5GiB`, `500MB`;
-        /// KiB/MiB/GiB/TiB are powers of 1024, kB/MB/GB/TB powers of 1000).
+        /// How much traffic to pay for, at the max price: a number of bytes, or with a unit
+        /// (`100MiB`, `1.5GiB`, `500MB`; KiB/MiB/GiB/TiB are powers of 1024, kB/MB/GB/TB powers
+        /// of 1000). The voucher holds the money (bytes × max price); cheaper relays carry more.
         #[arg(long, value_parser = parse_bytes)]
         bytes: u64,
+        /// The highest relay price (micros per GiB) the voucher pays [default: the network
+        /// price]. Relays asking more refuse it.
+        #[arg(long)]
+        max_price: Option<u64>,
         /// Where to store it [default: <dir>/voucher].
         #[arg(long)]
         out: Option<PathBuf>,
@@ -201,7 +206,9 @@ mod tests {
             "1048576",
         ]);
         let Cmd::Voucher {
-            cmd: VoucherCmd::Request { ledger, bytes, out },
+            cmd: VoucherCmd::Request {
+                ledger, bytes, out, ..
+            },
         } = c.cmd
         else {
             panic!()

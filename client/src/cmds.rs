@@ -111,14 +111,14 @@ fn balance(paths: &Paths, ledger: Option<String>, json: bool) -> Result<ExitCode
         return out(&format!("{}\n", serde_json::to_string_pretty(&a)?));
     }
     out(&format!(
-        "client {}\nbalance {} micro (deposited {}, spent {})\nvouchers {}: {} bytes bought, {} used\n",
+        "client {}\nbalance {} micro (deposited {}, spent {})\nvouchers {}: {} micro bought, {} used\n",
         a.client_key,
         a.balance_micros,
         a.deposited_micros,
         a.spent_micros,
         a.vouchers,
-        a.allowance_bytes,
-        a.used_bytes,
+        a.budget_micros,
+        a.used_micros,
     ))
 }
 
@@ -253,6 +253,7 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
         VoucherCmd::Request {
             ledger,
             bytes,
+            max_price,
             out: dest,
         } => {
             let (url, key) = ledger_and_identity(paths, ledger)?;
@@ -261,16 +262,17 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
                 .map_err(|_| anyhow::anyhow!("no randomness"))?;
             let now = ferry_store::unix_now();
             let (v, answer) = block_on(crate::ledger::request_voucher(
-                &url, &key, bytes, nonce, now,
+                &url, &key, bytes, max_price, nonce, now,
             ))?;
             let dest = dest.unwrap_or_else(|| paths.voucher());
             crate::ledger::save_voucher(&dest, &v)?;
             out(&format!(
-                "voucher {} saved to {}\nallowance {} bytes, price {} micro/GiB, expires at {}, cost {} micro, balance {}\n",
+                "voucher {} saved to {}\nbudget {} micro, max price {} micro/GiB ({} bytes at that price), expires at {}, cost {} micro, balance {}\n",
                 v.id().to_hex(),
                 dest.display(),
-                v.allowance_bytes,
-                v.price_micros_per_gib,
+                v.budget_micros,
+                v.max_price_micros_per_gib,
+                v.bytes_at(v.max_price_micros_per_gib, 0),
                 v.expires_at,
                 answer.cost_micros,
                 answer
@@ -287,10 +289,11 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
                     Some(s) => {
                         let u = crate::usage::usage(s.records.iter().map(|(_, r)| r), &v.id());
                         format!(
-                            "used {} bytes in {} session(s), {} bytes left (this machine's receipts, {})\n",
+                            "used {} bytes ({} micro) in {} session(s), {} micro left (this machine's receipts, {})\n",
                             u.used,
+                            u.micros,
                             u.sessions,
-                            v.allowance_bytes.saturating_sub(u.used),
+                            v.budget_micros.saturating_sub(u.micros),
                             log.display()
                         )
                     }
@@ -305,12 +308,12 @@ fn voucher(paths: &Paths, cmd: VoucherCmd) -> Result<ExitCode> {
                 Err(e) => format!("used unknown: reading {}: {e}\n", log.display()),
             };
             out(&format!(
-                "voucher {}\nnetwork {}\nclient {}\nallowance {} bytes\nprice {} micro/GiB\nissued {} expires {} ({})\n{used}",
+                "voucher {}\nnetwork {}\nclient {}\nbudget {} micro\nmax price {} micro/GiB\nissued {} expires {} ({})\n{used}",
                 v.id().to_hex(),
                 v.network_id.to_hex(),
                 v.client_key.to_hex(),
-                v.allowance_bytes,
-                v.price_micros_per_gib,
+                v.budget_micros,
+                v.max_price_micros_per_gib,
                 v.issued_at,
                 v.expires_at,
                 crate::usage::expiry(v.expires_at, ferry_store::unix_now()),

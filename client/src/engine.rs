@@ -59,8 +59,11 @@ pub(crate) struct Engine {
     status: Status,
     status_path: Option<PathBuf>,
     last_status: Option<Instant>,
-    /// The voucher's allowance (to say "voucher used up" when the relay ends the session).
+    /// What the voucher's budget buys at the session's price (to say "voucher used up" when
+    /// the relay ends the session); at its max price until the relay's accept says its own.
     allowance: Option<u64>,
+    /// The voucher's budget (micros).
+    budget: Option<u64>,
     /// The session is gone while the voucher has allowance left (the relay ended it, or
     /// stopped answering): a new session may be opened with the same voucher.
     may_reopen: bool,
@@ -160,7 +163,10 @@ impl Engine {
             handshake_timeout: Some(HANDSHAKE_TIMEOUT),
             silent_after: paid.is_some().then_some(RELAY_SILENT_AFTER),
         };
-        let allowance = paid.as_ref().map(|p| p.voucher.allowance_bytes);
+        let budget = paid.as_ref().map(|p| p.voucher.budget_micros);
+        let allowance = paid
+            .as_ref()
+            .map(|p| p.voucher.bytes_at(p.voucher.max_price_micros_per_gib, 0));
         let (paid_cfg, log, price) = match (paid, &relay.paid) {
             (Some(p), Some(rp)) => {
                 let (c, log, price) = paid_config(p, rp, relay, wg_key)?;
@@ -194,6 +200,7 @@ impl Engine {
             status_path,
             last_status: None,
             allowance,
+            budget,
             may_reopen: false,
         })
     }
@@ -300,6 +307,9 @@ impl Engine {
                 Event::StoreSession { offer, accept } => {
                     self.status.session_id = Some(accept.session_id.to_hex());
                     self.status.price_micros_per_gib = Some(accept.price_micros_per_gib);
+                    self.allowance = self.budget.map(|b| {
+                        ferry_receipts::money::bytes_within(b, accept.price_micros_per_gib)
+                    });
                     tracing::info!("paid session accepted by the relay");
                     if let Some(log) = &self.log {
                         let rec = Record::SessionOpen(Box::new(SessionOpen {
@@ -463,7 +473,8 @@ fn paid_config(
     }
     .context("no tunnel address of the control address's family")?;
     let control = ControlPath::new(local_ip, rp.control_address);
-    let price = setup.voucher.price_micros_per_gib;
+    // Until the relay's accept names its own price, the most it may be.
+    let price = setup.voucher.max_price_micros_per_gib;
     let log = Log {
         store: setup.store,
         kick: setup.kick,

@@ -50,8 +50,9 @@ fn local_voucher() -> Voucher {
         ledger_key: ledger.public_key(),
         client_key: client_id.public_key(),
         nonce: [5; 16],
-        allowance_bytes: 1 << 30,
-        price_micros_per_gib: 1_000_000,
+        // 1 GiB at 1 unit per GiB.
+        budget_micros: 1_000_000,
+        max_price_micros_per_gib: 1_000_000,
         issued_at: unix_now() - 10,
         expires_at: unix_now() + 3600,
         signature: Signature::ZERO,
@@ -316,19 +317,23 @@ async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_subm
         &crate::ledger::client(&url, None).unwrap(),
         &client_id,
         1 << 30,
+        None,
         [8; 16],
         unix_now(),
     )
     .await
     .unwrap();
     assert_eq!(voucher.client_key, client_id.public_key());
-    assert_eq!(voucher.allowance_bytes, 1 << 30);
+    // 1 GiB at the network price (the default max price).
+    assert_eq!(voucher.budget_micros, 1_000_000);
+    assert_eq!(voucher.max_price_micros_per_gib, 1_000_000);
     assert_eq!(answer.cost_micros, 1_000_000);
     // Not enough balance for a second, larger one: the ledger's refusal is reported.
     let err = crate::ledger::request_voucher(
         &crate::ledger::client(&url, None).unwrap(),
         &client_id,
         10 << 30,
+        None,
         [9; 16],
         unix_now(),
     )
@@ -368,7 +373,7 @@ async fn a_voucher_from_the_ledger_pays_a_session_whose_receipts_the_client_subm
 async fn a_used_up_voucher_ends_the_session_in_words_not_silence() {
     // A 256 KiB voucher: the relay ends the session with a final receipt when it is used up.
     let mut v = local_voucher();
-    v.allowance_bytes = 256 * KIB;
+    v.budget_micros = ferry_receipts::money::debit_micros(256 * KIB, v.max_price_micros_per_gib);
     let (_, _, ledger) = keys();
     let v = Voucher {
         signature: Signature::ZERO,

@@ -24,13 +24,16 @@ use ferry_ledger_api::signing::{
 pub(crate) struct LedgerInfo {
     pub(crate) network_id: NetworkId,
     pub(crate) ledger_key: PublicKey,
+    /// The network price (micros per GiB).
+    pub(crate) price_micros_per_gib: u64,
 }
 
 /// The body of a signed voucher request.
 pub(crate) fn voucher_request_body(
     network_id: &NetworkId,
     key: &SigningKey,
-    allowance_bytes: u64,
+    budget_micros: u64,
+    max_price_micros_per_gib: u64,
     nonce: [u8; 16],
     requested_at: u64,
 ) -> api::VoucherRequest {
@@ -38,14 +41,16 @@ pub(crate) fn voucher_request_body(
     let msg = voucher_request_bytes(
         network_id.as_bytes(),
         client_key.as_bytes(),
-        allowance_bytes,
+        budget_micros,
+        max_price_micros_per_gib,
         &nonce,
         requested_at,
     );
     let sig = key.sign(VOUCHER_REQUEST_DOMAIN, &msg);
     api::VoucherRequest {
         client_key: client_key.to_hex(),
-        allowance_bytes,
+        budget_micros,
+        max_price_micros_per_gib: Some(max_price_micros_per_gib),
         nonce: Some(hex::encode(nonce)),
         requested_at: Some(requested_at),
         signature: Some(hex::encode(sig.as_bytes())),
@@ -67,20 +72,28 @@ pub(crate) async fn info(ledger: &LedgerClient) -> Result<LedgerInfo> {
     Ok(LedgerInfo {
         network_id: NetworkId(net),
         ledger_key: PublicKey(key),
+        price_micros_per_gib: v.price_micros_per_gib,
     })
 }
 
-/// Requests a voucher for `allowance_bytes`, verifies it and returns it with the ledger's
-/// answer (cost, balance).
+/// Requests a voucher paying for `bytes` at `max_price` (default: the network price), i.e. a
+/// budget of `ceil(bytes × max price / 2^30)` micros; verifies it and returns it with the
+/// ledger's answer (cost, balance).
 pub(crate) async fn request_voucher(
     ledger: &LedgerClient,
     key: &SigningKey,
-    allowance_bytes: u64,
+    bytes: u64,
+    max_price: Option<u64>,
     nonce: [u8; 16],
     now: u64,
 ) -> Result<(Voucher, api::IssuedVoucher)> {
     let li = info(ledger).await?;
-    let req = voucher_request_body(&li.network_id, key, allowance_bytes, nonce, now);
+    let max_price = max_price.unwrap_or(li.price_micros_per_gib);
+    let budget = ferry_receipts::money::debit_micros(bytes, max_price);
+    if budget == 0 {
+        bail!("{bytes} bytes at {max_price} micros/GiB cost nothing: nothing to buy");
+    }
+    let req = voucher_request_body(&li.network_id, key, budget, max_price, nonce, now);
     let (status, body) = request(
         ledger,
         "POST",
@@ -189,22 +202,26 @@ mod tests {
     fn voucher_request_signature_verifies_under_the_client_key() {
         let key = SigningKey::from_seed(&[7; 32]);
         let net = NetworkId([3; 16]);
-        let body = voucher_request_body(&net, &key, 1 << 30, [9; 16], 1_700_000_000);
-        assert_eq!(body.allowance_bytes, 1u64 << 30);
+        let body = voucher_request_body(&net, &key, 1 << 30, 500_000, [9; 16], 1_700_000_000);
+        assert_eq!(
+            (body.budget_micros, body.max_price_micros_per_gib),
+            (1u64 << 30, Some(500_000))
+        );
         let sig = hex::decode(body.signature.unwrap()).unwrap();
         let mut msg = VOUCHER_REQUEST_DOMAIN.to_vec();
         msg.extend(voucher_request_bytes(
             net.as_bytes(),
             key.public_key().as_bytes(),
             1 << 30,
+            500_000,
             &[9; 16],
             1_700_000_000,
         ));
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key.public_key().0)
             .verify(&msg, &sig)
             .unwrap();
-        // The signed layout is 16 + 32 + 8 + 16 + 8 bytes.
-        assert_eq!(msg.len() - VOUCHER_REQUEST_DOMAIN.len(), 80);
+        // The signed layout is 16 + 32 + 8 + 8 + 16 + 8 bytes.
+        assert_eq!(msg.len() - VOUCHER_REQUEST_DOMAIN.len(), 88);
     }
 
     #[test]
@@ -215,8 +232,8 @@ mod tests {
             ledger_key: ledger.public_key(),
             client_key: PublicKey([2; 32]),
             nonce: [0; 16],
-            allowance_bytes: 5,
-            price_micros_per_gib: 6,
+            budget_micros: 5,
+            max_price_micros_per_gib: 6,
             issued_at: 1,
             expires_at: 2,
             signature: ferry_receipts::Signature::ZERO,

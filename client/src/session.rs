@@ -127,7 +127,10 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
             voucher,
             store,
             kick: submitter.as_ref().map(|s| s.kicker()),
-            cfg: ClientConfig { tolerance },
+            cfg: ClientConfig {
+                tolerance,
+                max_price_micros_per_gib: None,
+            },
             boot: None,
         }),
         submitter,

@@ -65,7 +65,15 @@ pub(crate) async fn mini_relay(
         if let (Some(Ok((n, from))), Some(hs)) = (h, &hello) {
             // Bootstrap outside the tunnel: Accept + Address, or Reject.
             if let Ok(Message::Hello(offer)) = decode(&hbuf[..n]) {
-                let replies = match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix) {
+                let replies = match hub.open(
+                    0,
+                    &offer,
+                    SessionId([7; 16]),
+                    offer.voucher.max_price_micros_per_gib,
+                    0,
+                    now,
+                    unix,
+                ) {
                     Ok(Message::Accept(a)) => {
                         let v6 = "fd77::2".parse().ok();
                         let addr = hub.identity().address(&offer, &a, Some(CLIENT_TUN), v6);
@@ -152,7 +160,15 @@ fn handle_inner(
         let reply_to = c.from;
         match decode(c.payload) {
             Ok(Message::Hello(offer)) => {
-                let m = match hub.open(0, &offer, SessionId([7; 16]), 0, now, unix) {
+                let m = match hub.open(
+                    0,
+                    &offer,
+                    SessionId([7; 16]),
+                    offer.voucher.max_price_micros_per_gib,
+                    0,
+                    now,
+                    unix,
+                ) {
                     Ok(m) => m,
                     Err(r) => hub.identity().reject(&offer, r),
                 };

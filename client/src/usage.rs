@@ -14,6 +14,8 @@ use ferry_store::Record;
 pub(crate) struct Usage {
     /// Bytes (both directions) of the latest co-signed receipt of each session, summed.
     pub(crate) used: u64,
+    /// What those sessions debited, each at its own price (`ceil(bytes × price / 2^30)`).
+    pub(crate) micros: u64,
     /// Sessions the voucher paid for.
     pub(crate) sessions: usize,
 }
@@ -24,18 +26,21 @@ pub(crate) fn usage<'a>(
     records: impl IntoIterator<Item = &'a Record>,
     voucher: &VoucherId,
 ) -> Usage {
-    let mut per: HashMap<SessionId, u64> = HashMap::new();
+    let mut per: HashMap<SessionId, (u64, u64)> = HashMap::new();
     for r in records {
         if let Record::CoSigned(c) = r {
             let b = c.body();
             if b.voucher_id == *voucher {
                 let e = per.entry(b.session_id).or_default();
-                *e = (*e).max(b.total_bytes());
+                *e = (e.0.max(b.total_bytes()), b.price_micros_per_gib);
             }
         }
     }
     Usage {
-        used: per.values().fold(0u64, |a, b| a.saturating_add(*b)),
+        used: per.values().fold(0u64, |a, (b, _)| a.saturating_add(*b)),
+        micros: per.values().fold(0u64, |a, (b, p)| {
+            a.saturating_add(ferry_receipts::money::debit_micros(*b, *p))
+        }),
         sessions: per.len(),
     }
 }
@@ -95,6 +100,8 @@ mod tests {
             usage(&recs, &VoucherId([7; 32])),
             Usage {
                 used: 1_530,
+                // ceil(1500 × 3 / 2^30) + ceil(30 × 3 / 2^30): one micro per session.
+                micros: 2,
                 sessions: 2
             }
         );
@@ -102,6 +109,7 @@ mod tests {
             usage(&recs, &VoucherId([9; 32])),
             Usage {
                 used: 0,
+                micros: 0,
                 sessions: 0
             }
         );

@@ -98,7 +98,9 @@ async fn bench<S: Store>(a: &BenchArgs, store: S, label: &str) -> Result<()> {
     for c in &clients {
         ledger.register(c.public_key(), Role::Client, now).await?;
         ledger.credit(c.public_key(), 1 << 50).await?;
-        let v = ledger.issue(c.public_key(), 1 << 55, [0; 16], now).await?;
+        let v = ledger
+            .issue(c.public_key(), 1 << 49, PRICE, [0; 16], now)
+            .await?;
         vouchers.push(v.voucher);
     }
     eprintln!(

@@ -6,19 +6,24 @@
 //! - [`CumulativeState`] decides: newer receipt → `Advanced` by the byte delta over the
 //!   last accepted one; same receipt again → `Duplicate`; older consistent one → `Stale`.
 //!   Duplicates and stale receipts change nothing, so resubmission never double-credits.
-//! - The delta is credited up to what is left of the voucher's allowance (shared by all
-//!   sessions of that voucher); anything beyond is dropped and the session is flagged
-//!   `clamped`.
-//! - Money is derived from bytes: a session's earnings are always
-//!   `floor(credited_bytes × price / 2^30)`; each accepted receipt records the increase of
-//!   that floor, so per-epoch sums add up exactly to the per-session totals.
+//! - Each session runs at its relay's price (in the accept and every receipt, co-signed by
+//!   the client), at most the voucher's max price.
+//! - Money is derived from bytes: a session debits its voucher
+//!   `ceil(credited_bytes × price / 2^30)` and earns its relay
+//!   `floor(credited_bytes × price / 2^30)` (`ferry_receipts::money`), so credit never
+//!   exceeds debit. Each accepted receipt records the increase of that floor, so per-epoch
+//!   sums add up exactly to the per-session totals.
+//! - The delta is credited up to what the voucher's budget (shared by all sessions of that
+//!   voucher, at their own prices) still pays for; anything beyond is dropped and the
+//!   session is flagged `clamped`. The voucher's `used_micros` is the sum of its sessions'
+//!   debits, never above its budget.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use ferry_receipts::{CoSignedReceipt, CumulativeState, PublicKey, Rejected, SessionId, VoucherId};
 
 use crate::merkle;
-use crate::money::earned_micros;
+use crate::money::{bytes_within, debit_micros, earned_micros};
 
 /// What a registered key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,16 +60,16 @@ pub struct VoucherRow {
     pub id: VoucherId,
     /// Client allowed to spend it.
     pub client_key: PublicKey,
-    /// Bytes paid for.
-    pub allowance_bytes: u64,
-    /// Price per GiB.
-    pub price_micros_per_gib: u64,
+    /// Money paid for (micros).
+    pub budget_micros: u64,
+    /// Highest session price per GiB it pays for.
+    pub max_price_micros_per_gib: u64,
     /// Unix seconds at issue.
     pub issued_at: u64,
     /// Unix seconds after which no new session may start on it.
     pub expires_at: u64,
-    /// Bytes credited to relays so far (≤ allowance).
-    pub used_bytes: u64,
+    /// Micros its sessions debited so far (≤ budget).
+    pub used_micros: u64,
     /// What the client was charged.
     pub cost_micros: u64,
     /// Full voucher encoding.
@@ -83,7 +88,7 @@ pub struct SessionRow {
     pub credited_bytes: u64,
     /// `floor(credited_bytes × price / 2^30)`.
     pub credited_micros: u64,
-    /// Some delta was cut at the voucher allowance.
+    /// Some delta was cut at the voucher's budget.
     pub clamped: bool,
     /// Number of accepted (advancing) receipts.
     pub receipts: u64,
@@ -112,7 +117,7 @@ pub struct AcceptedRow {
     pub credited_bytes: u64,
     /// Micros credited by this receipt (increase of the session's floor).
     pub credited_micros: u64,
-    /// Part of the delta was beyond the allowance.
+    /// Part of the delta was beyond the voucher's budget.
     pub clamped: bool,
     /// Canonical co-signed receipt encoding.
     pub encoded: Vec<u8>,
@@ -138,7 +143,7 @@ pub enum Outcome {
         epoch: u64,
         /// Bytes credited (after clamping).
         credited_bytes: u64,
-        /// The delta was cut at the voucher allowance.
+        /// The delta was cut at the voucher's budget.
         clamped: bool,
     },
     /// Same as the latest accepted receipt: nothing changed.
@@ -249,8 +254,10 @@ fn apply_one(
     if voucher.client_key != body.client_key {
         return Err(Reject::VoucherMismatch("voucher belongs to another client"));
     }
-    if voucher.price_micros_per_gib != body.price_micros_per_gib {
-        return Err(Reject::VoucherMismatch("price differs from voucher"));
+    if body.price_micros_per_gib > voucher.max_price_micros_per_gib {
+        return Err(Reject::VoucherMismatch(
+            "price above the voucher's max price",
+        ));
     }
     if body.session_started_at > voucher.expires_at {
         return Err(Reject::VoucherMismatch(
@@ -277,12 +284,7 @@ fn apply_one(
         _ => return Ok(Outcome::Stale),
     };
     let delta = delta_up.saturating_add(delta_down);
-    let remaining = voucher.allowance_bytes.saturating_sub(voucher.used_bytes);
-    let credit = delta.min(remaining);
-    let clamped = credit < delta;
-    voucher.used_bytes += credit;
-    writes.vouchers.insert(voucher.id);
-
+    let price = body.price_micros_per_gib;
     let session = match state.sessions.get_mut(&key) {
         Some(s) => {
             if !writes.new_sessions.contains(&key) {
@@ -304,8 +306,17 @@ fn apply_one(
             })
         }
     };
+    // What this session already debited plus what is left of the budget bounds its bytes.
+    let debited = debit_micros(session.credited_bytes, price);
+    let left = voucher.budget_micros.saturating_sub(voucher.used_micros);
+    let cap = bytes_within(debited.saturating_add(left), price);
+    let credit = delta.min(cap.saturating_sub(session.credited_bytes));
+    let clamped = credit < delta;
     let new_credited = session.credited_bytes + credit;
-    let new_micros = earned_micros(new_credited, body.price_micros_per_gib);
+    voucher.used_micros += debit_micros(new_credited, price) - debited;
+    writes.vouchers.insert(voucher.id);
+
+    let new_micros = earned_micros(new_credited, price);
     let micros_delta = new_micros - session.credited_micros;
     session.latest = item.receipt;
     session.credited_bytes = new_credited;
@@ -341,7 +352,8 @@ mod tests {
     use super::*;
     use crate::testkit::{self, NETWORK};
 
-    fn setup(allowance: u64) -> (BatchState, SigningKeys) {
+    /// A voucher of `budget` micros with max price 7; the receipts run at 7 too.
+    fn setup(budget: u64) -> (BatchState, SigningKeys) {
         let keys = SigningKeys {
             relay: testkit::key(2, 0),
             client: testkit::key(3, 0),
@@ -354,11 +366,11 @@ mod tests {
             VoucherRow {
                 id: VoucherId([1; 32]),
                 client_key: keys.client.public_key(),
-                allowance_bytes: allowance,
-                price_micros_per_gib: 7,
+                budget_micros: budget,
+                max_price_micros_per_gib: 7,
                 issued_at: 0,
                 expires_at: 1_700_000_000,
-                used_bytes: 0,
+                used_micros: 0,
                 cost_micros: 0,
                 encoded: Vec::new(),
             },
@@ -427,7 +439,8 @@ mod tests {
 
     #[test]
     fn clamped_delta_and_money_floor() {
-        let (mut st, k) = setup(1 << 30);
+        // 7 micros buy exactly 1 GiB at 7 per GiB; the receipt claims 2 GiB.
+        let (mut st, k) = setup(7);
         let (res, w) = apply_batch(&mut st, &[item(&k, 1, 1 << 30, 1 << 30)], 0, 3600);
         assert_eq!(
             res[0],
@@ -440,6 +453,6 @@ mod tests {
         assert_eq!(w.accepted[0].credited_micros, 7);
         let s = st.sessions.values().next().unwrap();
         assert!(s.clamped);
-        assert_eq!(st.vouchers[&VoucherId([1; 32])].used_bytes, 1 << 30);
+        assert_eq!(st.vouchers[&VoucherId([1; 32])].used_micros, 7);
     }
 }

@@ -396,8 +396,8 @@ async fn client<S: Store>(
         deposited_micros: a.deposited_micros,
         spent_micros: a.spent_micros,
         vouchers: a.vouchers,
-        allowance_bytes: a.allowance_bytes,
-        used_bytes: a.used_bytes,
+        budget_micros: a.budget_micros,
+        used_micros: a.used_micros,
     }))
 }
 
@@ -410,9 +410,15 @@ async fn issue<S: Store>(
     let now = (st.clock)();
     let issued = match (&body.signature, body.requested_at, &body.nonce) {
         (Some(sig), Some(at), Some(nonce)) => {
+            let Some(max_price) = body.max_price_micros_per_gib else {
+                return Err(ApiError::bad(
+                    "a signed request must state max_price_micros_per_gib",
+                ));
+            };
             let req = VoucherRequest {
                 client_key,
-                allowance_bytes: body.allowance_bytes,
+                budget_micros: body.budget_micros,
+                max_price_micros_per_gib: max_price,
                 nonce: parse_hex("nonce", nonce)?,
                 requested_at: at,
                 signature: Signature(parse_hex("signature", sig)?),
@@ -424,8 +430,11 @@ async fn issue<S: Store>(
                 Some(n) => parse_hex("nonce", n)?,
                 None => random_nonce()?,
             };
+            let max_price = body
+                .max_price_micros_per_gib
+                .unwrap_or(st.ledger.params().price_micros_per_gib);
             st.ledger
-                .issue(client_key, body.allowance_bytes, nonce, now)
+                .issue(client_key, body.budget_micros, max_price, nonce, now)
                 .await?
         }
         (None, None, _) => {
@@ -450,8 +459,8 @@ async fn issue<S: Store>(
         voucher: B64.encode(v.encode()),
         voucher_id: v.id().to_hex(),
         client_key: v.client_key.to_hex(),
-        allowance_bytes: v.allowance_bytes,
-        price_micros_per_gib: v.price_micros_per_gib,
+        budget_micros: v.budget_micros,
+        max_price_micros_per_gib: v.max_price_micros_per_gib,
         issued_at: v.issued_at,
         expires_at: v.expires_at,
         cost_micros: issued.cost_micros,
@@ -484,9 +493,9 @@ async fn voucher<S: Store>(
         "voucher": B64.encode(&v.encoded),
         "voucher_id": id.to_hex(),
         "client_key": v.client_key.to_hex(),
-        "allowance_bytes": v.allowance_bytes,
-        "used_bytes": v.used_bytes,
-        "price_micros_per_gib": v.price_micros_per_gib,
+        "budget_micros": v.budget_micros,
+        "used_micros": v.used_micros,
+        "max_price_micros_per_gib": v.max_price_micros_per_gib,
         "issued_at": v.issued_at,
         "expires_at": v.expires_at,
         "cost_micros": v.cost_micros,
@@ -503,7 +512,7 @@ async fn close_voucher<S: Store>(
     let c = st.ledger.close_voucher(id, (st.clock)()).await?;
     Ok(Json(json!({
         "voucher_id": id.to_hex(),
-        "used_bytes": c.used_bytes,
+        "used_micros": c.used_micros,
         "refunded_micros": c.refunded_micros,
         "already_closed": c.already_closed,
     })))

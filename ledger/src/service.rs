@@ -10,7 +10,6 @@ use ring::signature::{ED25519, UnparsedPublicKey};
 
 use crate::domain::{Outcome, Reject, Role, VoucherRow};
 use crate::merkle::{self, Hash};
-use crate::money::voucher_cost_micros;
 use crate::store::{ClientAccount, RelayEarnings, Store, StoreError, VoucherClose, VoucherInsert};
 pub use crate::verify::{verify_all, verify_one};
 
@@ -125,8 +124,10 @@ pub type SubmitResult = Result<Outcome, ItemError>;
 pub struct VoucherRequest {
     /// Client paying.
     pub client_key: PublicKey,
-    /// Bytes wanted.
-    pub allowance_bytes: u64,
+    /// Money to put on the voucher (micros), debited from the balance.
+    pub budget_micros: u64,
+    /// The highest session price (micros per GiB) the voucher may pay.
+    pub max_price_micros_per_gib: u64,
     /// Client-chosen random nonce (becomes the voucher nonce).
     pub nonce: [u8; 16],
     /// Unix seconds when the client made the request (becomes the voucher's issued_at).
@@ -139,13 +140,14 @@ impl VoucherRequest {
     /// Domain tag of the request signature.
     pub const DOMAIN: &'static [u8] = ferry_ledger_api::signing::VOUCHER_REQUEST_DOMAIN;
 
-    /// `network_id(16) || client_key(32) || allowance_bytes(8, BE) || nonce(16) ||
-    /// requested_at(8, BE)` ([`ferry_ledger_api::signing::voucher_request_bytes`]).
+    /// `network_id(16) || client_key(32) || budget_micros(8, BE) || max_price(8, BE) ||
+    /// nonce(16) || requested_at(8, BE)` ([`ferry_ledger_api::signing::voucher_request_bytes`]).
     pub fn signed_bytes(&self, network_id: &NetworkId) -> Vec<u8> {
         ferry_ledger_api::signing::voucher_request_bytes(
             network_id.as_bytes(),
             self.client_key.as_bytes(),
-            self.allowance_bytes,
+            self.budget_micros,
+            self.max_price_micros_per_gib,
             &self.nonce,
             self.requested_at,
         )
@@ -326,31 +328,36 @@ impl<S: Store> Ledger<S> {
         }
         self.issue(
             req.client_key,
-            req.allowance_bytes,
+            req.budget_micros,
+            req.max_price_micros_per_gib,
             req.nonce,
             req.requested_at,
         )
         .await
     }
 
-    /// Issues a voucher (admin path or after [`Ledger::issue_signed`] checks): debits
-    /// `ceil(allowance × price / 2^30)` from the client.
+    /// Issues a voucher (admin path or after [`Ledger::issue_signed`] checks) of
+    /// `budget_micros` for sessions priced at most `max_price_micros_per_gib`; debits the
+    /// budget from the client.
     pub async fn issue(
         &self,
         client_key: PublicKey,
-        allowance_bytes: u64,
+        budget_micros: u64,
+        max_price_micros_per_gib: u64,
         nonce: [u8; 16],
         issued_at: u64,
     ) -> Result<IssuedVoucher, LedgerError> {
-        if allowance_bytes == 0 || allowance_bytes > i64::MAX as u64 {
+        if budget_micros == 0 || budget_micros > i64::MAX as u64 {
             return Err(LedgerError::BadRequest(
-                "allowance_bytes must be in 1..2^63".into(),
+                "budget_micros must be in 1..2^63".into(),
             ));
         }
-        let price = self.params.price_micros_per_gib;
-        let cost = voucher_cost_micros(allowance_bytes, price)
-            .filter(|c| *c <= i64::MAX as u64)
-            .ok_or_else(|| LedgerError::BadRequest("voucher cost out of range".into()))?;
+        if max_price_micros_per_gib == 0 || max_price_micros_per_gib > i64::MAX as u64 {
+            return Err(LedgerError::BadRequest(
+                "max_price_micros_per_gib must be in 1..2^63".into(),
+            ));
+        }
+        let cost = budget_micros;
         let expires_at = issued_at
             .checked_add(self.params.voucher_ttl_secs)
             .filter(|e| *e <= i64::MAX as u64)
@@ -360,8 +367,8 @@ impl<S: Store> Ledger<S> {
             ledger_key: self.key.public_key(),
             client_key,
             nonce,
-            allowance_bytes,
-            price_micros_per_gib: price,
+            budget_micros,
+            max_price_micros_per_gib,
             issued_at,
             expires_at,
             signature: Signature::ZERO,
@@ -370,11 +377,11 @@ impl<S: Store> Ledger<S> {
         let row = VoucherRow {
             id: voucher.id(),
             client_key,
-            allowance_bytes,
-            price_micros_per_gib: price,
+            budget_micros,
+            max_price_micros_per_gib,
             issued_at,
             expires_at,
-            used_bytes: 0,
+            used_micros: 0,
             cost_micros: cost,
             encoded: voucher.encode(),
         };

@@ -66,7 +66,7 @@ pub fn receipt(
     .cosign(client, bytes_up, bytes_down, 1_700_000_000 + seq)
 }
 
-/// A session's receipts `1..=n` of a voucher; counters grow by pseudo-random steps seeded
+/// A session's receipts `1..=n` of a voucher, priced at the voucher's max; counters grow by pseudo-random steps seeded
 /// with `seed`.
 pub fn session_receipts(
     voucher: &Voucher,
@@ -87,7 +87,7 @@ pub fn session_receipts(
                 relay,
                 client,
                 voucher.id(),
-                voucher.price_micros_per_gib,
+                voucher.max_price_micros_per_gib,
                 session_id,
                 seq,
                 up,

@@ -1,18 +1,21 @@
-//! Collusion to farm rewards (docs/security.md threat 5): one person owns a relay key *and* a
-//! client key, buys a voucher with the client (the ledger debits `ceil(allowance × price /
-//! 2^30)`) and makes the relay submit co-signed receipts it signed for itself with inflated
-//! byte counts: up to and beyond the allowance, many sessions on one voucher, several relays on
-//! one voucher, replays, stale and conflicting seqs, late submissions after the voucher was
-//! closed and refunded, and random mixes of all of these.
+//! Collusion to farm rewards (docs/security.md threat 5): one person owns relay keys *and* a
+//! client key, buys vouchers with the client (the ledger debits their budget) and makes the
+//! relays, each at its own price, submit co-signed receipts they signed for themselves with
+//! inflated byte counts: up to and beyond the budget, many sessions on one voucher, several
+//! relays at different prices on one voucher, prices above the voucher's max, replays, stale
+//! and conflicting seqs, late submissions after the voucher was closed and refunded, and
+//! random mixes of all of these.
 //!
 //! Invariant checked after every submission: what the colluder's relays earned is at most what
-//! its client was debited (net of refunds), and the credited bytes never exceed the allowance.
+//! its client was debited (net of refunds), what its sessions debited never exceeds the
+//! budgets, and the credited bytes never exceed what the budgets buy at the cheapest price.
 //! So self-dealing never profits: it at best moves the client's own money to the relay.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::{NOW, PRICE, ledger_key, params};
+use ferry_ledger::money::{bytes_within, debit_micros};
 use ferry_ledger::testkit::{self, NETWORK, SplitMix};
 use ferry_ledger::{Ledger, Role, Store};
 use ferry_receipts::{CoSignedReceipt, SigningKey, Voucher};
@@ -23,10 +26,19 @@ both_stores!(
     replays_stale_and_conflicting_seqs_earn_nothing_extra,
     closing_and_refunding_the_voucher_then_submitting_earns_at_most_the_net_debit,
     random_self_dealing_never_profits,
+    mixed_prices_buy_more_bytes_at_cheaper_relays_never_more_money,
 );
 
 const GIB: u64 = 1 << 30;
 const START_BALANCE: u64 = 1 << 40;
+/// The vouchers' max price.
+const MAX_PRICE: u64 = 2 * PRICE;
+
+/// Relay `i`'s own price: relay 0 sells at the network price, the others cheaper or dearer
+/// (odd values, so rounding differs), all within the vouchers' max.
+fn relay_price(i: usize) -> u64 {
+    [PRICE, PRICE / 2 + 1, MAX_PRICE - 3, PRICE + 7][i % 4]
+}
 
 /// The colluder: relays and one client, all its own, and the ledger they cheat.
 struct Colluder<S> {
@@ -37,6 +49,7 @@ struct Colluder<S> {
 }
 
 impl<S: Store> Colluder<S> {
+    /// Vouchers paying for `allowances` bytes at [`PRICE`] each (max price [`MAX_PRICE`]).
     async fn new(store: S, relays: u64, allowances: &[u64]) -> Self {
         let ledger = Ledger::new(store, ledger_key(), params());
         let relays: Vec<_> = (0..relays).map(|i| testkit::key(7, i)).collect();
@@ -58,14 +71,20 @@ impl<S: Store> Colluder<S> {
         let mut vouchers = Vec::new();
         for (i, a) in allowances.iter().enumerate() {
             let before = ledger.client(client.public_key()).await.unwrap();
+            let budget = debit_micros(*a, PRICE);
             let v = ledger
-                .issue(client.public_key(), *a, [i as u8 + 1; 16], NOW)
+                .issue(
+                    client.public_key(),
+                    budget,
+                    MAX_PRICE,
+                    [i as u8 + 1; 16],
+                    NOW,
+                )
                 .await
                 .unwrap();
             let after = ledger.client(client.public_key()).await.unwrap();
-            // The debit is allowance × price rounded up.
-            let expect = (u128::from(*a) * u128::from(PRICE)).div_ceil(u128::from(GIB));
-            assert_eq!(u128::from(v.cost_micros), expect);
+            // The debit is the budget.
+            assert_eq!(v.cost_micros, budget);
             assert_eq!(before.balance_micros - after.balance_micros, v.cost_micros);
             vouchers.push(v.voucher);
         }
@@ -77,8 +96,23 @@ impl<S: Store> Colluder<S> {
         }
     }
 
+    /// A receipt of `relay` at its own price.
     fn receipt(
         &self,
+        relay: usize,
+        voucher: usize,
+        sid: u64,
+        seq: u64,
+        up: u64,
+        down: u64,
+    ) -> CoSignedReceipt {
+        self.receipt_at(relay_price(relay), relay, voucher, sid, seq, up, down)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn receipt_at(
+        &self,
+        price: u64,
         relay: usize,
         voucher: usize,
         sid: u64,
@@ -92,7 +126,7 @@ impl<S: Store> Colluder<S> {
             &self.relays[relay],
             &self.client,
             v.id(),
-            v.price_micros_per_gib,
+            price,
             testkit::session(sid),
             seq,
             up,
@@ -107,8 +141,8 @@ impl<S: Store> Colluder<S> {
         self.check().await
     }
 
-    /// (earned micros of all relays, net debit of the client); asserts earned ≤ debit and
-    /// credited bytes ≤ total allowance.
+    /// (earned micros of all relays, net debit of the client); asserts earned ≤ debit,
+    /// used ≤ budget, and credited bytes ≤ what the budgets buy at the cheapest price.
     async fn check(&self) -> (u64, u64) {
         let (mut earned, mut bytes) = (0u64, 0u64);
         for r in &self.relays {
@@ -118,16 +152,24 @@ impl<S: Store> Colluder<S> {
         }
         let acct = self.ledger.client(self.client.public_key()).await.unwrap();
         let debit = START_BALANCE - acct.balance_micros;
-        let allowance: u64 = self.vouchers.iter().map(|v| v.allowance_bytes).sum();
+        let cheapest = (0..self.relays.len())
+            .map(relay_price)
+            .min()
+            .unwrap_or(PRICE);
+        let most_bytes: u64 = self
+            .vouchers
+            .iter()
+            .map(|v| bytes_within(v.budget_micros, cheapest))
+            .sum();
         assert!(
             earned <= debit,
             "collusion profit: relays earned {earned} µ, client paid {debit} µ"
         );
         assert!(
-            bytes <= allowance,
-            "credited {bytes} B > allowance {allowance} B"
+            bytes <= most_bytes,
+            "credited {bytes} B > what the budgets buy ({most_bytes} B)"
         );
-        assert!(acct.used_bytes <= acct.allowance_bytes, "{acct:?}");
+        assert!(acct.used_micros <= acct.budget_micros, "{acct:?}");
         (earned, debit)
     }
 }
@@ -178,7 +220,7 @@ async fn inflated_counters_up_to_and_beyond_the_allowance_earn_at_most_the_debit
         .await;
     assert!(e3 <= d3);
     let r = c.ledger.relay(c.relays[0].public_key()).await.unwrap();
-    assert!(r.credited_bytes <= ALLOWANCE);
+    assert!(r.credited_bytes <= bytes_within(c.vouchers[0].budget_micros, PRICE));
 }
 
 async fn many_sessions_and_relays_on_one_voucher_earn_at_most_the_debit<S: Store>(store: S) {
@@ -282,7 +324,7 @@ async fn random_self_dealing_never_profits<S: Store>(store: S) {
             let now = NOW + 1 + step;
             let relay = rng.below(c.relays.len() as u64) as usize;
             let voucher = rng.below(c.vouchers.len() as u64) as usize;
-            let allowance = c.vouchers[voucher].allowance_bytes;
+            let allowance = bytes_within(c.vouchers[voucher].budget_micros, PRICE);
             let sid = rng.below(6);
             let mut batch = Vec::new();
             for _ in 0..1 + rng.below(4) {
@@ -308,6 +350,16 @@ async fn random_self_dealing_never_profits<S: Store>(store: S) {
                     2 if !sent.is_empty() => {
                         batch.push(sent[rng.below(sent.len() as u64) as usize]);
                     }
+                    // A price above the voucher's max (refused whatever it claims).
+                    3 if rng.below(4) == 0 => batch.push(c.receipt_at(
+                        MAX_PRICE + 1 + rng.below(PRICE),
+                        relay,
+                        voucher,
+                        sid + 10 * voucher as u64,
+                        1 + rng.below(50),
+                        rng.below(allowance),
+                        rng.below(allowance),
+                    )),
                     // A wild claim: any seq, huge counters.
                     _ => batch.push(c.receipt(
                         relay,
@@ -338,5 +390,35 @@ async fn random_self_dealing_never_profits<S: Store>(store: S) {
             c.relays.len(),
             sent.len()
         );
+    }
+}
+
+async fn mixed_prices_buy_more_bytes_at_cheaper_relays_never_more_money<S: Store>(store: S) {
+    // One voucher, three of the colluder's relays at their own prices, each claiming the
+    // whole budget's worth of bytes at the network price; then one at twice the max price.
+    let c = Colluder::new(store, 3, &[ALLOWANCE]).await;
+    let budget = c.vouchers[0].budget_micros;
+    let cheap = relay_price(1);
+    assert!(cheap < PRICE && relay_price(2) > PRICE);
+    let over = c
+        .receipt_at(MAX_PRICE + 1, 0, 0, 9, 1, ALLOWANCE, 0)
+        .encode();
+    let res = c.ledger.submit(vec![over], NOW + 1).await.unwrap();
+    assert!(res[0].is_err(), "a price above the voucher's max: {res:?}");
+    assert_eq!(c.check().await.0, 0);
+    // The cheap relay first: it may carry what the whole budget buys at its price.
+    let (e1, _) = c
+        .submit(&[c.receipt(1, 0, 1, 1, 0, 4 * ALLOWANCE)], NOW + 2)
+        .await;
+    let r1 = c.ledger.relay(c.relays[1].public_key()).await.unwrap();
+    assert_eq!(r1.credited_bytes, bytes_within(budget, cheap));
+    assert!(r1.credited_bytes > ALLOWANCE, "cheaper relay, more bytes");
+    assert!(budget - e1 <= 1, "earned {e1} of {budget}");
+    // The budget is spent: the others (network price, dearer) get nothing more.
+    for relay in [0, 2] {
+        let (e, d) = c
+            .submit(&[c.receipt(relay, 0, 2, 1, ALLOWANCE, 0)], NOW + 3)
+            .await;
+        assert_eq!((e, d), (e1, budget));
     }
 }

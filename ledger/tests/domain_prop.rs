@@ -1,8 +1,10 @@
 //! Property test of the pure ingestion rules (`domain::apply_batch`): one million random
 //! submission orders — duplicates, reorders, relay and client both submitting, random
-//! batch boundaries, several sessions sharing one voucher, allowances that run out — and
-//! in every one the relays are credited exactly `min(Σ final cumulative bytes, allowance)`
-//! and `floor(bytes × price / 2^30)` micros per session, never more.
+//! batch boundaries, several sessions at *different prices* sharing one voucher, budgets that
+//! run out — and in every one each session is credited `floor(bytes × its price / 2^30)`
+//! micros for its credited bytes, the voucher is debited `Σ ceil(bytes × price / 2^30)`
+//! (never above its budget, never below what was credited), every session is credited in
+//! full when the budget suffices, and a clamped session could not carry one more byte.
 //!
 //! `FERRY_LEDGER_PROP_CASES` overrides the number of cases (default 1 000 000; a failing
 //! case prints its seed, rerun it with `FERRY_LEDGER_PROP_SEED`).
@@ -11,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use ferry_ledger::domain::{BatchState, Outcome, Role, VerifiedReceipt, VoucherRow, apply_batch};
-use ferry_ledger::money::{earned_micros, voucher_cost_micros};
+use ferry_ledger::money::{bytes_within, debit_micros, earned_micros};
 use ferry_ledger::testkit::SplitMix;
 use ferry_receipts::{
     CoSignedReceipt, NetworkId, PublicKey, ReceiptBody, SessionId, Signature, SignedReceipt,
@@ -59,7 +61,7 @@ fn unsigned(
     }
 }
 
-fn state(allowance: u64, price: u64, relays: u64) -> BatchState {
+fn state(budget: u64, max_price: u64, relays: u64) -> BatchState {
     let mut s = BatchState::default();
     for r in 0..relays {
         s.keys.insert((relay(r), Role::Relay));
@@ -70,12 +72,12 @@ fn state(allowance: u64, price: u64, relays: u64) -> BatchState {
         VoucherRow {
             id: VOUCHER,
             client_key: CLIENT,
-            allowance_bytes: allowance,
-            price_micros_per_gib: price,
+            budget_micros: budget,
+            max_price_micros_per_gib: max_price,
             issued_at: 0,
             expires_at: 1000,
-            used_bytes: 0,
-            cost_micros: voucher_cost_micros(allowance, price).unwrap_or(u64::MAX),
+            used_micros: 0,
+            cost_micros: budget,
             encoded: Vec::new(),
         },
     );
@@ -86,10 +88,14 @@ fn state(allowance: u64, price: u64, relays: u64) -> BatchState {
 fn run_case(seed: u64) {
     let mut rng = SplitMix(seed);
     let sessions = 1 + rng.below(3);
-    let price = 1 + rng.below(10_000_000);
+    // Each session (relay) at its own price; now and then a free one.
+    let prices: Vec<u64> = (0..sessions)
+        .map(|_| rng.below(10_000_000) + u64::from(rng.below(8) != 0))
+        .collect();
     let mut subs: Vec<VerifiedReceipt> = Vec::new();
     let mut finals = Vec::new();
     for s in 0..sessions {
+        let price = prices[s as usize];
         let n = 1 + rng.below(6);
         let (mut up, mut down) = (0u64, 0u64);
         for seq in 1..=n {
@@ -108,14 +114,19 @@ fn run_case(seed: u64) {
         }
         finals.push(up + down);
     }
-    let total: u64 = finals.iter().sum();
-    let allowance = match rng.below(3) {
+    let cost: u64 = finals
+        .iter()
+        .zip(&prices)
+        .map(|(b, p)| debit_micros(*b, *p))
+        .sum();
+    let budget = match rng.below(3) {
         0 => u64::MAX / 4,
-        _ => rng.below(total + total / 5 + 2),
+        _ => rng.below(cost + cost / 5 + 2),
     };
+    let max_price = prices.iter().copied().max().unwrap_or(0) + rng.below(3);
     rng.shuffle(&mut subs);
 
-    let mut st = state(allowance, price, sessions);
+    let mut st = state(budget, max_price, sessions);
     let mut accepted = Vec::new();
     let mut seen = HashSet::new();
     let mut credited_by_outcomes = 0u64;
@@ -143,24 +154,22 @@ fn run_case(seed: u64) {
     }
 
     let credited: u64 = st.sessions.values().map(|s| s.credited_bytes).sum();
-    assert_eq!(
-        credited,
-        total.min(allowance),
-        "seed {seed}: credited bytes"
-    );
     assert_eq!(credited_by_outcomes, credited, "seed {seed}: outcomes");
-    assert_eq!(
-        st.vouchers[&VOUCHER].used_bytes, credited,
-        "seed {seed}: voucher use"
+    let used = st.vouchers[&VOUCHER].used_micros;
+    assert!(
+        used <= budget,
+        "seed {seed}: debited {used} > budget {budget}"
     );
+    let left = budget - used;
     let mut micros_by_session: HashMap<_, u64> = HashMap::new();
     for a in &accepted {
         *micros_by_session
             .entry((a.relay_key, a.session_id))
             .or_default() += a.credited_micros;
     }
-    let mut paid = 0;
+    let (mut paid, mut debited) = (0u64, 0u64);
     for (s, final_bytes) in finals.iter().enumerate() {
+        let price = prices[s];
         let key = (relay(s as u64), SessionId([s as u8; 16]));
         let row = &st.sessions[&key];
         assert_eq!(
@@ -181,22 +190,25 @@ fn run_case(seed: u64) {
             micros_by_session[&key], row.credited_micros,
             "seed {seed}: epoch sums"
         );
-        if allowance >= total {
+        if budget >= cost {
             assert_eq!(row.credited_bytes, *final_bytes, "seed {seed}");
-            assert_eq!(
-                row.credited_micros,
-                earned_micros(*final_bytes, price),
-                "seed {seed}"
-            );
             assert!(!row.clamped, "seed {seed}");
         }
+        if row.clamped {
+            // Nothing left for even one more byte of this session.
+            let d = debit_micros(row.credited_bytes, price);
+            assert_eq!(
+                bytes_within(d.saturating_add(left), price),
+                row.credited_bytes,
+                "seed {seed}: clamped with budget left"
+            );
+        }
         paid += row.credited_micros;
+        debited += debit_micros(row.credited_bytes, price);
     }
-    assert!(
-        paid <= voucher_cost_micros(allowance, price).unwrap_or(u64::MAX),
-        "seed {seed}: paid more than charged"
-    );
-    if allowance < total {
+    assert_eq!(used, debited, "seed {seed}: voucher use = Σ session debits");
+    assert!(paid <= used, "seed {seed}: credited more than debited");
+    if budget < cost {
         assert!(
             st.sessions.values().any(|s| s.clamped),
             "seed {seed}: clamp not flagged"

@@ -163,8 +163,8 @@ async fn info_and_admin_flow<S: Store>(store: S) {
     let (s, _) = call(&app, "GET", &mine.replace(&newbie, &other), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
 
-    // Admin-issued voucher: 1 GiB at PRICE.
-    let body = json!({"client_key": newbie, "allowance_bytes": 1u64 << 30}).to_string();
+    // Admin-issued voucher: 1 GiB's worth at PRICE; no max price given: the network's.
+    let body = json!({"client_key": newbie, "budget_micros": PRICE}).to_string();
     let (s, v) = call(
         &app,
         "POST",
@@ -175,6 +175,7 @@ async fn info_and_admin_flow<S: Store>(store: S) {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["cost_micros"].as_u64(), Some(PRICE));
+    assert_eq!(v["max_price_micros_per_gib"].as_u64(), Some(PRICE));
     assert_eq!(v["balance_micros"].as_u64(), Some(2_000_000 - PRICE));
     let voucher = Voucher::decode(&B64.decode(v["voucher"].as_str().unwrap()).unwrap()).unwrap();
     voucher
@@ -200,7 +201,7 @@ async fn info_and_admin_flow<S: Store>(store: S) {
     let (s, _) = call(&app, "POST", "/v1/vouchers", None, Some(body)).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Insufficient funds → 402.
-    let body = json!({"client_key": newbie, "allowance_bytes": 100u64 << 30}).to_string();
+    let body = json!({"client_key": newbie, "budget_micros": 100 * PRICE}).to_string();
     let (s, v) = call(&app, "POST", "/v1/vouchers", Some(TOKEN), Some(body)).await;
     assert_eq!(
         (s, code(&v)),
@@ -214,7 +215,8 @@ async fn signed_voucher_requests<S: Store>(store: S) {
     let client = &w.clients[0];
     let req = VoucherRequest {
         client_key: client.public_key(),
-        allowance_bytes: 5 << 30,
+        budget_micros: 2_500_000,
+        max_price_micros_per_gib: PRICE,
         nonce: [9; 16],
         requested_at: NOW - 10,
         signature: Signature::ZERO,
@@ -222,7 +224,8 @@ async fn signed_voucher_requests<S: Store>(store: S) {
     .sign(&NETWORK, client);
     let body = |r: &VoucherRequest| {
         json!({
-            "client_key": r.client_key.to_hex(), "allowance_bytes": r.allowance_bytes,
+            "client_key": r.client_key.to_hex(), "budget_micros": r.budget_micros,
+            "max_price_micros_per_gib": r.max_price_micros_per_gib,
             "nonce": hex::encode(r.nonce), "requested_at": r.requested_at,
             "signature": r.signature.to_hex(),
         })
@@ -238,9 +241,13 @@ async fn signed_voucher_requests<S: Store>(store: S) {
         (StatusCode::OK, Some(true))
     );
     assert_eq!(v2["voucher"], v["voucher"]);
-    // Tampered allowance → signature fails.
+    // Tampered budget or max price → signature fails.
     let mut bad = req.clone();
-    bad.allowance_bytes += 1;
+    bad.max_price_micros_per_gib += 1;
+    let (s, v) = call(&app, "POST", "/v1/vouchers", None, Some(body(&bad))).await;
+    assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let mut bad = req.clone();
+    bad.budget_micros += 1;
     let (s, v) = call(&app, "POST", "/v1/vouchers", None, Some(body(&bad))).await;
     assert_eq!((s, code(&v)), (StatusCode::UNAUTHORIZED, "unauthorized"));
     // Signed for another network → fails.
@@ -621,8 +628,8 @@ async fn bad_input_is_refused_and_nothing_is_stored<S: Store>(store: S) {
     assert_eq!(v["results"][2]["status"], "advanced");
     let after = snapshot().await;
     assert_eq!(
-        after.1["used_bytes"].as_u64(),
-        Some(60),
+        after.1["used_micros"].as_u64(),
+        Some(ferry_ledger::money::debit_micros(60, PRICE)),
         "only the good batch item counted"
     );
     assert_eq!(after.0["credited_bytes"].as_u64(), Some(60));

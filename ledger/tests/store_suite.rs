@@ -5,7 +5,7 @@
 mod common;
 
 use common::{NOW, PRICE, World};
-use ferry_ledger::money::{earned_micros, voucher_cost_micros};
+use ferry_ledger::money::{debit_micros, earned_micros};
 use ferry_ledger::service::LedgerError;
 use ferry_ledger::testkit::{self, NETWORK, SplitMix};
 use ferry_ledger::{ItemError, Outcome, Reject, Role, Store};
@@ -16,7 +16,7 @@ both_stores!(
     vouchers_are_idempotent_and_need_funds,
     cumulative_receipts_credit_only_deltas,
     both_submitters_credit_once,
-    allowance_clamps_and_flags,
+    budget_clamps_and_flags,
     unknown_keys_and_vouchers_are_refused,
     voucher_mismatch_and_conflicts_are_refused,
     epoch_report_and_proofs,
@@ -33,12 +33,12 @@ async fn client_balance_pays_for_vouchers<S: Store>(store: S) {
     let w = World::new(store, 1, 1, 3 << 30).await;
     let c = w.clients[0].public_key();
     let acct = w.ledger.client(c).await.unwrap();
-    let cost = voucher_cost_micros(3 << 30, PRICE).unwrap();
+    let cost = debit_micros(3 << 30, PRICE);
     assert_eq!(acct.balance_micros, (1 << 40) - cost);
     assert_eq!(acct.spent_micros, cost);
     assert_eq!(acct.deposited_micros, 1 << 40);
     assert_eq!(acct.vouchers, 1);
-    assert_eq!(acct.allowance_bytes, 3 << 30);
+    assert_eq!(acct.budget_micros, cost);
     let bal = w.ledger.credit(c, 5).await.unwrap();
     assert_eq!(bal, (1 << 40) - cost + 5);
     // Credit to an unregistered client fails and stores nothing.
@@ -57,13 +57,21 @@ async fn vouchers_are_idempotent_and_need_funds<S: Store>(store: S) {
     let c = w.clients[0].public_key();
     let bal = w.ledger.client(c).await.unwrap().balance_micros;
     // Same nonce and time: the same voucher, not charged twice.
-    let again = w.ledger.issue(c, 1 << 30, [0; 16], NOW).await.unwrap();
+    let budget = debit_micros(1 << 30, PRICE);
+    let again = w
+        .ledger
+        .issue(c, budget, PRICE, [0; 16], NOW)
+        .await
+        .unwrap();
     assert_eq!(again.voucher, w.vouchers[0]);
     assert_eq!(again.balance_micros, None);
     assert_eq!(w.ledger.client(c).await.unwrap().balance_micros, bal);
     // More than the balance: 402-style error, nothing stored.
     let before = w.ledger.store().snapshot().await.unwrap();
-    let huge = w.ledger.issue(c, i64::MAX as u64, [1; 16], NOW).await;
+    let huge = w
+        .ledger
+        .issue(c, i64::MAX as u64, PRICE, [1; 16], NOW)
+        .await;
     assert!(
         matches!(huge, Err(LedgerError::InsufficientFunds { .. })),
         "{huge:?}"
@@ -72,7 +80,7 @@ async fn vouchers_are_idempotent_and_need_funds<S: Store>(store: S) {
     // Unregistered client.
     let r = w
         .ledger
-        .issue(testkit::key(9, 1).public_key(), 10, [2; 16], NOW)
+        .issue(testkit::key(9, 1).public_key(), 10, PRICE, [2; 16], NOW)
         .await;
     assert!(matches!(r, Err(LedgerError::NotFound("client"))), "{r:?}");
 }
@@ -113,7 +121,7 @@ async fn cumulative_receipts_credit_only_deltas<S: Store>(store: S) {
     assert_eq!(e.sessions, 1);
     assert_eq!(e.earned_micros, earned_micros(5300, PRICE));
     let v = w.ledger.voucher(w.vouchers[0].id()).await.unwrap();
-    assert_eq!(v.used_bytes, 5300);
+    assert_eq!(v.used_micros, debit_micros(5300, PRICE));
 }
 
 async fn both_submitters_credit_once<S: Store>(store: S) {
@@ -137,9 +145,9 @@ async fn both_submitters_credit_once<S: Store>(store: S) {
     assert_eq!(e.earned_micros, 2 * PRICE);
 }
 
-async fn allowance_clamps_and_flags<S: Store>(store: S) {
+async fn budget_clamps_and_flags<S: Store>(store: S) {
+    // Two sessions (two relays) share one voucher: 10 000 bytes at PRICE cost 5 micros.
     let w = World::new(store, 2, 1, 10_000).await;
-    // Two sessions (two relays) share one voucher of 10 000 bytes.
     let a1 = w.receipt(0, 0, 1, 1, 0, 6000);
     let b1 = w.receipt(1, 0, 2, 1, 0, 3000);
     let a2 = w.receipt(0, 0, 1, 2, 0, 9000);
@@ -148,60 +156,43 @@ async fn allowance_clamps_and_flags<S: Store>(store: S) {
         .submit(vec![enc(&a1), enc(&b1), enc(&a2)], NOW)
         .await
         .unwrap();
-    assert_eq!(
-        res[0],
+    let advanced = |credited_bytes, clamped| {
         Ok(Outcome::Advanced {
             epoch: NOW / 3600,
-            credited_bytes: 6000,
-            clamped: false
+            credited_bytes,
+            clamped,
         })
-    );
-    assert_eq!(
-        res[1],
-        Ok(Outcome::Advanced {
-            epoch: NOW / 3600,
-            credited_bytes: 3000,
-            clamped: false
-        })
-    );
-    assert_eq!(
-        res[2],
-        Ok(Outcome::Advanced {
-            epoch: NOW / 3600,
-            credited_bytes: 1000,
-            clamped: true
-        })
-    );
+    };
+    // a1 debits ceil(2.79) = 3 micros, b1 ceil(1.40) = 2: the budget is spent. a2 may still
+    // use what session a's 3 micros pay for: 6442 bytes in all, 442 more.
+    assert_eq!(res[0], advanced(6000, false));
+    assert_eq!(res[1], advanced(3000, false));
+    assert_eq!(res[2], advanced(442, true));
     let ea = w.ledger.relay(w.relays[0].public_key()).await.unwrap();
     let eb = w.ledger.relay(w.relays[1].public_key()).await.unwrap();
-    assert_eq!((ea.credited_bytes, ea.clamped_sessions), (7000, 1));
+    assert_eq!((ea.credited_bytes, ea.clamped_sessions), (6442, 1));
     assert_eq!((eb.credited_bytes, eb.clamped_sessions), (3000, 0));
-    assert_eq!(
-        w.ledger
-            .voucher(w.vouchers[0].id())
-            .await
-            .unwrap()
-            .used_bytes,
-        10_000
-    );
-    // Further receipts still advance the session but credit nothing.
+    let used = |w: &World<S>| {
+        let ledger = w.ledger.clone();
+        let id = w.vouchers[0].id();
+        async move { ledger.voucher(id).await.unwrap().used_micros }
+    };
+    assert_eq!(used(&w).await, 5);
+    // b2 likewise gets up to what b's 2 micros pay for (4294 bytes), no more.
     let b2 = w.receipt(1, 0, 2, 2, 0, 5000);
     let o = w.ledger.submit_one(enc(&b2), NOW).await.unwrap();
-    assert_eq!(
-        o,
-        Outcome::Advanced {
-            epoch: NOW / 3600,
-            credited_bytes: 0,
-            clamped: true
-        }
-    );
+    assert_eq!(Ok(o), advanced(1294, true));
+    let b3 = w.receipt(1, 0, 2, 3, 0, 6000);
+    let o = w.ledger.submit_one(enc(&b3), NOW).await.unwrap();
+    assert_eq!(Ok(o), advanced(0, true));
+    assert_eq!(used(&w).await, 5);
     let total = ea.earned_micros
         + w.ledger
             .relay(w.relays[1].public_key())
             .await
             .unwrap()
             .earned_micros;
-    assert!(total <= voucher_cost_micros(10_000, PRICE).unwrap());
+    assert!(total <= 5, "{total}");
 }
 
 async fn unknown_keys_and_vouchers_are_refused<S: Store>(store: S) {
@@ -638,15 +629,15 @@ async fn closing_a_voucher_refunds_the_unused_part<S: Store>(store: S) {
         .await
         .unwrap();
     let used = (3 << 30) + 12345;
-    let cost = voucher_cost_micros(10 << 30, PRICE).unwrap();
-    let want = cost - voucher_cost_micros(used, PRICE).unwrap();
+    let cost = debit_micros(10 << 30, PRICE);
+    let want = cost - debit_micros(used, PRICE);
     assert_eq!(
         (
-            closed.used_bytes,
+            closed.used_micros,
             closed.refunded_micros,
             closed.already_closed
         ),
-        (used, want, false)
+        (debit_micros(used, PRICE), want, false)
     );
     let after = w.ledger.client(c).await.unwrap();
     assert_eq!(after.balance_micros, before.balance_micros + want);
@@ -659,17 +650,25 @@ async fn closing_a_voucher_refunds_the_unused_part<S: Store>(store: S) {
         .unwrap();
     assert_eq!((again.refunded_micros, again.already_closed), (want, true));
     assert_eq!(w.ledger.client(c).await.unwrap(), after);
-    // Late receipts advance the session but credit nothing more.
+    // Late receipts advance the session but credit at most the few bytes its last
+    // rounded-up micro already paid for (539 here); nothing more is debited or refunded.
     let r2 = w.receipt(0, 0, 1, 2, 2 << 30, 3 << 30);
     let o = w.ledger.submit_one(enc(&r2), NOW).await.unwrap();
+    let paid_for = ferry_ledger::money::bytes_within(debit_micros(used, PRICE), PRICE) - used;
+    assert_eq!(paid_for, 539);
     assert_eq!(
         o,
         Outcome::Advanced {
             epoch: NOW / 3600,
-            credited_bytes: 0,
+            credited_bytes: paid_for,
             clamped: true
         }
     );
+    assert_eq!(
+        w.ledger.voucher(v.id()).await.unwrap().used_micros,
+        debit_micros(used, PRICE)
+    );
+    assert_eq!(w.ledger.client(c).await.unwrap(), after);
     let earned = w
         .ledger
         .relay(w.relays[0].public_key())

@@ -54,6 +54,9 @@ impl Tolerance {
 pub struct ClientConfig {
     /// Over-claim tolerance.
     pub tolerance: Tolerance,
+    /// Refuse an accept priced above this (micros per GiB), e.g. the price of the descriptor
+    /// the relay was chosen by; the voucher's max price always applies too.
+    pub max_price_micros_per_gib: Option<u64>,
 }
 
 /// The client's answer to a receipt.
@@ -160,14 +163,18 @@ impl ClientSession {
     }
 
     /// Checks an `Accept` against our offer without adopting it: signed by our relay, for
-    /// our identity, voucher and price.
+    /// our identity and voucher, at a price the voucher and our own cap allow.
     pub fn check_accept(&self, accept: &SessionAccept) -> Result<(), ClientError> {
         let offer = self.offer.as_ref().ok_or(ClientError::NoOffer)?;
         let ok = accept.verify(&self.network_id).is_ok()
             && accept.relay_key == self.relay_key
             && accept.client_key == self.key.public_key()
             && accept.voucher_id == offer.voucher.id()
-            && accept.price_micros_per_gib == offer.voucher.price_micros_per_gib;
+            && offer.voucher.allows_price(accept.price_micros_per_gib)
+            && self
+                .cfg
+                .max_price_micros_per_gib
+                .is_none_or(|cap| accept.price_micros_per_gib <= cap);
         if ok {
             Ok(())
         } else {
@@ -407,8 +414,8 @@ mod tests {
             ledger_key: ledger.public_key(),
             client_key: client.public_key(),
             nonce: [0; 16],
-            allowance_bytes: 1 << 30,
-            price_micros_per_gib: 10,
+            budget_micros: 1 << 30,
+            max_price_micros_per_gib: 10,
             issued_at: 0,
             expires_at: 100,
             signature: Signature::ZERO,

@@ -51,7 +51,8 @@ impl<P: Ord + Copy + Debug> RelayHub<P> {
         peer: P,
         offer: &SessionOffer,
         session_id: SessionId,
-        already_spent: u64,
+        price: u64,
+        already_spent_micros: u64,
         now: Instant,
         unix_ts: u64,
     ) -> Result<Message, SessionRejectReason> {
@@ -60,7 +61,8 @@ impl<P: Ord + Copy + Debug> RelayHub<P> {
             &self.id,
             offer,
             session_id,
-            already_spent,
+            price,
+            already_spent_micros,
             now,
             unix_ts,
         )?;

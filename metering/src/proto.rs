@@ -118,6 +118,9 @@ pub enum SessionRejectReason {
     /// The relay has no room for another session.
     #[error("relay busy")]
     Busy,
+    /// The relay's price is above the voucher's max price.
+    #[error("relay's price is above the voucher's max price")]
+    PriceAboveMax,
 }
 
 /// Why a client refused a receipt.
@@ -188,7 +191,7 @@ pub fn reject_reason(r: &SessionReject) -> SessionRejectReason {
 }
 
 impl SessionRejectReason {
-    /// Wire code (1..=6).
+    /// Wire code (1..=7).
     pub fn code(self) -> u8 {
         match self {
             Self::WrongNetwork => 1,
@@ -197,6 +200,7 @@ impl SessionRejectReason {
             Self::VoucherExpired => 4,
             Self::AllowanceExhausted => 5,
             Self::Busy => 6,
+            Self::PriceAboveMax => 7,
         }
     }
 
@@ -208,6 +212,7 @@ impl SessionRejectReason {
             4 => Self::VoucherExpired,
             5 => Self::AllowanceExhausted,
             6 => Self::Busy,
+            7 => Self::PriceAboveMax,
             _ => return Err(FrameError::UnknownReason(c)),
         })
     }

@@ -37,8 +37,8 @@ fn arb_message() -> impl Strategy<Value = Message> {
             ledger_key: PublicKey([9; 32]),
             client_key: PublicKey([3; 32]),
             nonce,
-            allowance_bytes: a,
-            price_micros_per_gib: 3,
+            budget_micros: a,
+            max_price_micros_per_gib: 3,
             issued_at: i / 2,
             expires_at: i / 2 + 100,
             signature: Signature([6; 64]),
@@ -67,7 +67,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
             price_micros_per_gib: t / 3,
             signature: Signature([7; 64]),
         })),
-        (1u8..=6, any::<[u8; 16]>()).prop_map(|(c, nonce)| Message::Reject(SessionReject {
+        (1u8..=7, any::<[u8; 16]>()).prop_map(|(c, nonce)| Message::Reject(SessionReject {
             network_id: NetworkId([1; 16]),
             relay_key: PublicKey([2; 32]),
             client_key: PublicKey([3; 32]),

@@ -28,8 +28,8 @@ fn client(n: u8, ledger: &SigningKey, relay: &SigningKey) -> (ClientSession, Mes
         ledger_key: ledger.public_key(),
         client_key: key.public_key(),
         nonce: [n; 16],
-        allowance_bytes: 1 << 40,
-        price_micros_per_gib: 1,
+        budget_micros: 1 << 40,
+        max_price_micros_per_gib: 1,
         issued_at: UNIX,
         expires_at: UNIX + 3600,
         signature: Signature::ZERO,
@@ -66,7 +66,7 @@ fn hub_bills_the_honest_client_cuts_off_the_silent_one_and_leaves_trusted_peers_
             unreachable!()
         };
         let accept = hub
-            .open(peer, &offer, SessionId([peer as u8; 16]), 0, now, UNIX)
+            .open(peer, &offer, SessionId([peer as u8; 16]), 1, 0, now, UNIX)
             .unwrap();
         c.handle_message(accept, UNIX);
         clients.push(c);

@@ -199,6 +199,13 @@ config peer
 	option ledger_key 'zz$LK'" "option ledger_key must be 64 hex digits"
 	expect_err "paid: ledger_url not http" "$sh" "$PAID
 	option ledger_url 'ftp://x'" "ledger_url must be an http:// URL"
+	expect_ok "paid: the relay's own price" "$sh" "$PAID
+	option price_micros_per_gib '750000'" "{
+		\"paid\": {\"enabled\": true, \"max-sessions-per-voucher\": 2, \"max-sessions-per-client\": 2, \"price-micros-per-gib\": 750000}}"
+	expect_err "paid: no price and no ledger to learn it from" "$sh" "$PAID
+	option ledger_url ''" "set price_micros_per_gib"
+	expect_err "paid: price not a number" "$sh" "$PAID
+	option price_micros_per_gib '1.5'" "option price_micros_per_gib must be an unsigned number"
 	expect_err "paid: receipts on tmpfs" "$sh" "$PAID
 	option state_dir '/tmp/ferry'" "is on tmpfs, lost at reboot"
 	expect_err "paid: receipt cadence above the credit window" "$sh" "$PAID

@@ -27,7 +27,7 @@ pub const WEEK_HOURS: usize = 168;
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)            1   1 type (0x30)
+///   0   1 version (2)            1   1 type (0x30)
 ///   2  16 network_id            18  32 relay_key (Ed25519 identity)
 ///  50  32 wg_key (X25519)       82   4 ipv4 (0.0.0.0 = none)
 ///  86   2 ipv4 WireGuard port (0 iff no ipv4)

@@ -13,7 +13,7 @@ use crate::{
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x31)
+///   0   1 version (2)          1   1 type (0x31)
 ///   2  16 network_id          18  32 ledger_key
 ///  50  32 relay_key           82  32 descriptor_id (SHA-256 of the descriptor encoding)
 /// 114   8 annotated_at       122   8 first_seen       130   8 last_seen (last announce)
@@ -174,7 +174,7 @@ impl DirectoryAnnotation {
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x32)
+///   0   1 version (2)          1   1 type (0x32)
 ///   2  16 network_id          18  32 ledger_key
 ///  50  32 relay_key (the relay being probed)
 ///  82  16 nonce               98   8 issued_at
@@ -285,7 +285,7 @@ impl ProbeChallenge {
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x33)
+///   0   1 version (2)          1   1 type (0x33)
 ///   2  16 network_id          18  32 relay_key
 ///  50  16 nonce (the challenge's)
 ///  66  64 relay signature over PROBE_RESPONSE tag || bytes 0..66

@@ -24,6 +24,7 @@ mod error;
 pub mod fuzzing;
 mod ids;
 mod keys;
+pub mod money;
 mod receipt;
 mod reply;
 mod session;
@@ -48,7 +49,7 @@ pub use state::{Applied, CumulativeState, Rejected};
 pub use voucher::Voucher;
 
 /// The single wire-format version this crate encodes and accepts.
-pub const WIRE_VERSION: u8 = 1;
+pub const WIRE_VERSION: u8 = 2;
 
 /// The largest counter, time or price the ledger stores (2^63 - 1: signed 64-bit columns).
 pub const MAX_LEDGER_VALUE: u64 = i64::MAX as u64;
@@ -56,25 +57,25 @@ pub const MAX_LEDGER_VALUE: u64 = i64::MAX as u64;
 /// Domain-separation tags: prepended to the encoded bytes before signing.
 pub mod domain {
     /// Ledger signature over a [`crate::Voucher`].
-    pub const VOUCHER: &[u8] = b"ferry/v1/voucher\0";
+    pub const VOUCHER: &[u8] = b"ferry/v2/voucher\0";
     /// Client signature over a [`crate::SessionOffer`].
-    pub const SESSION_OFFER: &[u8] = b"ferry/v1/session-offer\0";
+    pub const SESSION_OFFER: &[u8] = b"ferry/v2/session-offer\0";
     /// Relay signature over a [`crate::SessionAccept`].
-    pub const SESSION_ACCEPT: &[u8] = b"ferry/v1/session-accept\0";
+    pub const SESSION_ACCEPT: &[u8] = b"ferry/v2/session-accept\0";
     /// Relay signature over a [`crate::SessionAddress`].
-    pub const SESSION_ADDRESS: &[u8] = b"ferry/v1/session-address\0";
+    pub const SESSION_ADDRESS: &[u8] = b"ferry/v2/session-address\0";
     /// Relay signature over a [`crate::SessionReject`].
-    pub const SESSION_REJECT: &[u8] = b"ferry/v1/session-reject\0";
+    pub const SESSION_REJECT: &[u8] = b"ferry/v2/session-reject\0";
     /// Relay signature over a [`crate::ReceiptBody`].
-    pub const RECEIPT_RELAY: &[u8] = b"ferry/v1/receipt-relay\0";
+    pub const RECEIPT_RELAY: &[u8] = b"ferry/v2/receipt-relay\0";
     /// Client co-signature over a relay-signed receipt plus the client's own counts.
-    pub const RECEIPT_CLIENT: &[u8] = b"ferry/v1/receipt-client\0";
+    pub const RECEIPT_CLIENT: &[u8] = b"ferry/v2/receipt-client\0";
     /// Relay signature over a [`crate::RelayDescriptor`].
-    pub const RELAY_DESCRIPTOR: &[u8] = b"ferry/v1/relay-descriptor\0";
+    pub const RELAY_DESCRIPTOR: &[u8] = b"ferry/v2/relay-descriptor\0";
     /// Ledger (directory) signature over a [`crate::DirectoryAnnotation`].
-    pub const DIRECTORY_ANNOTATION: &[u8] = b"ferry/v1/directory-annotation\0";
+    pub const DIRECTORY_ANNOTATION: &[u8] = b"ferry/v2/directory-annotation\0";
     /// Ledger (directory) signature over a [`crate::ProbeChallenge`].
-    pub const PROBE_CHALLENGE: &[u8] = b"ferry/v1/probe-challenge\0";
+    pub const PROBE_CHALLENGE: &[u8] = b"ferry/v2/probe-challenge\0";
     /// Relay signature over a [`crate::ProbeResponse`].
-    pub const PROBE_RESPONSE: &[u8] = b"ferry/v1/probe-response\0";
+    pub const PROBE_RESPONSE: &[u8] = b"ferry/v2/probe-response\0";
 }

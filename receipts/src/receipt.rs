@@ -13,7 +13,7 @@ use crate::{
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x10)
+///   0   1 version (2)          1   1 type (0x10)
 ///   2  16 network_id          18  32 relay_key
 ///  50  32 client_key          82  16 session_id
 ///  98  32 voucher_id         130   8 seq
@@ -226,7 +226,7 @@ fn read_signed_receipt(r: &mut Reader<'_>) -> SignedReceipt {
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x11)
+///   0   1 version (2)          1   1 type (0x11)
 ///   2 242 signed receipt (body + relay signature, its own version/type bytes included)
 /// 244   8 client_observed_up 252   8 client_observed_down
 /// 260   8 cosigned_at

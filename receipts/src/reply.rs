@@ -17,7 +17,7 @@ use crate::{
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x04)
+///   0   1 version (2)          1   1 type (0x04)
 ///   2  16 network_id          18  32 relay_key
 ///  50  16 offer_nonce (the nonce of the offer this answers)
 ///  66  16 session_id (of the Accept sent with it)
@@ -138,7 +138,7 @@ impl SessionAddress {
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x05)
+///   0   1 version (2)          1   1 type (0x05)
 ///   2  16 network_id          18  32 relay_key
 ///  50  32 client_key (the offer's)
 ///  82  16 offer_nonce         98   1 reason

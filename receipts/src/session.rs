@@ -10,7 +10,7 @@ use crate::{
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x02)
+///   0   1 version (2)          1   1 type (0x02)
 ///   2  16 network_id          18  32 relay_key (the relay this offer is for)
 ///  50  32 client_key          82  32 client_wg_key (X25519)
 /// 114  16 nonce              130   8 created_at
@@ -124,7 +124,7 @@ impl SessionOffer {
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x03)
+///   0   1 version (2)          1   1 type (0x03)
 ///   2  16 network_id          18  32 relay_key
 ///  50  32 client_key          82  16 session_id
 ///  98  32 voucher_id         130   8 started_at
@@ -145,7 +145,8 @@ pub struct SessionAccept {
     pub voucher_id: VoucherId,
     /// Unix seconds at session start.
     pub started_at: u64,
-    /// Price per GiB from the voucher.
+    /// The relay's own price per GiB for this session (at most the voucher's
+    /// `max_price_micros_per_gib`; the client checks).
     pub price_micros_per_gib: u64,
     /// Relay signature.
     pub signature: Signature,

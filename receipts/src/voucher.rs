@@ -6,15 +6,16 @@ use crate::{
     DecodeError, NetworkId, PublicKey, Signature, SigningKey, VerifyError, VoucherId, domain,
 };
 
-/// A ledger-signed permission for one client key to use up to `allowance_bytes` at
-/// `price_micros_per_gib` until `expires_at`. Relays verify it offline.
+/// A ledger-signed money budget: one client key may spend up to `budget_micros` on sessions
+/// priced at most `max_price_micros_per_gib`, starting them until `expires_at`. Each relay
+/// names its own price in its signed accept; relays verify the voucher offline.
 ///
 /// ```text
 /// off len field
-///   0   1 version (1)          1   1 type (0x01)
+///   0   1 version (2)          1   1 type (0x01)
 ///   2  16 network_id          18  32 ledger_key
 ///  50  32 client_key          82  16 nonce
-///  98   8 allowance_bytes    106   8 price_micros_per_gib
+///  98   8 budget_micros      106   8 max_price_micros_per_gib
 /// 114   8 issued_at          122   8 expires_at
 /// 130  64 ledger signature over VOUCHER tag || bytes 0..130
 /// ```
@@ -28,10 +29,11 @@ pub struct Voucher {
     pub client_key: PublicKey,
     /// Ledger-chosen random bytes making every voucher unique.
     pub nonce: [u8; 16],
-    /// Total bytes (up + down) the client has paid for.
-    pub allowance_bytes: u64,
-    /// Price in millionths of a currency unit per GiB (2^30 bytes).
-    pub price_micros_per_gib: u64,
+    /// Money the client paid for, in millionths of a currency unit; sessions debit
+    /// `ceil(bytes × session price / 2^30)` from it.
+    pub budget_micros: u64,
+    /// The highest session price (micros per GiB, 2^30 bytes) the client agreed to.
+    pub max_price_micros_per_gib: u64,
     /// Unix seconds at issue.
     pub issued_at: u64,
     /// Unix seconds after which relays must refuse it.
@@ -51,8 +53,8 @@ impl Voucher {
             .bytes(self.ledger_key.as_bytes())
             .bytes(self.client_key.as_bytes())
             .bytes(&self.nonce)
-            .u64(self.allowance_bytes)
-            .u64(self.price_micros_per_gib)
+            .u64(self.budget_micros)
+            .u64(self.max_price_micros_per_gib)
             .u64(self.issued_at)
             .u64(self.expires_at)
             .finish()
@@ -80,8 +82,8 @@ impl Voucher {
             ledger_key: PublicKey(r.array()),
             client_key: PublicKey(r.array()),
             nonce: r.array(),
-            allowance_bytes: r.u64(),
-            price_micros_per_gib: r.u64(),
+            budget_micros: r.u64(),
+            max_price_micros_per_gib: r.u64(),
             issued_at: r.u64(),
             expires_at: r.u64(),
             signature: Signature(r.array()),
@@ -90,6 +92,20 @@ impl Voucher {
             return Err(DecodeError::InvalidField("expires_at before issued_at"));
         }
         Ok(v)
+    }
+
+    /// Whether a session at `price_micros_per_gib` may be paid from this voucher.
+    pub fn allows_price(&self, price_micros_per_gib: u64) -> bool {
+        price_micros_per_gib <= self.max_price_micros_per_gib
+    }
+
+    /// The most bytes a session at `price_micros_per_gib` may carry when `spent_micros` of
+    /// the budget are already gone (see [`crate::money`]).
+    pub fn bytes_at(&self, price_micros_per_gib: u64, spent_micros: u64) -> u64 {
+        crate::money::bytes_within(
+            self.budget_micros.saturating_sub(spent_micros),
+            price_micros_per_gib,
+        )
     }
 
     /// SHA-256 of the canonical encoding; the id receipts and the ledger refer to.

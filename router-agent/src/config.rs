@@ -337,7 +337,23 @@ impl Config {
             listen,
             base_dir,
         )?;
-        let directory = crate::config_directory::validate(self.directory.as_ref())?;
+        let mut paid = paid;
+        let mut directory = crate::config_directory::validate(self.directory.as_ref())?;
+        // One price: what the descriptor advertises is what sessions are signed at.
+        if let (Some(p), Some(d)) = (paid.as_mut(), directory.as_mut()) {
+            match (p.limits.price_micros_per_gib, d.price_micros_per_gib) {
+                (Some(a), Some(b)) if a != b => bail!(
+                    "paid.price-micros-per-gib ({a}) and directory.price-micros-per-gib ({b}) \
+                     differ: the directory must advertise the price sessions are sold at (set \
+                     one of them)"
+                ),
+                (a, b) => {
+                    let price = a.or(b);
+                    p.limits.price_micros_per_gib = price;
+                    d.price_micros_per_gib = price;
+                }
+            }
+        }
         if directory.is_some() && paid.as_ref().is_none_or(|p| p.ledger_url.is_none()) {
             bail!(
                 "[directory] announces a paid relay: it needs [paid] enabled = true and \

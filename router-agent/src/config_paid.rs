@@ -111,6 +111,11 @@ pub struct Paid {
     /// A voucher whose remaining allowance on this relay is below this is refused.
     #[serde(default = "default_min_allowance")]
     pub min_allowance_mib: f64,
+    /// This relay's price, micros per GiB (signed into every accept and receipt; clients
+    /// whose voucher allows less are refused). Default: the network price, asked from the
+    /// ledger at start.
+    #[serde(default)]
+    pub price_micros_per_gib: Option<u64>,
 }
 
 /// Limits on paid sessions (against one cheap voucher crowding out the relay).
@@ -124,6 +129,8 @@ pub struct SessionLimits {
     pub unused_timeout: Duration,
     /// Smallest remaining allowance that opens a session.
     pub min_allowance_bytes: u64,
+    /// The relay's configured price (`None`: the network price, learned from the ledger).
+    pub price_micros_per_gib: Option<u64>,
 }
 
 impl Default for SessionLimits {
@@ -133,6 +140,7 @@ impl Default for SessionLimits {
             per_client: default_per_client(),
             unused_timeout: Duration::from_secs(default_unused_timeout()),
             min_allowance_bytes: 1 << 20,
+            price_micros_per_gib: None,
         }
     }
 }
@@ -289,7 +297,18 @@ pub fn validate(
     if paid.unused_session_timeout_secs == 0 {
         bail!("paid.unused-session-timeout-secs: must be at least 1");
     }
+    match paid.price_micros_per_gib {
+        Some(p) if p == 0 || p > ferry_receipts::MAX_LEDGER_VALUE => {
+            bail!("paid.price-micros-per-gib: must be in 1..2^63")
+        }
+        None if network.ledger_url.is_none() => bail!(
+            "paid.price-micros-per-gib: set this relay's price (there is no network.ledger-url \
+             to learn the network price from)"
+        ),
+        _ => {}
+    }
     let limits = SessionLimits {
+        price_micros_per_gib: paid.price_micros_per_gib,
         per_voucher: paid.max_sessions_per_voucher,
         per_client: paid.max_sessions_per_client,
         unused_timeout: Duration::from_secs(paid.unused_session_timeout_secs),

@@ -231,8 +231,15 @@ fn session_limits_default_small_and_refuse_zero_caps() {
         + "[identity]\nkey-file = \"id.key\"\n[network]\nid = \"00112233445566778899aabbccddeeff\"\n\
            ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
            [paid]\nenabled = true\n";
+    // Without a ledger to learn the network price from, the relay must name its own.
+    let e = err(&paid);
+    assert!(e.contains("paid.price-micros-per-gib"), "{e}");
+    let paid = paid + "price-micros-per-gib = 750000\n";
     let cfg = Config::parse(&paid, Path::new("/etc/ferry")).unwrap();
     let limits = cfg.paid.unwrap().limits;
+    assert_eq!(limits.price_micros_per_gib, Some(750_000));
+    let e = err(&paid.replace("750000", "0"));
+    assert!(e.contains("1..2^63"), "{e}");
     assert_eq!((limits.per_voucher, limits.per_client), (2, 2));
     assert_eq!(limits.unused_timeout, std::time::Duration::from_secs(60));
     assert_eq!(limits.min_allowance_bytes, 1 << 20);
@@ -242,4 +249,27 @@ fn session_limits_default_small_and_refuse_zero_caps() {
     assert!(e.contains("unused-session-timeout-secs"), "{e}");
     let e = err(&(paid + "min-allowance-mib = -1\n"));
     assert!(e.contains("min-allowance-mib"), "{e}");
+}
+
+#[test]
+fn the_directory_advertises_the_price_sessions_are_sold_at() {
+    let paid = minimal()
+        + "[identity]\nkey-file = \"id.key\"\n[network]\nid = \"00112233445566778899aabbccddeeff\"\n\
+           ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+           ledger-url = \"http://192.0.2.1:7878\"\n[paid]\nenabled = true\n";
+    // With a ledger the price may be left to the network.
+    let cfg = Config::parse(&paid, Path::new("/etc/ferry")).unwrap();
+    assert_eq!(cfg.paid.unwrap().limits.price_micros_per_gib, None);
+    // A price set only in [directory] is the session price too.
+    let dir = "[directory]\ncountry = \"DE\"\nprice-micros-per-gib = 700000\n";
+    let cfg = Config::parse(&(paid.clone() + dir), Path::new("/etc/ferry")).unwrap();
+    assert_eq!(cfg.paid.unwrap().limits.price_micros_per_gib, Some(700_000));
+    assert_eq!(cfg.directory.unwrap().price_micros_per_gib, Some(700_000));
+    // Set only in [paid]: the descriptor carries it.
+    let both = paid.clone() + "price-micros-per-gib = 650000\n" + "[directory]\ncountry = \"DE\"\n";
+    let cfg = Config::parse(&both, Path::new("/etc/ferry")).unwrap();
+    assert_eq!(cfg.directory.unwrap().price_micros_per_gib, Some(650_000));
+    // Two different prices: refused, naming both.
+    let e = err(&(paid + "price-micros-per-gib = 650000\n" + dir));
+    assert!(e.contains("650000") && e.contains("700000"), "{e}");
 }

@@ -156,10 +156,16 @@ impl Metering {
             .await
             .with_context(|| format!("binding the Hello port {}", settings.hello_listen))?;
         let (tx, cosigned_rx) = mpsc::unbounded_channel();
+        let mut limits = settings.limits;
+        if limits.price_micros_per_gib.is_none() {
+            // Learn the network price before the first Hello can arrive (else it is refused
+            // as busy); a ledger that does not answer now is retried in the background.
+            limits.price_micros_per_gib = first_network_price(settings).await;
+        }
         lock(relay).set_hook(Box::new(PaidSessions::new(
             RelayHub::new(settings.meter.clone(), identity),
             &shared.subnets,
-            settings.limits,
+            limits,
             tx,
             shared.wake.clone(),
             shared.counters.clone(),
@@ -238,6 +244,19 @@ impl Metering {
             });
         }
         tasks.spawn(drive(shared.clone(), relay.clone(), udp.clone()));
+        let priced = with_sessions(&relay, |_, s| s.priced()).unwrap_or(true);
+        if let (false, Some(url)) = (priced, &settings.ledger_url) {
+            match ferry_store::LedgerClient::new(
+                url,
+                settings.ledger_ca_file.as_deref(),
+                Duration::from_secs(10),
+            ) {
+                Ok(ledger) => {
+                    tasks.spawn(learn_network_price(ledger, relay.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "network price: bad ledger URL"),
+            }
+        }
         if let Some(s) = submitter {
             let stop = stop.clone();
             tasks.spawn(async move { s.run(async move { stop.notified().await }).await });
@@ -299,6 +318,50 @@ impl Running {
 
 use ferry_store::unix_now;
 
+/// The network price from the ledger, asked up to 3 times a second apart (`None`: no ledger
+/// URL, or it did not answer).
+async fn first_network_price(settings: &PaidSettings) -> Option<u64> {
+    let url = settings.ledger_url.as_deref()?;
+    let ledger = ferry_store::LedgerClient::new(
+        url,
+        settings.ledger_ca_file.as_deref(),
+        Duration::from_secs(3),
+    )
+    .ok()?;
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if let Ok(p) = ferry_store::market::network_price(&ledger).await {
+            tracing::info!(price_micros_per_gib = p, "selling at the network price");
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Asks the ledger for the network price until it answers, then opens sessions at it (no
+/// `[paid] price-micros-per-gib`: this relay sells at the network price; offers are refused
+/// as busy until then).
+async fn learn_network_price(ledger: ferry_store::LedgerClient, relay: SharedRelay) {
+    let mut warned = false;
+    loop {
+        match ferry_store::market::network_price(&ledger).await {
+            Ok(p) => {
+                with_sessions(&relay, |_, s| s.set_price(p));
+                tracing::info!(price_micros_per_gib = p, "selling at the network price");
+                return;
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(error = %e, "network price unknown: paid offers are refused until the ledger answers");
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+}
+
 /// Re-admits the peers of sessions the store says are open; returns how many.
 fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {
     let now = Instant::now();
@@ -308,10 +371,15 @@ fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {
         let Some(o) = e.open else { continue };
         let (v4, v6) = decode_addrs(&o.extra);
         let voucher = &o.offer.voucher;
-        let own_total = e.latest.map_or(0, |c| c.body().total_bytes());
+        let own = e.latest.map_or(0, |c| {
+            ferry_receipts::money::debit_micros(
+                c.body().total_bytes(),
+                o.accept.price_micros_per_gib,
+            )
+        });
         let others = lock(&shared.store)
-            .voucher_spent(&voucher.id())
-            .saturating_sub(own_total);
+            .voucher_spent_micros(&voucher.id())
+            .saturating_sub(own);
         let paid = PaidPeer {
             session: o.accept.session_id,
             offer: o.offer.clone(),
@@ -319,7 +387,7 @@ fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {
             v4,
             v6,
         };
-        let allowance = voucher.allowance_bytes.saturating_sub(others);
+        let allowance = voucher.bytes_at(o.accept.price_micros_per_gib, others);
         match with_sessions(relay, |r, s| s.resume(r, paid, allowance, e.latest, now)) {
             Some(Ok(_)) => {}
             Some(Err(err)) => {

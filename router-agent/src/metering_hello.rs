@@ -159,7 +159,7 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
             end_session(shared, relay, peer).await;
         }
     }
-    let spent = lock(&shared.store).voucher_spent(&offer.voucher.id());
+    let spent = lock(&shared.store).voucher_spent_micros(&offer.voucher.id());
     let Some(session_id) = random_session_id() else {
         return vec![id.reject(&offer, SessionRejectReason::Busy)];
     };

@@ -57,6 +57,8 @@ impl PaidPeer {
 
 /// The relay's paid sessions: its metering hook (see the module docs).
 pub(crate) struct PaidSessions {
+    /// The price new sessions open at (`None`: not known yet, offers are refused).
+    price: Option<u64>,
     pub(crate) hub: RelayHub<PeerId>,
     pub(crate) peers: BTreeMap<PeerId, PaidPeer>,
     /// The relay's own tunnel addresses (control datagrams go to these).
@@ -100,6 +102,7 @@ impl PaidSessions {
         Self {
             hub,
             peers: BTreeMap::new(),
+            price: limits.price_micros_per_gib,
             limits,
             per_voucher: BTreeMap::new(),
             per_client: BTreeMap::new(),
@@ -113,8 +116,18 @@ impl PaidSessions {
         }
     }
 
-    /// Admits a paid client in one step: checks the per-voucher and per-client caps and the
-    /// voucher's remaining allowance, allocates its tunnel addresses, adds its WireGuard key
+    /// Whether new sessions have a price to open at.
+    pub(crate) fn priced(&self) -> bool {
+        self.price.is_some()
+    }
+
+    /// Sets the price new sessions open at (the network price, once the ledger said it).
+    pub(crate) fn set_price(&mut self, price: u64) {
+        self.price = Some(price);
+    }
+
+    /// Admits a paid client in one step: checks the per-voucher and per-client caps, the
+    /// voucher's max price against ours and what its budget still buys here, allocates its tunnel addresses, adds its WireGuard key
     /// as a paid peer and opens its session (the hub verifies the offer and signs the
     /// Accept). On any failure nothing is left behind.
     pub(crate) fn admit(
@@ -122,7 +135,7 @@ impl PaidSessions {
         relay: &mut Relay,
         offer: &SessionOffer,
         session_id: SessionId,
-        already_spent: u64,
+        already_spent_micros: u64,
         now: Instant,
         unix_ts: u64,
     ) -> Result<(PeerId, PaidPeer), AdmitError> {
@@ -133,7 +146,14 @@ impl PaidSessions {
         {
             return Err(AdmitError::Capped);
         }
-        let left = offer.voucher.allowance_bytes.saturating_sub(already_spent);
+        // Until the relay knows its price (the ledger's network price) it sells nothing.
+        let Some(price) = self.price else {
+            return Err(AdmitError::Rejected(SessionRejectReason::Busy));
+        };
+        if !offer.voucher.allows_price(price) {
+            return Err(AdmitError::Rejected(SessionRejectReason::PriceAboveMax));
+        }
+        let left = offer.voucher.bytes_at(price, already_spent_micros);
         if left < self.limits.min_allowance_bytes.max(1) {
             return Err(AdmitError::Rejected(
                 SessionRejectReason::AllowanceExhausted,
@@ -151,10 +171,15 @@ impl PaidSessions {
                 PeerKind::Paid,
             )
             .map_err(|_| AdmitError::Full)?;
-        let accept = match self
-            .hub
-            .open(id, offer, session_id, already_spent, now, unix_ts)
-        {
+        let accept = match self.hub.open(
+            id,
+            offer,
+            session_id,
+            price,
+            already_spent_micros,
+            now,
+            unix_ts,
+        ) {
             Ok(Message::Accept(a)) => a,
             Ok(_) => {
                 self.hub.remove(id);

@@ -56,6 +56,16 @@ impl Lab {
     }
 
     fn with_limits(limits: SessionLimits) -> Self {
+        // One micro per byte unless a test says otherwise: a voucher's budget is its
+        // allowance in bytes.
+        let price = limits.price_micros_per_gib.or(Some(1 << 30));
+        Self::priced(SessionLimits {
+            price_micros_per_gib: price,
+            ..limits
+        })
+    }
+
+    fn priced(limits: SessionLimits) -> Self {
         let mut relay = Relay::new(CoreConfig {
             private_key: wg_secret(1),
             tunnel_addresses: vec!["10.77.0.1".parse().unwrap(), "fd77::1".parse().unwrap()],
@@ -123,8 +133,8 @@ impl Lab {
             ledger_key: self.ledger.public_key(),
             client_key: client.public_key(),
             nonce: [voucher; 16],
-            allowance_bytes: allowance,
-            price_micros_per_gib: 50_000,
+            budget_micros: allowance,
+            max_price_micros_per_gib: 1 << 30,
             issued_at: UNIX - 10,
             expires_at: UNIX + 86_400,
             signature: Signature::ZERO,
@@ -585,4 +595,32 @@ fn allocation_costs_about_one_lookup_per_session_even_with_many_peers() {
     // Two families (v4 + v6) per admission: one probe each, nothing rescanned (the relay's
     // own .1 and ::1 are in the trusted pool, never probed).
     assert_eq!(probes, 60 * 2, "{probes} probes for 60 admissions");
+}
+
+#[test]
+fn offers_wait_for_the_relays_price_and_a_voucher_below_it_is_refused() {
+    // No price yet (the network price not learned): offers are refused as busy, nothing kept.
+    let mut lab = Lab::priced(SessionLimits::default());
+    let offer = lab.offer(50, 1);
+    assert!(matches!(
+        admit_offer(&mut lab, &offer),
+        Err(AdmitError::Rejected(SessionRejectReason::Busy))
+    ));
+    assert_eq!(lab.relay.peers().count(), 0);
+    // Above the voucher's max price (2^30): refused with the reason the client can show.
+    lab.relay
+        .with_hook(|_, s: &mut PaidSessions| s.set_price((1 << 30) + 1))
+        .unwrap();
+    assert!(matches!(
+        admit_offer(&mut lab, &offer),
+        Err(AdmitError::Rejected(SessionRejectReason::PriceAboveMax))
+    ));
+    assert_eq!(lab.relay.peers().count(), 0);
+    // At half the max price the accept says so, and the budget buys twice the bytes.
+    lab.relay
+        .with_hook(|_, s: &mut PaidSessions| s.set_price(1 << 29))
+        .unwrap();
+    let (_, paid) = admit_offer(&mut lab, &offer).unwrap();
+    assert_eq!(paid.accept.price_micros_per_gib, 1 << 29);
+    assert_eq!(offer.voucher.bytes_at(1 << 29, 0), 2 << 40);
 }

@@ -32,7 +32,7 @@ fn paid_config(d: &std::path::Path, network_extra: &str) -> std::path::PathBuf {
              [identity]\nkey-file = \"identity.key\"\n\
              [network]\nid = \"00112233445566778899aabbccddeeff\"\n\
              ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
-             {network_extra}[metering]\nstate-dir = \"state\"\n[paid]\nenabled = true\n"
+             {network_extra}[metering]\nstate-dir = \"state\"\n[paid]\nenabled = true\nprice-micros-per-gib = 500000\n"
         ),
     )
     .unwrap();

@@ -312,12 +312,15 @@ impl Store {
 
     /// Bytes (up + down) already billed against `voucher` on this relay, summed over its
     /// sessions' latest receipts.
-    pub fn voucher_spent(&self, voucher: &VoucherId) -> u64 {
+    pub fn voucher_spent_micros(&self, voucher: &VoucherId) -> u64 {
         self.sessions
             .values()
             .filter_map(|e| e.latest)
             .filter(|c| &c.body().voucher_id == voucher)
-            .map(|c| c.body().total_bytes())
+            .map(|c| {
+                let b = c.body();
+                ferry_receipts::money::debit_micros(b.total_bytes(), b.price_micros_per_gib)
+            })
             .fold(0u64, u64::saturating_add)
     }
 

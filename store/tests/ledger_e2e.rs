@@ -42,7 +42,7 @@ async fn co_signed_receipts_reach_the_real_ledger_and_credit_the_relay() {
         .await
         .unwrap();
     let voucher = ledger
-        .issue(client_key.public_key(), 1 << 30, [1; 16], NOW)
+        .issue(client_key.public_key(), 1 << 30, 1 << 30, [1; 16], NOW)
         .await
         .unwrap()
         .voucher;
@@ -83,8 +83,17 @@ async fn co_signed_receipts_reach_the_real_ledger_and_credit_the_relay() {
         credit_window_bytes: 2 << 20,
         ..RelayConfig::default()
     };
-    let (mut relay, accept) =
-        RelaySession::open(cfg, &id, &offer, SessionId([9; 16]), 0, now, NOW + 1).unwrap();
+    let (mut relay, accept) = RelaySession::open(
+        cfg,
+        &id,
+        &offer,
+        SessionId([9; 16]),
+        1 << 30,
+        0,
+        now,
+        NOW + 1,
+    )
+    .unwrap();
     client.handle_message(accept, NOW + 1);
     let mut forwarded = 0;
     for i in 0..6000u64 {

@@ -36,8 +36,8 @@ fn relay_restarts_resume_from_the_store_without_losing_co_signed_receipts() {
         ledger_key: ledger.public_key(),
         client_key: client_key.public_key(),
         nonce: [0; 16],
-        allowance_bytes: 1 << 40,
-        price_micros_per_gib: 1,
+        budget_micros: 1 << 40,
+        max_price_micros_per_gib: 1,
         issued_at: unix,
         expires_at: unix + 3600,
         signature: Signature::ZERO,
@@ -58,8 +58,17 @@ fn relay_restarts_resume_from_the_store_without_losing_co_signed_receipts() {
         key: relay_key.clone(),
     };
     let (mut store, _) = Store::open(&path).unwrap();
-    let (mut relay, accept) =
-        RelaySession::open(cfg.clone(), &id, &offer, SessionId([4; 16]), 0, now, unix).unwrap();
+    let (mut relay, accept) = RelaySession::open(
+        cfg.clone(),
+        &id,
+        &offer,
+        SessionId([4; 16]),
+        1,
+        0,
+        now,
+        unix,
+    )
+    .unwrap();
     let Message::Accept(a) = accept.clone() else {
         unreachable!()
     };
@@ -118,11 +127,15 @@ fn relay_restarts_resume_from_the_store_without_losing_co_signed_receipts() {
             let e = store.open_sessions().next().unwrap().clone();
             let open = e.open.unwrap();
             assert_eq!(open.extra, b"10.77.0.2/32");
+            let allowance = open
+                .offer
+                .voucher
+                .bytes_at(open.accept.price_micros_per_gib, 0);
             relay = RelaySession::resume(
                 cfg.clone(),
                 relay_key.clone(),
                 open.accept,
-                open.offer.voucher.allowance_bytes,
+                allowance,
                 open.offer.voucher.expires_at,
                 e.latest,
                 now,

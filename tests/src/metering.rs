@@ -218,10 +218,13 @@ impl Ledger {
         self.ns.exec(&v)
     }
 
-    /// Issues a voucher for `client` (admin), returning it decoded.
+    /// Issues a voucher for `client` (admin) paying for `allowance_bytes` at the network
+    /// price (its max price), returning it decoded.
     pub fn voucher(&self, client: &PublicKey, allowance_bytes: u64) -> Result<Voucher> {
+        let budget =
+            ferry_receipts::money::debit_micros(allowance_bytes, self.price_micros_per_gib);
         let body = format!(
-            "{{\"client_key\":\"{}\",\"allowance_bytes\":{allowance_bytes}}}",
+            "{{\"client_key\":\"{}\",\"budget_micros\":{budget}}}",
             client.to_hex()
         );
         let auth = format!("authorization: Bearer {}", self.token);
@@ -247,6 +250,12 @@ impl Ledger {
             json_u64(&out, "credited_bytes").unwrap_or(0),
             json_u64(&out, "earned_micros").unwrap_or(0),
         ))
+    }
+
+    /// What voucher `id`'s sessions debited so far (micros).
+    pub fn voucher_used(&self, id: &ferry_receipts::VoucherId) -> Result<u64> {
+        let out = self.curl(&[&format!("{}/v1/vouchers/{}", self.url, id.to_hex())])?;
+        json_u64(&out, "used_micros").with_context(|| format!("voucher answer {out}"))
     }
 
     /// The config path (for CLI commands).

@@ -71,7 +71,7 @@ fn agent_lab() -> AgentLab {
     std::fs::create_dir_all(&state).unwrap();
     let mut cfg = AgentConfig::new(Egress::Tun);
     cfg.extra = format!(
-        "\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{NETWORK}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"http://127.0.0.1:9\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = 0.25\nreceipt-every-secs = 2\ncredit-window-mib = 4\n\n[paid]\nenabled = true\n",
+        "\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{NETWORK}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"http://127.0.0.1:9\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = 0.25\nreceipt-every-secs = 2\ncredit-window-mib = 4\n\n[paid]\nenabled = true\nprice-micros-per-gib = 500000\n",
         relay_home.dir.join("identity.key").display(),
         state.display()
     );
@@ -302,8 +302,9 @@ fn test_voucher(client: &ferry_receipts::SigningKey, allowance: u64) -> ferry_re
         ledger_key: ledger.public_key(),
         client_key: client.public_key(),
         nonce: [7; 16],
-        allowance_bytes: allowance,
-        price_micros_per_gib: 500_000,
+        // `allowance` bytes at this relay's price.
+        budget_micros: ferry_receipts::money::debit_micros(allowance, 500_000),
+        max_price_micros_per_gib: 500_000,
         issued_at: now - 60,
         expires_at: now + 3600,
         signature: ferry_receipts::Signature::ZERO,

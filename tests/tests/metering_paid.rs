@@ -7,7 +7,10 @@
 //!   credits exactly the last co-signed receipt;
 //! - non-paying client: at most W bytes reach the internet host, then it is cut off;
 //! - kill -9 chaos: ≥ 100 kills during traffic, no acknowledged receipt lost, the session
-//!   resumes from the store every time.
+//!   resumes from the store every time;
+//! - per-relay prices: two sessions of one voucher at two relay prices are each billed at their
+//!   own price (ledger credit and voucher debit), and a price above the voucher's max is
+//!   refused with its reason.
 //!
 //! Needs root: `cargo test -p ferry-e2e --test metering_paid -- --ignored --test-threads=1`.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
@@ -499,4 +502,102 @@ fn full_disk_stops_credit_without_panic_and_recovers_when_space_returns() {
         fin.body().seq,
         total(&fin)
     );
+}
+
+/// Runs one honest session of ~`secs` seconds at 200 packets/s; returns its final receipt.
+fn priced_session(p: &Paid, secs: u64) -> CoSignedReceipt {
+    let spec = ClientSpec {
+        wg: KeyPair::generate().unwrap(),
+        ..p.spec.clone()
+    };
+    let client = PaidClient::start(&p.topo.client, spec).unwrap();
+    client
+        .wait(Duration::from_secs(15), "session accepted", |r| {
+            r.address.is_some() || r.refused.is_some()
+        })
+        .unwrap();
+    client.set_rate(200);
+    std::thread::sleep(Duration::from_secs(secs));
+    client.set_rate(0);
+    std::thread::sleep(Duration::from_millis(500));
+    client.close();
+    let r = client
+        .wait(Duration::from_secs(15), "final receipt acked", |r| r.closed)
+        .unwrap();
+    assert!(r.rejected.is_none() && r.refused.is_none(), "{r:?}");
+    *r.acked.last().unwrap()
+}
+
+/// Rewrites the agent's `[paid] price-micros-per-gib` and restarts it.
+fn reprice(p: &mut Paid, price: u64) {
+    let text = std::fs::read_to_string(&p.config).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("price-micros-per-gib"))
+        .map(|l| {
+            if l == "enabled = true" {
+                format!("{l}\nprice-micros-per-gib = {price}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&p.config, text).unwrap();
+    p.topo.lab.stop(p.agent, Duration::from_secs(10));
+    p.agent = start_agent(&mut p.topo.lab, &p.topo.router, &p.bin, &p.config, LABEL).unwrap();
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn two_sessions_at_two_relay_prices_are_each_billed_at_their_own_price() {
+    use ferry_receipts::money::{debit_micros, earned_micros};
+    let mut p = setup(
+        "receipt-every-mib = 0.25\nreceipt-every-secs = 1\ncredit-window-mib = 2\n",
+        true,
+        Behaviour::Honest,
+    );
+    let net = p.ledger.price_micros_per_gib;
+    // The voucher's max price is the network price; the relay sells below it, then just below.
+    let (cheap, dear) = (net / 3 + 1, net - 7);
+    reprice(&mut p, cheap);
+    let a = priced_session(&p, 3);
+    reprice(&mut p, dear);
+    let b = priced_session(&p, 3);
+    assert_eq!(
+        (a.body().price_micros_per_gib, b.body().price_micros_per_gib),
+        (cheap, dear),
+        "each receipt carries the price its relay signed in the accept"
+    );
+    let (ta, tb) = (total(&a), total(&b));
+    let (credited, earned) = ledger_credit(&p, ta + tb);
+    assert_eq!(credited, ta + tb);
+    assert_eq!(earned, earned_micros(ta, cheap) + earned_micros(tb, dear));
+    let used = p.ledger.voucher_used(&p.spec.voucher.id()).unwrap();
+    assert_eq!(used, debit_micros(ta, cheap) + debit_micros(tb, dear));
+    assert!(earned <= used);
+    eprintln!(
+        "prices: session A {ta} B at {cheap}, session B {tb} B at {dear}: relay earned {earned} µ, voucher debited {used} µ (one price would have been {} µ)",
+        debit_micros(ta + tb, net)
+    );
+    // Above the voucher's max: refused with the reason, nothing billed.
+    reprice(&mut p, net + 1);
+    let client = PaidClient::start(
+        &p.topo.client,
+        ClientSpec {
+            wg: KeyPair::generate().unwrap(),
+            ..p.spec.clone()
+        },
+    )
+    .unwrap();
+    let r = client
+        .wait(Duration::from_secs(15), "the offer refused", |r| {
+            r.refused.is_some()
+        })
+        .unwrap();
+    assert_eq!(
+        r.refused,
+        Some(ferry_metering::SessionRejectReason::PriceAboveMax)
+    );
+    assert!(r.accepted.is_none());
+    assert_eq!(p.ledger.voucher_used(&p.spec.voucher.id()).unwrap(), used);
 }

@@ -135,8 +135,12 @@ pub struct RelayList {
 pub struct VoucherRequest {
     /// The client's identity key (hex).
     pub client_key: String,
-    /// Bytes the voucher pays for.
-    pub allowance_bytes: u64,
+    /// Money to put on the voucher (micros), debited from the balance.
+    pub budget_micros: u64,
+    /// The highest relay price (micros per GiB) the voucher may pay; absent: the network
+    /// price (`GET /v1/info`). Signed requests must state it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price_micros_per_gib: Option<u64>,
     /// Random, 16 bytes (hex); makes the request idempotent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
@@ -157,10 +161,10 @@ pub struct IssuedVoucher {
     pub voucher_id: String,
     /// Owner (hex).
     pub client_key: String,
-    /// Bytes it pays for.
-    pub allowance_bytes: u64,
-    /// Price it was bought at.
-    pub price_micros_per_gib: u64,
+    /// Money on it (micros).
+    pub budget_micros: u64,
+    /// The highest session price it pays (micros per GiB).
+    pub max_price_micros_per_gib: u64,
     /// Unix seconds.
     pub issued_at: u64,
     /// Unix seconds.
@@ -199,7 +203,7 @@ pub enum ItemResult {
         epoch: u64,
         /// Bytes newly credited.
         credited_bytes: u64,
-        /// The credit was clamped to the voucher's allowance.
+        /// The credit was clamped to what the voucher's budget pays for.
         clamped: bool,
     },
     /// Seen before: nothing changed.
@@ -314,18 +318,19 @@ mod tests {
     fn voucher_requests_omit_absent_fields_and_refuse_unknown_ones() {
         let admin = VoucherRequest {
             client_key: "ab".into(),
-            allowance_bytes: 5,
+            budget_micros: 5,
+            max_price_micros_per_gib: None,
             nonce: None,
             requested_at: None,
             signature: None,
         };
         assert_eq!(
             serde_json::to_value(&admin).unwrap(),
-            serde_json::json!({"client_key": "ab", "allowance_bytes": 5})
+            serde_json::json!({"client_key": "ab", "budget_micros": 5})
         );
         assert!(
             serde_json::from_str::<VoucherRequest>(
-                r#"{"client_key":"ab","allowance_bytes":5,"price":1}"#
+                r#"{"client_key":"ab","budget_micros":5,"price":1}"#
             )
             .is_err()
         );
@@ -346,17 +351,17 @@ pub struct ClientAccount {
     pub spent_micros: u64,
     /// Vouchers issued to it.
     pub vouchers: u64,
-    /// Bytes those vouchers pay for.
-    pub allowance_bytes: u64,
-    /// Bytes relays were credited for.
-    pub used_bytes: u64,
+    /// Money put on those vouchers (micros).
+    pub budget_micros: u64,
+    /// Micros their sessions debited.
+    pub used_micros: u64,
 }
 
 /// What clients sign for the ledger (after a domain tag, Ed25519 over `tag || bytes`), shared
 /// by the ledger (verifies) and the client (signs). Integers are big-endian.
 pub mod signing {
     /// Domain tag of a voucher request (`POST /v1/vouchers`).
-    pub const VOUCHER_REQUEST_DOMAIN: &[u8] = b"ferry/v1/ledger-voucher-request\0";
+    pub const VOUCHER_REQUEST_DOMAIN: &[u8] = b"ferry/v2/ledger-voucher-request\0";
     /// Domain tag of an account read (`GET /v1/clients/{key}?at=&sig=`).
     pub const ACCOUNT_READ_DOMAIN: &[u8] = b"ferry/v1/ledger-account-read\0";
     /// Domain tag of a self-registration (`POST /v1/keys` with a signature).
@@ -378,18 +383,21 @@ pub mod signing {
         b
     }
 
-    /// `network_id(16) || client_key(32) || allowance_bytes(8) || nonce(16) || requested_at(8)`.
+    /// `network_id(16) || client_key(32) || budget_micros(8) || max_price_micros_per_gib(8) ||
+    /// nonce(16) || requested_at(8)`.
     pub fn voucher_request_bytes(
         network_id: &[u8; 16],
         client_key: &[u8; 32],
-        allowance_bytes: u64,
+        budget_micros: u64,
+        max_price_micros_per_gib: u64,
         nonce: &[u8; 16],
         requested_at: u64,
     ) -> Vec<u8> {
-        let mut b = Vec::with_capacity(80);
+        let mut b = Vec::with_capacity(88);
         b.extend_from_slice(network_id);
         b.extend_from_slice(client_key);
-        b.extend_from_slice(&allowance_bytes.to_be_bytes());
+        b.extend_from_slice(&budget_micros.to_be_bytes());
+        b.extend_from_slice(&max_price_micros_per_gib.to_be_bytes());
         b.extend_from_slice(nonce);
         b.extend_from_slice(&requested_at.to_be_bytes());
         b

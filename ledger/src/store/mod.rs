@@ -54,6 +54,13 @@ pub enum StoreError {
     /// An amount would exceed the stored range (2^63 - 1).
     #[error("amount out of range")]
     Overflow,
+    /// The database was written by a wire-v1 ledger (byte allowances at one network price).
+    #[error(
+        "{0} holds wire-v1 vouchers (byte allowances at one network price); this ledger speaks \
+         wire v2 (money budgets, per-relay prices) and does not convert them: settle and close \
+         it with the old ledger, then start this one on a new database"
+    )]
+    WireV1Database(String),
     /// A stored row could not be decoded (corruption or a foreign writer).
     #[error("corrupt row: {0}")]
     Corrupt(String),
@@ -82,10 +89,10 @@ pub struct ClientAccount {
     pub spent_micros: u64,
     /// Vouchers issued.
     pub vouchers: u64,
-    /// Sum of voucher allowances.
-    pub allowance_bytes: u64,
-    /// Bytes of those allowances credited to relays.
-    pub used_bytes: u64,
+    /// Sum of voucher budgets (micros).
+    pub budget_micros: u64,
+    /// Micros of those budgets that sessions debited.
+    pub used_micros: u64,
 }
 
 /// A relay's earnings over all sessions.
@@ -99,7 +106,7 @@ pub struct RelayEarnings {
     pub credited_bytes: u64,
     /// Σ per session of floor(credited_bytes × price / 2^30).
     pub earned_micros: u64,
-    /// Sessions that hit their voucher allowance.
+    /// Sessions that hit their voucher's budget.
     pub clamped_sessions: u64,
 }
 
@@ -148,10 +155,10 @@ pub enum VoucherInsert {
 /// Result of closing a voucher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VoucherClose {
-    /// Micros returned to the client: `cost − ceil(used × price / 2^30)`.
+    /// Micros returned to the client: what it cost less what its sessions debited.
     pub refunded_micros: u64,
-    /// Bytes relays were credited from it (final).
-    pub used_bytes: u64,
+    /// Micros its sessions debited (final).
+    pub used_micros: u64,
     /// It had already been closed; nothing changed.
     pub already_closed: bool,
 }
@@ -165,8 +172,8 @@ pub struct Snapshot {
     pub balances: u64,
     /// Vouchers.
     pub vouchers: u64,
-    /// Σ voucher used bytes.
-    pub used_bytes: u64,
+    /// Σ voucher used micros.
+    pub used_micros: u64,
     /// Sessions.
     pub sessions: u64,
     /// Σ session credited bytes.
@@ -216,7 +223,7 @@ pub trait Store: DirectoryStore + Send + Sync + 'static {
         id: VoucherId,
     ) -> impl Future<Output = Result<Option<VoucherRow>, StoreError>> + Send;
 
-    /// Closes a voucher once `now ≥ expires_at + grace`: its allowance shrinks to what
+    /// Closes a voucher once `now ≥ expires_at + grace`: its budget shrinks to what
     /// was used (later receipts credit nothing) and the unused part is refunded to the
     /// client's balance. Idempotent.
     fn close_voucher(
@@ -268,8 +275,13 @@ pub trait Store: DirectoryStore + Send + Sync + 'static {
 }
 
 /// The refund of a voucher closed after `used` of it was credited.
-pub(crate) fn refund_of(cost: u64, used: u64, price: u64) -> u64 {
-    cost.saturating_sub(crate::money::voucher_cost_micros(used, price).unwrap_or(u64::MAX))
+/// True when a `vouchers` table with these column names is the wire-v1 layout.
+pub(crate) fn is_wire_v1(columns: &[String]) -> bool {
+    columns.iter().any(|c| c == "allowance_bytes")
+}
+
+pub(crate) fn refund_of(cost: u64, used_micros: u64) -> u64 {
+    cost.saturating_sub(used_micros)
 }
 
 pub(crate) fn to_i64(v: u64) -> Result<i64, StoreError> {

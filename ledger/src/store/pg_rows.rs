@@ -67,11 +67,11 @@ pub(super) fn voucher_from_row(row: &Row) -> Result<VoucherRow, StoreError> {
     Ok(VoucherRow {
         id: VoucherId(arr(row.get::<_, &[u8]>(0))?),
         client_key: PublicKey(arr(row.get::<_, &[u8]>(1))?),
-        allowance_bytes: to_u64(row.get(2))?,
-        price_micros_per_gib: to_u64(row.get(3))?,
+        budget_micros: to_u64(row.get(2))?,
+        max_price_micros_per_gib: to_u64(row.get(3))?,
         issued_at: to_u64(row.get(4))?,
         expires_at: to_u64(row.get(5))?,
-        used_bytes: to_u64(row.get(6))?,
+        used_micros: to_u64(row.get(6))?,
         cost_micros: to_u64(row.get(7))?,
         encoded: row.get(8),
     })

@@ -28,9 +28,9 @@ CREATE TABLE IF NOT EXISTS clients (
   key BYTEA PRIMARY KEY, balance_micros BIGINT NOT NULL CHECK (balance_micros >= 0),
   deposited_micros BIGINT NOT NULL, spent_micros BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS vouchers (
-  id BYTEA PRIMARY KEY, client_key BYTEA NOT NULL, allowance_bytes BIGINT NOT NULL,
-  price BIGINT NOT NULL, issued_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
-  used_bytes BIGINT NOT NULL CHECK (used_bytes <= allowance_bytes),
+  id BYTEA PRIMARY KEY, client_key BYTEA NOT NULL, budget_micros BIGINT NOT NULL,
+  max_price BIGINT NOT NULL, issued_at BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+  used_micros BIGINT NOT NULL CHECK (used_micros <= budget_micros),
   cost_micros BIGINT NOT NULL, encoded BYTEA NOT NULL,
   closed BOOLEAN NOT NULL DEFAULT FALSE, refunded_micros BIGINT NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS vouchers_client ON vouchers (client_key);
@@ -59,7 +59,7 @@ CREATE INDEX IF NOT EXISTS directory_listing ON directory (score DESC, price, re
 CREATE INDEX IF NOT EXISTS directory_expiry ON directory (expires_at);
 ";
 
-const VOUCHER_COLS: &str = "id, client_key, allowance_bytes, price, issued_at, expires_at, used_bytes, cost_micros, encoded";
+const VOUCHER_COLS: &str = "id, client_key, budget_micros, max_price, issued_at, expires_at, used_micros, cost_micros, encoded";
 const MAX_ATTEMPTS: u32 = 10;
 
 /// PostgreSQL-backed [`Store`].
@@ -125,6 +125,19 @@ impl PgStore {
         // Serialise schema creation between instances starting at once.
         tx.execute("SELECT pg_advisory_xact_lock(7366726572)", &[])
             .await?;
+        let columns: Vec<String> = tx
+            .query(
+                "SELECT column_name::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = 'vouchers'",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if super::is_wire_v1(&columns) {
+            return Err(StoreError::WireV1Database("the PostgreSQL schema".into()));
+        }
         tx.batch_execute(SCHEMA).await?;
         tx.commit().await?;
         Ok(store)
@@ -214,11 +227,11 @@ impl PgStore {
         for id in &writes.vouchers {
             if let Some(v) = state.vouchers.get(id) {
                 vid.push(id.as_bytes().as_slice());
-                used.push(to_i64(v.used_bytes)?);
+                used.push(to_i64(v.used_micros)?);
             }
         }
         tx.execute(
-            "UPDATE vouchers v SET used_bytes = u.used
+            "UPDATE vouchers v SET used_micros = u.used
              FROM unnest($1::bytea[], $2::int8[]) AS u(id, used) WHERE v.id = u.id",
             &[&vid, &used],
         )
@@ -379,11 +392,11 @@ impl Store for PgStore {
                 &[
                     &v.id.as_bytes().as_slice(),
                     &client,
-                    &to_i64(v.allowance_bytes)?,
-                    &to_i64(v.price_micros_per_gib)?,
+                    &to_i64(v.budget_micros)?,
+                    &to_i64(v.max_price_micros_per_gib)?,
                     &to_i64(v.issued_at)?,
                     &to_i64(v.expires_at)?,
-                    &to_i64(v.used_bytes)?,
+                    &to_i64(v.used_micros)?,
                     &cost,
                     &v.encoded.as_slice(),
                 ],
@@ -442,14 +455,14 @@ impl Store for PgStore {
         let tx = c.transaction().await?;
         let row = tx
             .query_opt(
-                "SELECT client_key, price, expires_at, used_bytes, cost_micros, closed,
+                "SELECT client_key, max_price, expires_at, used_micros, cost_micros, closed,
                    refunded_micros FROM vouchers WHERE id = $1 FOR UPDATE",
                 &[&id.as_bytes().as_slice()],
             )
             .await?
             .ok_or(StoreError::UnknownVoucher)?;
         let client: Vec<u8> = row.get(0);
-        let (price, expires, used, cost) = (
+        let (_max_price, expires, used, cost) = (
             to_u64(row.get(1))?,
             to_u64(row.get(2))?,
             to_u64(row.get(3))?,
@@ -458,7 +471,7 @@ impl Store for PgStore {
         if row.get::<_, bool>(5) {
             return Ok(VoucherClose {
                 refunded_micros: to_u64(row.get(6))?,
-                used_bytes: used,
+                used_micros: used,
                 already_closed: true,
             });
         }
@@ -466,9 +479,9 @@ impl Store for PgStore {
         if now < from {
             return Err(StoreError::TooEarly(from));
         }
-        let refund = to_i64(refund_of(cost, used, price))?;
+        let refund = to_i64(refund_of(cost, used))?;
         tx.execute(
-            "UPDATE vouchers SET allowance_bytes = used_bytes, closed = TRUE, refunded_micros = $1
+            "UPDATE vouchers SET budget_micros = used_micros, closed = TRUE, refunded_micros = $1
              WHERE id = $2",
             &[&refund, &id.as_bytes().as_slice()],
         )
@@ -482,7 +495,7 @@ impl Store for PgStore {
         tx.commit().await?;
         Ok(VoucherClose {
             refunded_micros: to_u64(refund)?,
-            used_bytes: used,
+            used_micros: used,
             already_closed: false,
         })
     }
@@ -521,8 +534,8 @@ impl Store for PgStore {
         };
         let v = c
             .query_one(
-                "SELECT COUNT(*)::int8, COALESCE(SUM(allowance_bytes), 0)::int8,
-                   COALESCE(SUM(used_bytes), 0)::int8 FROM vouchers WHERE client_key = $1",
+                "SELECT COUNT(*)::int8, COALESCE(SUM(budget_micros), 0)::int8,
+                   COALESCE(SUM(used_micros), 0)::int8 FROM vouchers WHERE client_key = $1",
                 &[&k],
             )
             .await?;
@@ -531,8 +544,8 @@ impl Store for PgStore {
             deposited_micros: to_u64(a.get(1))?,
             spent_micros: to_u64(a.get(2))?,
             vouchers: to_u64(v.get(0))?,
-            allowance_bytes: to_u64(v.get(1))?,
-            used_bytes: to_u64(v.get(2))?,
+            budget_micros: to_u64(v.get(1))?,
+            used_micros: to_u64(v.get(2))?,
         }))
     }
 
@@ -628,7 +641,7 @@ impl Store for PgStore {
                 "SELECT (SELECT COUNT(*) FROM keys)::int8,
                         (SELECT COALESCE(SUM(balance_micros), 0) FROM clients)::int8,
                         (SELECT COUNT(*) FROM vouchers)::int8,
-                        (SELECT COALESCE(SUM(used_bytes), 0) FROM vouchers)::int8,
+                        (SELECT COALESCE(SUM(used_micros), 0) FROM vouchers)::int8,
                         (SELECT COUNT(*) FROM sessions)::int8,
                         (SELECT COALESCE(SUM(credited_bytes), 0) FROM sessions)::int8,
                         (SELECT COUNT(*) FROM receipts)::int8",
@@ -639,7 +652,7 @@ impl Store for PgStore {
             keys: to_u64(r.get(0))?,
             balances: to_u64(r.get(1))?,
             vouchers: to_u64(r.get(2))?,
-            used_bytes: to_u64(r.get(3))?,
+            used_micros: to_u64(r.get(3))?,
             sessions: to_u64(r.get(4))?,
             credited_bytes: to_u64(r.get(5))?,
             receipts: to_u64(r.get(6))?,

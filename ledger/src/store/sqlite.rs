@@ -23,9 +23,9 @@ CREATE TABLE IF NOT EXISTS clients (
   key BLOB PRIMARY KEY, balance_micros INTEGER NOT NULL CHECK (balance_micros >= 0),
   deposited_micros INTEGER NOT NULL, spent_micros INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS vouchers (
-  id BLOB PRIMARY KEY, client_key BLOB NOT NULL, allowance_bytes INTEGER NOT NULL,
-  price INTEGER NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
-  used_bytes INTEGER NOT NULL CHECK (used_bytes <= allowance_bytes),
+  id BLOB PRIMARY KEY, client_key BLOB NOT NULL, budget_micros INTEGER NOT NULL,
+  max_price INTEGER NOT NULL, issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+  used_micros INTEGER NOT NULL CHECK (used_micros <= budget_micros),
   cost_micros INTEGER NOT NULL, encoded BLOB NOT NULL,
   closed INTEGER NOT NULL DEFAULT 0, refunded_micros INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS vouchers_client ON vouchers (client_key);
@@ -88,7 +88,15 @@ impl SqliteStore {
     /// The file (and SQLite's journal files, which take its mode) is owner-only (0600).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         owner_only(path).map_err(|e| StoreError::File(path.display().to_string(), e))?;
-        Self::init(Connection::open(path)?)
+        let conn = Connection::open(path)?;
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('vouchers')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        if super::is_wire_v1(&columns) {
+            return Err(StoreError::WireV1Database(path.display().to_string()));
+        }
+        Self::init(conn)
     }
 
     /// A private in-memory database (tests).
@@ -161,17 +169,17 @@ fn decode_voucher(raw: RawVoucher) -> Result<VoucherRow, StoreError> {
     Ok(VoucherRow {
         id: VoucherId(arr(&id)?),
         client_key: PublicKey(arr(&client)?),
-        allowance_bytes: to_u64(n[0])?,
-        price_micros_per_gib: to_u64(n[1])?,
+        budget_micros: to_u64(n[0])?,
+        max_price_micros_per_gib: to_u64(n[1])?,
         issued_at: to_u64(n[2])?,
         expires_at: to_u64(n[3])?,
-        used_bytes: to_u64(n[4])?,
+        used_micros: to_u64(n[4])?,
         cost_micros: to_u64(n[5])?,
         encoded,
     })
 }
 
-const VOUCHER_COLS: &str = "id, client_key, allowance_bytes, price, issued_at, expires_at, used_bytes, cost_micros, encoded";
+const VOUCHER_COLS: &str = "id, client_key, budget_micros, max_price, issued_at, expires_at, used_micros, cost_micros, encoded";
 
 pub(crate) fn decode_session(
     latest: &[u8],
@@ -248,10 +256,10 @@ fn ingest_tx(
     if writes.is_empty() {
         return Ok(results);
     }
-    let mut q = tx.prepare_cached("UPDATE vouchers SET used_bytes = ?1 WHERE id = ?2")?;
+    let mut q = tx.prepare_cached("UPDATE vouchers SET used_micros = ?1 WHERE id = ?2")?;
     for id in &writes.vouchers {
         if let Some(v) = state.vouchers.get(id) {
-            q.execute(params![to_i64(v.used_bytes)?, id.as_bytes().as_slice()])?;
+            q.execute(params![to_i64(v.used_micros)?, id.as_bytes().as_slice()])?;
         }
     }
     let mut ins = tx.prepare_cached(
@@ -418,11 +426,11 @@ impl Store for SqliteStore {
                 params![
                     v.id.as_bytes().as_slice(),
                     v.client_key.as_bytes().as_slice(),
-                    to_i64(v.allowance_bytes)?,
-                    to_i64(v.price_micros_per_gib)?,
+                    to_i64(v.budget_micros)?,
+                    to_i64(v.max_price_micros_per_gib)?,
                     to_i64(v.issued_at)?,
                     to_i64(v.expires_at)?,
-                    to_i64(v.used_bytes)?,
+                    to_i64(v.used_micros)?,
                     cost,
                     v.encoded.as_slice(),
                 ],
@@ -454,7 +462,7 @@ impl Store for SqliteStore {
         self.write(move |tx| {
             let row: Option<(Vec<u8>, [i64; 6], bool, i64)> = tx
                 .query_row(
-                    "SELECT client_key, allowance_bytes, price, expires_at, used_bytes, cost_micros, 0,
+                    "SELECT client_key, budget_micros, max_price, expires_at, used_micros, cost_micros, 0,
                        closed, refunded_micros FROM vouchers WHERE id = ?1",
                     [id.as_bytes().as_slice()],
                     |r| {
@@ -468,12 +476,12 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             let (client, n, closed, refunded) = row.ok_or(StoreError::UnknownVoucher)?;
-            let (price, expires, used, cost) =
+            let (_max_price, expires, used, cost) =
                 (to_u64(n[1])?, to_u64(n[2])?, to_u64(n[3])?, to_u64(n[4])?);
             if closed {
                 return Ok(VoucherClose {
                     refunded_micros: to_u64(refunded)?,
-                    used_bytes: used,
+                    used_micros: used,
                     already_closed: true,
                 });
             }
@@ -481,9 +489,9 @@ impl Store for SqliteStore {
             if now < from {
                 return Err(StoreError::TooEarly(from));
             }
-            let refund = refund_of(cost, used, price);
+            let refund = refund_of(cost, used);
             tx.execute(
-                "UPDATE vouchers SET allowance_bytes = used_bytes, closed = 1, refunded_micros = ?1
+                "UPDATE vouchers SET budget_micros = used_micros, closed = 1, refunded_micros = ?1
                  WHERE id = ?2",
                 params![to_i64(refund)?, id.as_bytes().as_slice()],
             )?;
@@ -494,7 +502,7 @@ impl Store for SqliteStore {
             )?;
             Ok(VoucherClose {
                 refunded_micros: refund,
-                used_bytes: used,
+                used_micros: used,
                 already_closed: false,
             })
         })
@@ -523,7 +531,7 @@ impl Store for SqliteStore {
                 .optional()?;
             let Some(a) = acct else { return Ok(None) };
             let v: [i64; 3] = c.query_row(
-                "SELECT COUNT(*), COALESCE(SUM(allowance_bytes), 0), COALESCE(SUM(used_bytes), 0)
+                "SELECT COUNT(*), COALESCE(SUM(budget_micros), 0), COALESCE(SUM(used_micros), 0)
                  FROM vouchers WHERE client_key = ?1",
                 [k],
                 |r| Ok([r.get(0)?, r.get(1)?, r.get(2)?]),
@@ -533,8 +541,8 @@ impl Store for SqliteStore {
                 deposited_micros: to_u64(a[1])?,
                 spent_micros: to_u64(a[2])?,
                 vouchers: to_u64(v[0])?,
-                allowance_bytes: to_u64(v[1])?,
-                used_bytes: to_u64(v[2])?,
+                budget_micros: to_u64(v[1])?,
+                used_micros: to_u64(v[2])?,
             }))
         })
         .await
@@ -656,7 +664,7 @@ impl Store for SqliteStore {
                 "SELECT (SELECT COUNT(*) FROM keys),
                         (SELECT COALESCE(SUM(balance_micros), 0) FROM clients),
                         (SELECT COUNT(*) FROM vouchers),
-                        (SELECT COALESCE(SUM(used_bytes), 0) FROM vouchers),
+                        (SELECT COALESCE(SUM(used_micros), 0) FROM vouchers),
                         (SELECT COUNT(*) FROM sessions),
                         (SELECT COALESCE(SUM(credited_bytes), 0) FROM sessions),
                         (SELECT COUNT(*) FROM receipts)",
@@ -677,12 +685,41 @@ impl Store for SqliteStore {
                 keys: to_u64(v[0])?,
                 balances: to_u64(v[1])?,
                 vouchers: to_u64(v[2])?,
-                used_bytes: to_u64(v[3])?,
+                used_micros: to_u64(v[3])?,
                 sessions: to_u64(v[4])?,
                 credited_bytes: to_u64(v[5])?,
                 receipts: to_u64(v[6])?,
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_database_written_by_a_wire_v1_ledger_is_refused_with_the_way_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE vouchers (id BLOB PRIMARY KEY, allowance_bytes INTEGER NOT NULL,
+                   price INTEGER NOT NULL, used_bytes INTEGER NOT NULL);",
+            )
+            .unwrap();
+        let err = SqliteStore::open(&path).err().unwrap();
+        let msg = err.to_string();
+        assert!(matches!(err, StoreError::WireV1Database(_)), "{msg}");
+        assert!(
+            msg.contains("ledger.db") && msg.contains("new database"),
+            "{msg}"
+        );
+        // A fresh file opens, and opens again.
+        let fresh = dir.path().join("v2.db");
+        drop(SqliteStore::open(&fresh).unwrap());
+        SqliteStore::open(&fresh).unwrap();
     }
 }

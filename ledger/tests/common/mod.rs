@@ -1,6 +1,7 @@
 //! Shared test fixtures: a ledger over either store, keys, vouchers and receipts.
 #![allow(dead_code, clippy::unwrap_used, unreachable_pub)]
 
+use ferry_ledger::money::debit_micros;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ferry_ledger::testkit::{self, NETWORK};
@@ -96,7 +97,8 @@ pub struct World<S> {
 }
 
 impl<S: Store> World<S> {
-    /// `relays` relays and `clients` clients, each client with one voucher of `allowance`.
+    /// `relays` relays and `clients` clients, each client with one voucher paying for
+    /// `allowance` bytes at [`PRICE`] (its budget is their cost; max price [`PRICE`]).
     pub async fn new(store: S, relays: u64, clients: u64, allowance: u64) -> Self {
         let ledger = Ledger::new(store, ledger_key(), params());
         let relays: Vec<_> = (0..relays).map(|i| testkit::key(2, i)).collect();
@@ -115,7 +117,13 @@ impl<S: Store> World<S> {
                 .unwrap();
             ledger.credit(c.public_key(), 1 << 40).await.unwrap();
             let v = ledger
-                .issue(c.public_key(), allowance, [i as u8; 16], NOW)
+                .issue(
+                    c.public_key(),
+                    debit_micros(allowance, PRICE),
+                    PRICE,
+                    [i as u8; 16],
+                    NOW,
+                )
                 .await
                 .unwrap();
             vouchers.push(v.voucher);
@@ -128,7 +136,8 @@ impl<S: Store> World<S> {
         }
     }
 
-    /// Receipt `seq` of session `sid` between relay `r` and client `c` (client's voucher).
+    /// Receipt `seq` of session `sid` between relay `r` and client `c` (client's voucher, at
+    /// its max price).
     pub fn receipt(
         &self,
         r: usize,
@@ -144,7 +153,7 @@ impl<S: Store> World<S> {
             &self.relays[r],
             &self.clients[c],
             v.id(),
-            v.price_micros_per_gib,
+            v.max_price_micros_per_gib,
             testkit::session(sid),
             seq,
             up,

@@ -70,16 +70,19 @@ pub struct RelaySession {
 }
 
 impl RelaySession {
-    /// Verifies a client's offer (network, relay, signatures, voucher expiry at `unix_ts`)
-    /// and opens a session. `session_id` must be random (the caller's RNG);
-    /// `already_spent` is what earlier sessions on this relay used of the same voucher.
-    /// Returns the session and the `Accept` message to send.
+    /// Verifies a client's offer (network, relay, signatures, voucher expiry at `unix_ts`,
+    /// the voucher's max price against our `price`) and opens a session at `price` micros
+    /// per GiB. `session_id` must be random (the caller's RNG); `already_spent_micros` is what
+    /// earlier sessions on this relay debited from the same voucher. Returns the session and
+    /// the `Accept` message to send.
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         cfg: RelayConfig,
         id: &RelayIdentity,
         offer: &SessionOffer,
         session_id: SessionId,
-        already_spent: u64,
+        price: u64,
+        already_spent_micros: u64,
         now: Instant,
         unix_ts: u64,
     ) -> Result<(Self, Message), SessionRejectReason> {
@@ -96,7 +99,10 @@ impl RelaySession {
                 VerifyError::Expired => SessionRejectReason::VoucherExpired,
                 _ => SessionRejectReason::BadSignature,
             })?;
-        let allowance = offer.voucher.allowance_bytes.saturating_sub(already_spent);
+        if !offer.voucher.allows_price(price) {
+            return Err(SessionRejectReason::PriceAboveMax);
+        }
+        let allowance = offer.voucher.bytes_at(price, already_spent_micros);
         if allowance == 0 {
             return Err(SessionRejectReason::AllowanceExhausted);
         }
@@ -107,7 +113,7 @@ impl RelaySession {
             session_id,
             voucher_id: offer.voucher.id(),
             started_at: unix_ts,
-            price_micros_per_gib: offer.voucher.price_micros_per_gib,
+            price_micros_per_gib: price,
             signature: Signature::ZERO,
         }
         .sign(&id.key);

@@ -51,6 +51,9 @@ pub struct World {
     pub voucher_expires: u64,
 }
 
+/// The relay's price in these worlds: 2^30 micros per GiB, one micro per byte.
+pub const PRICE: u64 = 1 << 30;
+
 impl World {
     pub fn new(cfg: RelayConfig) -> Self {
         Self::with_allowance(cfg, 1 << 40)
@@ -66,8 +69,9 @@ impl World {
             ledger_key: ledger.public_key(),
             client_key: client_key.public_key(),
             nonce: [9; 16],
-            allowance_bytes: allowance,
-            price_micros_per_gib: 50_000,
+            // One micro per byte: the budget is exactly `allowance` bytes at PRICE.
+            budget_micros: allowance,
+            max_price_micros_per_gib: PRICE,
             issued_at: unix - 10,
             expires_at: unix + 86_400,
             signature: Signature::ZERO,
@@ -88,8 +92,17 @@ impl World {
             ledger_key: ledger.public_key(),
             key: relay_key.clone(),
         };
-        let (relay, accept) =
-            RelaySession::open(cfg.clone(), &id, &offer, SessionId([4; 16]), 0, now, unix).unwrap();
+        let (relay, accept) = RelaySession::open(
+            cfg.clone(),
+            &id,
+            &offer,
+            SessionId([4; 16]),
+            PRICE,
+            0,
+            now,
+            unix,
+        )
+        .unwrap();
         assert!(
             client
                 .handle_message(decode(&encode(&accept)).unwrap(), unix)

@@ -34,8 +34,8 @@ pub fn voucher() -> Voucher {
         ledger_key: PublicKey([0; 32]),
         client_key: client().public_key(),
         nonce: counting(0x00),
-        allowance_bytes: 10 << 30,
-        price_micros_per_gib: 1_500_000,
+        budget_micros: 15_000_000,
+        max_price_micros_per_gib: 2_000_000,
         issued_at: T0,
         expires_at: T0 + 30 * 86_400,
         signature: Signature::ZERO,
@@ -66,7 +66,7 @@ pub fn accept() -> SessionAccept {
         session_id: SessionId(counting(0x20)),
         voucher_id: v.id(),
         started_at: T0 + 61,
-        price_micros_per_gib: v.price_micros_per_gib,
+        price_micros_per_gib: 1_500_000,
         signature: Signature::ZERO,
     }
     .sign(&relay())

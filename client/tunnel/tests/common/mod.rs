@@ -44,13 +44,14 @@ impl PacketHook for Hub {
             return false;
         };
         if let Ok(Message::Hello(offer)) = decode(d.payload) {
-            let m = match self
-                .hub
-                .open(peer, &offer, SessionId([9; 16]), 0, now, self.unix)
-            {
-                Ok(m) => m,
-                Err(r) => self.hub.identity().reject(&offer, r),
-            };
+            let m =
+                match self
+                    .hub
+                    .open(peer, &offer, SessionId([9; 16]), 1 << 30, 0, now, self.unix)
+                {
+                    Ok(m) => m,
+                    Err(r) => self.hub.identity().reject(&offer, r),
+                };
             self.outbox.push((peer, m));
         } else if let Some(c) = self.hub.handle_control(peer, d.payload, now) {
             self.stored.push(c);
@@ -194,8 +195,9 @@ impl Pair {
             ledger_key: ledger.public_key(),
             client_key: client_id.public_key(),
             nonce: [9; 16],
-            allowance_bytes: allowance,
-            price_micros_per_gib: 50_000,
+            // One micro per byte at the relay's price (2^30 per GiB): budget = allowance.
+            budget_micros: allowance,
+            max_price_micros_per_gib: 1 << 30,
             issued_at: UNIX - 10,
             expires_at: UNIX + 86_400,
             signature: Signature::ZERO,

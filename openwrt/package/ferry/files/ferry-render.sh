@@ -90,7 +90,13 @@ ferry_render_paid() {
 	config_get _fr_window "$_fr_s" credit_window_mib 16
 	config_get _fr_pv "$_fr_s" max_sessions_per_voucher 2
 	config_get _fr_pc "$_fr_s" max_sessions_per_client 2
+	config_get _fr_price "$_fr_s" price_micros_per_gib ""
 	ferry_hex network_id "$_fr_net" 32
+	if [ -n "$_fr_price" ]; then
+		ferry_uint price_micros_per_gib "$_fr_price" 1 999999999
+	elif [ -z "$_fr_url" ]; then
+		ferry_err "set price_micros_per_gib (this relay's price) or ledger_url (to sell at the network price)"
+	fi
 	ferry_hex ledger_key "$_fr_lk" 64
 	case "$_fr_url" in
 	'' | http://*) ;;
@@ -137,6 +143,9 @@ ferry_render_paid() {
 	ferry_line "max-sessions-per-voucher = $_fr_n"
 	ferry_uint max_sessions_per_client "$_fr_pc" 1 1024
 	ferry_line "max-sessions-per-client = $_fr_n"
+	if [ -n "$_fr_price" ]; then
+		ferry_line "price-micros-per-gib = $_fr_price"
+	fi
 }
 
 # config_foreach callback for `config peer` sections.
