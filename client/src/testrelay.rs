@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use ferry_metering::{
-    CONTROL_PORT, Direction, Message, RelayEvent, RelayHub, Verdict, control_datagram, decode,
-    encode, parse_udp, udp_packet,
+    CONTROL_PORT, Direction, Message, RelayEvent, RelayHub, SessionRejectReason, Verdict,
+    control_datagram, decode, encode, parse_udp, udp_packet,
 };
-use ferry_receipts::{CoSignedReceipt, SessionId};
+use ferry_receipts::{CoSignedReceipt, SessionId, SessionOffer};
 use tokio::net::UdpSocket;
 
 /// The relay's tunnel address (control service).
@@ -65,15 +65,7 @@ pub(crate) async fn mini_relay(
         if let (Some(Ok((n, from))), Some(hs)) = (h, &hello) {
             // Bootstrap outside the tunnel: Accept + Address, or Reject.
             if let Ok(Message::Hello(offer)) = decode(&hbuf[..n]) {
-                let replies = match hub.open(
-                    0,
-                    &offer,
-                    SessionId([7; 16]),
-                    offer.voucher.max_price_micros_per_gib,
-                    0,
-                    now,
-                    unix,
-                ) {
+                let replies = match open(&mut hub, &offer, now, unix) {
                     Ok(Message::Accept(a)) => {
                         let v6 = "fd77::2".parse().ok();
                         let addr = hub.identity().address(&offer, &a, Some(CLIENT_TUN), v6);
@@ -145,6 +137,17 @@ pub(crate) async fn mini_relay(
     }
 }
 
+/// Opens the test relay's one session (id 7…7) at the voucher's max price.
+fn open(
+    hub: &mut RelayHub<u8>,
+    offer: &SessionOffer,
+    now: Instant,
+    unix: u64,
+) -> Result<Message, SessionRejectReason> {
+    let price = offer.voucher.max_price_micros_per_gib;
+    hub.open(0, offer, SessionId([7; 16]), price, 0, now, unix)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn handle_inner(
     pkt: &[u8],
@@ -160,15 +163,7 @@ fn handle_inner(
         let reply_to = c.from;
         match decode(c.payload) {
             Ok(Message::Hello(offer)) => {
-                let m = match hub.open(
-                    0,
-                    &offer,
-                    SessionId([7; 16]),
-                    offer.voucher.max_price_micros_per_gib,
-                    0,
-                    now,
-                    unix,
-                ) {
+                let m = match open(hub, &offer, now, unix) {
                     Ok(m) => m,
                     Err(r) => hub.identity().reject(&offer, r),
                 };
