@@ -15,6 +15,7 @@ pub(crate) mod msg_type {
     pub(crate) const SESSION_REJECT: u8 = 0x05;
     pub(crate) const RECEIPT: u8 = 0x10;
     pub(crate) const COSIGNED_RECEIPT: u8 = 0x11;
+    pub(crate) const RECEIPT_REFUSAL: u8 = 0x12;
     pub(crate) const RELAY_DESCRIPTOR: u8 = 0x30;
     pub(crate) const DIRECTORY_ANNOTATION: u8 = 0x31;
     pub(crate) const PROBE_CHALLENGE: u8 = 0x32;

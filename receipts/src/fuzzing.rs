@@ -2,8 +2,9 @@
 //! test. Not part of the stable API.
 
 use crate::{
-    CoSignedReceipt, DirectoryAnnotation, ProbeChallenge, ProbeResponse, RelayDescriptor,
-    SessionAccept, SessionAddress, SessionOffer, SessionReject, SignedReceipt, Voucher,
+    CoSignedReceipt, DirectoryAnnotation, ProbeChallenge, ProbeResponse, ReceiptRefusal,
+    RelayDescriptor, SessionAccept, SessionAddress, SessionOffer, SessionReject, SignedReceipt,
+    Voucher,
 };
 
 /// Decodes `data` as every Ferry message type. Whenever a decode succeeds, re-encoding
@@ -22,6 +23,7 @@ pub fn check_decode(data: &[u8]) -> usize {
     accepted += round_trip(data, SessionReject::decode, SessionReject::encode);
     accepted += round_trip(data, SignedReceipt::decode, SignedReceipt::encode);
     accepted += round_trip(data, CoSignedReceipt::decode, CoSignedReceipt::encode);
+    accepted += round_trip(data, ReceiptRefusal::decode, ReceiptRefusal::encode);
     accepted += round_trip(data, RelayDescriptor::decode, RelayDescriptor::encode);
     accepted += round_trip(
         data,

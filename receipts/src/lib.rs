@@ -2,7 +2,8 @@
 //!
 //! This crate owns the *wire format* of everything money depends on: the ledger-signed
 //! [`Voucher`], the client's [`SessionOffer`], the relay's [`SessionAccept`], the
-//! relay-signed [`SignedReceipt`] and the client co-signed [`CoSignedReceipt`], the directory's
+//! relay-signed [`SignedReceipt`], the client co-signed [`CoSignedReceipt`] and the client's
+//! [`ReceiptRefusal`], the directory's
 //! messages (the relay's [`RelayDescriptor`], the ledger's [`DirectoryAnnotation`], the
 //! reachability [`ProbeChallenge`] and [`ProbeResponse`]), plus the
 //! [`CumulativeState`] that accepts only receipts whose counters never decrease.
@@ -26,6 +27,7 @@ mod ids;
 mod keys;
 pub mod money;
 mod receipt;
+mod refusal;
 mod reply;
 mod session;
 mod state;
@@ -43,6 +45,7 @@ pub use error::{DecodeError, VerifyError};
 pub use ids::{DescriptorId, NetworkId, PublicKey, SessionId, Signature, VoucherId};
 pub use keys::SigningKey;
 pub use receipt::{CoSignedReceipt, ReceiptBody, SignedReceipt};
+pub use refusal::{MAX_REFUSAL_REASON, ReceiptRefusal};
 pub use reply::{SessionAddress, SessionReject};
 pub use session::{SessionAccept, SessionOffer};
 pub use state::{Applied, CumulativeState, Rejected};
@@ -70,6 +73,8 @@ pub mod domain {
     pub const RECEIPT_RELAY: &[u8] = b"ferry/v2/receipt-relay\0";
     /// Client co-signature over a relay-signed receipt plus the client's own counts.
     pub const RECEIPT_CLIENT: &[u8] = b"ferry/v2/receipt-client\0";
+    /// Client signature over a [`crate::ReceiptRefusal`] (a refused relay receipt).
+    pub const RECEIPT_REFUSAL: &[u8] = b"ferry/v2/receipt-refusal\0";
     /// Relay signature over a [`crate::RelayDescriptor`].
     pub const RELAY_DESCRIPTOR: &[u8] = b"ferry/v2/relay-descriptor\0";
     /// Ledger (directory) signature over a [`crate::DirectoryAnnotation`].

@@ -137,6 +137,25 @@ fn arb_signed() -> impl Strategy<Value = SignedReceipt> {
     })
 }
 
+fn arb_refusal() -> impl Strategy<Value = ferry_receipts::ReceiptRefusal> {
+    (
+        arb_signed(),
+        any::<(u64, u64, u64)>(),
+        1..=ferry_receipts::MAX_REFUSAL_REASON,
+        sig(),
+    )
+        .prop_map(
+            |(receipt, (u, d, t), reason, s)| ferry_receipts::ReceiptRefusal {
+                receipt,
+                client_observed_up: u,
+                client_observed_down: d,
+                reason,
+                refused_at: t,
+                client_signature: s,
+            },
+        )
+}
+
 fn arb_cosigned() -> impl Strategy<Value = CoSignedReceipt> {
     (arb_signed(), any::<(u64, u64, u64)>(), sig()).prop_map(|(receipt, (u, d, t), s)| {
         CoSignedReceipt {
@@ -295,6 +314,15 @@ proptest! {
         let b = m.encode();
         prop_assert_eq!(b.len(), CoSignedReceipt::LEN);
         prop_assert_eq!(CoSignedReceipt::decode(&b).unwrap(), m);
+    }
+
+    #[test]
+    fn receipt_refusal_round_trips_and_is_no_co_signed_receipt(m in arb_refusal()) {
+        let b = m.encode();
+        prop_assert_eq!(b.len(), ferry_receipts::ReceiptRefusal::LEN);
+        prop_assert_eq!(ferry_receipts::ReceiptRefusal::decode(&b).unwrap(), m);
+        prop_assert!(CoSignedReceipt::decode(&b).is_err());
+        prop_assert_eq!(ferry_receipts::fuzzing::check_decode(&b), 1);
     }
 
     // ----------------------------------------------- framing is strict

@@ -9,8 +9,8 @@ mod common;
 
 use common::*;
 use ferry_receipts::{
-    CoSignedReceipt, MAX_MESSAGE_LEN, SessionAccept, SessionAddress, SessionOffer, SessionReject,
-    SignedReceipt, Voucher, WIRE_VERSION, domain,
+    CoSignedReceipt, MAX_MESSAGE_LEN, ReceiptRefusal, SessionAccept, SessionAddress, SessionOffer,
+    SessionReject, SignedReceipt, Voucher, WIRE_VERSION, domain,
 };
 use ring::digest;
 
@@ -99,6 +99,20 @@ const COSIGNED_RECEIPT_HEX: &str = concat!(
     "97e9d736b275e7cd84791905",
 );
 
+const RECEIPT_REFUSAL_HEX: &str = concat!(
+    "0212021066657272792d746573746e65742d30318139770ea87d175f56a35466",
+    "c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b394ed4928c628d1c2c6eae90338",
+    "905995612959273a5c63f93636c14614ac8737d1202122232425262728292a2b",
+    "2c2d2e2f2323ab3c5dc20fce1e699eff629e5ffe6443c2299545656712981ba2",
+    "d613923f000000000000000300000000075bcd15000000003ade68b100000000",
+    "6955b93d000000006955ba69000000000016e360b93b5e9e4880bb484d06d7cc",
+    "b808b46b08b49931579d7d53ccb6897540010a68d8046e1e1fc2e03a87aff748",
+    "ec2c3449a9dae41124461b457f02085eeaa37d0000000000075bb29000000000",
+    "075bb29001000000006955ba6a2cd6ffbbc5839905821838d1d183071362e498",
+    "bb227f3c27b6b801336cff3c6dd9f1602faa52be74267d93465ab7b305059888",
+    "e815939327b8c9728863dc330d",
+);
+
 fn unhex(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
 }
@@ -125,6 +139,8 @@ fn version_domain_tags_and_lengths_are_frozen() {
     assert_eq!(domain::SESSION_REJECT, b"ferry/v2/session-reject\0");
     assert_eq!(domain::RECEIPT_RELAY, b"ferry/v2/receipt-relay\0");
     assert_eq!(domain::RECEIPT_CLIENT, b"ferry/v2/receipt-client\0");
+    assert_eq!(domain::RECEIPT_REFUSAL, b"ferry/v2/receipt-refusal\0");
+    assert_eq!(ReceiptRefusal::LEN, 333);
     assert_eq!(
         [
             Voucher::LEN,
@@ -305,10 +321,38 @@ fn docs_carry_the_same_vectors() {
         ("session reject", SESSION_REJECT_HEX),
         ("signed receipt", SIGNED_RECEIPT_HEX),
         ("co-signed receipt", COSIGNED_RECEIPT_HEX),
+        ("receipt refusal", RECEIPT_REFUSAL_HEX),
     ] {
         assert!(
             doc.contains(hex),
             "docs/receipts.md lacks the {name} vector"
         );
+    }
+}
+
+#[test]
+fn receipt_refusal_encoding_is_frozen_and_verifies_only_as_the_clients() {
+    // Cross-checked: Python `cryptography`'s Ed25519 over tag || bytes 2..269 gives it.
+    let r = refusal();
+    assert_eq!(hex::encode(r.encode()), RECEIPT_REFUSAL_HEX);
+    // The refused relay-signed receipt is embedded verbatim after the 2-byte header.
+    assert_eq!(&RECEIPT_REFUSAL_HEX[4..4 + 242 * 2], SIGNED_RECEIPT_HEX);
+    let d = ReceiptRefusal::decode(&unhex(RECEIPT_REFUSAL_HEX)).unwrap();
+    assert_eq!(d, r);
+    d.verify(&NETWORK_ID).unwrap();
+    // Another network, a changed count or reason, a relay posing as the client: refused.
+    assert!(d.verify(&ferry_receipts::NetworkId([9; 16])).is_err());
+    let mut forged = d;
+    forged.client_observed_down += 1;
+    assert!(forged.verify(&NETWORK_ID).is_err());
+    let mut forged = d;
+    forged.reason = 2;
+    assert!(forged.verify(&NETWORK_ID).is_err());
+    assert!(d.sign(&relay()).verify(&NETWORK_ID).is_err());
+    // Undefined reasons do not decode.
+    for bad in [0u8, 6, 255] {
+        let mut b = unhex(RECEIPT_REFUSAL_HEX);
+        b[260] = bad;
+        assert!(ReceiptRefusal::decode(&b).is_err(), "reason {bad}");
     }
 }

@@ -84,6 +84,19 @@ pub fn cosigned_receipt() -> CoSignedReceipt {
     signed_receipt().cosign(&client(), 123_450_000, 987_650_000, T0 + 362)
 }
 
+pub fn refusal() -> ferry_receipts::ReceiptRefusal {
+    // The client counted 123 450 000 down where the relay claims 987 654 321: over-claim (1).
+    ferry_receipts::ReceiptRefusal {
+        receipt: signed_receipt(),
+        client_observed_up: 123_450_000,
+        client_observed_down: 123_450_000,
+        reason: 1,
+        refused_at: T0 + 362,
+        client_signature: Signature::ZERO,
+    }
+    .sign(&client())
+}
+
 pub fn zero_voucher_id() -> VoucherId {
     VoucherId([0; 32])
 }
