@@ -88,6 +88,7 @@ pub fn router<S: Store>(state: AppState<S>) -> Router {
         .route("/v1/info", get(info::<S>))
         .route("/v1/keys", post(market::register::<S>))
         .route("/v1/directory/announce", post(market::announce::<S>))
+        .route("/v1/directory/refusals", post(market::refuse::<S>))
         .route("/v1/relays", get(market::list::<S>))
         .route("/v1/clients/{key}", get(client::<S>))
         .route("/v1/clients/{key}/credit", post(credit::<S>))

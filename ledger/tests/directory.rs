@@ -11,7 +11,9 @@ use std::sync::atomic::Ordering;
 
 use common::{NOW, PRICE, World};
 use ferry_ledger::Store;
-use ferry_ledger::directory::{AnnounceError, Directory, DirectoryError, DirectoryParams};
+use ferry_ledger::directory::{
+    AnnounceError, Directory, DirectoryError, DirectoryParams, RefusalError,
+};
 use ferry_ledger::store::RelayFilter;
 use ferry_ledger::testkit::{self, FakeProber, NETWORK};
 use ferry_receipts::{DirectoryAnnotation, RelayDescriptor, SigningKey};
@@ -22,6 +24,7 @@ both_stores!(
     probes_are_rate_limited_per_relay,
     expired_descriptors_disappear,
     own_clients_do_not_raise_a_relays_score,
+    paying_clients_refusals_lower_a_relays_score_and_others_are_refused,
 );
 
 fn params() -> DirectoryParams {
@@ -369,4 +372,127 @@ async fn own_clients_do_not_raise_a_relays_score<S: Store>(store: S) {
         fair.annotation.score
     );
     let _ = PRICE;
+}
+
+/// Client `c`'s refusal of relay `r`'s receipt in session `sid` (its own voucher's).
+fn refusal<S: Store>(w: &World<S>, r: usize, c: usize, sid: u64) -> ferry_receipts::ReceiptRefusal {
+    let claimed = w.receipt(r, c, sid, 2, 1 << 30, 9 << 30).receipt;
+    ferry_receipts::ReceiptRefusal {
+        receipt: claimed,
+        client_observed_up: 1 << 30,
+        client_observed_down: 1 << 30,
+        reason: 1,
+        refused_at: NOW + 200,
+        client_signature: ferry_receipts::Signature::ZERO,
+    }
+    .sign(&w.clients[c])
+}
+
+async fn paying_clients_refusals_lower_a_relays_score_and_others_are_refused<S: Store>(store: S) {
+    // Relay 0 has two paying clients; then one of them refuses an over-claim of relay 0.
+    let t = setup(store, 2, 3).await;
+    t.open(0);
+    let gib = 1u64 << 30;
+    for (c, sid) in [(0, 1), (1, 2)] {
+        let r = t.w.receipt(0, c, sid, 1, gib, gib);
+        t.w.ledger.submit_one(r.encode(), NOW + 60).await.unwrap();
+        // Each client also paid relay 1, so its bytes on relay 0 count.
+        let r = t.w.receipt(1, c, 10 + sid, 1, gib, gib);
+        t.w.ledger.submit_one(r.encode(), NOW + 60).await.unwrap();
+    }
+    let before = t
+        .announce(&t.descriptor(0, 1_000_000, b"DE", NOW + 100), NOW + 100)
+        .await
+        .unwrap()
+        .annotation;
+    assert_eq!((before.paying_clients, before.refusals), (2, 0));
+    let rf = refusal(&t.w, 0, 0, 1);
+    assert!(t.dir.refuse(&rf.encode(), NOW + 200).await.unwrap());
+    // The same report again, from anyone: recorded once.
+    assert!(!t.dir.refuse(&rf.encode(), NOW + 201).await.unwrap());
+    let after = t
+        .announce(&t.descriptor(0, 1_000_000, b"DE", NOW + 300), NOW + 300)
+        .await
+        .unwrap()
+        .annotation;
+    assert_eq!(after.refusals, 1);
+    assert!(
+        after.score < before.score / 2,
+        "{} -> {}",
+        before.score,
+        after.score
+    );
+    // Not counted: a forged client signature, a receipt of a voucher that is not the
+    // client's (client 2 naming client 0's voucher), an unregistered client, garbage.
+    let mut forged = refusal(&t.w, 0, 1, 2);
+    forged.client_observed_down += 1;
+    let e = t.dir.refuse(&forged.encode(), NOW + 400).await.unwrap_err();
+    assert!(
+        matches!(e, DirectoryError::Refusal(RefusalError::Verify(_))),
+        "{e}"
+    );
+    let stolen = {
+        let v = &t.w.vouchers[0];
+        let claimed = testkit::receipt(
+            NETWORK,
+            &t.w.relays[0],
+            &t.w.clients[2],
+            v.id(),
+            PRICE,
+            testkit::session(9),
+            1,
+            1,
+            1,
+        )
+        .receipt;
+        ferry_receipts::ReceiptRefusal {
+            receipt: claimed,
+            client_observed_up: 0,
+            client_observed_down: 0,
+            reason: 1,
+            refused_at: NOW + 400,
+            client_signature: ferry_receipts::Signature::ZERO,
+        }
+        .sign(&t.w.clients[2])
+    };
+    let e = t.dir.refuse(&stolen.encode(), NOW + 400).await.unwrap_err();
+    assert!(
+        matches!(e, DirectoryError::Refusal(RefusalError::NotPaid)),
+        "{e}"
+    );
+    let stranger = SigningKey::from_seed(&[0x77; 32]);
+    let mut unregistered = refusal(&t.w, 0, 1, 2);
+    unregistered.receipt = t.w.receipt(0, 1, 2, 3, 1, 1).receipt;
+    let unregistered = ferry_receipts::ReceiptRefusal {
+        receipt: testkit::receipt(
+            NETWORK,
+            &t.w.relays[0],
+            &stranger,
+            t.w.vouchers[1].id(),
+            PRICE,
+            testkit::session(8),
+            1,
+            1,
+            1,
+        )
+        .receipt,
+        ..unregistered
+    }
+    .sign(&stranger);
+    let e = t
+        .dir
+        .refuse(&unregistered.encode(), NOW + 400)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, DirectoryError::Refusal(RefusalError::UnknownKey)),
+        "{e}"
+    );
+    assert!(t.dir.refuse(b"junk", NOW + 400).await.is_err());
+    let last = t
+        .announce(&t.descriptor(0, 1_000_000, b"DE", NOW + 500), NOW + 500)
+        .await
+        .unwrap()
+        .annotation;
+    assert_eq!(last.refusals, 1, "only the paying client's refusal counts");
 }

@@ -82,6 +82,21 @@ pub struct AnnounceRequest {
     pub descriptor: String,
 }
 
+/// `POST /v1/directory/refusals`: a client reports a relay receipt it refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefusalRequest {
+    /// The `ReceiptRefusal` encoding (base64).
+    pub refusal: String,
+}
+
+/// Answer to a [`RefusalRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalResponse {
+    /// First report of this session's refusal (false: the same one again, changed nothing).
+    pub recorded: bool,
+}
+
 /// One finding of the directory about an announcing relay, in words.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diagnosis {

@@ -15,12 +15,12 @@ use ferry_receipts::{
 };
 
 pub use probe::{Prober, UdpProber};
-pub use rules::{AnnounceError, DirectoryParams, Finding};
+pub use rules::{AnnounceError, DirectoryParams, Finding, RefusalError};
 
 use crate::domain::Role;
 use crate::service::Ledger;
 use crate::store::directory::Listing;
-use crate::store::{DirectoryRow, RelayFilter, Store, StoreError};
+use crate::store::{DirectoryRow, RefusalRow, RelayFilter, Store, StoreError};
 
 /// Why an announce or a listing failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,9 @@ pub enum DirectoryError {
     /// The announce broke a rule.
     #[error("{0}")]
     Announce(#[from] AnnounceError),
+    /// The refusal report broke a rule.
+    #[error("{0}")]
+    Refusal(#[from] RefusalError),
     /// Storage failed.
     #[error("storage")]
     Store(#[from] StoreError),
@@ -88,6 +91,38 @@ impl<S: Store> Directory<S> {
         &self.params
     }
 
+    /// Records a client's refusal of a relay's receipt (`ReceiptRefusal` encoding) received
+    /// at `now`: both keys registered, signatures valid, and the refused receipt paid by a
+    /// voucher of that client (so making one costs a real paid session). One per session;
+    /// returns whether it is new. The relay's score counts distinct refusing clients from
+    /// its next announce on.
+    pub async fn refuse(&self, bytes: &[u8], now: u64) -> Result<bool, DirectoryError> {
+        let r = ferry_receipts::ReceiptRefusal::decode(bytes).map_err(RefusalError::Decode)?;
+        r.verify(&self.params.network_id)
+            .map_err(RefusalError::Verify)?;
+        let b = r.body();
+        let store = self.ledger.store();
+        if !store.has_key(b.relay_key, Role::Relay).await?
+            || !store.has_key(b.client_key, Role::Client).await?
+        {
+            return Err(RefusalError::UnknownKey.into());
+        }
+        match store.voucher(b.voucher_id).await? {
+            Some(v) if v.client_key == b.client_key => {}
+            _ => return Err(RefusalError::NotPaid.into()),
+        }
+        Ok(store
+            .put_refusal(RefusalRow {
+                relay_key: b.relay_key,
+                session_id: b.session_id,
+                client_key: b.client_key,
+                reason: r.reason,
+                received_at: now,
+                encoded: bytes.to_vec(),
+            })
+            .await?)
+    }
+
     /// Accepts a descriptor announced from `seen_from` at `now`: checks it, probes the
     /// endpoints (challenge nonce `nonce`) unless an unchanged one was probed within
     /// `min_probe_interval_secs`, scores, signs the annotation and stores both.
@@ -130,7 +165,8 @@ impl<S: Store> Directory<S> {
         } = probed;
         store.expire_directory(now).await?;
         let usage = store.relay_clients(d.relay_key).await?;
-        let f = rules::factors(&usage, 0);
+        let refusals = store.relay_refusals(d.relay_key).await?;
+        let f = rules::factors(&usage, refusals);
         let score = rules::score(&f, ok, total);
         let first_seen = prev.as_ref().map_or(now, |p| p.first_seen.min(now));
         let annotation = DirectoryAnnotation {

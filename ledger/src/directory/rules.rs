@@ -66,6 +66,37 @@ pub enum AnnounceError {
     },
 }
 
+/// Why a client's refusal report was not recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RefusalError {
+    /// Not a `ReceiptRefusal` encoding.
+    #[error("malformed refusal: {0}")]
+    Decode(DecodeError),
+    /// A signature or the network did not verify.
+    #[error("refusal does not verify: {0}")]
+    Verify(VerifyError),
+    /// The relay or the client key is not registered.
+    #[error("relay or client key is not registered")]
+    UnknownKey,
+    /// The refused receipt names no voucher of this client: only a paying client's refusal
+    /// counts.
+    #[error("the refused receipt is not paid by a voucher of this client")]
+    NotPaid,
+}
+
+impl RefusalError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Decode(_) => "malformed_refusal",
+            Self::Verify(_) => "refusal_not_verified",
+            Self::UnknownKey => "unknown_key",
+            Self::NotPaid => "refusal_not_paid",
+        }
+    }
+}
+
 impl AnnounceError {
     /// Stable machine-readable code.
     pub fn code(&self) -> &'static str {

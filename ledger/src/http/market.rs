@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiError, ApiJson, AppState, check_admin, parse_hex, parse_key};
-use crate::directory::{AnnounceError, DirectoryError};
+use crate::directory::{AnnounceError, DirectoryError, RefusalError};
 use crate::domain::Role;
 use crate::store::{RelayFilter, Store};
 
@@ -205,9 +205,29 @@ impl From<DirectoryError> for ApiError {
                 };
                 Self::new(status, a.code(), a.to_string())
             }
+            DirectoryError::Refusal(r) => {
+                let status = match r {
+                    RefusalError::UnknownKey | RefusalError::NotPaid => StatusCode::FORBIDDEN,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                Self::new(status, r.code(), r.to_string())
+            }
             DirectoryError::Store(s) => crate::LedgerError::from(s).into(),
         }
     }
+}
+
+/// `POST /v1/directory/refusals`.
+pub(super) async fn refuse<S: Store>(
+    State(st): State<AppState<S>>,
+    ApiJson(body): ApiJson<api::RefusalRequest>,
+) -> Result<Json<api::RefusalResponse>, ApiError> {
+    let dir = st.directory.clone().ok_or_else(directory_disabled)?;
+    let bytes = B64
+        .decode(body.refusal.as_bytes())
+        .map_err(|_| ApiError::bad("refusal must be standard base64"))?;
+    let recorded = dir.refuse(&bytes, (st.clock)()).await?;
+    Ok(Json(api::RefusalResponse { recorded }))
 }
 
 pub(super) async fn announce<S: Store>(

@@ -61,6 +61,23 @@ pub struct RelayFilter {
     pub limit: usize,
 }
 
+/// A verified client refusal of a relay's receipt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalRow {
+    /// The refused relay.
+    pub relay_key: PublicKey,
+    /// Its session.
+    pub session_id: ferry_receipts::SessionId,
+    /// The refusing client.
+    pub client_key: PublicKey,
+    /// `ReceiptRejected` code.
+    pub reason: u8,
+    /// Ledger time of receipt.
+    pub received_at: u64,
+    /// `ReceiptRefusal` encoding.
+    pub encoded: Vec<u8>,
+}
+
 /// What the directory needs from storage.
 pub trait DirectoryStore: Send + Sync + 'static {
     /// A relay's entry.
@@ -85,6 +102,17 @@ pub trait DirectoryStore: Send + Sync + 'static {
 
     /// Deletes entries whose descriptor expired before `now`; returns how many.
     fn expire_directory(&self, now: u64) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// Records a client's refusal of one of `relay`'s sessions (one per session); returns
+    /// whether it is new.
+    fn put_refusal(&self, row: RefusalRow)
+    -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// How many distinct clients refused a receipt of `relay`.
+    fn relay_refusals(
+        &self,
+        relay: PublicKey,
+    ) -> impl Future<Output = Result<u32, StoreError>> + Send;
 
     /// Per client that paid `relay`: its credited bytes and sessions there, and its credited
     /// bytes on every other relay.

@@ -20,7 +20,7 @@ mod postgres;
 mod sqlite;
 mod sqlite_dir;
 
-pub use directory::{DirectoryRow, DirectoryStore, RelayFilter};
+pub use directory::{DirectoryRow, DirectoryStore, RefusalRow, RelayFilter};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -4,7 +4,8 @@ use ferry_receipts::PublicKey;
 use tokio_postgres::types::ToSql;
 
 use super::directory::{
-    DIRECTORY_COLS, DirectoryRow, DirectoryStore, Listing, RelayFilter, list_sql, relay_clients_sql,
+    DIRECTORY_COLS, DirectoryRow, DirectoryStore, Listing, RefusalRow, RelayFilter, list_sql,
+    relay_clients_sql,
 };
 use super::postgres::pool_err;
 use super::{PgStore, StoreError, arr, to_i64, to_u64};
@@ -120,6 +121,37 @@ impl DirectoryStore for PgStore {
             &[&to_i64(now)?],
         )
         .await?)
+    }
+
+    async fn put_refusal(&self, r: RefusalRow) -> Result<bool, StoreError> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let n = c
+            .execute(
+                "INSERT INTO refusals
+                   (relay_key, session_id, client_key, reason, received_at, encoded)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                &[
+                    &r.relay_key.as_bytes().as_slice(),
+                    &r.session_id.0.as_slice(),
+                    &r.client_key.as_bytes().as_slice(),
+                    &i16::from(r.reason),
+                    &to_i64(r.received_at)?,
+                    &r.encoded,
+                ],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn relay_refusals(&self, relay: PublicKey) -> Result<u32, StoreError> {
+        let c = self.pool.get().await.map_err(pool_err)?;
+        let row = c
+            .query_one(
+                "SELECT COUNT(DISTINCT client_key)::int8 FROM refusals WHERE relay_key = $1",
+                &[&relay.as_bytes().as_slice()],
+            )
+            .await?;
+        Ok(u32::try_from(row.get::<_, i64>(0)).unwrap_or(u32::MAX))
     }
 
     async fn relay_clients(&self, relay: PublicKey) -> Result<Vec<ClientUsage>, StoreError> {

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS directory (
   probes_ok BIGINT NOT NULL, probes_total BIGINT NOT NULL);
 CREATE INDEX IF NOT EXISTS directory_listing ON directory (score DESC, price, relay_key);
 CREATE INDEX IF NOT EXISTS directory_expiry ON directory (expires_at);
+CREATE TABLE IF NOT EXISTS refusals (
+  relay_key BYTEA NOT NULL, session_id BYTEA NOT NULL, client_key BYTEA NOT NULL,
+  reason SMALLINT NOT NULL, received_at BIGINT NOT NULL, encoded BYTEA NOT NULL,
+  PRIMARY KEY (relay_key, session_id));
 ";
 
 const VOUCHER_COLS: &str = "id, client_key, budget_micros, max_price, issued_at, expires_at, used_micros, cost_micros, encoded";

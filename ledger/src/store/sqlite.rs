@@ -52,6 +52,10 @@ CREATE TABLE IF NOT EXISTS directory (
   probes_ok INTEGER NOT NULL, probes_total INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS directory_listing ON directory (score DESC, price, relay_key);
 CREATE INDEX IF NOT EXISTS directory_expiry ON directory (expires_at);
+CREATE TABLE IF NOT EXISTS refusals (
+  relay_key BLOB NOT NULL, session_id BLOB NOT NULL, client_key BLOB NOT NULL,
+  reason INTEGER NOT NULL, received_at INTEGER NOT NULL, encoded BLOB NOT NULL,
+  PRIMARY KEY (relay_key, session_id));
 ";
 
 /// SQLite-backed [`Store`].

@@ -4,7 +4,8 @@ use ferry_receipts::PublicKey;
 use rusqlite::{OptionalExtension, params_from_iter, types::Value};
 
 use super::directory::{
-    DIRECTORY_COLS, DirectoryRow, DirectoryStore, Listing, RelayFilter, list_sql, relay_clients_sql,
+    DIRECTORY_COLS, DirectoryRow, DirectoryStore, Listing, RefusalRow, RelayFilter, list_sql,
+    relay_clients_sql,
 };
 use super::{SqliteStore, StoreError, arr, to_i64, to_u64};
 use crate::directory::rules::ClientUsage;
@@ -131,6 +132,39 @@ impl DirectoryStore for SqliteStore {
         self.write(move |tx| {
             let n = tx.execute("DELETE FROM directory WHERE expires_at < ?1", [now])?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn put_refusal(&self, r: RefusalRow) -> Result<bool, StoreError> {
+        let at = to_i64(r.received_at)?;
+        self.write(move |tx| {
+            let n = tx.execute(
+                "INSERT OR IGNORE INTO refusals
+                   (relay_key, session_id, client_key, reason, received_at, encoded)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                rusqlite::params![
+                    r.relay_key.as_bytes().as_slice(),
+                    r.session_id.0.as_slice(),
+                    r.client_key.as_bytes().as_slice(),
+                    i64::from(r.reason),
+                    at,
+                    r.encoded,
+                ],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    async fn relay_refusals(&self, relay: PublicKey) -> Result<u32, StoreError> {
+        self.run(move |c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(DISTINCT client_key) FROM refusals WHERE relay_key = ?1",
+                [relay.as_bytes().as_slice()],
+                |r| r.get(0),
+            )?;
+            Ok(u32::try_from(n).unwrap_or(u32::MAX))
         })
         .await
     }
