@@ -64,6 +64,8 @@ pub(crate) struct Engine {
     allowance: Option<u64>,
     /// The voucher's budget (micros).
     budget: Option<u64>,
+    /// Our signed refusal of an over-claiming receipt, to report to the directory.
+    refusal: Option<ferry_receipts::ReceiptRefusal>,
     /// The session is gone while the voucher has allowance left (the relay ended it, or
     /// stopped answering): a new session may be opened with the same voucher.
     may_reopen: bool,
@@ -201,8 +203,14 @@ impl Engine {
             last_status: None,
             allowance,
             budget,
+            refusal: None,
             may_reopen: false,
         })
+    }
+
+    /// Our signed refusal of the relay's receipt, if we refused one (over-claim, backwards).
+    pub(crate) fn refusal(&self) -> Option<&ferry_receipts::ReceiptRefusal> {
+        self.refusal.as_ref()
     }
 
     /// True when a paid session is gone while its voucher has allowance left (the relay
@@ -357,6 +365,7 @@ impl Engine {
                     self.failure = Some(f.to_string());
                     changed = true;
                 }
+                Event::Refusal(r) => self.refusal = Some(*r),
                 Event::EndedByRelay { total_bytes } => {
                     self.failure = Some(ended_message(total_bytes, self.allowance));
                     self.may_reopen = self

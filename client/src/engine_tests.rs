@@ -240,6 +240,16 @@ async fn a_relay_claiming_undelivered_bytes_is_refused_and_the_client_disconnect
         .expect("over-claim not refused")
         .to_owned();
     assert!(why.contains("more bytes than the client counted"), "{why}");
+    // Our signed refusal, for the directory: the relay's own over-claiming receipt.
+    let r = *f.engine.refusal().expect("a refusal to report");
+    r.verify(&NET).unwrap();
+    assert_eq!(r.reason, 1);
+    assert!(
+        r.body().bytes_down
+            > ClientConfig::default()
+                .tolerance
+                .max_claim(r.client_observed_down)
+    );
     // The relay learned why and cut us off.
     std::thread::sleep(Duration::from_millis(200));
     let log = f.log.lock().unwrap();

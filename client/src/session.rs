@@ -29,6 +29,8 @@ pub(crate) struct Setup {
     pub(crate) wg: WgPrivateKey,
     pub(crate) paid: Option<PaidSetup>,
     pub(crate) submitter: Option<Submitter>,
+    /// The ledger refusals of an over-claiming relay are reported to (its directory).
+    pub(crate) directory: Option<ferry_store::LedgerClient>,
 }
 
 /// Loads keys, resolves the relay endpoint (before any kill switch exists: the system
@@ -56,6 +58,7 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
             wg,
             paid: None,
             submitter: None,
+            directory: None,
         });
     };
     let identity = IdentityKey::load(&paths.identity())
@@ -133,6 +136,13 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
             },
             boot: None,
         }),
+        directory: match &cfg.client.ledger_url {
+            Some(url) => Some(crate::ledger::client(
+                url,
+                cfg.client.ledger_ca_file.as_deref(),
+            )?),
+            None => None,
+        },
         submitter,
     })
 }
@@ -211,6 +221,9 @@ pub(crate) async fn run_sessions(
             }
             (engine, r) = run(setup, Some(&old)).await?;
         }
+        if let (Some(refusal), Some(dir)) = (engine.refusal(), &setup.directory) {
+            report_refusal(dir, refusal).await;
+        }
         match &r {
             Ok(()) => engine.finish(State::Stopped, None),
             Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
@@ -225,6 +238,26 @@ pub(crate) async fn run_sessions(
         let _ = tokio::time::timeout(Duration::from_secs(2), h).await;
     }
     ended
+}
+
+/// Tells the directory we refused this relay's receipt (it lowers the relay's score), trying
+/// three times; a ledger without a directory or that stays away is only logged.
+async fn report_refusal(dir: &ferry_store::LedgerClient, r: &ferry_receipts::ReceiptRefusal) {
+    for attempt in 0..3u64 {
+        match ferry_store::market::report_refusal(dir, r).await {
+            Ok(recorded) => {
+                tracing::info!(
+                    recorded,
+                    "refusal of the relay's receipt reported to the directory"
+                );
+                return;
+            }
+            Err(e) if attempt == 2 => {
+                tracing::warn!(error = %e, "refusal of the relay's receipt not reported");
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await,
+        }
+    }
 }
 
 /// Opens a new paid session after the last one ended with allowance left (`why`), retrying

@@ -10,8 +10,9 @@
 use std::sync::Arc;
 
 use ferry_receipts::{
-    CoSignedReceipt, CumulativeState, NetworkId, PublicKey, ReceiptBody, Rejected, SessionAccept,
-    SessionAddress, SessionOffer, SessionReject, Signature, SignedReceipt, SigningKey, Voucher,
+    CoSignedReceipt, CumulativeState, NetworkId, PublicKey, ReceiptBody, ReceiptRefusal, Rejected,
+    SessionAccept, SessionAddress, SessionOffer, SessionReject, Signature, SignedReceipt,
+    SigningKey, Voucher,
 };
 use thiserror::Error;
 
@@ -106,6 +107,7 @@ pub struct ClientSession {
     last_cosigned: Option<CoSignedReceipt>,
     last_acked: Option<u64>,
     rejected: Option<ReceiptRejectReason>,
+    refusal: Option<ReceiptRefusal>,
 }
 
 impl ClientSession {
@@ -128,6 +130,7 @@ impl ClientSession {
             last_cosigned: None,
             last_acked: None,
             rejected: None,
+            refusal: None,
         }
     }
 
@@ -236,6 +239,12 @@ impl ClientSession {
         self.rejected
     }
 
+    /// Our signed refusal of the receipt we rejected for over-claiming or going backwards
+    /// (for the directory: `POST /v1/directory/refusals`).
+    pub fn refusal(&self) -> Option<&ReceiptRefusal> {
+        self.refusal.as_ref()
+    }
+
     /// Decides whether to co-sign `r`: it must be for our session and relay, carry a
     /// valid relay signature, keep counters monotonic, and claim no more than our own
     /// count plus tolerance in each direction.
@@ -299,6 +308,25 @@ impl ClientSession {
                 }
                 ClientVerdict::Reject { seq, reason } => {
                     self.rejected = Some(reason);
+                    // Evidence of the relay's misbehaviour for the directory: a receipt it
+                    // signed that claims more, or less, than it may. (A forged or foreign
+                    // receipt proves nothing about our relay.)
+                    if matches!(
+                        reason,
+                        ReceiptRejectReason::OverClaim | ReceiptRejectReason::NonMonotonic
+                    ) {
+                        self.refusal = Some(
+                            ReceiptRefusal {
+                                receipt: r,
+                                client_observed_up: self.meter.up(),
+                                client_observed_down: self.meter.down(),
+                                reason: reason.code(),
+                                refused_at: unix_ts,
+                                client_signature: Signature::ZERO,
+                            }
+                            .sign(&self.key),
+                        );
+                    }
                     Some(Message::ReceiptRejected { seq, reason })
                 }
                 ClientVerdict::Resync(c) => Some(Message::Resync(c)),

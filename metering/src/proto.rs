@@ -219,7 +219,7 @@ impl SessionRejectReason {
 }
 
 impl ReceiptRejectReason {
-    fn code(self) -> u8 {
+    pub(crate) fn code(self) -> u8 {
         match self {
             Self::OverClaim => 1,
             Self::NonMonotonic => 2,

@@ -134,6 +134,12 @@ fn over_claiming_relay_is_refused_by_the_client_and_nothing_over_tolerance_is_co
     for c in &w.store {
         assert!(c.body().bytes_up <= tol.max_claim(c.client_observed_up));
     }
+    // The client's signed refusal carries the over-claiming receipt and its own counts.
+    let r = *w.client.refusal().expect("a refusal for the directory");
+    r.verify(&NET).unwrap();
+    assert_eq!(r.reason, 1);
+    assert!(r.body().bytes_up > tol.max_claim(r.client_observed_up));
+    assert_eq!(r.body().relay_key, w.relay_key.public_key());
     assert!(matches!(
         w.relay.state(),
         SessionState::CutOff(CutOffReason::Rejected(ReceiptRejectReason::OverClaim))

@@ -91,6 +91,20 @@ pub async fn relays(ledger: &LedgerClient, query: &str) -> Result<api::RelayList
     exchange(ledger, "GET", &path, None).await
 }
 
+/// Reports a client's signed refusal of a relay receipt (`POST /v1/directory/refusals`);
+/// `Ok(true)` when it was new.
+pub async fn report_refusal(
+    ledger: &LedgerClient,
+    r: &ferry_receipts::ReceiptRefusal,
+) -> Result<bool, MarketError> {
+    let body = json(&api::RefusalRequest {
+        refusal: B64.encode(r.encode()),
+    })?;
+    let a: api::RefusalResponse =
+        exchange(ledger, "POST", "/v1/directory/refusals", Some(body)).await?;
+    Ok(a.recorded)
+}
+
 /// The network price from `GET /v1/info` (micros per GiB).
 pub async fn network_price(ledger: &LedgerClient) -> Result<u64, MarketError> {
     // Only the one field: a full `api::Info` deserializer costs flash on routers.

@@ -263,3 +263,67 @@ async fn a_closed_network_lists_only_relays_its_operator_registered() {
         .unwrap();
     assert!(market::announce(&client, &d).await.unwrap().listed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paying_clients_refusal_is_recorded_once_and_lowers_the_score() {
+    let (client, ledger) = ledger().await;
+    let (relay, d) = answering_relay(&ledger, 0x31).await;
+    let before = market::announce(&client, &d).await.unwrap();
+    // A client with a voucher of its own, and the relay's over-claiming receipt of it.
+    let buyer = SigningKey::from_seed(&[0x32; 32]);
+    let at = now();
+    ledger
+        .register(buyer.public_key(), ferry_ledger::Role::Client, at)
+        .await
+        .unwrap();
+    ledger.credit(buyer.public_key(), 1_000_000).await.unwrap();
+    let v = ledger
+        .issue(buyer.public_key(), 500_000, 500_000, [3; 16], at)
+        .await
+        .unwrap()
+        .voucher;
+    let claimed = ferry_ledger::testkit::receipt(
+        NET,
+        &relay,
+        &buyer,
+        v.id(),
+        500_000,
+        ferry_ledger::testkit::session(1),
+        1,
+        1 << 20,
+        9 << 20,
+    )
+    .receipt;
+    let refusal = ferry_receipts::ReceiptRefusal {
+        receipt: claimed,
+        client_observed_up: 1 << 20,
+        client_observed_down: 1 << 20,
+        reason: 1,
+        refused_at: at,
+        client_signature: ferry_receipts::Signature::ZERO,
+    }
+    .sign(&buyer);
+    assert!(market::report_refusal(&client, &refusal).await.unwrap());
+    assert!(!market::report_refusal(&client, &refusal).await.unwrap());
+    // Signed by someone else: 400 with its code, nothing recorded.
+    let forged = refusal.sign(&relay);
+    match market::report_refusal(&client, &forged).await {
+        Err(MarketError::Refused { status, code, .. }) => {
+            assert_eq!((status, code.as_str()), (400, "refusal_not_verified"));
+        }
+        other => panic!("{other:?}"),
+    }
+    let mut d2 = d.clone();
+    d2.issued_at += 1;
+    let after = market::announce(&client, &d2.sign(&relay)).await.unwrap();
+    let ann = |b64: &str| {
+        use base64::Engine as _;
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        DirectoryAnnotation::decode(&b).unwrap()
+    };
+    let (a0, a1) = (ann(&before.annotation), ann(&after.annotation));
+    assert_eq!((a0.refusals, a1.refusals), (0, 1));
+    assert!(a1.score < a0.score, "{} -> {}", a0.score, a1.score);
+}

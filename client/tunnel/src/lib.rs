@@ -169,6 +169,9 @@ pub enum Event {
     /// The relay's state was behind ours (it restarted before storing our last co-signature):
     /// that co-signed receipt (seq) was sent again.
     Resynced(u64),
+    /// We refused a receipt that over-claimed or went backwards: our signed refusal, for the
+    /// directory (`POST /v1/directory/refusals`). Comes before the `ReceiptRefused` failure.
+    Refusal(Box<ferry_receipts::ReceiptRefusal>),
     /// A receipt (or final receipt) arrived.
     ReceiptSeen {
         /// It was the final one.
@@ -601,6 +604,9 @@ impl ClientTunnel {
                         }
                     }
                     Some(m @ Message::ReceiptRejected { seq, reason }) => {
+                        if let Some(r) = p.session.refusal() {
+                            self.events.push_back(Event::Refusal(Box::new(*r)));
+                        }
                         self.send_control(&m);
                         self.fail(Failure::ReceiptRefused { seq, reason });
                     }
