@@ -127,6 +127,7 @@ PAID="$CONF
 	option network_id '00112233445566778899aabbccddeeff'
 	option ledger_key '0000000000000000000000000000000000000000000000000000000000000000'
 	option identity_key_file '$tmp/idkeys/identity.key'
+	option price_micros_per_gib '500000'
 	option state_dir '/etc/ferry/state'"
 run_init "$PAID" start_service
 check "paid: identity key created 0600 in a 0700 directory" \

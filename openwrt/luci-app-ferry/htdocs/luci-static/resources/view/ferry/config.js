@@ -279,6 +279,12 @@ return view.extend({
 		o.placeholder = 'http://ledger.example.net:7878';
 		o.validate = validateLedgerUrl;
 
+		o = s.taboption('paid', form.Value, 'price_micros_per_gib', _('Price (micros per GiB)'),
+			_('This relay\'s price in millionths of a currency unit per GiB, signed into every session; clients whose voucher allows less are refused. Empty: the network price, asked from the ledger (needs the ledger URL).'));
+		o.depends('paid', '1');
+		o.datatype = 'range(1,999999999)';
+		o.placeholder = '500000';
+
 		o = s.taboption('paid', form.Value, 'identity_key_file', _('Identity key file'),
 			_('Receipt signing key, created (mode 0600) on first start; register its public key at the ledger.'));
 		o.depends('paid', '1');
