@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<ReceiptCounters>,
     /// The directory listing (probes are answered on the Hello port).
     pub(crate) directory: Arc<Mutex<crate::directory::DirectoryState>>,
+    /// Where to ask the network price while this relay has none of its own.
+    pub(crate) price_from: Option<ferry_store::LedgerClient>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -151,6 +153,14 @@ impl Metering {
             kick: submitter.as_ref().map(Submitter::kicker),
             counters: Arc::default(),
             directory: Arc::default(),
+            price_from: match (&settings.limits.price_micros_per_gib, &settings.ledger_url) {
+                (None, Some(url)) => Some(ferry_store::LedgerClient::new(
+                    url,
+                    settings.ledger_ca_file.as_deref(),
+                    Duration::from_secs(3),
+                )?),
+                _ => None,
+            },
         });
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await
@@ -158,9 +168,9 @@ impl Metering {
         let (tx, cosigned_rx) = mpsc::unbounded_channel();
         let mut limits = settings.limits;
         if limits.price_micros_per_gib.is_none() {
-            // Learn the network price before the first Hello can arrive (else it is refused
-            // as busy); a ledger that does not answer now is retried in the background.
-            limits.price_micros_per_gib = first_network_price(settings).await;
+            // Learn the network price before the first Hello can arrive; a ledger that does
+            // not answer now is asked again on the next Hello.
+            limits.price_micros_per_gib = network_price(&shared).await;
         }
         lock(relay).set_hook(Box::new(PaidSessions::new(
             RelayHub::new(settings.meter.clone(), identity),
@@ -244,19 +254,6 @@ impl Metering {
             });
         }
         tasks.spawn(drive(shared.clone(), relay.clone(), udp.clone()));
-        let priced = with_sessions(&relay, |_, s| s.priced()).unwrap_or(true);
-        if let (false, Some(url)) = (priced, &settings.ledger_url) {
-            match ferry_store::LedgerClient::new(
-                url,
-                settings.ledger_ca_file.as_deref(),
-                Duration::from_secs(10),
-            ) {
-                Ok(ledger) => {
-                    tasks.spawn(learn_network_price(ledger, relay.clone()));
-                }
-                Err(e) => tracing::warn!(error = %e, "network price: bad ledger URL"),
-            }
-        }
         if let Some(s) = submitter {
             let stop = stop.clone();
             tasks.spawn(async move { s.run(async move { stop.notified().await }).await });
@@ -318,47 +315,20 @@ impl Running {
 
 use ferry_store::unix_now;
 
-/// The network price from the ledger, asked up to 3 times a second apart (`None`: no ledger
-/// URL, or it did not answer).
-async fn first_network_price(settings: &PaidSettings) -> Option<u64> {
-    let url = settings.ledger_url.as_deref()?;
-    let ledger = ferry_store::LedgerClient::new(
-        url,
-        settings.ledger_ca_file.as_deref(),
-        Duration::from_secs(3),
-    )
-    .ok()?;
-    for attempt in 0..3 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-        if let Ok(p) = ferry_store::market::network_price(&ledger).await {
+/// The network price from the ledger (`None`: no ledger, or it did not answer within 3 s).
+/// Asked at start, and again by the Hello handler while it is unknown (offers are refused
+/// as busy meanwhile): no task of its own.
+pub(crate) async fn network_price(shared: &Shared) -> Option<u64> {
+    let ledger = shared.price_from.as_ref()?;
+    match ferry_store::market::network_price(ledger).await {
+        Ok(p) => {
             tracing::info!(price_micros_per_gib = p, "selling at the network price");
-            return Some(p);
+            Some(p)
         }
-    }
-    None
-}
-
-/// Asks the ledger for the network price until it answers, then opens sessions at it (no
-/// `[paid] price-micros-per-gib`: this relay sells at the network price; offers are refused
-/// as busy until then).
-async fn learn_network_price(ledger: ferry_store::LedgerClient, relay: SharedRelay) {
-    let mut warned = false;
-    loop {
-        match ferry_store::market::network_price(&ledger).await {
-            Ok(p) => {
-                with_sessions(&relay, |_, s| s.set_price(p));
-                tracing::info!(price_micros_per_gib = p, "selling at the network price");
-                return;
-            }
-            Err(e) if !warned => {
-                warned = true;
-                tracing::warn!(error = %e, "network price unknown: paid offers are refused until the ledger answers");
-            }
-            Err(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "network price unknown: paid offers are refused until the ledger answers");
+            None
         }
-        tokio::time::sleep(Duration::from_secs(5)).await;
     }
 }
 

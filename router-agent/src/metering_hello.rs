@@ -163,6 +163,11 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
     let Some(session_id) = random_session_id() else {
         return vec![id.reject(&offer, SessionRejectReason::Busy)];
     };
+    if with_sessions(relay, |_, s| s.priced()) == Some(false) {
+        if let Some(p) = crate::metering::network_price(shared).await {
+            with_sessions(relay, |_, s| s.set_price(p));
+        }
+    }
     let admitted = with_sessions(relay, |r, s| {
         s.admit(r, &offer, session_id, spent, now, unix)
     });
