@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub(crate) directory: Arc<Mutex<crate::directory::DirectoryState>>,
     /// Where to ask the network price while this relay has none of its own.
     pub(crate) price_from: Option<ferry_store::LedgerClient>,
+    /// When it was last asked (a Hello flood while the ledger is away asks once per 10 s).
+    pub(crate) price_asked: Mutex<Option<Instant>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -161,6 +163,7 @@ impl Metering {
                 )?),
                 _ => None,
             },
+            price_asked: Mutex::new(None),
         });
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await
@@ -320,6 +323,14 @@ use ferry_store::unix_now;
 /// as busy meanwhile): no task of its own.
 pub(crate) async fn network_price(shared: &Shared) -> Option<u64> {
     let ledger = shared.price_from.as_ref()?;
+    {
+        let mut last = lock(&shared.price_asked);
+        let now = Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(10)) {
+            return None;
+        }
+        *last = Some(now);
+    }
     match ferry_store::market::network_price(ledger).await {
         Ok(p) => {
             tracing::info!(price_micros_per_gib = p, "selling at the network price");
