@@ -156,6 +156,23 @@ async function check(name, fn) {
     const text = textOf(page);
     for (const want of ['Paid sharing', 'Paid sessions', '3', '987654321', '41', '39', '17 ago', 'connection refused'])
       assert(text.includes(want), `paid block lacks ${want}: ${text}`);
+    // The directory's verdict in words: listed, or why not (what the ledger's probe found).
+    statusReply = JSON.stringify(Object.assign({}, sample, {
+      paid: { sessions: 0, earned_bytes: 0, receipts_cosigned: 0, receipts_pending: 0,
+        receipts_submitted: 0, ledger_configured: true, last_ledger_contact_secs: 3, ledger_error: null,
+        directory: { listed: false, seen_from: '198.51.100.7', probe_rtt_micros: null, error: null,
+          problems: [{ code: 'hello_port_closed', message: 'Hello port 51821 did not answer the directory\'s probe: open UDP 51821 on the router' }] } },
+    }));
+    await polls[0].fn();
+    for (const want of ['Relay directory', 'not listed', 'did not answer the directory', 'open UDP 51821'])
+      assert(textOf(page).includes(want), `directory block lacks ${want}: ${textOf(page)}`);
+    statusReply = JSON.stringify(Object.assign({}, sample, {
+      paid: { sessions: 0, earned_bytes: 0, receipts_cosigned: 0, receipts_pending: 0,
+        receipts_submitted: 0, ledger_configured: true, last_ledger_contact_secs: 3, ledger_error: null,
+        directory: { listed: true, seen_from: '203.0.113.9', probe_rtt_micros: 12345, error: null, problems: [] } },
+    }));
+    await polls[0].fn();
+    assert(textOf(page).includes('listed (seen from 203.0.113.9, probe answered in 12 ms)'), textOf(page));
     statusReply = JSON.stringify(Object.assign({}, sample, {
       paid: { sessions: 0, earned_bytes: 0, receipts_cosigned: 0, receipts_pending: 0,
         receipts_submitted: null, ledger_configured: false, last_ledger_contact_secs: null, ledger_error: null },

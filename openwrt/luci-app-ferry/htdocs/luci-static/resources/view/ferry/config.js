@@ -13,7 +13,9 @@
  *   version, uptime_secs, public_key, listen, egress_mode,
  *   peers: [{ name, public_key, endpoint, last_handshake_secs, rx_bytes, tx_bytes }] (trusted),
  *   paid: { sessions, earned_bytes, receipts_cosigned, receipts_pending, receipts_submitted,
- *           ledger_configured, last_ledger_contact_secs, ledger_error } (paying clients: counts only)
+ *           ledger_configured, last_ledger_contact_secs, ledger_error,
+ *           directory: null | { listed, seen_from, probe_rtt_micros, problems: [{ code, message }],
+ *                               error } } (paying clients: counts only)
  * When the agent cannot be reached the helper prints { "running": false, "error": "..." } on
  * stdout (fs.exec_direct returns stdout only; stderr would be lost).
  */
@@ -112,6 +114,19 @@ function renderStatus(st) {
 		];
 		if (p.ledger_error)
 			rows.push([_('Ledger problem'), _('The ledger could not be reached or refused: %s').format(p.ledger_error)]);
+		var d = p.directory;
+		if (d) {
+			var listed = d.listed
+				? _('listed (seen from %s%s)').format(text(d.seen_from),
+					typeof d.probe_rtt_micros == 'number' ? _(', probe answered in %s ms').format(String(Math.round(d.probe_rtt_micros / 1000))) : '')
+				: _('not listed');
+			rows.push([_('Relay directory'), listed]);
+			(d.problems || []).forEach(function(pr) {
+				rows.push([_('Directory problem'), text(pr.message)]);
+			});
+			if (d.error)
+				rows.push([_('Directory problem'), _('Announcing failed: %s').format(d.error)]);
+		}
 		parts.push(E('h4', {}, _('Paid sharing')));
 		parts.push(E('table', { 'class': 'table' }, rows.map(function(row) {
 			return E('tr', { 'class': 'tr' }, [
