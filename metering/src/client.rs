@@ -479,6 +479,28 @@ mod tests {
     }
 
     #[test]
+    fn an_accept_priced_above_the_voucher_max_or_our_cap_is_refused() {
+        // The voucher's max price is 10; the relay signs its own price into the accept.
+        let (c, relay, accept) = setup();
+        let priced = |p: u64| {
+            SessionAccept {
+                price_micros_per_gib: p,
+                signature: Signature::ZERO,
+                ..accept.clone()
+            }
+            .sign(&relay)
+        };
+        assert!(c.check_accept(&priced(3)).is_ok(), "below the max");
+        assert!(c.check_accept(&priced(10)).is_ok(), "at the max");
+        assert_eq!(c.check_accept(&priced(11)), Err(ClientError::BadAccept));
+        // With a cap (the price the relay was chosen at), more than it is refused too.
+        let mut capped = c;
+        capped.cfg.max_price_micros_per_gib = Some(5);
+        assert!(capped.check_accept(&priced(5)).is_ok());
+        assert_eq!(capped.check_accept(&priced(6)), Err(ClientError::BadAccept));
+    }
+
+    #[test]
     fn tolerance_is_two_percent_plus_one_mib_by_default() {
         let t = Tolerance::default();
         assert_eq!(t.max_claim(0), MIB);
