@@ -80,6 +80,12 @@ impl ReceiptBody {
         self.bytes_up.saturating_add(self.bytes_down)
     }
 
+    /// What this cumulative receipt debits its voucher: `ceil(total × price / 2^30)`
+    /// ([`crate::money::debit_micros`]).
+    pub fn debit_micros(&self) -> u64 {
+        crate::money::debit_micros(self.total_bytes(), self.price_micros_per_gib)
+    }
+
     /// Canonical encoding of the body.
     pub fn encode(&self) -> Vec<u8> {
         Writer::new(msg_type::RECEIPT, SignedReceipt::LEN)

@@ -169,12 +169,15 @@ impl Metering {
             .await
             .with_context(|| format!("binding the Hello port {}", settings.hello_listen))?;
         let (tx, cosigned_rx) = mpsc::unbounded_channel();
-        let mut limits = settings.limits;
+        let mut settings = settings.clone();
+        let limits = &mut settings.limits;
         if limits.price_micros_per_gib.is_none() {
             // Learn the network price before the first Hello can arrive; a ledger that does
-            // not answer now is asked again on the next Hello.
+            // not answer now is asked again on the next Hello. The directory announcer
+            // advertises the same price (`directory_parts`).
             limits.price_micros_per_gib = network_price(&shared).await;
         }
+        let limits = *limits;
         lock(relay).set_hook(Box::new(PaidSessions::new(
             RelayHub::new(settings.meter.clone(), identity),
             &shared.subnets,
@@ -200,7 +203,7 @@ impl Metering {
         }
         Ok(Self {
             shared,
-            settings: settings.clone(),
+            settings,
             cosigned_rx,
             submitter,
             hello,
@@ -210,10 +213,20 @@ impl Metering {
 
     /// Handles the metrics snapshot reads (see `observability::MeteringSource`).
     /// The relay identity and the directory state an [`crate::directory::Announcer`] uses.
+    /// What the directory announcer shares with metering: the identity, the listing state
+    /// and the price sessions open at (`None`: the ledger did not say it at start).
     pub(crate) fn directory_parts(
         &self,
-    ) -> (RelayIdentity, Arc<Mutex<crate::directory::DirectoryState>>) {
-        (self.shared.identity.clone(), self.shared.directory.clone())
+    ) -> (
+        RelayIdentity,
+        Arc<Mutex<crate::directory::DirectoryState>>,
+        Option<u64>,
+    ) {
+        (
+            self.shared.identity.clone(),
+            self.shared.directory.clone(),
+            self.settings.limits.price_micros_per_gib,
+        )
     }
 
     pub(crate) fn stats_source(&self) -> crate::observability::MeteringSource {
@@ -352,12 +365,7 @@ fn resume_sessions(shared: &Shared, relay: &SharedRelay) -> usize {
         let Some(o) = e.open else { continue };
         let (v4, v6) = decode_addrs(&o.extra);
         let voucher = &o.offer.voucher;
-        let own = e.latest.map_or(0, |c| {
-            ferry_receipts::money::debit_micros(
-                c.body().total_bytes(),
-                o.accept.price_micros_per_gib,
-            )
-        });
+        let own = e.latest.map_or(0, |c| c.body().debit_micros());
         let others = lock(&shared.store)
             .voucher_spent_micros(&voucher.id())
             .saturating_sub(own);

@@ -107,8 +107,13 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
     let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
     let announcer = match (&metering, &cfg.directory, &cfg.paid) {
         (Some(m), Some(d), Some(p)) => {
-            let (identity, state) = m.directory_parts();
-            let a = announcer(d, p, &cfg, &key, identity, state)?;
+            let (identity, state, price) = m.directory_parts();
+            // The network price metering learned at start, not asked for a second time.
+            let d = crate::config_directory::DirectorySettings {
+                price_micros_per_gib: d.price_micros_per_gib.or(price),
+                ..d.clone()
+            };
+            let a = announcer(&d, p, &cfg, &key, identity, state)?;
             Some(tokio::spawn(crate::directory::run(a)))
         }
         _ => None,

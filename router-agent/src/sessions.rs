@@ -127,9 +127,9 @@ impl PaidSessions {
     }
 
     /// Admits a paid client in one step: checks the per-voucher and per-client caps, the
-    /// voucher's max price against ours and what its budget still buys here, allocates its tunnel addresses, adds its WireGuard key
-    /// as a paid peer and opens its session (the hub verifies the offer and signs the
-    /// Accept). On any failure nothing is left behind.
+    /// voucher's max price against ours and what its budget still buys here, allocates its
+    /// tunnel addresses, adds its WireGuard key as a paid peer and opens its session (the hub
+    /// verifies the offer and signs the Accept). On any failure nothing is left behind.
     pub(crate) fn admit(
         &mut self,
         relay: &mut Relay,

@@ -310,17 +310,14 @@ impl Store {
         self.append_batch(recs)
     }
 
-    /// Bytes (up + down) already billed against `voucher` on this relay, summed over its
-    /// sessions' latest receipts.
+    /// Micros already debited from `voucher` on this relay: its sessions' latest receipts,
+    /// each at its own price.
     pub fn voucher_spent_micros(&self, voucher: &VoucherId) -> u64 {
         self.sessions
             .values()
             .filter_map(|e| e.latest)
             .filter(|c| &c.body().voucher_id == voucher)
-            .map(|c| {
-                let b = c.body();
-                ferry_receipts::money::debit_micros(b.total_bytes(), b.price_micros_per_gib)
-            })
+            .map(|c| c.body().debit_micros())
             .fold(0u64, u64::saturating_add)
     }
 

@@ -4,8 +4,9 @@
 //! Owns: the peer table (keyed by receiver index and public key), handshake admission
 //! (MAC1 check; under load a per-source bucket and a relay-wide DH budget, beyond which
 //! boringtun cookie replies are demanded),
-//! allowed-IPs checks, endpoint roaming, the egress policy, per-client token buckets (downloads over the rate wait in a bounded shaper queue), per-peer
-//! u64 byte counters of accepted traffic, and drop statistics.
+//! allowed-IPs checks, endpoint roaming, the egress policy, per-client token buckets
+//! (downloads over the rate wait in a bounded shaper queue), per-peer u64 byte counters of
+//! accepted traffic, and drop statistics.
 //!
 //! Must not: do I/O, read clocks (time is the `now` argument; boringtun's `Tunn` reads its own
 //! clock internally), use OS randomness (the index salt is an argument), allocate per packet

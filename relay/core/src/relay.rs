@@ -819,12 +819,18 @@ fn count_to_client(peer: &mut Peer, len: usize) {
     peer.counters.to_client_packets += 1;
 }
 
-/// How many download bytes may wait for a client at `bytes_per_sec` (as much as its burst).
-fn hold_limit(bytes_per_sec: u64) -> usize {
-    usize::try_from((bytes_per_sec / 20).max(64 * 1024)).unwrap_or(usize::MAX)
+/// ~50 ms of `bytes_per_sec`, at least 64 KiB (one TSO-sized burst): a client's burst, and
+/// how much of its download may wait in the shaper.
+fn burst_bytes(bytes_per_sec: u64) -> u64 {
+    (bytes_per_sec / 20).max(64 * 1024)
 }
 
-/// A byte bucket with ~50 ms of burst (at least 64 KiB so one TSO-sized burst passes).
+/// How many download bytes may wait for a client at `bytes_per_sec` (as much as its burst).
+fn hold_limit(bytes_per_sec: u64) -> usize {
+    usize::try_from(burst_bytes(bytes_per_sec)).unwrap_or(usize::MAX)
+}
+
+/// A byte bucket with [`burst_bytes`] of burst.
 fn rate_bucket(bytes_per_sec: u64) -> TokenBucket {
-    TokenBucket::new(bytes_per_sec, (bytes_per_sec / 20).max(64 * 1024))
+    TokenBucket::new(bytes_per_sec, burst_bytes(bytes_per_sec))
 }

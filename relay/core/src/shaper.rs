@@ -2,10 +2,10 @@
 //! the rate) instead of being dropped, so TCP through a TUN egress sees a delay it adapts to
 //! rather than a loss it must recover from. Beyond the queue bound it tail-drops.
 //!
-//! A removed peer's packets are not searched out: they are discarded when due, because the
-//! slot's next owner has another serial. Packets are held as plaintext and metered, encrypted and counted only when released: a
-//! held packet costs the client nothing until it is actually sent. Buffers are pooled, so
-//! steady-state shaping allocates nothing per packet.
+//! Packets are held as plaintext and metered, encrypted and counted only when released: a
+//! held packet costs the client nothing until it is actually sent. A removed peer's packets
+//! are not searched out: they are discarded when due, because the slot's next owner has
+//! another serial. Buffers are pooled, so steady-state shaping allocates nothing per packet.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
