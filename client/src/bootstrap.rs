@@ -56,15 +56,19 @@ pub(crate) struct Bootstrapped {
     pub(crate) accept: SessionAccept,
     pub(crate) v4: Option<Ipv4Addr>,
     pub(crate) v6: Option<Ipv6Addr>,
+    /// The relay's side of the tunnel (control and DNS address, MTU), when it sent it.
+    pub(crate) tunnel: Option<ferry_receipts::SessionTunnel>,
 }
 
-/// Sends `Hello` to `hello` until the relay accepts (and sends our addresses) or refuses.
+/// Sends `Hello` to `hello` until the relay accepts (and sends our addresses, and its
+/// tunnel facts when `need_tunnel`) or refuses.
 pub(crate) async fn bootstrap(
     setup: &PaidSetup,
     relay_key: ferry_receipts::PublicKey,
     wg_public: [u8; 32],
     hello: SocketAddr,
     timeout: Duration,
+    need_tunnel: bool,
 ) -> Result<Bootstrapped> {
     let mut session = ClientSession::new(
         setup.cfg,
@@ -92,7 +96,11 @@ pub(crate) async fn bootstrap(
         .with_context(|| format!("relay Hello port {hello}"))?;
     let deadline = Instant::now() + timeout;
     let mut buf = vec![0u8; 2048];
-    let mut replies = HelloReplies::default();
+    let mut replies = if need_tunnel {
+        HelloReplies::needing_tunnel()
+    } else {
+        HelloReplies::default()
+    };
     while Instant::now() < deadline {
         let _ = sock.send(&frame).await;
         let until = Instant::now() + RETRY;
@@ -105,7 +113,12 @@ pub(crate) async fn bootstrap(
             match replies.on_datagram(&mut session, &buf[..n]) {
                 HelloOutcome::Pending => {}
                 HelloOutcome::Refused(r) => bail!("relay refused the session: {r}"),
-                HelloOutcome::Accepted { accept, v4, v6 } => {
+                HelloOutcome::Accepted {
+                    accept,
+                    v4,
+                    v6,
+                    tunnel,
+                } => {
                     if replies.ignored() > 0 {
                         tracing::info!(
                             ignored = replies.ignored(),
@@ -119,10 +132,17 @@ pub(crate) async fn bootstrap(
                         accept: *accept,
                         v4,
                         v6,
+                        tunnel: tunnel.map(|t| *t),
                     });
                 }
             }
         }
+    }
+    if replies.waiting_for_tunnel() {
+        bail!(
+            "the relay at {hello} accepted but sent no tunnel facts (its control address): it \
+             runs an older ferry-agent; add it as a [[relay]] with control-address instead"
+        );
     }
     let ignored = replies.ignored();
     if ignored > 0 {

@@ -146,8 +146,11 @@ pub(crate) enum VoucherCmd {
 /// `ferry connect`.
 #[derive(Debug, Args)]
 pub(crate) struct ConnectArgs {
-    /// Relay name from the config.
-    pub(crate) relay: String,
+    /// Relay name from the config (or `--auto`).
+    #[arg(required_unless_present = "auto", conflicts_with = "auto")]
+    pub(crate) relay: Option<String>,
+    #[command(flatten)]
+    pub(crate) auto: AutoArgs,
     /// TUN device name.
     #[arg(long, default_value = "ferry0")]
     pub(crate) tun: String,
@@ -162,11 +165,53 @@ pub(crate) struct ConnectArgs {
 /// `ferry socks5`.
 #[derive(Debug, Args)]
 pub(crate) struct Socks5Args {
-    /// Relay name from the config.
-    pub(crate) relay: String,
+    /// Relay name from the config (or `--auto`).
+    #[arg(required_unless_present = "auto", conflicts_with = "auto")]
+    pub(crate) relay: Option<String>,
+    #[command(flatten)]
+    pub(crate) auto: AutoArgs,
     /// Local SOCKS5 listen address.
     #[arg(long, default_value = "127.0.0.1:1080")]
     pub(crate) listen: SocketAddr,
+}
+
+/// `--auto` and its filters (shared by `connect` and `socks5`).
+#[derive(Debug, Clone, Default, Args)]
+pub(crate) struct AutoArgs {
+    /// Choose the relay from the network's directory: the best few (by score) that match the
+    /// filters and the voucher's max price are pinged on their Hello ports, and the cheapest
+    /// one within 150 points of the best score and 2x+20 ms of the fastest round trip is used
+    /// (docs/client.md, "Choosing a relay"). If it fails (no handshake, silent for 6 s, a
+    /// refusal, the session ended) the next of the ranking takes over behind the kill switch.
+    /// `ferry status` shows why.
+    #[arg(long)]
+    pub(crate) auto: bool,
+    /// With --auto: only relays declaring this country (ISO 3166 code, e.g. DE).
+    #[arg(long, requires = "auto")]
+    pub(crate) country: Option<String>,
+    /// With --auto: only relays asking at most this price (micros per GiB) [default: the
+    /// voucher's max price].
+    #[arg(long, requires = "auto")]
+    pub(crate) max_price: Option<u64>,
+    /// With --auto: only relays with at least this score (0..=1000).
+    #[arg(long, requires = "auto")]
+    pub(crate) min_score: Option<u16>,
+    /// With --auto: only relays reachable over IPv6, and connect to them over IPv6.
+    #[arg(long, requires = "auto")]
+    pub(crate) ipv6: bool,
+}
+
+impl AutoArgs {
+    /// The directory filters.
+    pub(crate) fn filters(&self) -> crate::relays::Filters {
+        crate::relays::Filters {
+            country: self.country.clone(),
+            max_price: self.max_price,
+            min_score: self.min_score,
+            ipv6: self.ipv6,
+            limit: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +234,7 @@ mod tests {
         let c = parse(&["connect", "home", "--dir", "/k"]);
         assert_eq!(c.dir, Some(PathBuf::from("/k")));
         let Cmd::Connect(a) = c.cmd else { panic!() };
-        assert_eq!(a.relay, "home");
+        assert_eq!(a.relay.as_deref(), Some("home"));
         assert_eq!(a.tun, "ferry0");
         assert_eq!(a.resolv_conf, PathBuf::from("/etc/resolv.conf"));
         assert!(!a.no_dns);

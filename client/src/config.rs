@@ -98,13 +98,18 @@ pub(crate) struct Relay {
     pub(crate) mtu: u16,
     pub(crate) keepalive: u16,
     pub(crate) paid: Option<Paid>,
+    /// Chosen from the directory (`--auto`): control address, DNS and MTU come with the
+    /// session, and a failing relay is left sooner for the next.
+    pub(crate) from_directory: bool,
 }
 
 /// What a paid session needs besides the tunnel.
 #[derive(Debug, Clone)]
 pub(crate) struct Paid {
     pub(crate) identity_key: PublicKey,
-    pub(crate) control_address: IpAddr,
+    /// Configured, or (a relay from the directory) what its signed `Tunnel` message said;
+    /// `None` until then.
+    pub(crate) control_address: Option<IpAddr>,
     pub(crate) voucher: Option<PathBuf>,
     /// The configured Hello address; `None` = the resolved endpoint IP, port 51821.
     pub(crate) hello: Option<SocketAddr>,
@@ -213,7 +218,7 @@ impl RelayEntry {
                 })?;
                 Some(Paid {
                     identity_key: PublicKey(b),
-                    control_address,
+                    control_address: Some(control_address),
                     voucher: self.voucher.clone(),
                     hello: self.hello,
                 })
@@ -228,6 +233,7 @@ impl RelayEntry {
             mtu: self.mtu,
             keepalive: self.keepalive,
             paid,
+            from_directory: false,
         })
     }
 }

@@ -8,6 +8,7 @@
 //! Nothing is undone when the process stops, whatever the reason: after an error or a
 //! refused receipt the host stays cut off until `ferry disconnect` undoes everything.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,8 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
     }
     paths.ensure_state()?;
     let pid_file = PidFile::claim(paths, "connect")?;
-    lifecycle::record_start(paths, "connect", &args.relay, netcfg::kill_switch_present());
+    let shown = crate::session::relay_label(args.relay.as_deref());
+    lifecycle::record_start(paths, "connect", shown, netcfg::kill_switch_present());
     let result = connect(paths, cfg, args);
     if let Err(e) = &result {
         lifecycle::record_failed_start(paths, e, netcfg::kill_switch_present());
@@ -43,8 +45,9 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<Exit
 }
 
 fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
-    let mut setup = prepare(paths, cfg, &args.relay)?;
-    // Resolved by `prepare`, before the kill switch: it allows exactly this address.
+    let mut setup = prepare(paths, cfg, args.relay.as_deref(), &args.auto)?;
+    // Resolved by `prepare`, before the kill switch: it allows exactly this address (with
+    // `--auto`, those of every relay of the ranking, so failover never lifts it).
     let endpoint = setup.endpoint;
     let mut applied = Applied::load(&paths.state);
     lifecycle::ensure_same_netns(applied.netns, "the previous session's kill switch and DNS")?;
@@ -52,13 +55,25 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
 
     let mut allowed = vec![endpoint];
     allowed.extend(setup.hello);
+    if let Some(a) = &setup.auto {
+        allowed = a.all_addresses(setup.ipv6);
+    }
     netcfg::kill_switch_on(&args.tun, &allowed)?;
     applied.kill_switch = true;
     applied.save(&paths.state)?;
-    lifecycle::record_start(paths, "connect", &args.relay, true);
+    lifecycle::record_start(paths, "connect", &setup.relay.name, true);
     let route = netcfg::pin_endpoint_route(endpoint.ip())?;
     applied.endpoint_route = Some(route);
     applied.save(&paths.state)?;
+    // The other ranked relays' paths too: a failover's Hello and handshake must not go into
+    // the tunnel that is failing.
+    for ip in allowed.iter().map(SocketAddr::ip) {
+        let pinned = |r: &String| r.split('/').next() == Some(ip.to_string().as_str());
+        if ip != endpoint.ip() && !applied.extra_routes.iter().any(pinned) {
+            applied.extra_routes.push(netcfg::pin_endpoint_route(ip)?);
+            applied.save(&paths.state)?;
+        }
+    }
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -99,6 +114,20 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             if let Some(old) = old {
                 netcfg::set_tunnel_addresses(&args.tun, &old.address, &setup.relay.address)?;
                 netcfg::full_tunnel_routes(&args.tun)?;
+                if old.mtu != setup.relay.mtu {
+                    let mtu = setup.relay.mtu.to_string();
+                    netcfg::ip(&["link", "set", "dev", &args.tun, "mtu", &mtu])?;
+                }
+                if let (Some((conf, backup)), false) = (
+                    &applied.resolv_conf,
+                    old.dns == setup.relay.dns || setup.relay.dns.is_empty(),
+                ) {
+                    netcfg::set_dns(conf, backup, &setup.relay.dns)?;
+                }
+                if old.endpoint != setup.relay.endpoint {
+                    // Failover: another relay, another socket (the kill switch allows it).
+                    udp = Some(relay_socket(setup.endpoint).await?);
+                }
             }
             let sock = udp.take().context("no relay socket (internal)")?;
             let mut engine = engine_for(setup, sock, paths)?;
@@ -120,14 +149,7 @@ fn engine_for(
     udp: Arc<tokio::net::UdpSocket>,
     paths: &Paths,
 ) -> Result<Engine> {
-    let mut engine = Engine::new(
-        &setup.relay,
-        &setup.wg,
-        udp,
-        setup.paid.take(),
-        "connect",
-        Some(paths.status()),
-    )?;
+    let mut engine = crate::session::engine(setup, udp, "connect", paths)?;
     engine.status_mut().kill_switch = true;
     engine.repin_route_on_roam();
     Ok(engine)
@@ -197,7 +219,7 @@ pub(crate) fn disconnect(paths: &Paths, wait: Duration) -> Result<ExitCode> {
             }
         }
     }
-    if let Some(dst) = &applied.endpoint_route {
+    for dst in applied.endpoint_route.iter().chain(&applied.extra_routes) {
         let fam = if dst.contains(':') { "-6" } else { "-4" };
         let _ = netcfg::ip(&[fam, "route", "del", dst]);
     }

@@ -33,6 +33,12 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20
 /// A paid session whose relay sends nothing back for this long while we send is gone (the
 /// relay restarted without it, or ended it unseen): `connect` opens a new one.
 const RELAY_SILENT_AFTER: std::time::Duration = std::time::Duration::from_secs(25);
+/// A relay chosen from the directory (`--auto`) is left for the next sooner: no handshake
+/// within 5 s, or silent for 6 s while we send (after a forced re-handshake at 2 s, which a
+/// live relay answers at once), so failover completes well within 10 s.
+const FAILOVER_HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+const FAILOVER_SILENT: std::time::Duration = std::time::Duration::from_secs(6);
+const FAILOVER_REHANDSHAKE: std::time::Duration = std::time::Duration::from_secs(2);
 /// How often the engine checks whether the host would now send to the relay from another
 /// address (DHCP renewal, Wi-Fi to LTE); at once after a failed send.
 const PATH_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -69,6 +75,8 @@ pub(crate) struct Engine {
     /// The session is gone while the voucher has allowance left (the relay ended it, or
     /// stopped answering): a new session may be opened with the same voucher.
     may_reopen: bool,
+    /// No WireGuard handshake completed in time.
+    no_handshake: bool,
 }
 
 /// Less than this left of a voucher counts as used up (more than one packet of any MTU).
@@ -160,10 +168,18 @@ impl Engine {
             index: u32::from_be_bytes(index) >> 8,
             relay_ip: endpoint.ip(),
             mtu: usize::from(relay.mtu),
-            rehandshake_after: None,
+            rehandshake_after: relay.from_directory.then_some(FAILOVER_REHANDSHAKE),
             close_grace: ferry_tunnel::CLOSE_GRACE,
-            handshake_timeout: Some(HANDSHAKE_TIMEOUT),
-            silent_after: paid.is_some().then_some(RELAY_SILENT_AFTER),
+            handshake_timeout: Some(if relay.from_directory {
+                FAILOVER_HANDSHAKE
+            } else {
+                HANDSHAKE_TIMEOUT
+            }),
+            silent_after: paid.is_some().then_some(if relay.from_directory {
+                FAILOVER_SILENT
+            } else {
+                RELAY_SILENT_AFTER
+            }),
         };
         let budget = paid.as_ref().map(|p| p.voucher.budget_micros);
         let allowance = paid
@@ -205,7 +221,14 @@ impl Engine {
             budget,
             refusal: None,
             may_reopen: false,
+            no_handshake: false,
         })
+    }
+
+    /// True when the relay failed us: no handshake, silent, ended the session with allowance
+    /// left, or sent a receipt we refused. `--auto` then moves to the next relay.
+    pub(crate) fn relay_failed(&self) -> bool {
+        self.may_reopen || self.no_handshake || self.refusal.is_some()
     }
 
     /// Our signed refusal of the relay's receipt, if we refused one (over-claim, backwards).
@@ -350,6 +373,7 @@ impl Engine {
                 }
                 Event::ReceiptSeen { .. } | Event::Acked(_) | Event::Resynced(_) => changed = true,
                 Event::Failed(f @ ferry_tunnel::Failure::NoHandshake(_)) => {
+                    self.no_handshake = true;
                     self.failure = Some(format!(
                         "{f}: check `public-key` of relay {:?} in client.toml (and that the relay is up at {})",
                         self.status.relay, self.status.endpoint
@@ -476,12 +500,15 @@ fn paid_config(
     relay: &Relay,
     wg_key: &WgPrivateKey,
 ) -> Result<(PaidConfig, Log, u64)> {
-    let local_ip: IpAddr = match rp.control_address {
+    let control_address = rp
+        .control_address
+        .context("the relay's control address is unknown (internal: no Tunnel message)")?;
+    let local_ip: IpAddr = match control_address {
         IpAddr::V4(_) => relay.addr_v4().map(IpAddr::V4),
         IpAddr::V6(_) => relay.addr_v6().map(IpAddr::V6),
     }
     .context("no tunnel address of the control address's family")?;
-    let control = ControlPath::new(local_ip, rp.control_address);
+    let control = ControlPath::new(local_ip, control_address);
     // Until the relay's accept names its own price, the most it may be.
     let price = setup.voucher.max_price_micros_per_gib;
     let log = Log {

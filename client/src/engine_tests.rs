@@ -113,10 +113,11 @@ async fn fixture(phantom_down: u64, voucher: Voucher, outside: bool) -> Fixture 
         keepalive: 0,
         paid: Some(PaidCfg {
             identity_key: relay_id.public_key(),
-            control_address: RELAY_TUN.into(),
+            control_address: Some(RELAY_TUN.into()),
             voucher: None,
             hello: Some(hello_addr),
         }),
+        from_directory: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Mutex::new(Store::open(dir.path().join("r.log")).unwrap().0));
@@ -136,6 +137,7 @@ async fn fixture(phantom_down: u64, voucher: Voucher, outside: bool) -> Fixture 
             client_wg.public_key().0,
             hello_addr,
             Duration::from_secs(5),
+            false,
         )
         .await
         .unwrap();

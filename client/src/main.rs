@@ -9,7 +9,9 @@
 //! the host unprotected between `connect` and `disconnect` (the kill switch is installed
 //! before the tunnel exists and is removed only by `ferry disconnect`).
 
+mod auto;
 mod bootstrap;
+mod choose;
 mod cli;
 mod cmds;
 mod config;

@@ -28,6 +28,9 @@ pub(crate) struct Applied {
     pub(crate) kill_switch: bool,
     /// Host route to the relay endpoint we added (`ip route` destination).
     pub(crate) endpoint_route: Option<String>,
+    /// `--auto`: host routes to the other relays of the ranking (failover).
+    #[serde(default)]
+    pub(crate) extra_routes: Vec<String>,
     /// resolv.conf we rewrote, and where its backup is.
     pub(crate) resolv_conf: Option<(PathBuf, PathBuf)>,
     /// Network namespace (inode) these changes were made in.
@@ -332,6 +335,7 @@ mod tests {
         let a = Applied {
             kill_switch: true,
             endpoint_route: Some("198.51.100.1/32".into()),
+            extra_routes: vec!["203.0.113.5/32".into()],
             resolv_conf: Some(("/etc/resolv.conf".into(), dir.path().join("b"))),
             netns: Some(4026531840),
         };

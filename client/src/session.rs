@@ -1,7 +1,7 @@
 //! What `connect` and `socks5` share before the tunnel starts: keys, relay, voucher, the
 //! local receipt store and the ledger submitter.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,13 +31,81 @@ pub(crate) struct Setup {
     pub(crate) submitter: Option<Submitter>,
     /// The ledger refusals of an over-claiming relay are reported to (its directory).
     pub(crate) directory: Option<ferry_store::LedgerClient>,
+    /// `--auto`: the ranking the relay came from (failover takes the next).
+    pub(crate) auto: Option<crate::auto::Auto>,
+    /// `--auto --ipv6`: use the relays' IPv6 endpoints.
+    pub(crate) ipv6: bool,
+}
+
+impl Setup {
+    /// Switches to `relay` (failover): its endpoint and Hello address, a fresh session.
+    fn switch_to(&mut self, relay: Relay, template: &PaidSetup) -> Result<()> {
+        let endpoint = relay.endpoint.resolve_blocking()?;
+        self.hello = relay.paid.as_ref().map(|p| p.hello_addr(endpoint));
+        self.endpoint = endpoint;
+        self.relay = relay;
+        self.paid = Some(template.fresh());
+        Ok(())
+    }
+}
+
+/// `prepare` for `--auto`: the voucher first (its network, ledger key and max price decide
+/// which listings count), then the directory's ranking ([`crate::auto::choose`]), then the
+/// first relay of it.
+fn prepare_auto(paths: &Paths, cfg: &Config, filters: &crate::relays::Filters) -> Result<Setup> {
+    let voucher = crate::ledger::load_voucher(&paths.voucher())?;
+    let identity = IdentityKey::load(&paths.identity())
+        .context("identity key (run `ferry keygen`)")?
+        .signing_key();
+    let auto = crate::auto::choose(cfg, filters, &voucher, &identity.public_key())?;
+    let relay = crate::auto::relay_of(auto.listed(), filters.ipv6)?;
+    let mut setup = prepare_relay(paths, cfg, relay)?;
+    setup.auto = Some(auto);
+    setup.ipv6 = filters.ipv6;
+    Ok(setup)
 }
 
 /// Loads keys, resolves the relay endpoint (before any kill switch exists: the system
 /// resolver still works) and, for a paid relay, loads the voucher, the receipt store and
 /// the submitter.
-pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup> {
-    let relay = cfg.relay(relay)?;
+pub(crate) fn prepare(
+    paths: &Paths,
+    cfg: &Config,
+    relay: Option<&str>,
+    auto: &crate::cli::AutoArgs,
+) -> Result<Setup> {
+    match relay {
+        Some(name) => prepare_relay(paths, cfg, cfg.relay(name)?),
+        None if auto.auto => prepare_auto(paths, cfg, &auto.filters()),
+        None => anyhow::bail!("name a relay from client.toml, or use --auto"),
+    }
+}
+
+/// What the status shows before the relay is known.
+pub(crate) fn relay_label(relay: Option<&str>) -> &str {
+    relay.unwrap_or("(choosing from the directory)")
+}
+
+/// The engine for the session `setup` holds, with the `--auto` choice in its status.
+pub(crate) fn engine(
+    setup: &mut Setup,
+    udp: Arc<tokio::net::UdpSocket>,
+    mode: &str,
+    paths: &Paths,
+) -> Result<Engine> {
+    let mut engine = Engine::new(
+        &setup.relay,
+        &setup.wg,
+        udp,
+        setup.paid.take(),
+        mode,
+        Some(paths.status()),
+    )?;
+    engine.status_mut().choice = setup.auto.as_ref().map(|a| a.choice.clone());
+    Ok(engine)
+}
+
+fn prepare_relay(paths: &Paths, cfg: &Config, relay: Relay) -> Result<Setup> {
     let wg = WgPrivateKey::load(&paths.wg()).context("WireGuard key (run `ferry keygen`)")?;
     let endpoint = relay.endpoint.resolve_blocking().map_err(|e| {
         if relay.endpoint.host().is_some() && crate::netcfg::kill_switch_present() {
@@ -59,6 +127,8 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
             paid: None,
             submitter: None,
             directory: None,
+            auto: None,
+            ipv6: false,
         });
     };
     let identity = IdentityKey::load(&paths.identity())
@@ -144,6 +214,8 @@ pub(crate) fn prepare(paths: &Paths, cfg: &Config, relay: &str) -> Result<Setup>
             None => None,
         },
         submitter,
+        auto: None,
+        ipv6: false,
     })
 }
 
@@ -154,14 +226,22 @@ pub(crate) async fn open_paid_session(setup: &mut Setup) -> Result<()> {
     else {
         return Ok(());
     };
+    // A relay from the directory: its tunnel facts come only with the session, and a relay
+    // that does not answer is soon left for the next.
+    let from_directory = setup.auto.is_some();
+    let timeout = Duration::from_secs(if from_directory { 5 } else { 15 });
     let boot = crate::bootstrap::bootstrap(
         paid,
         rp.identity_key,
         setup.wg.public_key().0,
         hello,
-        Duration::from_secs(15),
+        timeout,
+        from_directory,
     )
     .await?;
+    if let (true, Some(t)) = (from_directory, &boot.tunnel) {
+        apply_tunnel(&mut setup.relay, t);
+    }
     let nets = crate::bootstrap::host_nets(boot.v4, boot.v6);
     if !nets.is_empty() {
         setup.relay.address = nets;
@@ -173,6 +253,46 @@ pub(crate) async fn open_paid_session(setup: &mut Setup) -> Result<()> {
     tracing::info!("paid session accepted by the relay");
     paid.boot = Some(boot);
     Ok(())
+}
+
+/// A directory relay's signed tunnel facts: its control address (IPv4 first), the resolvers
+/// it runs, the inner MTU.
+fn apply_tunnel(relay: &mut Relay, t: &ferry_receipts::SessionTunnel) {
+    use ferry_receipts::{TUNNEL_DNS_V4, TUNNEL_DNS_V6};
+    let (v4, v6) = (t.v4().map(IpAddr::V4), t.v6().map(IpAddr::V6));
+    if let Some(p) = relay.paid.as_mut() {
+        p.control_address = v4.or(v6);
+    }
+    relay.dns = [(TUNNEL_DNS_V4, v4), (TUNNEL_DNS_V6, v6)]
+        .into_iter()
+        .filter(|(bit, _)| t.dns & bit != 0)
+        .filter_map(|(_, a)| a)
+        .collect();
+    relay.mtu = t.mtu;
+}
+
+/// SIGTERM and SIGINT (`ferry disconnect`, Ctrl-C), watched while a new session is sought.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn watch() -> Option<Self> {
+        Some(Self {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+        })
+    }
+
+    /// `f`'s output, or `None` when a stop signal came first.
+    async fn or_stop<T>(&mut self, f: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            r = f => Some(r),
+            _ = self.term.recv() => None,
+            _ = self.int.recv() => None,
+        }
+    }
 }
 
 /// What [`reopen`] came to.
@@ -200,15 +320,33 @@ pub(crate) async fn run_sessions(
         let stop = stop.clone();
         tokio::spawn(s.run(async move { stop.notified().await }))
     });
+    let mut reports = Vec::new();
     let ended = async {
         let (mut engine, mut r) = run(setup, None).await?;
-        while let (Err(_), true, Some(t)) = (&r, engine.may_reopen(), &template) {
+        loop {
+            if let (Some(refusal), Some(dir)) = (engine.refusal(), &setup.directory) {
+                // In the background: behind the kill switch it gets through only once the
+                // next session (failover) is up.
+                reports.push(tokio::spawn(report_refusal(dir.clone(), *refusal)));
+            }
+            let (Err(_), Some(t)) = (&r, &template) else {
+                break;
+            };
             let why = engine
                 .failure()
                 .unwrap_or("the relay ended the session")
                 .to_owned();
             let old = setup.relay.clone();
-            match reopen(setup, t, &why, &mut engine).await {
+            // `--auto`: a relay that failed us is left for the next of the ranking; a relay
+            // from the config is asked again while the voucher has allowance.
+            let next = if setup.auto.is_some() && engine.relay_failed() {
+                failover(setup, t, &why, &mut engine).await
+            } else if engine.may_reopen() {
+                reopen(setup, t, &why, &mut engine).await
+            } else {
+                break;
+            };
+            match next {
                 Reopen::Stopped => {
                     r = Ok(());
                     break;
@@ -221,9 +359,6 @@ pub(crate) async fn run_sessions(
             }
             (engine, r) = run(setup, Some(&old)).await?;
         }
-        if let (Some(refusal), Some(dir)) = (engine.refusal(), &setup.directory) {
-            report_refusal(dir, refusal).await;
-        }
         match &r {
             Ok(()) => engine.finish(State::Stopped, None),
             Err(e) => engine.finish(State::Failed, Some(format!("{e:#}"))),
@@ -231,6 +366,9 @@ pub(crate) async fn run_sessions(
         r
     }
     .await;
+    for h in reports {
+        let _ = tokio::time::timeout(Duration::from_secs(3), h).await;
+    }
     if let Some(h) = sub {
         // Give the submitter a moment to hand the final receipt to the ledger.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -241,10 +379,12 @@ pub(crate) async fn run_sessions(
 }
 
 /// Tells the directory we refused this relay's receipt (it lowers the relay's score), trying
-/// three times; a ledger without a directory or that stays away is only logged.
-async fn report_refusal(dir: &ferry_store::LedgerClient, r: &ferry_receipts::ReceiptRefusal) {
-    for attempt in 0..3u64 {
-        match ferry_store::market::report_refusal(dir, r).await {
+/// for about a minute (2 s apart); a ledger without a directory or that stays away is only
+/// logged.
+async fn report_refusal(dir: ferry_store::LedgerClient, r: ferry_receipts::ReceiptRefusal) {
+    const TRIES: u64 = 30;
+    for attempt in 0..TRIES {
+        match ferry_store::market::report_refusal(&dir, &r).await {
             Ok(recorded) => {
                 tracing::info!(
                     recorded,
@@ -252,10 +392,56 @@ async fn report_refusal(dir: &ferry_store::LedgerClient, r: &ferry_receipts::Rec
                 );
                 return;
             }
-            Err(e) if attempt == 2 => {
+            Err(e) if attempt + 1 == TRIES => {
                 tracing::warn!(error = %e, "refusal of the relay's receipt not reported");
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await,
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
+/// `--auto`: opens a session with the next relay of the ranking after the current one failed
+/// (`why`), and with the one after that while they do not answer or refuse; behind the kill
+/// switch all along (it lets out every ranked relay). Fails when the ranking is used up.
+async fn failover(
+    setup: &mut Setup,
+    template: &PaidSetup,
+    why: &str,
+    engine: &mut Engine,
+) -> Reopen {
+    let Some(mut stop) = StopSignals::watch() else {
+        return Reopen::Failed(anyhow::anyhow!("cannot watch for signals"));
+    };
+    let mut why = why.to_owned();
+    loop {
+        let Some(auto) = setup.auto.as_mut() else {
+            return Reopen::Failed(anyhow::anyhow!("no ranking to fail over in (internal)"));
+        };
+        let Some(next) = auto.advance(&why).cloned() else {
+            return Reopen::Failed(anyhow::anyhow!(
+                "{why}; no other relay of the ranking is left (the kill switch stays on; \
+                 `ferry disconnect` to end, or connect again to rank the directory anew)"
+            ));
+        };
+        let note = format!(
+            "{why}; failing over to relay {} ({}, {} micros/GiB)",
+            &next.descriptor.relay_key.to_hex()[..16],
+            next.descriptor.country_code(),
+            next.descriptor.price_micros_per_gib
+        );
+        tracing::warn!("{note}");
+        engine.status_mut().choice = Some(auto.choice.clone());
+        engine.finish(State::Connecting, Some(note));
+        let switched = crate::auto::relay_of(&next, setup.ipv6)
+            .and_then(|relay| setup.switch_to(relay, template));
+        if let Err(e) = switched {
+            why = format!("{e:#}");
+            continue;
+        }
+        match stop.or_stop(open_paid_session(setup)).await {
+            None => return Reopen::Stopped,
+            Some(Ok(())) => return Reopen::Opened,
+            Some(Err(e)) => why = format!("{e:#}"),
         }
     }
 }
@@ -265,10 +451,7 @@ async fn report_refusal(dir: &ferry_store::LedgerClient, r: &ferry_receipts::Rec
 /// does SIGTERM or SIGINT (`ferry disconnect`). The status says what is happening at each
 /// attempt.
 async fn reopen(setup: &mut Setup, template: &PaidSetup, why: &str, engine: &mut Engine) -> Reopen {
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let Some(mut stop) = StopSignals::watch() else {
         return Reopen::Failed(anyhow::anyhow!("cannot watch for signals"));
     };
     let mut delay = Duration::from_secs(2);
@@ -278,20 +461,14 @@ async fn reopen(setup: &mut Setup, template: &PaidSetup, why: &str, engine: &mut
         tracing::warn!("{note}");
         engine.finish(State::Connecting, Some(note));
         setup.paid = Some(template.fresh());
-        let opened = tokio::select! {
-            r = open_paid_session(setup) => r,
-            _ = term.recv() => return Reopen::Stopped,
-            _ = int.recv() => return Reopen::Stopped,
-        };
-        match opened {
-            Ok(()) => return Reopen::Opened,
-            Err(e) if format!("{e:#}").contains("refused") => return Reopen::Failed(e),
-            Err(e) => tracing::info!(error = %format!("{e:#}"), "relay not answering yet"),
+        match stop.or_stop(open_paid_session(setup)).await {
+            None => return Reopen::Stopped,
+            Some(Ok(())) => return Reopen::Opened,
+            Some(Err(e)) if format!("{e:#}").contains("refused") => return Reopen::Failed(e),
+            Some(Err(e)) => tracing::info!(error = %format!("{e:#}"), "relay not answering yet"),
         }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = term.recv() => return Reopen::Stopped,
-            _ = int.recv() => return Reopen::Stopped,
+        if stop.or_stop(tokio::time::sleep(delay)).await.is_none() {
+            return Reopen::Stopped;
         }
         delay = (delay * 2).min(Duration::from_secs(30));
     }

@@ -119,7 +119,8 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitC
     paths.ensure_state()?;
     // One lifecycle with `connect`: `ferry disconnect` stops the proxy too (SIGTERM).
     let _pid_file = crate::lifecycle::PidFile::claim(paths, "socks5")?;
-    crate::lifecycle::record_start(paths, "socks5", &args.relay, false);
+    let shown = crate::session::relay_label(args.relay.as_deref());
+    crate::lifecycle::record_start(paths, "socks5", shown, false);
     let result = proxy(paths, cfg, args);
     if let Err(e) = &result {
         crate::lifecycle::record_failed_start(paths, e, false);
@@ -128,7 +129,7 @@ pub(crate) fn run(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitC
 }
 
 fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
-    let mut setup = prepare(paths, cfg, &args.relay)?;
+    let mut setup = prepare(paths, cfg, args.relay.as_deref(), &args.auto)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -146,16 +147,13 @@ fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
         tracing::info!(listen = %args.listen, relay = %setup.relay.name, "SOCKS5 proxy ready");
         // Like `connect`: a session gone with allowance left is followed by a new one (the
         // proxy keeps listening; connections through the old session end).
-        let r = crate::session::run_sessions(&mut setup, async |setup, _| {
+        let r = crate::session::run_sessions(&mut setup, async |setup, old| {
+            if old.is_some_and(|o| o.endpoint != setup.relay.endpoint) {
+                // Failover: another relay, another socket.
+                udp = Some(relay_socket(setup.endpoint).await?);
+            }
             let sock = udp.take().context("no relay socket (internal)")?;
-            let mut engine = Engine::new(
-                &setup.relay,
-                &setup.wg,
-                sock,
-                setup.paid.take(),
-                "socks5",
-                Some(paths.status()),
-            )?;
+            let mut engine = crate::session::engine(setup, sock, "socks5", paths)?;
             let r = drive(&mut engine, new_stack(&setup.relay)?, &mut cmd_rx, &wake).await;
             udp = Some(engine.socket());
             Ok((engine, r))

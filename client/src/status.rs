@@ -77,6 +77,9 @@ pub(crate) struct Status {
     pub(crate) receipts_pending_submission: Option<usize>,
     /// Why the client stopped, if it failed.
     pub(crate) error: Option<String>,
+    /// `--auto`: why this relay, the ranking, and the failovers so far.
+    #[serde(default)]
+    pub(crate) choice: Option<crate::auto::Choice>,
     /// Whether the kill switch (nft table `ferry`) is installed.
     pub(crate) kill_switch: bool,
 }
@@ -103,6 +106,7 @@ impl Status {
             spend_micros: 0,
             receipts_pending_submission: None,
             error: None,
+            choice: None,
             kill_switch: false,
         }
     }
@@ -192,6 +196,36 @@ impl Status {
             "kill switch: {}",
             if self.kill_switch { "on" } else { "off" }
         );
+        if let Some(c) = &self.choice {
+            let _ = writeln!(s, "chosen:     {}", c.reason);
+            let _ = writeln!(
+                s,
+                "ranking:    {:<16} {:<7} {:>12} {:>5} {:>8}  TIER",
+                "RELAY", "COUNTRY", "PRICE/GiB", "SCORE", "RTT ms"
+            );
+            for r in &c.ranked {
+                let mark = if r.relay_key == c.current { "*" } else { " " };
+                let rtt = r
+                    .rtt_micros
+                    .map_or("-".to_owned(), |m| format!("{:.1}", f64::from(m) / 1000.0));
+                let tier = match r.tier {
+                    Some(0) => "good enough",
+                    Some(_) => "fallback",
+                    None => "no answer",
+                };
+                let _ = writeln!(
+                    s,
+                    "          {mark} {:<16} {:<7} {:>12} {:>5} {rtt:>8}  {tier}",
+                    &r.relay_key[..r.relay_key.len().min(16)],
+                    r.country,
+                    r.price_micros_per_gib,
+                    r.score,
+                );
+            }
+            for f in &c.failovers {
+                let _ = writeln!(s, "failover:   {f}");
+            }
+        }
         if let Some(e) = &self.error {
             let _ = writeln!(s, "error:      {e}");
         }

@@ -410,6 +410,18 @@ async fn paying_clients_refusals_lower_a_relays_score_and_others_are_refused<S: 
     assert!(t.dir.refuse(&rf.encode(), NOW + 200).await.unwrap());
     // The same report again, from anyone: recorded once.
     assert!(!t.dir.refuse(&rf.encode(), NOW + 201).await.unwrap());
+    // The listing shows it at once (re-signed annotation), not at the relay's next announce.
+    let listed = t.list(all(), NOW + 202).await;
+    let (_, now_listed) = listed
+        .iter()
+        .find(|(d, _)| d.relay_key == before.relay_key)
+        .unwrap();
+    assert_eq!(
+        (now_listed.refusals, now_listed.annotated_at),
+        (1, NOW + 200)
+    );
+    assert!(now_listed.score < before.score / 2);
+    assert_eq!(now_listed.descriptor_id, before.descriptor_id);
     let after = t
         .announce(&t.descriptor(0, 1_000_000, b"DE", NOW + 300), NOW + 300)
         .await

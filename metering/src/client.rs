@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use ferry_receipts::{
     CoSignedReceipt, CumulativeState, NetworkId, PublicKey, ReceiptBody, ReceiptRefusal, Rejected,
-    SessionAccept, SessionAddress, SessionOffer, SessionReject, Signature, SignedReceipt,
-    SigningKey, Voucher,
+    SessionAccept, SessionAddress, SessionOffer, SessionReject, SessionTunnel, Signature,
+    SignedReceipt, SigningKey, Voucher,
 };
 use thiserror::Error;
 
@@ -204,6 +204,12 @@ impl ClientSession {
         })
     }
 
+    /// Whether `t` is signed by our relay for our network (which session it belongs to is
+    /// checked against the accept it comes with: [`SessionTunnel::answers`]).
+    pub fn check_tunnel(&self, t: &SessionTunnel) -> bool {
+        t.verify(&self.network_id, &self.relay_key).is_ok()
+    }
+
     /// The adopted session terms.
     pub fn accept(&self) -> Option<&SessionAccept> {
         self.accept.as_ref()
@@ -365,6 +371,8 @@ pub enum HelloOutcome {
         v4: Option<std::net::Ipv4Addr>,
         /// Our IPv6 tunnel address.
         v6: Option<std::net::Ipv6Addr>,
+        /// The relay's side of the tunnel (control and DNS address, MTU), when it sent it.
+        tunnel: Option<Box<SessionTunnel>>,
     },
     /// Our relay refused this offer (a reject it signed for it).
     Refused(SessionRejectReason),
@@ -373,15 +381,34 @@ pub enum HelloOutcome {
 /// Sans-IO collector of the relay's answers on the Hello socket, where anyone on the path
 /// can inject datagrams: only an `Accept` and an `Address` both signed by our relay, for our
 /// offer and for the same session, complete the exchange; only a `Reject` signed for our offer
-/// ends it. Everything else is counted in [`HelloReplies::ignored`] and changes nothing.
+/// ends it. Everything else is counted in [`HelloReplies::ignored`] and changes nothing. A
+/// collector made with [`HelloReplies::needing_tunnel`] also waits for the relay's signed
+/// [`SessionTunnel`] of that session (a client that found the relay in the directory has no
+/// other source for the relay's tunnel address).
 #[derive(Debug, Default)]
 pub struct HelloReplies {
     accepts: Vec<SessionAccept>,
     addresses: Vec<SessionAddress>,
+    tunnels: Vec<SessionTunnel>,
+    need_tunnel: bool,
     ignored: u64,
 }
 
 impl HelloReplies {
+    /// A collector that completes only with the relay's [`SessionTunnel`] too.
+    pub fn needing_tunnel() -> Self {
+        Self {
+            need_tunnel: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether an accept and an address completed but the tunnel message is still missing
+    /// (for the error when it never comes: an older ferry-agent sends none).
+    pub fn waiting_for_tunnel(&self) -> bool {
+        self.need_tunnel && !self.accepts.is_empty() && !self.addresses.is_empty()
+    }
+
     /// Datagrams that were not a verifiable answer to our offer.
     pub fn ignored(&self) -> u64 {
         self.ignored
@@ -400,25 +427,40 @@ impl HelloReplies {
                     self.addresses.push(a);
                 }
             }
+            Ok(Message::Tunnel(t)) if session.check_tunnel(&t) => {
+                if !self.tunnels.contains(&t) && self.tunnels.len() < MAX_PENDING_REPLIES {
+                    self.tunnels.push(t);
+                }
+            }
             Ok(Message::Reject(r)) => match session.check_reject(&r) {
                 Some(reason) => return HelloOutcome::Refused(reason),
                 None => self.ignored += 1,
             },
             _ => self.ignored += 1,
         }
-        // An accept and an address of the same session, both for this offer.
-        let pair = session.offer.as_ref().and_then(|offer| {
+        // An accept and an address of the same session, both for this offer (and the
+        // session's tunnel message when it is needed).
+        let found = session.offer.as_ref().and_then(|offer| {
             self.accepts.iter().find_map(|accept| {
                 let addr = self.addresses.iter().find(|a| a.answers(offer, accept))?;
-                Some((accept.clone(), addr.v4, addr.v6))
+                let tunnel = self.tunnels.iter().find(|t| t.answers(accept));
+                (tunnel.is_some() || !self.need_tunnel).then(|| {
+                    (
+                        accept.clone(),
+                        addr.v4,
+                        addr.v6,
+                        tunnel.cloned().map(Box::new),
+                    )
+                })
             })
         });
-        if let Some((accept, v4, v6)) = pair {
+        if let Some((accept, v4, v6, tunnel)) = found {
             if session.handle_accept(accept.clone()).is_ok() {
                 return HelloOutcome::Accepted {
                     accept: Box::new(accept),
                     v4: (!v4.is_unspecified()).then_some(v4),
                     v6: (!v6.is_unspecified()).then_some(v6),
+                    tunnel,
                 };
             }
         }
@@ -672,9 +714,49 @@ mod tests {
                 accept: Box::new(accept.clone()),
                 v4: Some(Ipv4Addr::new(10, 77, 0, 2)),
                 v6,
+                tunnel: None,
             }
         );
         assert_eq!(c.accept(), Some(&accept));
+        // A client that needs the relay's tunnel facts waits for them, signed by our relay
+        // for this session.
+        let mut c2 = ClientSession::new(
+            ClientConfig::default(),
+            done.key.clone(),
+            NET,
+            relay.public_key(),
+        );
+        let Message::Hello(offer2) =
+            c2.hello(done.offer.clone().unwrap().voucher, [0; 32], [0; 16], 1)
+        else {
+            panic!("hello")
+        };
+        let mut r = HelloReplies::needing_tunnel();
+        let gw = Some(Ipv4Addr::new(10, 77, 0, 1));
+        let addr2 =
+            encode(&real.address(&offer2, &accept, Some(Ipv4Addr::new(10, 77, 0, 2)), None));
+        for d in [
+            addr2.clone(),
+            encode(&Message::Accept(accept.clone())),
+            encode(&forger.tunnel(&accept, evil, None, 1420, 1)),
+            encode(&real.tunnel(&other_session, evil, None, 1420, 1)),
+        ] {
+            assert_eq!(r.on_datagram(&mut c2, &d), HelloOutcome::Pending);
+        }
+        assert!(r.waiting_for_tunnel());
+        let tunnel = real.tunnel(&accept, gw, None, 1400, 1);
+        let Message::Tunnel(t) = &tunnel else {
+            panic!()
+        };
+        assert_eq!(
+            r.on_datagram(&mut c2, &encode(&tunnel)),
+            HelloOutcome::Accepted {
+                accept: Box::new(accept.clone()),
+                v4: Some(Ipv4Addr::new(10, 77, 0, 2)),
+                v6: None,
+                tunnel: Some(Box::new(t.clone())),
+            }
+        );
         // Our relay's signed reject of this offer ends it, with its reason.
         let mut r = HelloReplies::default();
         assert_eq!(

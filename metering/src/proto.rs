@@ -15,7 +15,7 @@
 
 use ferry_receipts::{
     CoSignedReceipt, DecodeError, MAX_MESSAGE_LEN, ProbeChallenge, ProbeResponse, SessionAccept,
-    SessionAddress, SessionOffer, SessionReject, SignedReceipt,
+    SessionAddress, SessionOffer, SessionReject, SessionTunnel, SignedReceipt,
 };
 
 use thiserror::Error;
@@ -40,6 +40,7 @@ mod ty {
     pub(super) const ADDRESS_V1: u8 = 0x04;
     pub(super) const REJECT: u8 = 0x05;
     pub(super) const ADDRESS: u8 = 0x06;
+    pub(super) const TUNNEL: u8 = 0x07;
     pub(super) const RECEIPT: u8 = 0x10;
     pub(super) const COSIGNED: u8 = 0x11;
     pub(super) const RECEIPT_REJECTED: u8 = 0x12;
@@ -65,6 +66,11 @@ pub enum Message {
     /// the tunnel addresses assigned to the client's WireGuard key, signed by the relay and
     /// bound to the offer and the session.
     Address(SessionAddress),
+    /// Relay → client, with `Accept` and `Address`: the relay's own tunnel address (control
+    /// service, DNS) and the inner MTU, signed by the relay and bound to the session. A
+    /// client configured by hand may ignore it; one that chose the relay from the directory
+    /// needs it.
+    Tunnel(SessionTunnel),
     /// Relay → client: a signed cumulative receipt to co-sign.
     Receipt(SignedReceipt),
     /// Client → relay: the co-signed receipt.
@@ -248,6 +254,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
         Message::Accept(a) => (ty::ACCEPT, a.encode()),
         Message::Reject(r) => (ty::REJECT, r.encode()),
         Message::Address(a) => (ty::ADDRESS, a.encode()),
+        Message::Tunnel(t) => (ty::TUNNEL, t.encode()),
         Message::Receipt(r) => (ty::RECEIPT, r.encode()),
         Message::CoSigned(c) => (ty::COSIGNED, c.encode()),
         Message::Resync(c) => (ty::RESYNC, c.encode()),
@@ -323,6 +330,7 @@ pub fn decode_prefix(buf: &[u8]) -> Result<(Message, usize), FrameError> {
             Message::Reject(r)
         }
         ty::ADDRESS => Message::Address(SessionAddress::decode(p)?),
+        ty::TUNNEL => Message::Tunnel(SessionTunnel::decode(p)?),
         ty::RECEIPT => Message::Receipt(SignedReceipt::decode(p)?),
         ty::COSIGNED => Message::CoSigned(CoSignedReceipt::decode(p)?),
         ty::RESYNC => Message::Resync(CoSignedReceipt::decode(p)?),
@@ -347,6 +355,7 @@ fn payload_len(t: u8) -> Option<usize> {
         ty::ACCEPT => SessionAccept::LEN,
         ty::REJECT => SessionReject::LEN,
         ty::ADDRESS => SessionAddress::LEN,
+        ty::TUNNEL => SessionTunnel::LEN,
         ty::RECEIPT | ty::FINAL_RECEIPT => SignedReceipt::LEN,
         ty::COSIGNED | ty::RESYNC => CoSignedReceipt::LEN,
         ty::RECEIPT_REJECTED => 9,

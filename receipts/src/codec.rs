@@ -13,6 +13,7 @@ pub(crate) mod msg_type {
     pub(crate) const SESSION_ACCEPT: u8 = 0x03;
     pub(crate) const SESSION_ADDRESS: u8 = 0x04;
     pub(crate) const SESSION_REJECT: u8 = 0x05;
+    pub(crate) const SESSION_TUNNEL: u8 = 0x06;
     pub(crate) const RECEIPT: u8 = 0x10;
     pub(crate) const COSIGNED_RECEIPT: u8 = 0x11;
     pub(crate) const RECEIPT_REFUSAL: u8 = 0x12;

@@ -211,6 +211,26 @@ impl ProbeChallenge {
             .finish()
     }
 
+    /// A client's latency probe ("ping"): `ledger_key` and signature all zero. A relay
+    /// answers it like a directory probe (its signed [`ProbeResponse`] proves the key is
+    /// alive at that address) but without checking a signature, and it does not count as a
+    /// directory probe. It reveals nothing about the client.
+    pub fn ping(network_id: NetworkId, relay_key: PublicKey, nonce: [u8; 16], at: u64) -> Self {
+        Self {
+            network_id,
+            ledger_key: PublicKey([0; 32]),
+            relay_key,
+            nonce,
+            issued_at: at,
+            signature: Signature::ZERO,
+        }
+    }
+
+    /// Whether this is a client's latency probe ([`Self::ping`]).
+    pub fn is_ping(&self) -> bool {
+        self.ledger_key.0 == [0; 32] && self.signature == Signature::ZERO
+    }
+
     /// Sets `ledger_key` to the signer's key and signs.
     pub fn sign(mut self, ledger: &SigningKey) -> Self {
         self.ledger_key = ledger.public_key();

@@ -3,8 +3,8 @@
 
 use crate::{
     CoSignedReceipt, DirectoryAnnotation, ProbeChallenge, ProbeResponse, ReceiptRefusal,
-    RelayDescriptor, SessionAccept, SessionAddress, SessionOffer, SessionReject, SignedReceipt,
-    Voucher,
+    RelayDescriptor, SessionAccept, SessionAddress, SessionOffer, SessionReject, SessionTunnel,
+    SignedReceipt, Voucher,
 };
 
 /// Decodes `data` as every Ferry message type. Whenever a decode succeeds, re-encoding
@@ -21,6 +21,7 @@ pub fn check_decode(data: &[u8]) -> usize {
     accepted += round_trip(data, SessionAccept::decode, SessionAccept::encode);
     accepted += round_trip(data, SessionAddress::decode, SessionAddress::encode);
     accepted += round_trip(data, SessionReject::decode, SessionReject::encode);
+    accepted += round_trip(data, SessionTunnel::decode, SessionTunnel::encode);
     accepted += round_trip(data, SignedReceipt::decode, SignedReceipt::encode);
     accepted += round_trip(data, CoSignedReceipt::decode, CoSignedReceipt::encode);
     accepted += round_trip(data, ReceiptRefusal::decode, ReceiptRefusal::encode);

@@ -31,6 +31,7 @@ mod refusal;
 mod reply;
 mod session;
 mod state;
+mod tunnel;
 mod voucher;
 
 pub use codec::MAX_MESSAGE_LEN;
@@ -49,6 +50,7 @@ pub use refusal::{MAX_REFUSAL_REASON, ReceiptRefusal};
 pub use reply::{SessionAddress, SessionReject};
 pub use session::{SessionAccept, SessionOffer};
 pub use state::{Applied, CumulativeState, Rejected};
+pub use tunnel::{SessionTunnel, TUNNEL_DNS_V4, TUNNEL_DNS_V6, TUNNEL_MTU};
 pub use voucher::Voucher;
 
 /// The single wire-format version this crate encodes and accepts.
@@ -69,6 +71,8 @@ pub mod domain {
     pub const SESSION_ADDRESS: &[u8] = b"ferry/v2/session-address\0";
     /// Relay signature over a [`crate::SessionReject`].
     pub const SESSION_REJECT: &[u8] = b"ferry/v2/session-reject\0";
+    /// Relay signature over a [`crate::SessionTunnel`].
+    pub const SESSION_TUNNEL: &[u8] = b"ferry/v2/session-tunnel\0";
     /// Relay signature over a [`crate::ReceiptBody`].
     pub const RECEIPT_RELAY: &[u8] = b"ferry/v2/receipt-relay\0";
     /// Client co-signature over a relay-signed receipt plus the client's own counts.

@@ -235,7 +235,7 @@ impl SessionReject {
 
 /// A reply's checks: the network and relay key it names are the expected ones, and the relay
 /// signature over `tag || signed bytes` holds.
-fn check_reply(
+pub(crate) fn check_reply(
     (network, relay, signed): (&NetworkId, &PublicKey, &[u8]),
     tag: &[u8],
     signature: &Signature,

@@ -64,6 +64,10 @@ pub(crate) struct Shared {
     pub(crate) price_from: Option<ferry_store::LedgerClient>,
     /// When it was last asked (a Hello flood while the ledger is away asks once per 10 s).
     pub(crate) price_asked: Mutex<Option<Instant>>,
+    /// Inner MTU and whether the DNS forwarder answers on `own`: with `own`, what the signed
+    /// `Tunnel` message tells clients that found us in the directory.
+    pub(crate) mtu: u16,
+    pub(crate) dns: bool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +101,7 @@ impl Metering {
         config: &std::path::Path,
         relay: &SharedRelay,
         subnets: Vec<IpNet>,
+        (mtu, dns): (u16, bool),
     ) -> Result<Self> {
         let key = crate::identity::load_key(&settings.identity_key_file, config)?;
         if let Some(dir) = settings.store_path.parent() {
@@ -164,6 +169,8 @@ impl Metering {
                 _ => None,
             },
             price_asked: Mutex::new(None),
+            mtu,
+            dns,
         });
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await

@@ -73,9 +73,12 @@ pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay
         let replies = match decode(&buf[..n]) {
             Ok(Message::Hello(offer)) => on_hello(&shared, &relay, offer).await,
             // The directory checking that this port is reachable: one signature, no state.
+            // A client's ping (`--auto` measuring round trips): the same answer, not counted.
             Ok(Message::Probe(c)) => {
                 let answer = shared.identity.answer_probe(&c, unix_now());
-                lock(&shared.directory).probe(answer.is_some());
+                if !c.is_ping() {
+                    lock(&shared.directory).probe(answer.is_some());
+                }
                 answer.into_iter().collect()
             }
             _ => {
@@ -103,9 +106,26 @@ fn reject_reason(e: VerifyError) -> SessionRejectReason {
 }
 
 /// The signed Accept + Address answering the Hello that opened `p`.
+/// The signed Accept + Tunnel + Address answering the Hello that opened `p` (the Address
+/// last: a client has all three when it completes).
 fn accepted(shared: &Shared, p: &PaidPeer) -> Vec<Message> {
+    let v4 = shared.own.iter().find_map(|a| match a {
+        IpAddr::V4(a) => Some(*a),
+        IpAddr::V6(_) => None,
+    });
+    let v6 = shared.own.iter().find_map(|a| match a {
+        IpAddr::V6(a) => Some(*a),
+        IpAddr::V4(_) => None,
+    });
+    let dns = if shared.dns {
+        (u8::from(v4.is_some()) * ferry_receipts::TUNNEL_DNS_V4)
+            | (u8::from(v6.is_some()) * ferry_receipts::TUNNEL_DNS_V6)
+    } else {
+        0
+    };
     vec![
         Message::Accept(p.accept.clone()),
+        shared.identity.tunnel(&p.accept, v4, v6, shared.mtu, dns),
         shared.identity.address(&p.offer, &p.accept, p.v4, p.v6),
     ]
 }

@@ -86,7 +86,10 @@ fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
 async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()> {
     let relay: SharedRelay = Arc::new(Mutex::new(build_relay(&cfg, &key)?));
     let metering = match &cfg.paid {
-        Some(p) => Some(Metering::setup(p, path, &relay, cfg.address.clone()).await?),
+        Some(p) => {
+            let dns = cfg.raw.dns.as_ref().is_some_and(|d| d.enabled);
+            Some(Metering::setup(p, path, &relay, cfg.address.clone(), (cfg.mtu, dns)).await?)
+        }
         None => None,
     };
     let udp = bind_udp(cfg.listen).with_context(|| format!("binding UDP {}", cfg.listen))?;

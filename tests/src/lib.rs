@@ -16,6 +16,7 @@ pub mod agent;
 pub mod client;
 pub mod demo;
 pub mod inject;
+pub mod market;
 pub mod metering;
 pub mod multipeer;
 pub mod netns;

@@ -111,7 +111,7 @@ impl<S: Store> Directory<S> {
             Some(v) if v.client_key == b.client_key => {}
             _ => return Err(RefusalError::NotPaid.into()),
         }
-        Ok(store
+        let new = store
             .put_refusal(RefusalRow {
                 relay_key: b.relay_key,
                 session_id: b.session_id,
@@ -120,7 +120,53 @@ impl<S: Store> Directory<S> {
                 received_at: now,
                 encoded: bytes.to_vec(),
             })
-            .await?)
+            .await?;
+        if new {
+            self.reannotate(b.relay_key, now).await?;
+        }
+        Ok(new)
+    }
+
+    /// The score factors and score of `relay` now, with `ok` of `total` probes answered.
+    async fn scored(
+        &self,
+        relay: PublicKey,
+        ok: u32,
+        total: u32,
+    ) -> Result<(rules::Factors, u16), DirectoryError> {
+        let store = self.ledger.store();
+        let usage = store.relay_clients(relay).await?;
+        let refusals = store.relay_refusals(relay).await?;
+        let f = rules::factors(&usage, refusals);
+        let score = rules::score(&f, ok, total);
+        Ok((f, score))
+    }
+
+    /// Re-signs a listed relay's annotation with its factors now: a recorded refusal lowers
+    /// the listed score at once instead of at the relay's next announce (one signature per
+    /// new refusal, and only a paying client can make one).
+    async fn reannotate(&self, relay: PublicKey, now: u64) -> Result<(), DirectoryError> {
+        let store = self.ledger.store();
+        let Some(mut row) = store.directory_entry(relay).await? else {
+            return Ok(());
+        };
+        let Ok(old) = DirectoryAnnotation::decode(&row.annotation) else {
+            return Ok(());
+        };
+        let (f, score) = self.scored(relay, row.probes_ok, row.probes_total).await?;
+        let a = f
+            .annotate(
+                DirectoryAnnotation {
+                    annotated_at: now,
+                    ..old
+                },
+                score,
+            )
+            .sign(self.ledger.signing_key());
+        row.annotation = a.encode();
+        row.score = score;
+        store.put_directory_entry(row).await?;
+        Ok(())
     }
 
     /// Accepts a descriptor announced from `seen_from` at `now`: checks it, probes the
@@ -164,31 +210,33 @@ impl<S: Store> Directory<S> {
             total,
         } = probed;
         store.expire_directory(now).await?;
-        let usage = store.relay_clients(d.relay_key).await?;
-        let refusals = store.relay_refusals(d.relay_key).await?;
-        let f = rules::factors(&usage, refusals);
-        let score = rules::score(&f, ok, total);
+        let (f, score) = self.scored(d.relay_key, ok, total).await?;
         let first_seen = prev.as_ref().map_or(now, |p| p.first_seen.min(now));
-        let annotation = DirectoryAnnotation {
-            network_id: self.params.network_id,
-            ledger_key: PublicKey([0; 32]),
-            relay_key: d.relay_key,
-            descriptor_id: d.id(),
-            annotated_at: now,
-            first_seen,
-            last_seen: now,
-            reachable,
-            probe_rtt_micros: rtt.map_or(0, |r| u32::try_from(r.as_micros()).unwrap_or(u32::MAX)),
-            probes_ok: ok,
-            probes_total: total,
-            score,
-            paid_bytes: f.paid_bytes,
-            completed_sessions: f.completed_sessions,
-            paying_clients: f.paying_clients,
-            refusals: f.refusals,
-            signature: Signature::ZERO,
-        }
-        .sign(self.ledger.signing_key());
+        let annotation = f
+            .annotate(
+                DirectoryAnnotation {
+                    network_id: self.params.network_id,
+                    ledger_key: PublicKey([0; 32]),
+                    relay_key: d.relay_key,
+                    descriptor_id: d.id(),
+                    annotated_at: now,
+                    first_seen,
+                    last_seen: now,
+                    reachable,
+                    probe_rtt_micros: rtt
+                        .map_or(0, |r| u32::try_from(r.as_micros()).unwrap_or(u32::MAX)),
+                    probes_ok: ok,
+                    probes_total: total,
+                    score: 0,
+                    paid_bytes: 0,
+                    completed_sessions: 0,
+                    paying_clients: 0,
+                    refusals: 0,
+                    signature: Signature::ZERO,
+                },
+                score,
+            )
+            .sign(self.ledger.signing_key());
         store
             .put_directory_entry(DirectoryRow {
                 relay_key: d.relay_key,

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use ferry_receipts::{DecodeError, NetworkId, RelayDescriptor, VerifyError};
+use ferry_receipts::{DecodeError, DirectoryAnnotation, NetworkId, RelayDescriptor, VerifyError};
 
 /// The directory's tunables (config `[directory]`).
 #[derive(Debug, Clone)]
@@ -279,6 +279,21 @@ pub struct Factors {
     pub paying_clients: u32,
     /// Receipts paying clients refused.
     pub refusals: u32,
+}
+
+impl Factors {
+    /// `a` with these factors and `score` in it (unsigned: the caller signs).
+    pub fn annotate(&self, a: DirectoryAnnotation, score: u16) -> DirectoryAnnotation {
+        DirectoryAnnotation {
+            score,
+            paid_bytes: self.paid_bytes,
+            completed_sessions: self.completed_sessions,
+            paying_clients: self.paying_clients,
+            refusals: self.refusals,
+            signature: ferry_receipts::Signature::ZERO,
+            ..a
+        }
+    }
 }
 
 /// Paid use, discounted against self-dealing: a relay operator can pay its own relay with

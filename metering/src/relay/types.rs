@@ -133,23 +133,43 @@ impl RelayIdentity {
         )
     }
 
-    /// The signed answer to a directory's reachability probe, or `None` (say nothing) unless
-    /// the challenge names this relay and network, is signed by our ledger and was issued
-    /// within [`PROBE_SKEW_SECS`] of `unix_ts`.
+    /// The signed tunnel facts (our tunnel addresses, DNS, MTU) of the session `accept` opened.
+    pub fn tunnel(
+        &self,
+        accept: &ferry_receipts::SessionAccept,
+        v4: Option<std::net::Ipv4Addr>,
+        v6: Option<std::net::Ipv6Addr>,
+        mtu: u16,
+        dns: u8,
+    ) -> crate::Message {
+        crate::Message::Tunnel(
+            ferry_receipts::SessionTunnel::for_session(accept, v4, v6, mtu, dns).sign(&self.key),
+        )
+    }
+
+    /// The signed answer to a reachability probe, or `None` (say nothing). A directory probe must name this relay and network, be signed by
+    /// our ledger and issued within [`PROBE_SKEW_SECS`] of `unix_ts`; a client's ping
+    /// ([`ferry_receipts::ProbeChallenge::ping`]) must name this relay and network.
     pub fn answer_probe(
         &self,
         challenge: &ferry_receipts::ProbeChallenge,
         unix_ts: u64,
     ) -> Option<crate::Message> {
-        challenge
-            .verify(
-                &self.network_id,
-                &self.key.public_key(),
-                &self.ledger_key,
-                unix_ts,
-                PROBE_SKEW_SECS,
-            )
-            .ok()?;
+        if !challenge.is_ping() {
+            challenge
+                .verify(
+                    &self.network_id,
+                    &self.key.public_key(),
+                    &self.ledger_key,
+                    unix_ts,
+                    PROBE_SKEW_SECS,
+                )
+                .ok()?;
+        } else if challenge.network_id != self.network_id
+            || challenge.relay_key != self.key.public_key()
+        {
+            return None;
+        }
         Some(crate::Message::ProbeReply(
             challenge.response().sign(&self.key),
         ))
@@ -297,5 +317,29 @@ mod tests {
                 .is_none(),
             "not us"
         );
+    }
+
+    #[test]
+    fn a_relay_answers_a_clients_ping_for_itself_without_a_signature_or_clock() {
+        let ledger = SigningKey::from_seed(&[1; 32]);
+        let id = identity(&ledger);
+        let me = id.key.public_key();
+        let ping = ferry_receipts::ProbeChallenge::ping(id.network_id, me, [3; 16], 0);
+        // No clock check: a ping proves nothing about time, and an old one replayed gets a
+        // reply the size of the question.
+        let Some(crate::Message::ProbeReply(r)) = id.answer_probe(&ping, T) else {
+            panic!("no answer to a ping");
+        };
+        assert!(r.answers(&ping));
+        let mut other = ping.clone();
+        other.relay_key = SigningKey::from_seed(&[9; 32]).public_key();
+        assert!(id.answer_probe(&other, T).is_none(), "not us");
+        let mut other = ping.clone();
+        other.network_id.0[0] ^= 1;
+        assert!(id.answer_probe(&other, T).is_none(), "not our network");
+        // A challenge with a zero ledger key but a signature is no ping, and no ledger's.
+        let mut half = ping;
+        half.signature = ferry_receipts::Signature([1; 64]);
+        assert!(id.answer_probe(&half, T).is_none());
     }
 }

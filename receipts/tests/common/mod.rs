@@ -24,7 +24,7 @@ pub fn client() -> SigningKey {
     SigningKey::from_seed(&CLIENT_SEED)
 }
 
-fn counting<const N: usize>(start: u8) -> [u8; N] {
+pub fn counting<const N: usize>(start: u8) -> [u8; N] {
     std::array::from_fn(|i| start.wrapping_add(i as u8))
 }
 
