@@ -4,7 +4,9 @@
 //!
 //! Flow: binaries → namespaces (client, router with LAN, internet host) → `ferry-ledger` on the
 //! internet host (init, relay + client registered, client credited) → `ferry voucher request`
-//! from the client → `ferry-agent` in paid mode on the router → `ferry connect` and a download
+//! from the client → `ferry-agent` in paid mode on the router, and a second relay (a stranger
+//! that registers itself) on the same router, both announcing to the directory → `ferry
+//! relays` → `ferry connect --auto` (the client chooses: the cheaper one) and a download
 //! from the internet host → `ferry status`, `ferry disconnect` (final receipt) → ledger credit
 //! checked against the final co-signed receipt and the agent's own receipt log → cleanup.
 //!
@@ -36,7 +38,6 @@ use crate::wg::KeyPair;
 pub const LEDGER_PORT: u16 = 7878;
 /// Agent metrics on the router's loopback.
 const METRICS: &str = "127.0.0.1:9586";
-const RELAY_NAME: &str = "home-router";
 
 /// What the demo does; [`Default`] is the documented demo.
 #[derive(Debug, Clone)]
@@ -100,8 +101,22 @@ pub struct DemoReport {
     pub ledger_earned_micros: u64,
     /// Ledger: advancing receipts stored for the relay.
     pub ledger_receipts: u64,
-    /// Price of the network, micros per GiB.
+    /// Price of the network, micros per GiB (the voucher's max price).
     pub price_micros_per_gib: u64,
+    /// The home relay's own price (80 % of the network's), what its sessions are billed at.
+    pub relay_price_micros_per_gib: u64,
+    /// The second relay's price (90 % of the network's).
+    pub other_price_micros_per_gib: u64,
+    /// Relays the client saw in the directory (`ferry relays`).
+    pub listed: usize,
+    /// The relay `ferry connect --auto` chose (identity key hex), and why.
+    pub chosen: String,
+    /// The home relay's identity key (hex).
+    pub relay_key: String,
+    /// The reason `ferry status` gave.
+    pub choice_reason: String,
+    /// What the session debited from the voucher (ledger, micros).
+    pub voucher_used_micros: u64,
     /// Client balance after the operator's credit, before the voucher.
     pub balance_before: u64,
     /// Client balance at the end.
@@ -430,6 +445,10 @@ fn flow(
     let relay_wg = KeyPair::generate()?;
     let state_dir = topo.lab.dir().join("agent-state");
     let mut cfg = AgentConfig::new(Egress::Tun);
+    // Bound to the address it announces (the router's uplink): a socket on 0.0.0.0 would
+    // answer the client from the router's WAN-side address, which a client's connected
+    // socket drops.
+    cfg.listen = sa(ROUTER_UP4, 51820);
     cfg.extra = format!(
         "\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{network_id}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"{}\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = {:.3}\nreceipt-every-secs = 30\ncredit-window-mib = 16\nclose-grace-secs = 3\n\n[paid]\nenabled = true\n\n[metrics]\nenabled = true\nlisten = [\"{METRICS}\"]\n",
         topo.lab.dir().join("relay-identity.key").display(),
@@ -437,6 +456,8 @@ fn flow(
         state_dir.display(),
         opts.receipt_every_mib
     );
+    // `[directory]` is added once the network price is known (below).
+    let base_extra = cfg.extra.clone();
     let setup_cfg = topo.lab.dir().join("agent-setup.toml");
     let wg_file = relay_wg.write_private(topo.lab.dir(), "relay-wg.key")?;
     std::fs::write(&setup_cfg, cfg.render(&wg_file, &topo.lab.ifname("ft")))?;
@@ -496,12 +517,8 @@ fn flow(
 
     // ---- 4. voucher.
     header(4, "Client buys a voucher (ferry voucher request)");
-    home.write_config(&format!(
-        "[client]\nledger-url = \"{}\"\n\n[[relay]]\nname = \"{RELAY_NAME}\"\nendpoint = \"{}\"\npublic-key = \"{}\"\nkeepalive = 5\nidentity-key = \"{relay_id}\"\ncontrol-address = \"10.77.0.1\"\n",
-        ledger.url,
-        Agent::endpoint(),
-        relay_wg.public
-    ))?;
+    // No [[relay]]: the client will choose from the directory.
+    home.write_config(&format!("[client]\nledger-url = \"{}\"\n", ledger.url))?;
     let bytes = opts.voucher_bytes.to_string();
     let out = home.cli(&topo.client, &["voucher", "request", "--bytes", &bytes])?;
     say(&indent(&format!(
@@ -520,16 +537,44 @@ fn flow(
     ));
     check_cancel(cancel)?;
 
-    // ---- 5. agent.
-    header(5, "Relay: ferry-agent in paid mode on the router");
+    // ---- 5. agents.
+    header(
+        5,
+        "Relays: ferry-agent in paid mode on the router, announcing to the directory",
+    );
+    report.relay_price_micros_per_gib = report.price_micros_per_gib * 4 / 5;
+    report.other_price_micros_per_gib = report.price_micros_per_gib * 9 / 10;
+    report.relay_key = relay_id.clone();
+    cfg.extra = format!(
+        "{base_extra}\n[directory]\ncountry = \"NL\"\nregion = \"Amsterdam\"\nprice-micros-per-gib = {}\nabuse-contact = \"abuse@home.example\"\n",
+        report.relay_price_micros_per_gib
+    );
     let agent = Agent::start(&mut topo.lab, &topo.router, &relay_wg, &cfg)?;
     say(&format!(
-        "      ferry-agent run (pid {}): WireGuard {ROUTER_WAN4}:51820, Hello :51821, TUN {} + masquerade\n      receipts every {} MiB, submits to {}; metrics {METRICS}",
+        "      ferry-agent run (pid {}): WireGuard {ROUTER_UP4}:51820, Hello :51821, TUN {} + masquerade\n      price {} micros/GiB (NL), receipts every {} MiB, submits to {}; metrics {METRICS}",
         agent.proc.pid(),
         agent.tun_name,
+        report.relay_price_micros_per_gib,
         opts.receipt_every_mib,
         ledger.url
     ));
+    let other = start_other_relay(topo, bins, &base_extra, report.other_price_micros_per_gib)?;
+    say(&format!(
+        "      a second relay on the same router (pid {}): :51830, Hello :51831, userspace egress,\n      price {} micros/GiB (DE); nobody registered its key: its first announce does",
+        other.pid(),
+        report.other_price_micros_per_gib
+    ));
+    let listed = poll(
+        cancel,
+        Duration::from_secs(30),
+        "both relays listed",
+        || {
+            let out = home.cli(&topo.client, &["relays"]).ok()?;
+            (out.lines().count() >= 3).then_some(out)
+        },
+    )?;
+    report.listed = listed.lines().count() - 1;
+    say(&indent(&format!("$ ferry relays\n{}", listed.trim_end())));
     check_cancel(cancel)?;
 
     // ---- 6. connect + download.
@@ -542,11 +587,20 @@ fn flow(
     let tun = topo.lab.ifname("fc");
     let connect = start_connect(topo, &home, &tun, cancel)?;
     let st = home.cli(&topo.client, &["status", "--json"])?;
+    report.chosen = json_str(&st, "current").unwrap_or_default();
+    report.choice_reason = json_str(&st, "reason").unwrap_or_default();
     say(&format!(
-        "      ferry connect {RELAY_NAME} --tun {tun} --no-dns (pid {}): connected, session {}",
+        "      ferry connect --auto --tun {tun} --no-dns (pid {}): connected, session {}\n      chose {}: {}",
         connect.pid(),
-        json_str(&st, "session_id").unwrap_or_default()
+        json_str(&st, "session_id").unwrap_or_default(),
+        &report.chosen[..report.chosen.len().min(16)],
+        report.choice_reason
     ));
+    ensure!(
+        report.chosen == relay_id,
+        "--auto chose {} instead of the cheaper home relay {relay_id}",
+        report.chosen
+    );
     let t = Instant::now();
     let got = fetch(
         &topo.client,
@@ -662,9 +716,10 @@ fn flow(
     report.ledger_receipts = json_u64(&relay_acct, "receipts").unwrap_or(0);
     let acct = home.cli(&topo.client, &["balance", "--json"])?;
     report.balance_after = json_u64(&acct, "balance_micros").context("balance")?;
-    let used = json_u64(&acct, "used_bytes").unwrap_or(0);
+    let used = json_u64(&acct, "used_micros").unwrap_or(0);
+    report.voucher_used_micros = used;
     say(&format!(
-        "      credited after {:.1} s\n      GET /v1/relays/<relay>:  {} receipts, credited {} B, earned {} micros\n      ferry balance:           balance {} micros (deposit {} - voucher {}), voucher used {} of {} B",
+        "      credited after {:.1} s\n      GET /v1/relays/<relay>:  {} receipts, credited {} B, earned {} micros\n      ferry balance:           balance {} micros (deposit {} - voucher {}), voucher used {} of {} micros",
         t.elapsed().as_secs_f64(),
         report.ledger_receipts,
         report.ledger_credited_bytes,
@@ -673,7 +728,7 @@ fn flow(
         report.balance_before,
         report.voucher_cost,
         used,
-        opts.voucher_bytes
+        report.voucher_cost
     ));
 
     // The agent's own durable record of what it metered, and the client's receipt log.
@@ -728,7 +783,7 @@ fn flow(
     ));
     ensure!(ok, "credited bytes do not match the final receipt");
     let expected_earned =
-        ((u128::from(final_total) * u128::from(report.price_micros_per_gib)) >> 30) as u64;
+        ((u128::from(final_total) * u128::from(report.relay_price_micros_per_gib)) >> 30) as u64;
     ensure!(
         report.ledger_earned_micros == expected_earned,
         "relay earned {} micros, floor(bytes x price / 2^30) = {expected_earned}",
@@ -743,13 +798,69 @@ fn flow(
         report.voucher_cost_expected
     );
     // Orderly stop: the agent removes its nft table, the ledger finishes its transactions.
+    topo.lab.stop(other, Duration::from_secs(8));
     topo.lab.stop(agent.proc, Duration::from_secs(8));
     topo.lab.stop(ledger_proc, Duration::from_secs(5));
     drop(data);
     Ok(())
 }
 
-/// `ferry connect <relay> --tun <tun> --no-dns` in the client namespace, waiting for
+/// A second paid relay on the router (a stranger: fresh identity, registered by its first
+/// announce), dearer than the home relay: userspace egress on other ports and subnets, no
+/// metrics server.
+fn start_other_relay(
+    topo: &mut Topology,
+    bins: &Bins,
+    base_extra: &str,
+    price: u64,
+) -> Result<ProcId> {
+    let dir = topo.lab.dir().join("other-relay");
+    std::fs::create_dir_all(&dir)?;
+    let wg = KeyPair::generate()?;
+    let wg_file = wg.write_private(&dir, "wg.key")?;
+    let mut cfg = AgentConfig::new(Egress::Userspace);
+    cfg.listen = sa(ROUTER_UP4, 51830);
+    cfg.address = vec!["10.78.0.1/24".into(), "fd78::1/64".into()];
+    let id_file = dir.join("identity.key");
+    cfg.extra = base_extra
+        .replace(
+            &topo
+                .lab
+                .dir()
+                .join("relay-identity.key")
+                .display()
+                .to_string(),
+            &id_file.display().to_string(),
+        )
+        .replace(
+            &topo.lab.dir().join("agent-state").display().to_string(),
+            &dir.join("state").display().to_string(),
+        )
+        .replace("enabled = true\nlisten", "enabled = false\nlisten")
+        .replace(
+            "[paid]\nenabled = true\n",
+            &format!("[paid]\nenabled = true\nhello-listen = \"{ROUTER_UP4}:51831\"\n"),
+        )
+        + &format!(
+            "\n[directory]\ncountry = \"DE\"\nregion = \"Berlin\"\nprice-micros-per-gib = {price}\nabuse-contact = \"abuse@cafe.example\"\n"
+        );
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, cfg.render(&wg_file, "unused0"))?;
+    run_cmd(
+        Command::new(&bins.agent)
+            .args(["identity", "--generate", "--config"])
+            .arg(&config),
+    )?;
+    crate::metering::start_agent(
+        &mut topo.lab,
+        &topo.router,
+        &bins.agent,
+        &config,
+        "other-relay",
+    )
+}
+
+/// `ferry connect --auto --tun <tun> --no-dns` in the client namespace, waiting for
 /// `connected`.
 fn start_connect(
     topo: &mut Topology,
@@ -757,7 +868,7 @@ fn start_connect(
     tun: &str,
     cancel: &AtomicBool,
 ) -> Result<ProcId> {
-    let argv = home.argv(&["connect", RELAY_NAME, "--tun", tun, "--no-dns"])?;
+    let argv = home.argv(&["connect", "--auto", "--tun", tun, "--no-dns"])?;
     let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
     let level = std::env::var("FERRY_DEMO_CLIENT_LOG").unwrap_or_else(|_| "info".into());
     let id = topo.lab.spawn_env(

@@ -1,6 +1,7 @@
 //! The project demo (`scripts/demo.sh`, `ferry-demo`) as a test: the same library function,
 //! [`ferry_e2e::demo::run`], with its numbers checked. A client buys a voucher from the real
-//! `ferry-ledger`, pays the real `ferry-agent` (paid mode, TUN egress) through `ferry connect`,
+//! `ferry-ledger`, chooses the cheaper of two listed relays (`ferry connect --auto`), pays the
+//! real `ferry-agent` (paid mode, TUN egress),
 //! downloads 20 MiB from the internet host and disconnects (final receipt).
 //! Needs root: `cargo test -p ferry-e2e --test demo -- --ignored`.
 #![allow(clippy::unwrap_used)]
@@ -41,11 +42,22 @@ fn demo_bills_exactly_what_the_agent_metered_and_leaves_nothing_behind() {
     assert!(down >= opts.download_bytes, "{r:?}");
     assert!(final_total <= r.client_counted + r.client_counted / 50 + (1 << 20));
     assert!(r.client_counted <= final_total + final_total / 50 + (1 << 20));
+    // The client chose from the directory: two relays listed, the cheaper (home) one taken,
+    // and billed at its own price.
+    assert_eq!(r.listed, 2, "{r:?}");
+    assert_eq!(r.chosen, r.relay_key);
+    assert!(r.choice_reason.contains("cheapest"), "{r:?}");
+    assert!(r.relay_price_micros_per_gib < r.other_price_micros_per_gib);
     assert_eq!(
         r.ledger_earned_micros,
-        ((u128::from(final_total) * u128::from(r.price_micros_per_gib)) >> 30) as u64
+        ((u128::from(final_total) * u128::from(r.relay_price_micros_per_gib)) >> 30) as u64
     );
     assert!((1..=seq).contains(&r.ledger_receipts), "{r:?}");
+    assert_eq!(
+        r.voucher_used_micros,
+        ferry_receipts::money::debit_micros(final_total, r.relay_price_micros_per_gib),
+        "the voucher paid the chosen relay's price"
+    );
 
     // The client paid the voucher price, exactly once.
     let cost = (u128::from(opts.voucher_bytes) * u128::from(r.price_micros_per_gib))

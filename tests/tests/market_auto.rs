@@ -230,10 +230,14 @@ fn auto_picks_the_documented_best_fails_over_behind_the_kill_switch_and_bills_ea
     .unwrap();
     dl.read_to(4 << 20).unwrap();
     // Something co-signed with R0 first (a relay killed before any receipt is simply unpaid).
-    wait_until(Duration::from_secs(10), "a co-signed receipt from R0", || {
-        let s = status(&m);
-        s["choice"]["current"] == k0.as_str() && s["last_receipt"]["seq"].as_u64() >= Some(1)
-    })
+    wait_until(
+        Duration::from_secs(10),
+        "a co-signed receipt from R0",
+        || {
+            let s = status(&m);
+            s["choice"]["current"] == k0.as_str() && s["last_receipt"]["seq"].as_u64() >= Some(1)
+        },
+    )
     .unwrap();
     dl.read_to(8 << 20).unwrap();
     let killed = Instant::now();
