@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use ferry_relay_core::{
-    Action, DropReason, IpNet, PeerConfig, PeerId, PolicyConfig, Proto, PublicKey, Relay,
-    RelayConfig, Service, StaticSecret, Verdict,
+    Action, DropReason, ExitPorts, IpNet, PeerConfig, PeerId, PolicyConfig, PortRule, Proto,
+    PublicKey, Relay, RelayConfig, Service, StaticSecret, Verdict,
 };
 
 use crate::input::Input;
@@ -82,6 +82,11 @@ impl World {
                     port: 53,
                 }],
                 tunnel_ping: true,
+                exit_ports: ExitPorts::Block(vec![PortRule {
+                    proto: Some(Proto::Tcp),
+                    first: 25,
+                    last: 25,
+                }]),
             },
             max_peers: 4,
             client_rate_bytes: 0,

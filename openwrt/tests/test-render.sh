@@ -123,7 +123,8 @@ for sh in $SHELLS; do
 		\"wireguard\": {\"private-key-file\": \"$KEY\", \"listen\": \"0.0.0.0:51820\", \"mtu\": 1420,
 		                \"address\": [\"10.77.0.1/24\", \"fd77::1/64\"]},
 		\"egress\": {\"mode\": \"tun\", \"tun-name\": \"ferry0\", \"masquerade\": false, \"allow\": [],
-		             \"deny\": [], \"tunnel-services\": [], \"tunnel-ping\": true},
+		             \"deny\": [], \"tunnel-services\": [], \"tunnel-ping\": true,
+		             \"block-ports\": [\"tcp/25\"]},
 		\"limits\": {\"max-peers\": 1024, \"client-rate-mbit\": 0}}"
 	if grep -q '^\[\[peer\]\]' "$tmp/out"; then not_ok "packaged defaults [$sh]: has peers"; else ok "packaged defaults have no peers [$sh]"; fi
 
@@ -151,6 +152,26 @@ for sh in $SHELLS; do
 		             \"allow\": [\"192.168.1.53/32\", \"192.168.1.54/32\"], \"deny\": [\"203.0.113.0/24\"],
 		             \"tunnel-services\": [\"udp/53\"]},
 		\"limits\": {\"max-peers\": 16, \"client-rate-mbit\": 20}}"
+
+	expect_ok "exit ports: 'none' opens all" "$sh" "config ferry 'main'
+	option private_key_file '$KEY'
+	list address '10.77.0.1/24'
+	list block_port 'none'" "{\"egress\": {\"block-ports\": []}}"
+	# (allow-ports is not in the example config, which blocks instead: content check only.)
+	if render "$sh" "config ferry 'main'
+	option private_key_file '$KEY'
+	list address '10.77.0.1/24'
+	list allow_port 'tcp/443'
+	list allow_port 'udp/53'" &&
+		$CHECK subset "$tmp/out" "{\"egress\": {\"allow-ports\": [\"tcp/443\", \"udp/53\"]}}" 2>"$tmp/err"; then
+		ok "exit ports: a reduced exit policy [$sh]"
+	else
+		not_ok "exit ports: a reduced exit policy [$sh]"
+	fi
+	expect_err "exit ports: block and allow lists together" "$sh" "config ferry 'main'
+	option private_key_file '$KEY'
+	list block_port 'tcp/25'
+	list allow_port 'tcp/443'" "block_port or allow_port"
 
 	# A path with TOML metacharacters must round-trip exactly (no injection).
 	expect_ok "quotes and backslashes are escaped" "$sh" "$DEFAULT

@@ -4,9 +4,9 @@ use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use ferry_keys::WgPublicKey;
-use ferry_relay_core::{IpNet, PolicyConfig, Proto, Service};
+use ferry_relay_core::{ExitPorts, IpNet, PolicyConfig, PortRule, Proto, Service};
 use serde::Deserialize;
 
 /// Whole agent configuration (`/etc/ferry/agent.toml`).
@@ -83,6 +83,20 @@ pub struct Egress {
     pub tunnel_ping: bool,
     #[serde(default = "yes")]
     pub tun_offload: bool,
+    /// Exit ports closed to clients (`"tcp/25"`, `"udp/6881-6889"`, `"25"` = both protocols).
+    /// Unset: `["tcp/25"]`; `[]` opens every port.
+    #[serde(default)]
+    pub block_ports: Option<Vec<String>>,
+    /// If set, the only exit ports clients may use (a reduced exit policy); `block-ports`
+    /// must then be left unset or empty.
+    #[serde(default)]
+    pub allow_ports: Option<Vec<String>>,
+}
+
+/// Outgoing SMTP is closed by default: spam sent through a relay would land on the
+/// household's IP reputation.
+fn default_block_ports() -> Vec<String> {
+    vec!["tcp/25".to_owned()]
 }
 
 impl Default for Egress {
@@ -96,6 +110,8 @@ impl Default for Egress {
             tunnel_services: Vec::new(),
             tunnel_ping: true,
             tun_offload: true,
+            block_ports: None,
+            allow_ports: None,
         }
     }
 }
@@ -171,6 +187,7 @@ pub struct Validated {
     pub allow: Vec<IpNet>,
     pub deny: Vec<IpNet>,
     pub tunnel_services: Vec<Service>,
+    pub exit_ports: ExitPorts,
     pub peers: Vec<ValidPeer>,
     /// Paid sessions (None = disabled).
     pub paid: Option<crate::config_paid::PaidSettings>,
@@ -262,6 +279,7 @@ impl Config {
             })
             .collect::<Result<Vec<_>>>()?;
         add_dns_services(self.dns.as_ref(), &mut tunnel_services)?;
+        let exit_ports = exit_ports(e.block_ports.as_deref(), e.allow_ports.as_deref())?;
 
         let l = &self.limits;
         if !(1..=MAX_PEERS_LIMIT).contains(&l.max_peers) {
@@ -370,6 +388,7 @@ impl Config {
             allow,
             deny,
             tunnel_services,
+            exit_ports,
             peers,
             raw: self,
         })
@@ -390,8 +409,71 @@ impl Validated {
             router_addresses,
             tunnel_services: self.tunnel_services.clone(),
             tunnel_ping: self.raw.egress.tunnel_ping,
+            exit_ports: self.exit_ports.clone(),
         }
     }
+
+    /// The ports the descriptor advertises as blocked (both protocols or either; at most
+    /// [`ferry_receipts::MAX_BLOCKED_PORTS`], the lowest first); none for an allow-list policy.
+    pub fn advertised_blocked_ports(&self) -> Vec<u16> {
+        let ExitPorts::Block(rules) = &self.exit_ports else {
+            return Vec::new();
+        };
+        let mut ports: Vec<u16> = rules.iter().flat_map(|r| r.first..=r.last).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.truncate(ferry_receipts::MAX_BLOCKED_PORTS);
+        ports
+    }
+}
+
+/// `[egress] block-ports` / `allow-ports` as the relay core's exit port policy.
+fn exit_ports(block: Option<&[String]>, allow: Option<&[String]>) -> Result<ExitPorts> {
+    let rules = |field: &str, list: &[String]| -> Result<Vec<PortRule>> {
+        list.iter()
+            .enumerate()
+            .map(|(i, s)| parse_port_rule(s).with_context(|| format!("egress.{field}[{i}]: {s:?}")))
+            .collect()
+    };
+    match (block, allow) {
+        (Some(_), Some(_)) => bail!(
+            "egress: set either block-ports or allow-ports, not both (allow-ports lists the only \
+             ports clients may use)"
+        ),
+        (_, Some(a)) => Ok(ExitPorts::AllowOnly(rules("allow-ports", a)?)),
+        (Some(b), None) => Ok(ExitPorts::Block(rules("block-ports", b)?)),
+        (None, None) => Ok(ExitPorts::Block(rules(
+            "block-ports",
+            &default_block_ports(),
+        )?)),
+    }
+}
+
+/// `tcp/25`, `udp/6881-6889`, `25` or `6881-6889` (both protocols).
+fn parse_port_rule(s: &str) -> Result<PortRule> {
+    let (proto, ports) = match s.split_once('/') {
+        Some((p, rest)) => (
+            Some(match p.trim() {
+                "udp" => Proto::Udp,
+                "tcp" => Proto::Tcp,
+                other => bail!("unknown protocol {other:?} (expected udp or tcp)"),
+            }),
+            rest,
+        ),
+        None => (None, s),
+    };
+    let port = |t: &str| -> Result<u16> {
+        match t.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => bail!("{t:?} is not a port 1..=65535"),
+        }
+    };
+    let (first, last) = match ports.split_once('-') {
+        Some((a, b)) => (port(a)?, port(b)?),
+        None => (port(ports)?, port(ports)?),
+    };
+    ensure!(first <= last, "the range {first}-{last} is backwards");
+    Ok(PortRule { proto, first, last })
 }
 
 fn cidrs(field: &str, list: &[String]) -> Result<Vec<IpNet>> {

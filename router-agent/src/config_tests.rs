@@ -273,3 +273,74 @@ fn the_directory_advertises_the_price_sessions_are_sold_at() {
     let e = err(&(paid + "price-micros-per-gib = 650000\n" + dir));
     assert!(e.contains("650000") && e.contains("700000"), "{e}");
 }
+
+#[test]
+fn exit_ports_close_smtp_by_default_and_take_block_or_allow_lists() {
+    use ferry_relay_core::{ExitPorts, PortRule, Proto};
+    let rule = |proto, first, last| PortRule { proto, first, last };
+    let v = Config::parse(&minimal(), Path::new("/")).unwrap();
+    assert_eq!(
+        v.exit_ports,
+        ExitPorts::Block(vec![rule(Some(Proto::Tcp), 25, 25)])
+    );
+    assert_eq!(v.advertised_blocked_ports(), vec![25]);
+    let v = Config::parse(
+        &(minimal() + "[egress]\nblock-ports = [\"tcp/25\", \"udp/6881-6883\", \"465\"]\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(
+        v.exit_ports,
+        ExitPorts::Block(vec![
+            rule(Some(Proto::Tcp), 25, 25),
+            rule(Some(Proto::Udp), 6881, 6883),
+            rule(None, 465, 465),
+        ])
+    );
+    assert_eq!(
+        v.advertised_blocked_ports(),
+        vec![25, 465, 6881, 6882, 6883]
+    );
+    // Everything open; a long range is advertised up to the descriptor's 32 ports.
+    let v = Config::parse(
+        &(minimal() + "[egress]\nblock-ports = []\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(v.exit_ports, ExitPorts::Block(Vec::new()));
+    let v = Config::parse(
+        &(minimal() + "[egress]\nblock-ports = [\"1000-2000\"]\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(v.advertised_blocked_ports().len(), 32);
+    // A reduced exit policy: only these; nothing advertised as blocked.
+    let v = Config::parse(
+        &(minimal() + "[egress]\nallow-ports = [\"tcp/80\", \"tcp/443\", \"udp/53\"]\n"),
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(
+        v.exit_ports,
+        ExitPorts::AllowOnly(vec![
+            rule(Some(Proto::Tcp), 80, 80),
+            rule(Some(Proto::Tcp), 443, 443),
+            rule(Some(Proto::Udp), 53, 53),
+        ])
+    );
+    assert!(v.advertised_blocked_ports().is_empty());
+    for (bad, says) in [
+        ("block-ports = [\"sctp/25\"]", "unknown protocol"),
+        ("block-ports = [\"tcp/0\"]", "not a port"),
+        ("block-ports = [\"tcp/70000\"]", "not a port"),
+        ("block-ports = [\"30-20\"]", "backwards"),
+        ("block-ports = [\"tcp/\"]", "not a port"),
+        (
+            "block-ports = []\nallow-ports = [\"443\"]",
+            "either block-ports or allow-ports",
+        ),
+    ] {
+        let e = err(&(minimal() + "[egress]\n" + bad + "\n"));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+}

@@ -74,8 +74,9 @@ pub(crate) struct Announcer {
     pub(crate) wg_key: [u8; 32],
     pub(crate) wg_port: u16,
     pub(crate) hello_port: u16,
-    /// Advertised per-client bandwidth (`[limits] client-rate-mbit`, 0 = not limited).
-    pub(crate) max_mbit: u32,
+    /// Advertised limits: per-client bandwidth (`[limits] client-rate-mbit`, 0 = not
+    /// limited) and the blocked exit ports (`[egress] block-ports`).
+    pub(crate) limits: AdvertisedLimits,
     pub(crate) ledger: LedgerClient,
     pub(crate) state: Arc<Mutex<DirectoryState>>,
 }
@@ -90,7 +91,7 @@ pub(crate) fn descriptor(
     ipv6: Option<SocketAddrV6>,
     hello_port: u16,
     price: u64,
-    max_mbit: u32,
+    limits: AdvertisedLimits,
     now: u64,
 ) -> RelayDescriptor {
     RelayDescriptor {
@@ -101,10 +102,7 @@ pub(crate) fn descriptor(
         ipv6,
         hello_port,
         price_micros_per_gib: price,
-        limits: AdvertisedLimits {
-            max_mbit,
-            ..AdvertisedLimits::unlimited()
-        },
+        limits,
         country: s.country,
         region: s.region.clone(),
         software: concat!("ferry-agent/", env!("CARGO_PKG_VERSION")).into(),
@@ -147,7 +145,7 @@ impl Announcer {
             ipv6,
             self.hello_port,
             p,
-            self.max_mbit,
+            self.limits.clone(),
             ferry_store::unix_now(),
         ))
     }

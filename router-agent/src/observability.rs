@@ -372,6 +372,7 @@ fn map_drop(r: RelayDrop) -> DropReason {
         "rate_limit" | "handshake_rate_limit" | "under_load" => DropReason::RateLimit,
         "credit_window" => DropReason::CreditWindow,
         "paid_no_session" => DropReason::PaidNoSession,
+        "exit_port" => DropReason::ExitPort,
         "unknown_peer" => DropReason::UnknownPeer,
         "malformed" => DropReason::Malformed,
         _ => DropReason::Other,
@@ -561,6 +562,7 @@ mod tests {
             assert_eq!(*v, "credit_window");
         }
         assert_eq!(t["paid_no_session"], "paid_no_session");
+        assert_eq!(t["exit_port"], "exit_port");
         assert_eq!(t["auth"], "other");
     }
 

@@ -274,7 +274,11 @@ fn announcer(
         wg_key: *key.public_key().as_bytes(),
         wg_port: cfg.listen.port(),
         hello_port: p.hello_listen.port(),
-        max_mbit: u32::try_from(cfg.raw.limits.client_rate_mbit).unwrap_or(u32::MAX),
+        limits: ferry_receipts::AdvertisedLimits {
+            max_mbit: u32::try_from(cfg.raw.limits.client_rate_mbit).unwrap_or(u32::MAX),
+            blocked_ports: cfg.advertised_blocked_ports(),
+            ..ferry_receipts::AdvertisedLimits::unlimited()
+        },
         ledger,
         state,
     })

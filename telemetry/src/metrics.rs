@@ -97,6 +97,8 @@ pub enum DropReason {
     CreditWindow,
     /// A paid peer's packet with no live session (billing fails closed).
     PaidNoSession,
+    /// Destination port closed by the exit port policy (SMTP by default).
+    ExitPort,
     /// Datagram from a key or index we do not know.
     UnknownPeer,
     /// Undecodable WireGuard or IP packet.
@@ -109,12 +111,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order; all are exported (zeros included) so dashboards have series.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Policy,
         Self::AllowedIps,
         Self::RateLimit,
         Self::CreditWindow,
         Self::PaidNoSession,
+        Self::ExitPort,
         Self::UnknownPeer,
         Self::Malformed,
         Self::QueueFull,
@@ -129,6 +132,7 @@ impl DropReason {
             Self::RateLimit => "rate_limit",
             Self::CreditWindow => "credit_window",
             Self::PaidNoSession => "paid_no_session",
+            Self::ExitPort => "exit_port",
             Self::UnknownPeer => "unknown_peer",
             Self::Malformed => "malformed",
             Self::QueueFull => "queue_full",

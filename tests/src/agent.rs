@@ -110,6 +110,8 @@ pub struct AgentConfig {
     pub peers: Vec<PeerEntry>,
     /// Raw TOML appended verbatim (sections owned by later features).
     pub extra: String,
+    /// Raw TOML lines added to `[egress]` (e.g. `block-ports = []`).
+    pub egress_extra: String,
 }
 
 impl AgentConfig {
@@ -134,6 +136,7 @@ impl AgentConfig {
             client_rate_mbit: 0,
             peers: vec![],
             extra: String::new(),
+            egress_extra: String::new(),
         }
     }
 
@@ -165,6 +168,7 @@ impl AgentConfig {
             list(&self.allow),
             list(&self.deny)
         );
+        s.push_str(&self.egress_extra);
         let _ = writeln!(
             s,
             "\n[limits]\nmax-peers = {}\nclient-rate-mbit = {}",

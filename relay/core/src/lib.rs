@@ -33,8 +33,8 @@ pub use hook::{AsAny, HookDirection, HookVerdict, PacketHook};
 pub use ipnet::IpNet;
 pub use packet::{IpHeader, Transport};
 pub use policy::{
-    DEFAULT_BLOCKED_V4, DEFAULT_BLOCKED_V6, EgressPolicy, PolicyConfig, Proto, Service, Verdict,
-    canonical_net,
+    DEFAULT_BLOCKED_V4, DEFAULT_BLOCKED_V6, EgressPolicy, ExitPorts, PolicyConfig, PortRule, Proto,
+    Service, Verdict, canonical_net,
 };
 pub use ratelimit::TokenBucket;
 pub use relay::{

@@ -2,7 +2,9 @@
 //!
 //! Order: the relay's own tunnel addresses (only configured services + optional ping), then the
 //! operator `deny` list, then the operator `allow` list, then the default block of
-//! private/special ranges and the router's own addresses. Everything else is allowed.
+//! private/special ranges and the router's own addresses; a destination that passes is then
+//! checked against the exit port policy ([`ExitPorts`]: blocked ports, or only allowed ones).
+//! Everything else is allowed.
 
 use std::net::IpAddr;
 
@@ -63,6 +65,51 @@ pub struct Service {
     pub port: u16,
 }
 
+/// TCP and/or UDP ports `first..=last` (an exit port rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRule {
+    /// `None`: both TCP and UDP.
+    pub proto: Option<Proto>,
+    /// First port (> 0).
+    pub first: u16,
+    /// Last port (>= `first`).
+    pub last: u16,
+}
+
+impl PortRule {
+    /// Whether `proto`/`port` falls under this rule.
+    pub fn matches(&self, proto: Proto, port: u16) -> bool {
+        self.proto.is_none_or(|p| p == proto) && (self.first..=self.last).contains(&port)
+    }
+}
+
+/// Which destination ports clients may use (TCP and UDP; other protocols are not
+/// port-filtered). Protects the household's IP reputation (no outgoing SMTP, no torrents).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExitPorts {
+    /// Every port except these.
+    Block(Vec<PortRule>),
+    /// Only these ports (a reduced exit policy).
+    AllowOnly(Vec<PortRule>),
+}
+
+impl Default for ExitPorts {
+    /// No port rule at all (the agent's config default blocks tcp/25).
+    fn default() -> Self {
+        Self::Block(Vec::new())
+    }
+}
+
+impl ExitPorts {
+    /// Whether `proto`/`port` may be used.
+    pub fn allows(&self, proto: Proto, port: u16) -> bool {
+        match self {
+            Self::Block(r) => !r.iter().any(|r| r.matches(proto, port)),
+            Self::AllowOnly(r) => r.iter().any(|r| r.matches(proto, port)),
+        }
+    }
+}
+
 /// Operator-facing policy settings.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyConfig {
@@ -76,6 +123,8 @@ pub struct PolicyConfig {
     pub tunnel_services: Vec<Service>,
     /// Whether clients may ping the relay's tunnel addresses.
     pub tunnel_ping: bool,
+    /// Exit port policy for destinations that pass the address rules.
+    pub exit_ports: ExitPorts,
 }
 
 /// The outcome of a policy check.
@@ -87,6 +136,8 @@ pub enum Verdict {
     Blocked,
     /// Destination is the relay's tunnel address but not a served port.
     TunnelAddress,
+    /// Destination port closed by the exit port policy.
+    ExitPort,
 }
 
 /// Compiled egress policy.
@@ -127,7 +178,22 @@ impl EgressPolicy {
         if self.tunnel_addresses.contains(&dst) {
             return self.check_tunnel_service(hdr.transport);
         }
-        self.check_addr(dst)
+        match self.check_addr(dst) {
+            Verdict::Allow => match port_of(hdr.transport) {
+                Some((proto, port)) => self.check_port(proto, port),
+                None => Verdict::Allow,
+            },
+            v => v,
+        }
+    }
+
+    /// Decides on a destination port alone (for egress implementations that dial out).
+    pub fn check_port(&self, proto: Proto, port: u16) -> Verdict {
+        if self.cfg.exit_ports.allows(proto, port) {
+            Verdict::Allow
+        } else {
+            Verdict::ExitPort
+        }
     }
 
     /// Decides on a destination address alone (for egress implementations that dial out).
@@ -162,14 +228,10 @@ impl EgressPolicy {
     fn check_tunnel_service(&self, t: Transport) -> Verdict {
         let ok = match t {
             Transport::EchoRequest => self.cfg.tunnel_ping,
-            Transport::Port(proto, port) => {
-                let proto = match proto {
-                    PROTO_TCP => Proto::Tcp,
-                    PROTO_UDP => Proto::Udp,
-                    _ => return Verdict::TunnelAddress,
-                };
-                self.cfg.tunnel_services.contains(&Service { proto, port })
-            }
+            Transport::Port(..) => match port_of(t) {
+                Some((proto, port)) => self.cfg.tunnel_services.contains(&Service { proto, port }),
+                None => return Verdict::TunnelAddress,
+            },
             Transport::Other => false,
         };
         if ok {
@@ -177,6 +239,15 @@ impl EgressPolicy {
         } else {
             Verdict::TunnelAddress
         }
+    }
+}
+
+/// The TCP/UDP protocol and destination port of a transport, if it has one.
+fn port_of(t: Transport) -> Option<(Proto, u16)> {
+    match t {
+        Transport::Port(PROTO_TCP, port) => Some((Proto::Tcp, port)),
+        Transport::Port(PROTO_UDP, port) => Some((Proto::Udp, port)),
+        _ => None,
     }
 }
 
@@ -448,5 +519,79 @@ mod tests {
         }
         assert_eq!(p.check_addr(ip("192.168.2.5")), Verdict::Blocked);
         assert_eq!(p.check_addr(ip("8.8.4.4")), Verdict::Allow);
+    }
+
+    #[test]
+    fn exit_ports_block_or_allow_only_and_leave_other_protocols_and_the_tunnel_alone() {
+        let (c4, c6) = (ip("10.77.0.2"), ip("fd77::2"));
+        let (far4, far6) = (ip("1.1.1.1"), ip("2606:4700::1111"));
+        let smtp = PortRule {
+            proto: Some(Proto::Tcp),
+            first: 25,
+            last: 25,
+        };
+        let torrents = PortRule {
+            proto: None,
+            first: 6881,
+            last: 6889,
+        };
+        let p = policy(PolicyConfig {
+            exit_ports: ExitPorts::Block(vec![smtp, torrents]),
+            tunnel_services: vec![Service {
+                proto: Proto::Tcp,
+                port: 25,
+            }],
+            ..PolicyConfig::default()
+        });
+        let chk = |pkt: Vec<u8>| p.check(&IpHeader::parse(&pkt).unwrap());
+        assert_eq!(chk(testpkt::tcp(c4, far4, 25)), Verdict::ExitPort);
+        assert_eq!(chk(testpkt::tcp(c6, far6, 25)), Verdict::ExitPort);
+        assert_eq!(
+            chk(testpkt::udp(c4, far4, 25, b"x")),
+            Verdict::Allow,
+            "tcp only"
+        );
+        assert_eq!(chk(testpkt::tcp(c4, far4, 26)), Verdict::Allow);
+        for port in [6881, 6885, 6889] {
+            assert_eq!(chk(testpkt::udp(c4, far4, port, b"x")), Verdict::ExitPort);
+            assert_eq!(chk(testpkt::tcp(c6, far6, port)), Verdict::ExitPort);
+        }
+        assert_eq!(chk(testpkt::udp(c4, far4, 6890, b"x")), Verdict::Allow);
+        assert_eq!(
+            chk(testpkt::ping(c4, far4)),
+            Verdict::Allow,
+            "ICMP has no port"
+        );
+        // The address rules come first; the relay's own services are not exit traffic.
+        assert_eq!(
+            chk(testpkt::tcp(c4, ip("192.168.1.1"), 25)),
+            Verdict::Blocked
+        );
+        assert_eq!(chk(testpkt::tcp(c4, ip("10.77.0.1"), 25)), Verdict::Allow);
+        assert_eq!(p.check_port(Proto::Tcp, 25), Verdict::ExitPort);
+
+        // A reduced exit policy: only web and DNS.
+        let web = |proto, port| PortRule {
+            proto: Some(proto),
+            first: port,
+            last: port,
+        };
+        let p = policy(PolicyConfig {
+            exit_ports: ExitPorts::AllowOnly(vec![
+                web(Proto::Tcp, 443),
+                web(Proto::Tcp, 80),
+                web(Proto::Udp, 53),
+            ]),
+            ..PolicyConfig::default()
+        });
+        let chk = |pkt: Vec<u8>| p.check(&IpHeader::parse(&pkt).unwrap());
+        assert_eq!(chk(testpkt::tcp(c4, far4, 443)), Verdict::Allow);
+        assert_eq!(chk(testpkt::udp(c4, far4, 53, b"q")), Verdict::Allow);
+        assert_eq!(chk(testpkt::udp(c4, far4, 443, b"q")), Verdict::ExitPort);
+        assert_eq!(chk(testpkt::tcp(c4, far4, 22)), Verdict::ExitPort);
+        assert_eq!(chk(testpkt::ping(c4, far4)), Verdict::Allow);
+        // No rule at all (the core's default): every port.
+        let p = policy(PolicyConfig::default());
+        assert_eq!(p.check_port(Proto::Tcp, 25), Verdict::Allow);
     }
 }

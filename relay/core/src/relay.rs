@@ -749,6 +749,13 @@ impl Relay {
                 return self.drop(DropReason::Policy);
             }
             Verdict::TunnelAddress => return self.drop(DropReason::TunnelAddress),
+            Verdict::ExitPort => {
+                self.answer = self
+                    .prohibited
+                    .answer(pkt, &hdr, &self.tunnel_addresses, now)
+                    .map(|a| (id, a));
+                return self.drop(DropReason::ExitPort);
+            }
         }
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return self.drop(DropReason::UnknownPeer);

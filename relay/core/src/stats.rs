@@ -40,11 +40,13 @@ pub enum DropReason {
     CreditWindow,
     /// A paid peer without a live session (ended, not yet admitted, or no metering hook).
     PaidNoSession,
+    /// Destination port closed by the exit port policy (e.g. SMTP).
+    ExitPort,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for exporting).
-    pub const ALL: [Self; 17] = [
+    pub const ALL: [Self; 18] = [
         Self::Policy,
         Self::TunnelAddress,
         Self::AllowedIps,
@@ -62,6 +64,7 @@ impl DropReason {
         Self::Protocol,
         Self::CreditWindow,
         Self::PaidNoSession,
+        Self::ExitPort,
     ];
 
     /// A stable snake_case name (metric label).
@@ -84,6 +87,7 @@ impl DropReason {
             Self::Protocol => "protocol",
             Self::CreditWindow => "credit_window",
             Self::PaidNoSession => "paid_no_session",
+            Self::ExitPort => "exit_port",
         }
     }
 

@@ -225,6 +225,19 @@ ferry_render_toml() {
 	ferry_line "deny = $_fr_arr"
 	ferry_arr "$_fr_s" tunnel_service
 	ferry_line "tunnel-services = $_fr_arr"
+	# Exit ports: no block_port list = the agent's default (tcp/25 closed); 'none' opens all.
+	config_get _fr_bp "$_fr_s" block_port ""
+	config_get _fr_ap "$_fr_s" allow_port ""
+	if [ -n "$_fr_ap" ]; then
+		[ -z "$_fr_bp" ] || ferry_err "set block_port or allow_port, not both (allow_port lists the only ports clients may use)"
+		ferry_arr "$_fr_s" allow_port
+		ferry_line "allow-ports = $_fr_arr"
+	elif [ "$_fr_bp" = none ]; then
+		ferry_line "block-ports = []"
+	elif [ -n "$_fr_bp" ]; then
+		ferry_arr "$_fr_s" block_port
+		ferry_line "block-ports = $_fr_arr"
+	fi
 	ferry_bool "$_fr_ping"
 	ferry_line "tunnel-ping = $_fr_b"
 	ferry_line ""

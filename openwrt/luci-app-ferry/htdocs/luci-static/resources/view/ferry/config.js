@@ -146,6 +146,17 @@ function validateService(section_id, value) {
 	return _('Expecting udp/PORT or tcp/PORT');
 }
 
+// The agent's exit port rule (router-agent/src/config.rs parse_port_rule): [tcp/|udp/]PORT[-PORT].
+function validatePortRule(section_id, value) {
+	if (value == null || value === '' || value === 'none')
+		return true;
+	var m = /^(?:(?:udp|tcp)\/)?([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(value);
+	var lo = m ? +m[1] : 0, hi = m && m[2] ? +m[2] : lo;
+	if (m && lo >= 1 && hi <= 65535 && lo <= hi)
+		return true;
+	return _('Expecting tcp/PORT, udp/PORT-PORT or PORT (TCP and UDP)');
+}
+
 // The agent's rule for egress.tun-name (router-agent/src/config.rs check_ifname): 1..=15 of
 // [A-Za-z0-9-_.], not "." or "..". LuCI's netdevname allows more (e.g. '@', '+').
 function validateIfname(section_id, value) {
@@ -262,6 +273,14 @@ return view.extend({
 		o = s.taboption('egress', form.DynamicList, 'tunnel_service', _('Services on the relay'),
 			_('Ports clients may reach on the relay\'s tunnel addresses, e.g. udp/53.'));
 		o.validate = validateService;
+
+		o = s.taboption('egress', form.DynamicList, 'block_port', _('Blocked exit ports'),
+			_('Ports clients may not use on the internet (tcp/25 keeps spam off this household\'s IP); \'none\' opens every port. Advertised in the relay directory.'));
+		o.validate = validatePortRule;
+
+		o = s.taboption('egress', form.DynamicList, 'allow_port', _('Only these exit ports'),
+			_('A reduced exit policy: clients may use only these ports (leave Blocked exit ports empty).'));
+		o.validate = validatePortRule;
 
 		o = s.taboption('egress', form.Flag, 'tunnel_ping', _('Answer ping on tunnel addresses'));
 		o.default = '1';
