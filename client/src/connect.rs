@@ -70,8 +70,16 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
     for ip in allowed.iter().map(SocketAddr::ip) {
         let pinned = |r: &String| r.split('/').next() == Some(ip.to_string().as_str());
         if ip != endpoint.ip() && !applied.extra_routes.iter().any(pinned) {
-            applied.extra_routes.push(netcfg::pin_endpoint_route(ip)?);
-            applied.save(&paths.state)?;
+            match netcfg::pin_endpoint_route(ip) {
+                Ok(r) => {
+                    applied.extra_routes.push(r);
+                    applied.save(&paths.state)?;
+                }
+                // That relay cannot take over then; the session does not depend on it.
+                Err(e) => {
+                    tracing::warn!(relay = %ip, error = %format!("{e:#}"), "no route to a fallback relay")
+                }
+            }
         }
     }
 
