@@ -127,6 +127,9 @@ pub enum SessionRejectReason {
     /// The relay's price is above the voucher's max price.
     #[error("relay's price is above the voucher's max price")]
     PriceAboveMax,
+    /// The relay's owner is not sharing now (paused; later also schedule and quota).
+    #[error("the relay is not sharing now (its owner paused it)")]
+    NotSharing,
 }
 
 /// Why a client refused a receipt.
@@ -197,7 +200,7 @@ pub fn reject_reason(r: &SessionReject) -> SessionRejectReason {
 }
 
 impl SessionRejectReason {
-    /// Wire code (1..=7).
+    /// Wire code (1..=8).
     pub fn code(self) -> u8 {
         match self {
             Self::WrongNetwork => 1,
@@ -207,6 +210,7 @@ impl SessionRejectReason {
             Self::AllowanceExhausted => 5,
             Self::Busy => 6,
             Self::PriceAboveMax => 7,
+            Self::NotSharing => 8,
         }
     }
 
@@ -219,6 +223,7 @@ impl SessionRejectReason {
             5 => Self::AllowanceExhausted,
             6 => Self::Busy,
             7 => Self::PriceAboveMax,
+            8 => Self::NotSharing,
             _ => return Err(FrameError::UnknownReason(c)),
         })
     }

@@ -137,6 +137,30 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Pause sharing now: the running agent gives every paid session its final receipt and
+    /// closes it within about a second, and refuses new ones ("not sharing now") until
+    /// `resume`. Survives restarts and reboots (a file in the state directory).
+    Pause {
+        /// Agent configuration file.
+        #[arg(
+            long,
+            short,
+            env = "FERRY_AGENT_CONFIG",
+            default_value = "/etc/ferry/agent.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Share again after `pause`.
+    Resume {
+        /// Agent configuration file.
+        #[arg(
+            long,
+            short,
+            env = "FERRY_AGENT_CONFIG",
+            default_value = "/etc/ferry/agent.toml"
+        )]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -186,5 +210,7 @@ fn dispatch(cli: Cli) -> Result<()> {
         Cmd::Identity { config, generate } => identity::identity(&config, generate),
         Cmd::CheckConfig { config } => run::check_config(&config),
         Cmd::Descriptor { config } => run::print_descriptor(&config),
+        Cmd::Pause { config } => run::set_paused(&config, true),
+        Cmd::Resume { config } => run::set_paused(&config, false),
     }
 }

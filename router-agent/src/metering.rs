@@ -68,6 +68,47 @@ pub(crate) struct Shared {
     /// `Tunnel` message tells clients that found us in the directory.
     pub(crate) mtu: u16,
     pub(crate) dns: bool,
+    /// The owner paused sharing (`ferry-agent pause`: the file `paused` in the state dir,
+    /// so it survives restarts): offers are refused, live sessions were closed.
+    pub(crate) paused: std::sync::atomic::AtomicBool,
+    pub(crate) pause_file: std::path::PathBuf,
+}
+
+/// How often the agent looks at the pause file.
+const PAUSE_CHECK: Duration = Duration::from_secs(1);
+
+/// The pause file of a relay whose receipts log is `store_path`.
+pub(crate) fn pause_file(store_path: &std::path::Path) -> std::path::PathBuf {
+    store_path.with_file_name("paused")
+}
+
+/// Follows the pause file: on a pause, every live session gets its final receipt and closes
+/// (nothing owed is lost: the usual close path); new offers are refused meanwhile.
+async fn watch_pause(shared: Arc<Shared>, relay: SharedRelay) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(PAUSE_CHECK);
+    loop {
+        tick.tick().await;
+        let now = shared.pause_file.exists();
+        if now == shared.paused.swap(now, Ordering::SeqCst) {
+            continue;
+        }
+        if now {
+            let n = with_sessions(&relay, |_, s| {
+                s.hub.close_all(Instant::now());
+                s.hub.len()
+            })
+            .unwrap_or(0);
+            shared.wake.notify_one();
+            tracing::warn!(
+                sessions = n,
+                "sharing paused by the owner: live sessions get their final receipts, new ones \
+                 are refused (`ferry-agent resume` to share again)"
+            );
+        } else {
+            tracing::info!("sharing resumed");
+        }
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -171,7 +212,12 @@ impl Metering {
             price_asked: Mutex::new(None),
             mtu,
             dns,
+            paused: pause_file(&settings.store_path).exists().into(),
+            pause_file: pause_file(&settings.store_path),
         });
+        if shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::warn!("sharing is paused (`ferry-agent resume` to share again)");
+        }
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await
             .with_context(|| format!("binding the Hello port {}", settings.hello_listen))?;
@@ -277,6 +323,7 @@ impl Metering {
             });
         }
         tasks.spawn(drive(shared.clone(), relay.clone(), udp.clone()));
+        tasks.spawn(watch_pause(shared.clone(), relay.clone()));
         if let Some(s) = submitter {
             let stop = stop.clone();
             tasks.spawn(async move { s.run(async move { stop.notified().await }).await });

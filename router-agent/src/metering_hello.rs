@@ -179,6 +179,9 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
             end_session(shared, relay, peer).await;
         }
     }
+    if shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
+        return vec![id.reject(&offer, SessionRejectReason::NotSharing)];
+    }
     let spent = lock(&shared.store).voucher_spent_micros(&offer.voucher.id());
     let Some(session_id) = random_session_id() else {
         return vec![id.reject(&offer, SessionRejectReason::Busy)];

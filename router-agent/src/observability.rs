@@ -427,6 +427,7 @@ fn paid_status(m: &MeteringSource, sessions: usize) -> serde_json::Value {
     let sub = m.submitted.as_ref().map(|s| lock(s).clone());
     json!({
         "sessions": sessions,
+        "paused": m.shared.paused.load(Ordering::Relaxed),
         "earned_bytes": c.earned.load(Ordering::Relaxed),
         "receipts_cosigned": c.cosigned.load(Ordering::Relaxed),
         "receipts_pending": pending,

@@ -20,6 +20,51 @@ use crate::control;
 use crate::metering::Metering;
 use crate::{dns, observability};
 
+/// `ferry-agent pause` / `resume`: creates (0600, synced) or removes the pause file the
+/// running agent follows.
+pub(crate) fn set_paused(path: &Path, paused: bool) -> Result<()> {
+    let cfg = Config::load(path)?;
+    let p = cfg
+        .paid
+        .as_ref()
+        .context("pause/resume apply to paid sharing: [paid] enabled = true is not set")?;
+    let file = crate::metering::pause_file(&p.store_path);
+    if paused {
+        if let Some(dir) = file.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating state dir {}", dir.display()))?;
+        }
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("writing {}", file.display()))?;
+        f.sync_all()?;
+        if let Some(dir) = file.parent() {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+        }
+        say(&format!(
+            "sharing paused: a running agent closes its paid sessions (final receipts) within \
+             ~1 s and refuses new ones; `ferry-agent resume` shares again ({})",
+            file.display()
+        ))
+    } else {
+        match std::fs::remove_file(&file) {
+            Ok(()) => say("sharing resumed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => say("sharing was not paused"),
+            Err(e) => Err(e).with_context(|| format!("removing {}", file.display())),
+        }
+    }
+}
+
+fn say(text: &str) -> Result<()> {
+    use std::io::Write as _;
+    writeln!(std::io::stdout().lock(), "{text}").context("writing stdout")
+}
+
 pub(crate) fn check_config(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     let key = WgPrivateKey::load(&cfg.private_key_file)

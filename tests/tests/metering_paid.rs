@@ -601,3 +601,111 @@ fn two_sessions_at_two_relay_prices_are_each_billed_at_their_own_price() {
     assert!(r.accepted.is_none());
     assert_eq!(p.ledger.voucher_used(&p.spec.voucher.id()).unwrap(), used);
 }
+
+/// Refused with `NotSharing` within 15 s.
+fn refused_not_sharing(p: &Paid) {
+    let c = PaidClient::start(
+        &p.topo.client,
+        ClientSpec {
+            wg: KeyPair::generate().unwrap(),
+            ..p.spec.clone()
+        },
+    )
+    .unwrap();
+    let r = c
+        .wait(Duration::from_secs(15), "the offer refused", |r| {
+            r.refused.is_some()
+        })
+        .unwrap();
+    assert_eq!(
+        r.refused,
+        Some(ferry_metering::SessionRejectReason::NotSharing)
+    );
+    assert!(r.accepted.is_none());
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn pause_ends_live_sessions_with_their_final_receipt_refuses_new_ones_and_survives_a_restart() {
+    let mut p = setup(
+        "receipt-every-mib = 0.25\nreceipt-every-secs = 1\ncredit-window-mib = 2\n",
+        true,
+        Behaviour::Honest,
+    );
+    let (bin, config) = (
+        p.bin.to_string_lossy().into_owned(),
+        p.config.to_string_lossy().into_owned(),
+    );
+    let client = PaidClient::start(&p.topo.client, p.spec.clone()).unwrap();
+    client
+        .wait(Duration::from_secs(10), "session accepted", |r| {
+            r.address.is_some()
+        })
+        .unwrap();
+    client.set_rate(200);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = p
+        .topo
+        .router
+        .exec(&[&bin, "pause", "--config", &config])
+        .unwrap();
+    assert!(out.contains("sharing paused"), "{out}");
+    let paused_at = Instant::now();
+    // The live session ends the usual way: the relay's final receipt, co-signed, stored.
+    let r = client
+        .wait(
+            Duration::from_secs(10),
+            "the relay's final receipt co-signed and acked",
+            |r| r.closed,
+        )
+        .unwrap();
+    let took = paused_at.elapsed();
+    client.set_rate(0);
+    let fin = *r.cosigned.last().unwrap();
+    assert_eq!(r.final_seq, Some(fin.body().seq));
+    assert_eq!(r.acked.last(), Some(&fin), "the final receipt is stored");
+    let (credited, _) = ledger_credit(&p, total(&fin));
+    assert_eq!(credited, total(&fin), "nothing owed is lost");
+    let (code, body) =
+        ferry_e2e::observability::http_get(&p.topo.router, "http://127.0.0.1:9586/status", None)
+            .unwrap();
+    assert_eq!(code, 200);
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["paid"]["paused"], true, "{s}");
+    assert!(
+        p.topo
+            .lab
+            .log(LABEL)
+            .contains("sharing paused by the owner")
+    );
+    // New offers are refused with the reason, also after a restart (the pause is a file).
+    refused_not_sharing(&p);
+    p.topo.lab.stop(p.agent, Duration::from_secs(5));
+    p.agent = start_agent(&mut p.topo.lab, &p.topo.router, &p.bin, &p.config, LABEL).unwrap();
+    refused_not_sharing(&p);
+    // Resume: a new session opens.
+    let out = p
+        .topo
+        .router
+        .exec(&[&bin, "resume", "--config", &config])
+        .unwrap();
+    assert!(out.contains("sharing resumed"), "{out}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let c = PaidClient::start(
+        &p.topo.client,
+        ClientSpec {
+            wg: KeyPair::generate().unwrap(),
+            ..p.spec.clone()
+        },
+    )
+    .unwrap();
+    c.wait(Duration::from_secs(15), "accepted after resume", |r| {
+        r.accepted.is_some()
+    })
+    .unwrap();
+    eprintln!(
+        "pause: final receipt seq {} ({} B) co-signed and credited {took:?} after `ferry-agent pause`",
+        fin.body().seq,
+        total(&fin)
+    );
+}
