@@ -53,6 +53,7 @@ check "UCI -> TOML rendering (tests/test-render.sh)" sh openwrt/tests/test-rende
 check "init script under fake procd (tests/test-init.sh)" sh openwrt/tests/test-init.sh
 check "uci-defaults fw4 zone (tests/test-uci-defaults.sh)" sh openwrt/tests/test-uci-defaults.sh
 check "LuCI status helper under OpenWrt's busybox (tests/test-status.sh)" sh openwrt/tests/test-status.sh
+check "LuCI pause helper under OpenWrt's busybox (tests/test-pause.sh)" sh openwrt/tests/test-pause.sh
 check ".ipk builder (tests/test-ipk.sh)" sh openwrt/tests/test-ipk.sh
 check "feed Makefile vs mkipk.sh (tests/test-feed-makefile.sh)" sh openwrt/tests/test-feed-makefile.sh
 check "no std 64-bit atomics in the agent (tests/test-atomics.sh)" sh openwrt/tests/test-atomics.sh

@@ -103,6 +103,9 @@ check_luci() {
 		[ "$(mode_owner "$l" ./usr/share/luci/menu.d/luci-app-ferry.json)" = "-rw-r--r-- 0/0" ] &&
 		[ "$(mode_owner "$l" ./usr/share/rpcd/acl.d/luci-app-ferry.json)" = "-rw-r--r-- 0/0" ] &&
 		[ "$(mode_owner "$l" ./usr/libexec/ferry-status)" = "-rwxr-xr-x 0/0" ] &&
+		[ "$(mode_owner "$l" ./usr/libexec/ferry-pause)" = "-rwxr-xr-x 0/0" ] &&
+		jq -e '.["luci-app-ferry"].write.file["/usr/libexec/ferry-pause"] == ["exec"]' \
+			"$1/data/usr/share/rpcd/acl.d/luci-app-ferry.json" >/dev/null &&
 		jq -e '.["admin/services/ferry"].action.path == "ferry/config"' \
 			"$1/data/usr/share/luci/menu.d/luci-app-ferry.json" >/dev/null &&
 		jq -e '.["luci-app-ferry"].read.file["/usr/libexec/ferry-status"] == ["exec"]' \

@@ -79,12 +79,29 @@ const form = {
 };
 
 let statusReply;
+const pauseCalls = [];
 const luciFs = {
-  exec_direct: (cmd) => {
+  exec_direct: (cmd, args) => {
+    if (cmd === '/usr/libexec/ferry-pause') {
+      pauseCalls.push(args);
+      return Promise.resolve(args[0] === 'pause' ? 'sharing paused: ...\n' : 'sharing resumed\n');
+    }
     assert.strictEqual(cmd, '/usr/libexec/ferry-status');
     return statusReply instanceof Error ? Promise.reject(statusReply) : Promise.resolve(statusReply);
   },
 };
+const notes = [];
+const ui = { addNotification: (title, body) => notes.push(textOf(body)) };
+// The first element below `node` whose attrs satisfy `pred`.
+function find(node, pred) {
+  if (node == null || typeof node === 'string') return null;
+  if (Array.isArray(node)) {
+    for (const n of node) { const f = find(n, pred); if (f) return f; }
+    return null;
+  }
+  if (node.attrs && pred(node)) return node;
+  return find(node.children, pred);
+}
 const polls = [];
 const poll = { add: (fn, interval) => polls.push({ fn, interval }) };
 const dom = { content: (node, content) => { node.children = content; } };
@@ -124,7 +141,7 @@ async function check(name, fn) {
   let viewObj;
   await check('view source evaluates as a LuCI view module', () => {
     // LuCI wraps each view in a function; a top-level `return` is legal there.
-    viewObj = new Function('view', 'form', 'fs', 'poll', 'dom', 'E', '_', src)(view, form, luciFs, poll, dom, E, _);
+    viewObj = new Function('view', 'form', 'fs', 'poll', 'dom', 'ui', 'E', '_', src)(view, form, luciFs, poll, dom, ui, E, _);
     assert.strictEqual(typeof viewObj.load, 'function');
     assert.strictEqual(typeof viewObj.render, 'function');
   });
@@ -179,6 +196,20 @@ async function check(name, fn) {
     }));
     await polls[0].fn();
     assert(textOf(page).includes('no ledger URL configured'), textOf(page));
+    // Pause/resume: the button runs the helper with the action and says what it answered.
+    const button = () => find(page, (n) => n.tag === 'button');
+    assert(textOf(page).includes('Sharing') && textOf(button()).includes('Pause sharing'), textOf(page));
+    await button().attrs.click();
+    assert.deepStrictEqual(pauseCalls, [['pause']]);
+    assert(notes.pop().includes('sharing paused'), 'notification');
+    statusReply = JSON.stringify(Object.assign({}, sample, {
+      paid: { sessions: 0, paused: true, earned_bytes: 0, receipts_cosigned: 0, receipts_pending: 0,
+        receipts_submitted: 0, ledger_configured: true, last_ledger_contact_secs: 3, ledger_error: null },
+    }));
+    await polls[0].fn();
+    assert(textOf(page).includes('paused by you') && textOf(button()).includes('Resume sharing'), textOf(page));
+    await button().attrs.click();
+    assert.deepStrictEqual(pauseCalls, [['pause'], ['resume']]);
   });
 
   await check('status panel polls every 5 s and shows an unreachable agent', async () => {

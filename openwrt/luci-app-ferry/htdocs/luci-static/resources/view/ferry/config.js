@@ -4,6 +4,7 @@
 'require fs';
 'require poll';
 'require dom';
+'require ui';
 
 /*
  * Ferry settings (UCI config "ferry", rendered to the agent's TOML by /etc/init.d/ferry) and a
@@ -21,6 +22,16 @@
  */
 
 var STATUS_HELPER = '/usr/libexec/ferry-status';
+var PAUSE_HELPER = '/usr/libexec/ferry-pause';
+
+// Pause or resume sharing (ferry-agent pause|resume through the helper), then show its answer.
+function setPaused(pause) {
+	return fs.exec_direct(PAUSE_HELPER, [pause ? 'pause' : 'resume']).then(function(out) {
+		ui.addNotification(null, E('p', {}, String(out || '').trim()), 'info');
+	}).catch(function(err) {
+		ui.addNotification(null, E('p', {}, err.message || String(err)), 'danger');
+	});
+}
 
 function fetchStatus() {
 	return fs.exec_direct(STATUS_HELPER).then(function(out) {
@@ -105,6 +116,14 @@ function renderStatus(st) {
 		var contact = !p.ledger_configured ? _('no ledger URL configured: receipts stay on the router')
 			: (typeof p.last_ledger_contact_secs == 'number' ? fmtAgo(p.last_ledger_contact_secs) : _('not yet'));
 		var rows = [
+			[_('Sharing'), E([], [
+				p.paused ? _('paused by you: no paid sessions until you resume') : _('on'),
+				' ',
+				E('button', {
+					'class': 'cbi-button ' + (p.paused ? 'cbi-button-apply' : 'cbi-button-reset'),
+					'click': function() { return setPaused(!p.paused); }
+				}, p.paused ? _('Resume sharing') : _('Pause sharing'))
+			])],
 			[_('Paid sessions'), text(p.sessions)],
 			[_('Earned (co-signed traffic)'), fmtBytes(p.earned_bytes)],
 			[_('Receipts co-signed'), text(p.receipts_cosigned)],
