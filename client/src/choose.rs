@@ -3,12 +3,12 @@
 //! "Choosing a relay"):
 //!
 //! 1. **Candidates** ([`candidates`]): verified listings that match the filters, answered the
-//!    directory's probe, ask at most the voucher's max price, and are not the client's own
-//!    relay key. The [`PROBED`] best by score (then price) are pinged.
+//!    directory's probe over the family the client will use, ask at most the voucher's max
+//!    price, and are not the client's own relay key. The [`PROBED`] best by score (then price) are pinged.
 //! 2. **Eligible**: answered our ping within the timeout. Nothing else is ever chosen.
 //! 3. **Good enough** (tier 0): score at least the best eligible score minus [`SCORE_SLACK`],
-//!    and round trip at most twice the fastest eligible one plus [`RTT_SLACK_MICROS`]. The
-//!    others are tier 1 (fallbacks).
+//!    and round trip at most twice the fastest of those plus [`RTT_SLACK_MICROS`]. The others
+//!    are tier 1 (fallbacks). Tier 0 is never empty when anything answered.
 //! 4. **Order**: tier, then lowest price, then highest score, then lowest round trip, then
 //!    relay key (so the order is total and the same on every run with the same inputs). The
 //!    first is used; failover takes the next.
@@ -64,13 +64,14 @@ pub(crate) fn candidates(
     let mut c: Vec<Listed> = list
         .into_iter()
         .filter(|l| {
-            let reach = l.annotation.reachable;
-            let family = if ipv6 {
+            // Reachable over the family we will use: IPv6 with `--ipv6` (or when the relay
+            // has no IPv4 endpoint), IPv4 otherwise.
+            let family = if ipv6 || l.descriptor.ipv4.is_none() {
                 REACHABLE_V6
             } else {
-                REACHABLE_V4 | REACHABLE_V6
+                REACHABLE_V4
             };
-            reach & family != 0
+            l.annotation.reachable & family != 0
                 && l.descriptor.price_micros_per_gib <= max_price
                 && &l.descriptor.relay_key != own_key
         })
@@ -96,12 +97,15 @@ pub(crate) fn rank(pinged: &[(Listed, Option<u32>)]) -> Ranking {
         .map(|&i| pinged[i].0.annotation.score)
         .max()
         .unwrap_or(0);
+    let score_floor = best_score.saturating_sub(SCORE_SLACK);
+    // The fastest of those with a good enough score: a fast relay far below the best score
+    // must not push every well-scored one out of tier 0 (tier 0 is never empty).
     let fastest = eligible
         .iter()
+        .filter(|&&i| pinged[i].0.annotation.score >= score_floor)
         .filter_map(|&i| pinged[i].1)
         .min()
         .unwrap_or(0);
-    let score_floor = best_score.saturating_sub(SCORE_SLACK);
     let rtt_ceiling = fastest.saturating_mul(2).saturating_add(RTT_SLACK_MICROS);
     let tier = |i: usize| -> Option<u8> {
         let (l, rtt) = &pinged[i];
@@ -255,6 +259,20 @@ mod tests {
     }
 
     #[test]
+    fn a_fast_cheap_relay_far_below_the_best_score_does_not_push_the_good_ones_out() {
+        // B was refused by clients (score 100) but is 1 ms away and nearly free; A is good
+        // and 40 ms away. The ceiling comes from A (the fastest good-scored), so A is tier 0.
+        let pinged = vec![
+            (listed(1, 500, 900, 1), Some(40_000)),
+            (listed(2, 10, 100, 1), Some(1_000)),
+        ];
+        let r = rank(&pinged);
+        assert_eq!(keys(&r, &pinged), vec![1, 2]);
+        assert_eq!((r.table[0].tier, r.table[1].tier), (Some(0), Some(1)));
+        assert!(r.reason.contains("of 1 relay(s)"), "{}", r.reason);
+    }
+
+    #[test]
     fn ties_are_broken_by_round_trip_then_key_and_nothing_answering_gives_nothing() {
         let pinged = vec![
             (listed(9, 100, 500, 1), Some(2_000)),
@@ -275,7 +293,7 @@ mod tests {
             listed(2, 2_000_000, 900, 1), // above the voucher's max
             listed(3, 1_000, 900, 1),     // our own key
             listed(4, 1_000, 800, 0),     // not reachable
-            listed(5, 1_000, 200, 2),     // v6 only
+            listed(5, 1_000, 200, 2),     // reached over IPv6 only: not for an IPv4 client
         ];
         for k in 10..20 {
             list.push(listed(k, 1_000, 300 + u16::from(k), 1));

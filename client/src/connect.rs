@@ -63,7 +63,12 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
     applied.save(&paths.state)?;
     lifecycle::record_start(paths, "connect", &setup.relay.name, true);
     let route = netcfg::pin_endpoint_route(endpoint.ip())?;
-    applied.endpoint_route = Some(route);
+    // A route an earlier, unfinished session pinned to another relay is still ours to remove.
+    if let Some(old) = applied.endpoint_route.replace(route.clone()) {
+        if old != route && !applied.extra_routes.contains(&old) {
+            applied.extra_routes.push(old);
+        }
+    }
     applied.save(&paths.state)?;
     // The other ranked relays' paths too: a failover's Hello and handshake must not go into
     // the tunnel that is failing.
@@ -88,7 +93,7 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        crate::session::open_paid_session(&mut setup).await?;
+        crate::session::open_first(&mut setup).await?;
         let relay = &setup.relay;
         let tun = tun_rs::DeviceBuilder::new()
             .name(&args.tun)
@@ -113,7 +118,8 @@ fn connect(paths: &Paths, cfg: &Config, args: ConnectArgs) -> Result<ExitCode> {
             applied.save(&paths.state)?;
         }
         // Handed from engine to engine: the socket they follow the network with.
-        let mut udp = Some(relay_socket(endpoint).await?);
+        // (`setup.endpoint`: `--auto` may have moved on from the first relay of the ranking.)
+        let mut udp = Some(relay_socket(setup.endpoint).await?);
         // A session gone with allowance left (the relay ended it: router reboot, agent
         // restart or upgrade; or it stopped answering: restarted without it) is followed by a
         // new one with the same voucher, behind the kill switch, until the relay answers, a

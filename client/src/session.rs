@@ -53,6 +53,11 @@ impl Setup {
 /// which listings count), then the directory's ranking ([`crate::auto::choose`]), then the
 /// first relay of it.
 fn prepare_auto(paths: &Paths, cfg: &Config, filters: &crate::relays::Filters) -> Result<Setup> {
+    anyhow::ensure!(
+        !crate::netcfg::kill_switch_present(),
+        "the kill switch of an earlier session is still on: it blocks the directory and the \
+         pings to relays; run `ferry disconnect` first"
+    );
     let voucher = crate::ledger::load_voucher(&paths.voucher())?;
     let identity = IdentityKey::load(&paths.identity())
         .context("identity key (run `ferry keygen`)")?
@@ -255,6 +260,32 @@ pub(crate) async fn open_paid_session(setup: &mut Setup) -> Result<()> {
     Ok(())
 }
 
+/// The first session. With `--auto` a relay that does not answer its Hello, refuses (busy,
+/// paused, price) or sends no tunnel facts is left for the next of the ranking, as in
+/// [`failover`]; without, the error is the caller's.
+pub(crate) async fn open_first(setup: &mut Setup) -> Result<()> {
+    let template = setup.paid.as_ref().map(PaidSetup::fresh);
+    loop {
+        let err = match open_paid_session(setup).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let (Some(auto), Some(t)) = (setup.auto.as_mut(), &template) else {
+            return Err(err);
+        };
+        let why = format!("{err:#}");
+        let Some(next) = auto.advance(&why).cloned() else {
+            return Err(err.context("no other relay of the ranking is left"));
+        };
+        tracing::warn!(
+            relay = %&next.descriptor.relay_key.to_hex()[..16],
+            "{why}; trying the next relay of the ranking"
+        );
+        let relay = crate::auto::relay_of(&next, setup.ipv6)?;
+        setup.switch_to(relay, t)?;
+    }
+}
+
 /// A directory relay's signed tunnel facts: its control address (IPv4 first), the resolvers
 /// it runs, the inner MTU.
 fn apply_tunnel(relay: &mut Relay, t: &ferry_receipts::SessionTunnel) {
@@ -420,7 +451,7 @@ async fn failover(
         let Some(next) = auto.advance(&why).cloned() else {
             return Reopen::Failed(anyhow::anyhow!(
                 "{why}; no other relay of the ranking is left (the kill switch stays on; \
-                 `ferry disconnect` to end, or connect again to rank the directory anew)"
+                 `ferry disconnect`, then connect again to rank the directory anew)"
             ));
         };
         let note = format!(

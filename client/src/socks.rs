@@ -135,7 +135,7 @@ fn proxy(paths: &Paths, cfg: &Config, args: Socks5Args) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        crate::session::open_paid_session(&mut setup).await?;
+        crate::session::open_first(&mut setup).await?;
         let listener = TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;

@@ -250,6 +250,14 @@ async function check(name, fn) {
   await check('validators accept good and reject bad input', () => {
     const svc = options.find((o) => o.name === 'tunnel_service');
     assert.strictEqual(svc.validate('x', 'udp/53'), true);
+    const block = options.find((o) => o.name === 'block_port');
+    const allowp = options.find((o) => o.name === 'allow_port');
+    for (const ok of ['tcp/25', 'udp/6881-6889', '465', 'none'])
+      assert.strictEqual(block.validate('x', ok), true, ok);
+    for (const bad of ['sctp/25', 'tcp/0', 'tcp/70000', '30-20', 'tcp/', 'all'])
+      assert.notStrictEqual(block.validate('x', bad), true, bad);
+    assert.notStrictEqual(allowp.validate('x', 'none'), true, "'none' only blocks");
+    assert.strictEqual(allowp.validate('x', 'tcp/443'), true);
     assert.notStrictEqual(svc.validate('x', 'dns'), true);
     const name = options.find((o) => o.name === 'name');
     assert.strictEqual(name.validate('x', 'laptop-1@home.lan'), true);

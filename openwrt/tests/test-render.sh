@@ -172,6 +172,10 @@ for sh in $SHELLS; do
 	option private_key_file '$KEY'
 	list block_port 'tcp/25'
 	list allow_port 'tcp/443'" "block_port or allow_port"
+	expect_err "exit ports: 'none' with other ports" "$sh" "config ferry 'main'
+	option private_key_file '$KEY'
+	list block_port 'tcp/25'
+	list block_port 'none'" "must be the only entry"
 
 	# A path with TOML metacharacters must round-trip exactly (no injection).
 	expect_ok "quotes and backslashes are escaped" "$sh" "$DEFAULT

@@ -50,7 +50,7 @@ pub use refusal::{MAX_REFUSAL_REASON, ReceiptRefusal};
 pub use reply::{SessionAddress, SessionReject};
 pub use session::{SessionAccept, SessionOffer};
 pub use state::{Applied, CumulativeState, Rejected};
-pub use tunnel::{SessionTunnel, TUNNEL_DNS_V4, TUNNEL_DNS_V6, TUNNEL_MTU};
+pub use tunnel::{SessionTunnel, TUNNEL_DNS_V4, TUNNEL_DNS_V6, TUNNEL_MTU, TUNNEL_MTU_V4_ONLY};
 pub use voucher::Voucher;
 
 /// The single wire-format version this crate encodes and accepts.

@@ -17,8 +17,11 @@ pub const TUNNEL_DNS_V4: u8 = 1;
 /// [`SessionTunnel::dns`] bit: a DNS resolver answers on `relay_v6`.
 pub const TUNNEL_DNS_V6: u8 = 2;
 
-/// Smallest and largest inner MTU a [`SessionTunnel`] may state (IPv6's minimum; jumbo).
+/// Smallest and largest inner MTU a [`SessionTunnel`] may state: IPv6's minimum when the
+/// tunnel carries IPv6 (`relay_v6` set), IPv4's otherwise; jumbo at most.
 pub const TUNNEL_MTU: std::ops::RangeInclusive<u16> = 1280..=9000;
+/// The smallest MTU of an IPv4-only tunnel.
+pub const TUNNEL_MTU_V4_ONLY: u16 = 576;
 
 /// The relay's tunnel addresses for a session, signed by the relay.
 ///
@@ -28,7 +31,7 @@ pub const TUNNEL_MTU: std::ops::RangeInclusive<u16> = 1280..=9000;
 ///   2  16 network_id          18  32 relay_key
 ///  50  16 session_id (of the Accept sent with it)
 ///  66   4 relay_v4 (0.0.0.0 = none)        70  16 relay_v6 (:: = none; at least one is set)
-///  86   2 mtu (inner, 1280..=9000)
+///  86   2 mtu (inner, 1280..=9000; 576..=9000 without relay_v6)
 ///  88   1 dns: bit 0 resolver on relay_v4, bit 1 on relay_v6 (a bit only with its address;
 ///             other bits zero)
 ///  89  64 relay signature over SESSION_TUNNEL tag || bytes 0..89
@@ -105,7 +108,8 @@ impl SessionTunnel {
     }
 
     /// Decodes exactly one tunnel message; refuses one with no address, an MTU out of
-    /// [`TUNNEL_MTU`], or a DNS bit without its address or unknown.
+    /// [`TUNNEL_MTU`] (from [`TUNNEL_MTU_V4_ONLY`] without IPv6), or a DNS bit without its
+    /// address or unknown.
     pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(buf, msg_type::SESSION_TUNNEL, Self::LEN)?;
         let t = Self {
@@ -121,7 +125,12 @@ impl SessionTunnel {
         if t.v4().is_none() && t.v6().is_none() {
             return Err(DecodeError::InvalidField("tunnel without an address"));
         }
-        if !TUNNEL_MTU.contains(&t.mtu) {
+        let min = if t.v6().is_some() {
+            *TUNNEL_MTU.start()
+        } else {
+            TUNNEL_MTU_V4_ONLY
+        };
+        if !(min..=*TUNNEL_MTU.end()).contains(&t.mtu) {
             return Err(DecodeError::InvalidField("tunnel mtu"));
         }
         let allowed = if t.v4().is_some() { TUNNEL_DNS_V4 } else { 0 }

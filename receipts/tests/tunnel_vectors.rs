@@ -118,6 +118,23 @@ fn the_decoder_refuses_what_the_format_forbids() {
         bad(|t| t.relay_v6 = std::net::Ipv6Addr::UNSPECIFIED),
         Err(DecodeError::InvalidField(_))
     ));
+    // IPv4 only: down to IPv4's 576 (an IPv4-only agent may run a small MTU).
+    assert!(
+        bad(|t| {
+            t.relay_v6 = std::net::Ipv6Addr::UNSPECIFIED;
+            t.dns = TUNNEL_DNS_V4;
+            t.mtu = 576;
+        })
+        .is_ok()
+    );
+    assert!(matches!(
+        bad(|t| {
+            t.relay_v6 = std::net::Ipv6Addr::UNSPECIFIED;
+            t.dns = TUNNEL_DNS_V4;
+            t.mtu = 575;
+        }),
+        Err(DecodeError::InvalidField(_))
+    ));
     // Only v4, DNS on it: fine.
     assert!(
         bad(|t| {

@@ -88,7 +88,7 @@ pub struct Egress {
     #[serde(default)]
     pub block_ports: Option<Vec<String>>,
     /// If set, the only exit ports clients may use (a reduced exit policy); `block-ports`
-    /// must then be left unset or empty.
+    /// must then be left unset.
     #[serde(default)]
     pub allow_ports: Option<Vec<String>>,
 }

@@ -87,12 +87,18 @@ pub(crate) fn pause_file(store_path: &std::path::Path) -> std::path::PathBuf {
 async fn watch_pause(shared: Arc<Shared>, relay: SharedRelay) {
     use std::sync::atomic::Ordering;
     let mut tick = tokio::time::interval(PAUSE_CHECK);
+    // What the sessions were last told, starting from "sharing": a pause found at start also
+    // closes the sessions resumed from the store (`paused` itself is set at start already, so
+    // no offer is admitted meanwhile).
+    let mut applied = false;
     loop {
         tick.tick().await;
         let now = shared.pause_file.exists();
-        if now == shared.paused.swap(now, Ordering::SeqCst) {
+        shared.paused.store(now, Ordering::SeqCst);
+        if now == applied {
             continue;
         }
+        applied = now;
         if now {
             let n = with_sessions(&relay, |_, s| {
                 s.hub.close_all(Instant::now());

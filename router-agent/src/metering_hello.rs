@@ -4,7 +4,8 @@
 //! voucher signed by the ledger key and unexpired, allowance left on this relay); then the
 //! client's WireGuard key is added as a peer with tunnel addresses allocated from the relay's
 //! subnets, the session is stored (fsync) and only then `Accept` + `Address` are sent.
-//! Replies are smaller than the 399-byte Hello (no amplification). A repeated Hello (lost
+//! Each reply datagram is smaller than the 399-byte Hello (the three together are 570 bytes,
+//! only for an offer that verifies, rate-limited per source). A repeated Hello (lost
 //! Accept) gets the same answer; a new, verified offer from the same client identity and
 //! WireGuard key replaces the old session (an offer that does not verify changes nothing).
 
@@ -75,6 +76,10 @@ pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay
             // The directory checking that this port is reachable: one signature, no state.
             // A client's ping (`--auto` measuring round trips): the same answer, not counted.
             Ok(Message::Probe(c)) => {
+                // A paused relay is not offering: clients looking for one get no answer.
+                if c.is_ping() && shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue;
+                }
                 let answer = shared.identity.answer_probe(&c, unix_now());
                 if !c.is_ping() {
                     lock(&shared.directory).probe(answer.is_some());
@@ -179,9 +184,6 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
             end_session(shared, relay, peer).await;
         }
     }
-    if shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
-        return vec![id.reject(&offer, SessionRejectReason::NotSharing)];
-    }
     let spent = lock(&shared.store).voucher_spent_micros(&offer.voucher.id());
     let Some(session_id) = random_session_id() else {
         return vec![id.reject(&offer, SessionRejectReason::Busy)];
@@ -191,7 +193,12 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
             with_sessions(relay, |_, s| s.set_price(p));
         }
     }
+    // Under the relay lock, like the pause watcher's close_all: a session is either refused
+    // here or admitted before it and closed by it.
     let admitted = with_sessions(relay, |r, s| {
+        if shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(AdmitError::Rejected(SessionRejectReason::NotSharing));
+        }
         s.admit(r, &offer, session_id, spent, now, unix)
     });
     let (peer, paid) = match admitted {

@@ -132,7 +132,18 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
     let relay: SharedRelay = Arc::new(Mutex::new(build_relay(&cfg, &key)?));
     let metering = match &cfg.paid {
         Some(p) => {
-            let dns = cfg.raw.dns.as_ref().is_some_and(|d| d.enabled);
+            // Clients are told a resolver answers on our tunnel address only when it does:
+            // userspace egress serves port 53 there; TUN mode when `listen` is empty (the
+            // tunnel addresses) or names one of them on port 53.
+            let tunnel_ips = cfg.tunnel_ips();
+            let dns = cfg.raw.dns.as_ref().is_some_and(|d| {
+                d.enabled
+                    && (cfg.raw.egress.mode == EgressMode::Userspace
+                        || d.listen.is_empty()
+                        || d.listen
+                            .iter()
+                            .any(|a| a.port() == 53 && tunnel_ips.contains(&a.ip())))
+            });
             Some(Metering::setup(p, path, &relay, cfg.address.clone(), (cfg.mtu, dns)).await?)
         }
         None => None,

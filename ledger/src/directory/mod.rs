@@ -121,8 +121,12 @@ impl<S: Store> Directory<S> {
                 encoded: bytes.to_vec(),
             })
             .await?;
+        // The refusal is recorded; a failed re-signing only delays the lower score to the
+        // relay's next announce (a retried report answers `recorded: false`).
         if new {
-            self.reannotate(b.relay_key, now).await?;
+            if let Err(e) = self.reannotate(b.relay_key, now).await {
+                tracing::warn!(error = %e, "refusal recorded; annotation not re-signed until the next announce");
+            }
         }
         Ok(new)
     }

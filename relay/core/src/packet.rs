@@ -18,8 +18,13 @@ pub enum Transport {
     Port(u8, u16),
     /// ICMP/ICMPv6 echo request.
     EchoRequest,
-    /// Anything else, or a non-first fragment, or headers we do not walk.
+    /// Another protocol (ICMP other than echo, GRE, ...), or a non-first fragment (no
+    /// transport header in it; without its first fragment it is never reassembled).
     Other,
+    /// A TCP/UDP header that could not be read (truncated, a tiny first fragment), or an
+    /// IPv6 header chain we do not walk (too many or unknown extension headers): the exit
+    /// port policy refuses it whenever it has a rule.
+    Unparsed,
 }
 
 /// Parsed header fields of an inner IPv4/IPv6 packet (parsed once per packet by the relay and
@@ -92,7 +97,7 @@ fn parse_v6(p: &[u8]) -> Option<IpHeader> {
     let mut next = p[6];
     let mut rest = &p[40..];
     // Walk the common extension headers (bounded) to find the transport header.
-    let mut transport = Transport::Other;
+    let mut transport = Transport::Unparsed;
     for _ in 0..8 {
         match next {
             0 | 43 | 60 => {
@@ -109,11 +114,14 @@ fn parse_v6(p: &[u8]) -> Option<IpHeader> {
                 let Some(h) = rest.get(..8) else { break };
                 let offset = u16::from_be_bytes([h[2], h[3]]) >> 3;
                 if offset != 0 {
+                    transport = Transport::Other;
                     break;
                 }
                 next = h[0];
                 rest = &rest[8..];
             }
+            // AH, Mobility, HIP, Shim6: headers we do not walk.
+            51 | 135 | 139 | 140 => break,
             proto => {
                 transport = transport_at(proto, rest);
                 break;
@@ -131,7 +139,7 @@ fn transport_at(proto: u8, l4: &[u8]) -> Transport {
     match proto {
         PROTO_TCP | PROTO_UDP => match l4.get(2..4) {
             Some(b) => Transport::Port(proto, u16::from_be_bytes([b[0], b[1]])),
-            None => Transport::Other,
+            None => Transport::Unparsed,
         },
         PROTO_ICMP if l4.first() == Some(&ICMP_ECHO_REQUEST) => Transport::EchoRequest,
         PROTO_ICMPV6 if l4.first() == Some(&ICMPV6_ECHO_REQUEST) => Transport::EchoRequest,

@@ -101,6 +101,14 @@ impl Default for ExitPorts {
 }
 
 impl ExitPorts {
+    /// Whether any port is closed (an allow-list always closes some).
+    pub fn has_rules(&self) -> bool {
+        match self {
+            Self::Block(r) => !r.is_empty(),
+            Self::AllowOnly(_) => true,
+        }
+    }
+
     /// Whether `proto`/`port` may be used.
     pub fn allows(&self, proto: Proto, port: u16) -> bool {
         match self {
@@ -179,9 +187,11 @@ impl EgressPolicy {
             return self.check_tunnel_service(hdr.transport);
         }
         match self.check_addr(dst) {
-            Verdict::Allow => match port_of(hdr.transport) {
-                Some((proto, port)) => self.check_port(proto, port),
-                None => Verdict::Allow,
+            Verdict::Allow => match (port_of(hdr.transport), hdr.transport) {
+                (Some((proto, port)), _) => self.check_port(proto, port),
+                // Fails closed: a port rule cannot be checked on a header we could not read.
+                (None, Transport::Unparsed) if self.cfg.exit_ports.has_rules() => Verdict::ExitPort,
+                (None, _) => Verdict::Allow,
             },
             v => v,
         }
@@ -232,7 +242,7 @@ impl EgressPolicy {
                 Some((proto, port)) => self.cfg.tunnel_services.contains(&Service { proto, port }),
                 None => return Verdict::TunnelAddress,
             },
-            Transport::Other => false,
+            Transport::Other | Transport::Unparsed => false,
         };
         if ok {
             Verdict::Allow
@@ -593,5 +603,21 @@ mod tests {
         // No rule at all (the core's default): every port.
         let p = policy(PolicyConfig::default());
         assert_eq!(p.check_port(Proto::Tcp, 25), Verdict::Allow);
+        // Headers the port cannot be read from fail closed under a rule, and only then: an
+        // IPv6 TCP SYN behind an AH header, a truncated TCP header.
+        let mut ah = testpkt::tcp(c6, far6, 25);
+        ah[6] = 51;
+        let mut short = testpkt::tcp(c4, far4, 25);
+        short.truncate(20 + 2);
+        let smtp_only = policy(PolicyConfig {
+            exit_ports: ExitPorts::Block(vec![smtp]),
+            ..PolicyConfig::default()
+        });
+        for pkt in [&ah, &short] {
+            let hdr = IpHeader::parse(pkt).unwrap();
+            assert_eq!(hdr.transport, Transport::Unparsed);
+            assert_eq!(smtp_only.check(&hdr), Verdict::ExitPort);
+            assert_eq!(p.check(&hdr), Verdict::Allow, "no rule: nothing to refuse");
+        }
     }
 }

@@ -235,6 +235,9 @@ ferry_render_toml() {
 	elif [ "$_fr_bp" = none ]; then
 		ferry_line "block-ports = []"
 	elif [ -n "$_fr_bp" ]; then
+		case " $_fr_bp " in
+		*" none "*) ferry_err "block_port 'none' (every port open) must be the only entry" ;;
+		esac
 		ferry_arr "$_fr_s" block_port
 		ferry_line "block-ports = $_fr_arr"
 	fi

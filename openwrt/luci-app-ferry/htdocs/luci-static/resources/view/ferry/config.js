@@ -165,9 +165,10 @@ function validateService(section_id, value) {
 	return _('Expecting udp/PORT or tcp/PORT');
 }
 
-// The agent's exit port rule (router-agent/src/config.rs parse_port_rule): [tcp/|udp/]PORT[-PORT].
+// The agent's exit port rule (router-agent/src/config.rs parse_port_rule): [tcp/|udp/]PORT[-PORT];
+// block_port also takes 'none' (every port open; alone).
 function validatePortRule(section_id, value) {
-	if (value == null || value === '' || value === 'none')
+	if (value == null || value === '' || (value === 'none' && (this.option || this.name) === 'block_port'))
 		return true;
 	var m = /^(?:(?:udp|tcp)\/)?([0-9]{1,5})(?:-([0-9]{1,5}))?$/.exec(value);
 	var lo = m ? +m[1] : 0, hi = m && m[2] ? +m[2] : lo;
