@@ -738,24 +738,19 @@ impl Relay {
                 return Action::Done;
             }
         }
-        match self.policy.check(&hdr) {
-            Verdict::Allow => {}
-            Verdict::Blocked => {
-                // Say so (ICMP administratively prohibited) instead of a silent timeout.
-                self.answer = self
-                    .prohibited
-                    .answer(pkt, &hdr, &self.tunnel_addresses, now)
-                    .map(|a| (id, a));
-                return self.drop(DropReason::Policy);
-            }
+        let refused = match self.policy.check(&hdr) {
+            Verdict::Allow => None,
+            Verdict::Blocked => Some(DropReason::Policy),
+            Verdict::ExitPort => Some(DropReason::ExitPort),
             Verdict::TunnelAddress => return self.drop(DropReason::TunnelAddress),
-            Verdict::ExitPort => {
-                self.answer = self
-                    .prohibited
-                    .answer(pkt, &hdr, &self.tunnel_addresses, now)
-                    .map(|a| (id, a));
-                return self.drop(DropReason::ExitPort);
-            }
+        };
+        if let Some(reason) = refused {
+            // Say so (ICMP administratively prohibited) instead of a silent timeout.
+            self.answer = self
+                .prohibited
+                .answer(pkt, &hdr, &self.tunnel_addresses, now)
+                .map(|a| (id, a));
+            return self.drop(reason);
         }
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return self.drop(DropReason::UnknownPeer);
