@@ -47,6 +47,19 @@ impl Setup {
         self.paid = Some(template.fresh());
         Ok(())
     }
+
+    /// `--auto`: moves to the next relay of the ranking (noting `why` as the failover's
+    /// reason) and switches to it. `None` when the ranking is used up (or there is none).
+    fn next_of_ranking(
+        &mut self,
+        why: &str,
+        template: &PaidSetup,
+    ) -> Option<(crate::relays::Listed, Result<()>)> {
+        let next = self.auto.as_mut()?.advance(why)?.clone();
+        let switched = crate::auto::relay_of(&next, self.ipv6)
+            .and_then(|relay| self.switch_to(relay, template));
+        Some((next, switched))
+    }
 }
 
 /// `prepare` for `--auto`: the voucher first (its network, ledger key and max price decide
@@ -270,19 +283,18 @@ pub(crate) async fn open_first(setup: &mut Setup) -> Result<()> {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
-        let (Some(auto), Some(t)) = (setup.auto.as_mut(), &template) else {
+        let (true, Some(t)) = (setup.auto.is_some(), &template) else {
             return Err(err);
         };
         let why = format!("{err:#}");
-        let Some(next) = auto.advance(&why).cloned() else {
+        let Some((next, switched)) = setup.next_of_ranking(&why, t) else {
             return Err(err.context("no other relay of the ranking is left"));
         };
         tracing::warn!(
             relay = %&next.descriptor.relay_key.to_hex()[..16],
             "{why}; trying the next relay of the ranking"
         );
-        let relay = crate::auto::relay_of(&next, setup.ipv6)?;
-        setup.switch_to(relay, t)?;
+        switched?;
     }
 }
 
@@ -445,10 +457,7 @@ async fn failover(
     };
     let mut why = why.to_owned();
     loop {
-        let Some(auto) = setup.auto.as_mut() else {
-            return Reopen::Failed(anyhow::anyhow!("no ranking to fail over in (internal)"));
-        };
-        let Some(next) = auto.advance(&why).cloned() else {
+        let Some((next, switched)) = setup.next_of_ranking(&why, template) else {
             return Reopen::Failed(anyhow::anyhow!(
                 "{why}; no other relay of the ranking is left (the kill switch stays on; \
                  `ferry disconnect`, then connect again to rank the directory anew)"
@@ -461,10 +470,8 @@ async fn failover(
             next.descriptor.price_micros_per_gib
         );
         tracing::warn!("{note}");
-        engine.status_mut().choice = Some(auto.choice.clone());
+        engine.status_mut().choice = setup.auto.as_ref().map(|a| a.choice.clone());
         engine.finish(State::Connecting, Some(note));
-        let switched = crate::auto::relay_of(&next, setup.ipv6)
-            .and_then(|relay| setup.switch_to(relay, template));
         if let Err(e) = switched {
             why = format!("{e:#}");
             continue;
