@@ -581,46 +581,30 @@ fn two_sessions_at_two_relay_prices_are_each_billed_at_their_own_price() {
     );
     // Above the voucher's max: refused with the reason, nothing billed.
     reprice(&mut p, net + 1);
-    let client = PaidClient::start(
-        &p.topo.client,
-        ClientSpec {
-            wg: KeyPair::generate().unwrap(),
-            ..p.spec.clone()
-        },
-    )
-    .unwrap();
-    let r = client
-        .wait(Duration::from_secs(15), "the offer refused", |r| {
-            r.refused.is_some()
-        })
-        .unwrap();
-    assert_eq!(
-        r.refused,
-        Some(ferry_metering::SessionRejectReason::PriceAboveMax)
-    );
-    assert!(r.accepted.is_none());
+    assert_refused(&p, ferry_metering::SessionRejectReason::PriceAboveMax);
     assert_eq!(p.ledger.voucher_used(&p.spec.voucher.id()).unwrap(), used);
 }
 
-/// Refused with `NotSharing` within 15 s.
-fn refused_not_sharing(p: &Paid) {
-    let c = PaidClient::start(
+/// A new client (fresh WireGuard key) offering the lab's voucher.
+fn fresh_client(p: &Paid) -> PaidClient {
+    PaidClient::start(
         &p.topo.client,
         ClientSpec {
             wg: KeyPair::generate().unwrap(),
             ..p.spec.clone()
         },
     )
-    .unwrap();
-    let r = c
+    .unwrap()
+}
+
+/// A new client's offer is refused with `reason` within 15 s, and nothing is accepted.
+fn assert_refused(p: &Paid, reason: ferry_metering::SessionRejectReason) {
+    let r = fresh_client(p)
         .wait(Duration::from_secs(15), "the offer refused", |r| {
             r.refused.is_some()
         })
         .unwrap();
-    assert_eq!(
-        r.refused,
-        Some(ferry_metering::SessionRejectReason::NotSharing)
-    );
+    assert_eq!(r.refused, Some(reason));
     assert!(r.accepted.is_none());
 }
 
@@ -679,10 +663,10 @@ fn pause_ends_live_sessions_with_their_final_receipt_refuses_new_ones_and_surviv
             .contains("sharing paused by the owner")
     );
     // New offers are refused with the reason, also after a restart (the pause is a file).
-    refused_not_sharing(&p);
+    assert_refused(&p, ferry_metering::SessionRejectReason::NotSharing);
     p.topo.lab.stop(p.agent, Duration::from_secs(5));
     p.agent = start_agent(&mut p.topo.lab, &p.topo.router, &p.bin, &p.config, LABEL).unwrap();
-    refused_not_sharing(&p);
+    assert_refused(&p, ferry_metering::SessionRejectReason::NotSharing);
     // Resume: a new session opens.
     let out = p
         .topo
@@ -691,18 +675,11 @@ fn pause_ends_live_sessions_with_their_final_receipt_refuses_new_ones_and_surviv
         .unwrap();
     assert!(out.contains("sharing resumed"), "{out}");
     std::thread::sleep(Duration::from_millis(1500));
-    let c = PaidClient::start(
-        &p.topo.client,
-        ClientSpec {
-            wg: KeyPair::generate().unwrap(),
-            ..p.spec.clone()
-        },
-    )
-    .unwrap();
-    c.wait(Duration::from_secs(15), "accepted after resume", |r| {
-        r.accepted.is_some()
-    })
-    .unwrap();
+    fresh_client(&p)
+        .wait(Duration::from_secs(15), "accepted after resume", |r| {
+            r.accepted.is_some()
+        })
+        .unwrap();
     eprintln!(
         "pause: final receipt seq {} ({} B) co-signed and credited {took:?} after `ferry-agent pause`",
         fin.body().seq,
