@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 // The config modules live in the library target (shared with the fuzz target and tests);
 // imported here so `crate::config` / `crate::config_paid` paths keep working.
 use ferry_agent::{config, config_directory, config_paid};
@@ -35,19 +35,24 @@ struct Cli {
     cmd: Cmd,
 }
 
+/// `--config` of the commands that act on the installed agent (default
+/// `/etc/ferry/agent.toml`, or `FERRY_AGENT_CONFIG`).
+#[derive(Args, Debug)]
+struct ConfigFile {
+    /// Agent configuration file.
+    #[arg(
+        long,
+        short,
+        env = "FERRY_AGENT_CONFIG",
+        default_value = "/etc/ferry/agent.toml"
+    )]
+    config: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Run the relay (foreground; stops cleanly on SIGINT/SIGTERM).
-    Run {
-        /// Agent configuration file.
-        #[arg(
-            long,
-            short,
-            env = "FERRY_AGENT_CONFIG",
-            default_value = "/etc/ferry/agent.toml"
-        )]
-        config: PathBuf,
-    },
+    Run(ConfigFile),
     /// Print a new WireGuard private key (base64). Use `umask 077` or --out to keep it 0600.
     Genkey {
         /// Write the key to this file (mode 0600, must not exist) instead of stdout.
@@ -121,16 +126,7 @@ enum Cmd {
     /// Print the signed relay descriptor this agent announces to the directory (`[directory]`:
     /// address, price, country, limits), without announcing it. Asks the ledger for the
     /// network price unless `[directory] price-micros-per-gib` is set.
-    Descriptor {
-        /// Agent configuration file.
-        #[arg(
-            long,
-            short,
-            env = "FERRY_AGENT_CONFIG",
-            default_value = "/etc/ferry/agent.toml"
-        )]
-        config: PathBuf,
-    },
+    Descriptor(ConfigFile),
     /// Validate a config file (and the private key file) without starting.
     CheckConfig {
         /// Agent configuration file.
@@ -140,27 +136,9 @@ enum Cmd {
     /// Pause sharing now: the running agent gives every paid session its final receipt and
     /// closes it within about a second, and refuses new ones ("not sharing now") until
     /// `resume`. Survives restarts and reboots (a file in the state directory).
-    Pause {
-        /// Agent configuration file.
-        #[arg(
-            long,
-            short,
-            env = "FERRY_AGENT_CONFIG",
-            default_value = "/etc/ferry/agent.toml"
-        )]
-        config: PathBuf,
-    },
+    Pause(ConfigFile),
     /// Share again after `pause`.
-    Resume {
-        /// Agent configuration file.
-        #[arg(
-            long,
-            short,
-            env = "FERRY_AGENT_CONFIG",
-            default_value = "/etc/ferry/agent.toml"
-        )]
-        config: PathBuf,
-    },
+    Resume(ConfigFile),
 }
 
 fn main() -> ExitCode {
@@ -176,7 +154,7 @@ fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.cmd {
-        Cmd::Run { config } => run::run(&config),
+        Cmd::Run(c) => run::run(&c.config),
         Cmd::Genkey { out } => keycmd::genkey(out.as_deref()),
         Cmd::Pubkey => keycmd::pubkey(),
         Cmd::RemovePeer { config, name } => peers::remove_peer(&config, &name),
@@ -209,8 +187,8 @@ fn dispatch(cli: Cli) -> Result<()> {
         ),
         Cmd::Identity { config, generate } => identity::identity(&config, generate),
         Cmd::CheckConfig { config } => run::check_config(&config),
-        Cmd::Descriptor { config } => run::print_descriptor(&config),
-        Cmd::Pause { config } => run::set_paused(&config, true),
-        Cmd::Resume { config } => run::set_paused(&config, false),
+        Cmd::Descriptor(c) => run::print_descriptor(&c.config),
+        Cmd::Pause(c) => run::set_paused(&c.config, true),
+        Cmd::Resume(c) => run::set_paused(&c.config, false),
     }
 }
