@@ -55,6 +55,15 @@ impl TokenBucket {
             .saturating_sub(self.tolerance)
     }
 
+    /// How long a [`Self::reserve`] of `cost` units at `now` would tell the caller to wait,
+    /// without taking them (zero = [`Self::try_take`] would succeed).
+    pub fn delay(&self, now: Instant, cost: u64) -> Duration {
+        let (tat, inc) = self.due(now, cost);
+        tat.checked_add(inc)
+            .map_or(Duration::MAX, |t| t.saturating_duration_since(now))
+            .saturating_sub(self.tolerance)
+    }
+
     /// (theoretical arrival time as of `now`, what `cost` units add to it).
     fn due(&self, now: Instant, cost: u64) -> (Instant, Duration) {
         let inc = self.nanos_per_unit.saturating_mul(u128::from(cost));
@@ -113,6 +122,27 @@ mod tests {
             assert!(check.try_take(t, 7));
         }
         assert!(t >= t0 + Duration::from_millis(6900), "{:?}", t - t0);
+    }
+
+    #[test]
+    fn delay_predicts_reserve_and_try_take_without_taking() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(1000, 100);
+        assert_eq!(b.delay(t0, 100), Duration::ZERO);
+        assert_eq!(b.delay(t0, 101), Duration::from_millis(1));
+        assert!(b.try_take(t0, 100));
+        assert_eq!(b.delay(t0, 5), Duration::from_millis(5));
+        assert_eq!(
+            b.delay(t0, 5),
+            Duration::from_millis(5),
+            "delay takes nothing"
+        );
+        assert!(!b.try_take(t0, 5));
+        assert_eq!(b.reserve(t0, 5), Duration::from_millis(5));
+        assert_eq!(
+            b.delay(t0 + Duration::from_millis(105), 100),
+            Duration::ZERO
+        );
     }
 
     #[test]

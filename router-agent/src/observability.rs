@@ -373,6 +373,8 @@ fn map_drop(r: RelayDrop) -> DropReason {
         "credit_window" => DropReason::CreditWindow,
         "paid_no_session" => DropReason::PaidNoSession,
         "exit_port" => DropReason::ExitPort,
+        "share_rate" => DropReason::ShareRate,
+        "quota" => DropReason::Quota,
         "unknown_peer" => DropReason::UnknownPeer,
         "malformed" => DropReason::Malformed,
         _ => DropReason::Other,

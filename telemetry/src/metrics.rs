@@ -99,6 +99,10 @@ pub enum DropReason {
     PaidNoSession,
     /// Destination port closed by the exit port policy (SMTP by default).
     ExitPort,
+    /// Over the total rate the owner shares with all paying clients together.
+    ShareRate,
+    /// The owner's daily or monthly sharing quota is used up.
+    Quota,
     /// Datagram from a key or index we do not know.
     UnknownPeer,
     /// Undecodable WireGuard or IP packet.
@@ -111,13 +115,15 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in label order; all are exported (zeros included) so dashboards have series.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::Policy,
         Self::AllowedIps,
         Self::RateLimit,
         Self::CreditWindow,
         Self::PaidNoSession,
         Self::ExitPort,
+        Self::ShareRate,
+        Self::Quota,
         Self::UnknownPeer,
         Self::Malformed,
         Self::QueueFull,
@@ -133,6 +139,8 @@ impl DropReason {
             Self::CreditWindow => "credit_window",
             Self::PaidNoSession => "paid_no_session",
             Self::ExitPort => "exit_port",
+            Self::ShareRate => "share_rate",
+            Self::Quota => "quota",
             Self::UnknownPeer => "unknown_peer",
             Self::Malformed => "malformed",
             Self::QueueFull => "queue_full",

@@ -23,6 +23,7 @@ mod ratelimit;
 mod relay;
 mod routing;
 mod shaper;
+mod share;
 mod stats;
 mod sync;
 mod unreachable;
@@ -48,3 +49,5 @@ pub use sync::SyncReport;
 mod tests;
 #[cfg(test)]
 mod tests_flood;
+#[cfg(test)]
+mod tests_share;

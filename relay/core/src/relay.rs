@@ -17,6 +17,7 @@ use crate::policy::{EgressPolicy, PolicyConfig, Verdict};
 use crate::ratelimit::TokenBucket;
 use crate::routing::AllowedIps;
 use crate::shaper::Shaper;
+use crate::share::{MAX_SHARE_WAIT, Share};
 use crate::stats::{DropReason, PeerCounters, Stats, TunnelStats};
 
 /// Bytes WireGuard adds to an inner packet (header 16 + tag 16).
@@ -181,6 +182,7 @@ pub struct Relay {
     answer: Option<(PeerId, Vec<u8>)>,
     shaper: Shaper,
     serials: u64,
+    share: Share,
 }
 
 impl Relay {
@@ -209,6 +211,7 @@ impl Relay {
             answer: None,
             shaper: Shaper::default(),
             serials: 0,
+            share: Share::default(),
         }
     }
 
@@ -402,6 +405,33 @@ impl Relay {
         true
     }
 
+    /// Sets (0 = removes) the total rate of all paid peers together, bytes per second per
+    /// direction (`up`: client → egress). Each paid packet needs room in its client's own
+    /// bucket and in the total one; downloads over it wait in the shaper, uploads are dropped.
+    pub fn set_share_rate(&mut self, up_bytes_per_sec: u64, down_bytes_per_sec: u64) {
+        let bucket = |rate: u64| (rate > 0).then(|| rate_bucket(rate));
+        self.share.up = bucket(up_bytes_per_sec);
+        self.share.down = bucket(down_bytes_per_sec);
+    }
+
+    /// Sets how many more paid bytes (both directions together) may be forwarded; `None` =
+    /// no quota. At 0 every paid packet is dropped as [`DropReason::Quota`] before it is
+    /// metered, so no client pays for a byte the quota stopped.
+    pub fn set_share_budget(&mut self, bytes: Option<u64>) {
+        self.share.set_budget(bytes);
+    }
+
+    /// What is left of the budget set with [`Self::set_share_budget`].
+    pub fn share_budget(&self) -> Option<u64> {
+        self.share.budget()
+    }
+
+    /// Paid bytes forwarded (both directions) since the relay was created: the agent adds
+    /// the growth of this number to its persisted quota counters.
+    pub fn share_used(&self) -> u64 {
+        self.share.used()
+    }
+
     /// Handles one datagram received from `src` on the WireGuard socket.
     pub fn handle_udp<'b>(
         &mut self,
@@ -487,18 +517,40 @@ impl Relay {
         let Some(endpoint) = peer.endpoint else {
             return self.drop(DropReason::NoEndpoint);
         };
-        if let Some(b) = &mut peer.down {
+        let total = match peer.kind {
+            PeerKind::Paid => self.share.down.as_mut(),
+            PeerKind::Trusted => None,
+        };
+        if peer.down.is_some() || total.is_some() {
             let len = packet.len();
-            // Behind held packets a packet waits its turn even if the bucket has room again.
-            if peer.held > 0 || !b.try_take(now, len as u64) {
+            let cost = len as u64;
+            let late = |b: &Option<&mut TokenBucket>| b.as_ref().map(|b| b.delay(now, cost));
+            let own = peer.down.as_mut();
+            // Behind held packets a packet waits its turn even if the buckets have room again.
+            let wait_total = late(&total);
+            if peer.held > 0
+                || !late(&own).unwrap_or_default().is_zero()
+                || !wait_total.unwrap_or_default().is_zero()
+            {
+                if wait_total.is_some_and(|w| w > MAX_SHARE_WAIT) {
+                    return self.drop(DropReason::ShareRate);
+                }
                 if peer.held + len > peer.hold_max || !self.shaper.has_room(len) {
                     return self.drop(DropReason::RateLimit);
                 }
-                let wait = b.reserve(now, len as u64);
+                let wait = [own, total]
+                    .into_iter()
+                    .flatten()
+                    .map(|b| b.reserve(now, cost))
+                    .max()
+                    .unwrap_or_default();
                 peer.held += len;
                 self.shaper.hold((id, peer.serial), packet, now + wait);
                 self.stats.shaped_packets += 1;
                 return Action::Done;
+            }
+            for b in [own, total].into_iter().flatten() {
+                b.try_take(now, cost);
             }
         }
         self.send_down(id, endpoint, packet, now, buf)
@@ -517,7 +569,7 @@ impl Relay {
             return self.drop(DropReason::NoRoute);
         };
         if peer.kind == PeerKind::Paid {
-            if let Err(reason) = meter(&mut self.hook, id, HookDirection::Down, packet.len(), now) {
+            if let Err(reason) = self.meter_paid(id, HookDirection::Down, packet.len(), now) {
                 return self.drop(reason);
             }
         }
@@ -755,13 +807,13 @@ impl Relay {
         let Some(peer) = self.peers.get_mut(id.0 as usize).and_then(Option::as_mut) else {
             return self.drop(DropReason::UnknownPeer);
         };
-        if let Some(b) = &mut peer.up {
-            if !b.try_take(now, pkt.len() as u64) {
-                return self.drop(DropReason::RateLimit);
-            }
+        let paid = peer.kind == PeerKind::Paid;
+        let total = if paid { self.share.up.as_mut() } else { None };
+        if let Err(reason) = Share::take_up(peer.up.as_mut(), total, now, pkt.len() as u64) {
+            return self.drop(reason);
         }
-        if peer.kind == PeerKind::Paid {
-            if let Err(reason) = meter(&mut self.hook, id, HookDirection::Up, pkt.len(), now) {
+        if paid {
+            if let Err(reason) = self.meter_paid(id, HookDirection::Up, pkt.len(), now) {
                 return self.drop(reason);
             }
         }
@@ -772,6 +824,23 @@ impl Relay {
         peer.counters.from_client_packets += 1;
         self.stats.egress_tx_packets += 1;
         Action::WriteTun(pkt)
+    }
+
+    /// A paid packet within the quota budget, metered by the hook, then counted against the
+    /// budget (a byte the quota stops is never metered, so never billed).
+    fn meter_paid(
+        &mut self,
+        id: PeerId,
+        dir: HookDirection,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), DropReason> {
+        if !self.share.fits(len) {
+            return Err(DropReason::Quota);
+        }
+        meter(&mut self.hook, id, dir, len, now)?;
+        self.share.consume(len);
+        Ok(())
     }
 
     fn peer_for_index(&self, receiver_idx: u32) -> Option<PeerId> {

@@ -42,11 +42,15 @@ pub enum DropReason {
     PaidNoSession,
     /// Destination port closed by the exit port policy (e.g. SMTP).
     ExitPort,
+    /// Over the total rate the owner shares with all paid clients together.
+    ShareRate,
+    /// The owner's daily or monthly sharing quota is used up.
+    Quota,
 }
 
 impl DropReason {
     /// Every reason, in a fixed order (for exporting).
-    pub const ALL: [Self; 18] = [
+    pub const ALL: [Self; 20] = [
         Self::Policy,
         Self::TunnelAddress,
         Self::AllowedIps,
@@ -65,6 +69,8 @@ impl DropReason {
         Self::CreditWindow,
         Self::PaidNoSession,
         Self::ExitPort,
+        Self::ShareRate,
+        Self::Quota,
     ];
 
     /// A stable snake_case name (metric label).
@@ -88,6 +94,8 @@ impl DropReason {
             Self::CreditWindow => "credit_window",
             Self::PaidNoSession => "paid_no_session",
             Self::ExitPort => "exit_port",
+            Self::ShareRate => "share_rate",
+            Self::Quota => "quota",
         }
     }
 

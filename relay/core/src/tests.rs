@@ -13,7 +13,7 @@ use crate::*;
 const RELAY_ADDR: &str = "192.0.2.1:51820";
 const CLIENT_ADDR: &str = "198.51.100.7:40000";
 
-fn ip(s: &str) -> IpAddr {
+pub(crate) fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
 }
 pub(crate) fn sa(s: &str) -> SocketAddr {
@@ -126,7 +126,7 @@ pub(crate) fn connected_as(
     (relay, id, client, now)
 }
 
-fn handshake(relay: &mut Relay, client: &mut Client, now: Instant) {
+pub(crate) fn handshake(relay: &mut Relay, client: &mut Client, now: Instant) {
     let init = client.init();
     let mut buf = vec![0u8; 2048];
     let resp = match relay.handle_udp(client.addr, &init, now, &mut buf) {
@@ -146,7 +146,7 @@ fn handshake(relay: &mut Relay, client: &mut Client, now: Instant) {
 }
 
 /// Sends `inner` from the client through the relay; returns the relay's action as owned data.
-fn upstream(
+pub(crate) fn upstream(
     relay: &mut Relay,
     client: &mut Client,
     inner: &[u8],
@@ -441,7 +441,7 @@ fn offer_down(relay: &mut Relay, inner: &[u8], n: usize, now: Instant) -> (usize
 }
 
 /// Releases everything due at `at`; returns the decrypted inner packets the client receives.
-fn release(relay: &mut Relay, client: &mut Client, at: Instant) -> Vec<Vec<u8>> {
+pub(crate) fn release(relay: &mut Relay, client: &mut Client, at: Instant) -> Vec<Vec<u8>> {
     let mut buf = vec![0u8; 2048];
     let mut got = Vec::new();
     while let Some(t) = relay.poll_released(at, &mut buf) {
@@ -734,10 +734,10 @@ fn timer_sweep_emits_persistent_keepalive_to_the_endpoint() {
 }
 
 /// Diverts UDP to port 51821, admits packets while `budget` bytes last, records what it saw.
-struct BudgetHook {
-    diverted: Arc<Mutex<usize>>,
-    admitted: Arc<Mutex<Vec<(PeerId, HookDirection, usize)>>>,
-    budget: usize,
+pub(crate) struct BudgetHook {
+    pub(crate) diverted: Arc<Mutex<usize>>,
+    pub(crate) admitted: Arc<Mutex<Vec<(PeerId, HookDirection, usize)>>>,
+    pub(crate) budget: usize,
 }
 
 impl PacketHook for BudgetHook {
