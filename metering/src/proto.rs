@@ -127,9 +127,15 @@ pub enum SessionRejectReason {
     /// The relay's price is above the voucher's max price.
     #[error("relay's price is above the voucher's max price")]
     PriceAboveMax,
-    /// The relay's owner is not sharing now (paused; later also schedule and quota).
+    /// The relay's owner is not sharing now (paused).
     #[error("the relay is not sharing now (its owner paused it)")]
     NotSharing,
+    /// The relay's daily or monthly sharing quota is used up.
+    #[error("the relay's sharing quota is used up until its reset")]
+    QuotaReached,
+    /// Outside the relay's sharing hours.
+    #[error("the relay is outside its owner's sharing hours")]
+    OutsideSchedule,
 }
 
 /// Why a client refused a receipt.
@@ -200,7 +206,7 @@ pub fn reject_reason(r: &SessionReject) -> SessionRejectReason {
 }
 
 impl SessionRejectReason {
-    /// Wire code (1..=8).
+    /// Wire code (1..=10).
     pub fn code(self) -> u8 {
         match self {
             Self::WrongNetwork => 1,
@@ -211,6 +217,8 @@ impl SessionRejectReason {
             Self::Busy => 6,
             Self::PriceAboveMax => 7,
             Self::NotSharing => 8,
+            Self::QuotaReached => 9,
+            Self::OutsideSchedule => 10,
         }
     }
 
@@ -224,6 +232,8 @@ impl SessionRejectReason {
             6 => Self::Busy,
             7 => Self::PriceAboveMax,
             8 => Self::NotSharing,
+            9 => Self::QuotaReached,
+            10 => Self::OutsideSchedule,
             _ => return Err(FrameError::UnknownReason(c)),
         })
     }

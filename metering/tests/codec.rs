@@ -212,11 +212,26 @@ fn trailing_bytes_unknown_types_and_bad_lengths_are_rejected() {
         }),
         SessionRejectReason::Busy
     );
-    reject.reason = 0;
-    assert_eq!(
-        decode(&encode(&Message::Reject(reject))),
-        Err(FrameError::UnknownReason(0))
-    );
+    // Every defined code decodes to its reason (9, 10: the owner's quota and schedule).
+    for (code, want) in [
+        (8, SessionRejectReason::NotSharing),
+        (9, SessionRejectReason::QuotaReached),
+        (10, SessionRejectReason::OutsideSchedule),
+    ] {
+        reject.reason = code;
+        let Ok(Message::Reject(r)) = decode(&encode(&Message::Reject(reject.clone()))) else {
+            panic!("code {code} does not decode");
+        };
+        assert_eq!(ferry_metering::reject_reason(&r), want);
+        assert_eq!(want.code(), code);
+    }
+    for code in [0, 11, 255] {
+        reject.reason = code;
+        assert_eq!(
+            decode(&encode(&Message::Reject(reject.clone()))),
+            Err(FrameError::UnknownReason(code))
+        );
+    }
     assert_eq!(encode(&Message::Close), vec![0x20, 0, 0]);
     assert_eq!(encode(&Message::Ack { seq: 1 }).len(), HEADER_LEN + 8);
 }

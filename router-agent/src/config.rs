@@ -127,6 +127,32 @@ pub struct Limits {
     /// (relay-wide DH budget, see ferry-relay-core's admission); 0 = plain WireGuard cookies.
     #[serde(default = "default_handshake_budget")]
     pub handshake_budget: u64,
+    /// All paying clients together, client → internet / internet → client, Mbit/s (0 = not
+    /// limited). Trusted peers (the household's own) are not counted.
+    #[serde(default)]
+    pub share_up_mbit: u64,
+    #[serde(default)]
+    pub share_down_mbit: u64,
+    /// Paid bytes (both directions) per local day / monthly period, GiB (0 = no quota).
+    #[serde(default)]
+    pub daily_quota_gib: f64,
+    #[serde(default)]
+    pub monthly_quota_gib: f64,
+    /// Day of month the monthly quota starts again (1..=31; 31 = each month's last day).
+    #[serde(default = "one")]
+    pub quota_reset_day: u8,
+    /// Sharing windows in local time, e.g. `["mon-fri 18:00-23:30", "sat,sun 00:00-24:00"]`;
+    /// empty = always.
+    #[serde(default)]
+    pub schedule: Vec<String>,
+    /// POSIX TZ string or zone name for the schedule and quota resets; default: the system's
+    /// (`TZ`, OpenWrt's /etc/TZ, /etc/localtime; else UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+fn one() -> u8 {
+    1
 }
 
 fn default_handshake_budget() -> u64 {
@@ -139,6 +165,13 @@ impl Default for Limits {
             max_peers: default_max_peers(),
             client_rate_mbit: 0,
             handshake_budget: default_handshake_budget(),
+            share_up_mbit: 0,
+            share_down_mbit: 0,
+            daily_quota_gib: 0.0,
+            monthly_quota_gib: 0.0,
+            quota_reset_day: 1,
+            schedule: Vec::new(),
+            timezone: None,
         }
     }
 }
@@ -193,6 +226,10 @@ pub struct Validated {
     pub paid: Option<crate::config_paid::PaidSettings>,
     /// Directory announces (None = not announcing; needs paid sessions and a ledger URL).
     pub directory: Option<crate::config_directory::DirectorySettings>,
+    /// The owner's quota and schedule (`[limits]`).
+    pub share: crate::share::Rules,
+    /// Total rate of all paid clients, bytes/s (up, down; 0 = not limited).
+    pub share_rate: (u64, u64),
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +331,7 @@ impl Config {
                 l.client_rate_mbit
             );
         }
+        let (share, share_rate) = share_rules(l)?;
         if l.handshake_budget > 100_000 {
             bail!(
                 "limits.handshake-budget: {} is above 100000 handshakes/s",
@@ -378,7 +416,15 @@ impl Config {
                  [network] ledger-url (or set [directory] announce = false)"
             );
         }
+        if paid.is_none() && share.limits_anything() {
+            bail!(
+                "limits: daily-quota-gib, monthly-quota-gib and schedule limit paid sharing: \
+                 [paid] enabled = true is not set"
+            );
+        }
         Ok(Validated {
+            share,
+            share_rate,
             paid,
             directory,
             private_key_file,
@@ -428,6 +474,50 @@ impl Validated {
 }
 
 /// `[egress] block-ports` / `allow-ports` as the relay core's exit port policy.
+/// The `[limits]` sharing rules: quotas in bytes, the schedule, the total rates in bytes/s.
+fn share_rules(l: &Limits) -> Result<(crate::share::Rules, (u64, u64))> {
+    let gib = |name: &str, v: f64| -> Result<Option<u64>> {
+        if !(0.0..=1_000_000.0).contains(&v) {
+            bail!("limits.{name}: {v} is not a GiB amount in 0..=1000000 (0 = no quota)");
+        }
+        Ok((v > 0.0).then(|| ((v * crate::share::GIB).round() as u64).max(1)))
+    };
+    let mbit = |name: &str, v: u64| -> Result<u64> {
+        if v > 100_000 {
+            bail!("limits.{name}: {v} is above 100000 (use 0 for unlimited)");
+        }
+        Ok(v * 125_000)
+    };
+    if !(1..=31).contains(&l.quota_reset_day) {
+        bail!(
+            "limits.quota-reset-day: {} is not a day of the month 1..=31",
+            l.quota_reset_day
+        );
+    }
+    if let Some(tz) = &l.timezone {
+        crate::share::parse_zone(tz).map_err(|e| anyhow::anyhow!("limits.timezone: {e}"))?;
+    }
+    let schedule = if l.schedule.is_empty() {
+        None
+    } else {
+        Some(
+            crate::share::Schedule::parse(&l.schedule)
+                .map_err(|e| anyhow::anyhow!("limits.{e}"))?,
+        )
+    };
+    let rules = crate::share::Rules {
+        daily: gib("daily-quota-gib", l.daily_quota_gib)?,
+        monthly: gib("monthly-quota-gib", l.monthly_quota_gib)?,
+        reset_day: l.quota_reset_day,
+        schedule,
+    };
+    let rate = (
+        mbit("share-up-mbit", l.share_up_mbit)?,
+        mbit("share-down-mbit", l.share_down_mbit)?,
+    );
+    Ok((rules, rate))
+}
+
 fn exit_ports(block: Option<&[String]>, allow: Option<&[String]>) -> Result<ExitPorts> {
     let rules = |field: &str, list: &[String]| -> Result<Vec<PortRule>> {
         list.iter()

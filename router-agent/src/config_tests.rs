@@ -344,3 +344,40 @@ fn exit_ports_close_smtp_by_default_and_take_block_or_allow_lists() {
         assert!(e.contains(says), "{bad}: {e}");
     }
 }
+
+#[test]
+fn sharing_limits_parse_into_bytes_a_schedule_and_a_zone_and_need_paid_sharing() {
+    let paid = minimal()
+        + "[identity]\nkey-file = \"id.key\"\n[network]\nid = \"00112233445566778899aabbccddeeff\"\n\
+           ledger-key = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\
+           [paid]\nenabled = true\nprice-micros-per-gib = 1000\n";
+    let v = Config::parse(&paid, Path::new("/")).unwrap();
+    assert!(!v.share.limits_anything());
+    assert_eq!(v.share_rate, (0, 0));
+    let limits = "[limits]\nshare-up-mbit = 5\nshare-down-mbit = 20\ndaily-quota-gib = 0.5\n\
+                  monthly-quota-gib = 100\nquota-reset-day = 15\n\
+                  schedule = [\"mon-fri 18:00-23:30\", \"sat,sun 00:00-24:00\"]\n\
+                  timezone = \"CET-1CEST,M3.5.0,M10.5.0/3\"\n";
+    let v = Config::parse(&(paid.clone() + limits), Path::new("/")).unwrap();
+    assert_eq!(v.share_rate, (625_000, 2_500_000));
+    assert_eq!(v.share.daily, Some(1 << 29));
+    assert_eq!(v.share.monthly, Some(100 << 30));
+    assert_eq!(v.share.reset_day, 15);
+    let s = v.share.schedule.as_ref().unwrap();
+    assert!(s.shares_at(0, 19 * 60) && !s.shares_at(0, 12 * 60) && s.shares_at(6, 12 * 60));
+    for (bad, says) in [
+        ("daily-quota-gib = -1", "daily-quota-gib"),
+        ("monthly-quota-gib = 1e9", "monthly-quota-gib"),
+        ("quota-reset-day = 0", "1..=31"),
+        ("quota-reset-day = 32", "1..=31"),
+        ("share-down-mbit = 200000", "share-down-mbit"),
+        ("schedule = [\"weekdays 18:00-23:00\"]", "unknown day"),
+        ("timezone = \"Mars/Olympus_Mons\"", "limits.timezone"),
+    ] {
+        let e = err(&(paid.clone() + "[limits]\n" + bad + "\n"));
+        assert!(e.contains(says), "{bad}: {e}");
+    }
+    // A quota or schedule without paid sharing would limit nothing: said, not ignored.
+    let e = err(&(minimal() + "[limits]\ndaily-quota-gib = 1\n"));
+    assert!(e.contains("[paid] enabled = true"), "{e}");
+}

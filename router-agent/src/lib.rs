@@ -9,3 +9,4 @@
 pub mod config;
 pub mod config_directory;
 pub mod config_paid;
+pub mod share;
