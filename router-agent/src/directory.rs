@@ -74,11 +74,13 @@ pub(crate) struct Announcer {
     pub(crate) wg_key: [u8; 32],
     pub(crate) wg_port: u16,
     pub(crate) hello_port: u16,
-    /// Advertised limits: per-client bandwidth (`[limits] client-rate-mbit`, 0 = not
-    /// limited) and the blocked exit ports (`[egress] block-ports`).
+    /// Advertised limits: per-client bandwidth (`[limits] client-rate-mbit`, or the total
+    /// `share-down-mbit` if lower; 0 = not limited) and the blocked exit ports (`[egress]
+    /// block-ports`); the quota and schedule are filled in from `share` at each announce.
     pub(crate) limits: AdvertisedLimits,
     pub(crate) ledger: LedgerClient,
     pub(crate) state: Arc<Mutex<DirectoryState>>,
+    pub(crate) share: Arc<Mutex<crate::sharing::ShareShell>>,
 }
 
 /// The descriptor this relay announces at `now` (pure: addresses and price are decided).
@@ -137,6 +139,14 @@ impl Announcer {
         let ipv6 = s
             .public_address_v6
             .map(|a| SocketAddrV6::new(a, self.wg_port, 0, 0));
+        let now = ferry_store::unix_now();
+        let mut limits = self.limits.clone();
+        {
+            let share = crate::metering::lock(&self.share);
+            let (rules, tz) = share.rules();
+            limits.monthly_quota_gib = rules.advertised_monthly_gib();
+            limits.schedule = rules.advertised_week(tz.as_ref(), i64::try_from(now).unwrap_or(0));
+        }
         Ok(descriptor(
             s,
             &self.identity,
@@ -145,8 +155,8 @@ impl Announcer {
             ipv6,
             self.hello_port,
             p,
-            self.limits.clone(),
-            ferry_store::unix_now(),
+            limits,
+            now,
         ))
     }
 

@@ -24,6 +24,7 @@ mod peers;
 mod pools;
 mod run;
 mod sessions;
+mod sharing;
 #[cfg(test)]
 mod test_support;
 

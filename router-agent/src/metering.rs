@@ -39,6 +39,7 @@ use crate::config_paid::PaidSettings;
 use crate::observability::ReceiptCounters;
 pub(crate) use crate::sessions::PaidPeer;
 use crate::sessions::PaidSessions;
+use ferry_agent::share::Sharing;
 
 /// Driver tick when no session timer is earlier.
 const TICK: Duration = Duration::from_millis(250);
@@ -68,51 +69,94 @@ pub(crate) struct Shared {
     /// `Tunnel` message tells clients that found us in the directory.
     pub(crate) mtu: u16,
     pub(crate) dns: bool,
-    /// The owner paused sharing (`ferry-agent pause`: the file `paused` in the state dir,
-    /// so it survives restarts): offers are refused, live sessions were closed.
-    pub(crate) paused: std::sync::atomic::AtomicBool,
+    /// Whether offers are admitted now: the index in `Sharing::ALL` of the last decision of
+    /// the owner's pause (`ferry-agent pause`: the file `paused` in the state dir, so it
+    /// survives restarts), quota and schedule. Set under the relay lock (see `watch_sharing`).
+    pub(crate) sharing: std::sync::atomic::AtomicU8,
     pub(crate) pause_file: std::path::PathBuf,
+    /// The quota counters and the schedule (`sharing.rs`). Lock order: this, then the relay.
+    pub(crate) share: Arc<Mutex<crate::sharing::ShareShell>>,
 }
 
-/// How often the agent looks at the pause file.
-const PAUSE_CHECK: Duration = Duration::from_secs(1);
+impl Shared {
+    /// Why offers are refused now (`None`: sharing).
+    pub(crate) fn not_sharing(&self) -> Option<Sharing> {
+        let i = self.sharing.load(std::sync::atomic::Ordering::SeqCst);
+        Some(Sharing::ALL[usize::from(i)]).filter(|s| *s != Sharing::Sharing)
+    }
+}
+
+/// How often the agent looks at the pause file, the clock and the quota.
+const SHARE_CHECK: Duration = Duration::from_secs(1);
 
 /// The pause file of a relay whose receipts log is `store_path`.
 pub(crate) fn pause_file(store_path: &std::path::Path) -> std::path::PathBuf {
     store_path.with_file_name("paused")
 }
 
-/// Follows the pause file: on a pause, every live session gets its final receipt and closes
-/// (nothing owed is lost: the usual close path); new offers are refused meanwhile.
-async fn watch_pause(shared: Arc<Shared>, relay: SharedRelay) {
-    use std::sync::atomic::Ordering;
-    let mut tick = tokio::time::interval(PAUSE_CHECK);
-    // What the sessions were last told, starting from "sharing": a pause found at start also
-    // closes the sessions resumed from the store (`paused` itself is set at start already, so
-    // no offer is admitted meanwhile).
-    let mut applied = false;
-    loop {
-        tick.tick().await;
-        let now = shared.pause_file.exists();
-        shared.paused.store(now, Ordering::SeqCst);
-        if now == applied {
-            continue;
-        }
-        applied = now;
-        if now {
-            let n = with_sessions(&relay, |_, s| {
+/// Applies the owner's rules once (under the share lock, then the relay lock): counts the
+/// relay's paid bytes, sets its budget and the admission flag, and when sharing stops gives
+/// every live session its final receipt and closes it (nothing owed is lost: the usual close
+/// path). `applied` is what the sessions were last told. Returns the decision and how many
+/// sessions were closed.
+fn apply_sharing(
+    shared: &Shared,
+    relay: &SharedRelay,
+    share: &mut crate::sharing::ShareShell,
+    applied: Sharing,
+) -> (ferry_agent::share::Step, Option<usize>) {
+    let paused = shared.pause_file.exists();
+    let mut r = lock(relay);
+    let step = share.tick(&mut r, paused);
+    let index = Sharing::ALL
+        .iter()
+        .position(|s| *s == step.state)
+        .unwrap_or(0);
+    shared.sharing.store(
+        u8::try_from(index).unwrap_or(0),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+    let closed = (step.state != Sharing::Sharing && applied == Sharing::Sharing)
+        .then(|| {
+            r.with_hook(|_, s: &mut PaidSessions| {
                 s.hub.close_all(Instant::now());
                 s.hub.len()
             })
-            .unwrap_or(0);
+        })
+        .flatten();
+    (step, closed)
+}
+
+/// Follows the pause file, the quota and the schedule once a second: when sharing stops every
+/// live session gets its final receipt and closes; new offers are refused meanwhile (with the
+/// reason). Saves the quota counters when due and at stop ([`Running::stop`]).
+async fn watch_sharing(shared: Arc<Shared>, relay: SharedRelay) {
+    let mut tick = tokio::time::interval(SHARE_CHECK);
+    // Starting from "sharing": a stop found at start also closes the sessions resumed from
+    // the store (the flag itself was set in `setup`, so no offer is admitted meanwhile).
+    let mut applied = Sharing::Sharing;
+    loop {
+        tick.tick().await;
+        let mut share = lock(&shared.share);
+        let (step, closed) = apply_sharing(&shared, &relay, &mut share, applied);
+        let changed = step.state != applied;
+        if let Some(n) = closed {
             shared.wake.notify_one();
             tracing::warn!(
                 sessions = n,
-                "sharing paused by the owner: live sessions get their final receipts, new ones \
-                 are refused (`ferry-agent resume` to share again)"
+                why = step.state.words(),
+                "sharing stopped: live sessions get their final receipts, new ones are refused"
             );
-        } else {
-            tracing::info!("sharing resumed");
+        } else if changed && step.state == Sharing::Sharing {
+            tracing::info!("sharing again");
+        } else if changed {
+            tracing::info!(why = step.state.words(), "not sharing");
+        }
+        applied = step.state;
+        if share.save_due(step, changed) {
+            if let Err(e) = share.save() {
+                tracing::warn!(error = %format!("{e:#}"), "sharing quota not saved; retrying");
+            }
         }
     }
 }
@@ -149,6 +193,7 @@ impl Metering {
         relay: &SharedRelay,
         subnets: Vec<IpNet>,
         (mtu, dns): (u16, bool),
+        (share_rules, timezone): (&ferry_agent::share::Rules, Option<&str>),
     ) -> Result<Self> {
         let key = crate::identity::load_key(&settings.identity_key_file, config)?;
         if let Some(dir) = settings.store_path.parent() {
@@ -197,6 +242,8 @@ impl Metering {
             }
         };
         let own: Vec<IpAddr> = subnets.iter().map(IpNet::addr).collect();
+        let share =
+            crate::sharing::ShareShell::open(share_rules.clone(), timezone, &settings.store_path)?;
         let shared = Arc::new(Shared {
             store,
             identity: identity.clone(),
@@ -218,12 +265,10 @@ impl Metering {
             price_asked: Mutex::new(None),
             mtu,
             dns,
-            paused: pause_file(&settings.store_path).exists().into(),
+            sharing: 0.into(),
             pause_file: pause_file(&settings.store_path),
+            share: Arc::new(Mutex::new(share)),
         });
-        if shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
-            tracing::warn!("sharing is paused (`ferry-agent resume` to share again)");
-        }
         let hello = tokio::net::UdpSocket::bind(settings.hello_listen)
             .await
             .with_context(|| format!("binding the Hello port {}", settings.hello_listen))?;
@@ -246,6 +291,14 @@ impl Metering {
             shared.counters.clone(),
             settings.overclaim_percent,
         )));
+        // The budget and the admission flag before any session resumes or offer arrives.
+        {
+            let mut share = lock(&shared.share);
+            let (step, _) = apply_sharing(&shared, relay, &mut share, Sharing::Paused);
+            if step.state != Sharing::Sharing {
+                tracing::warn!(why = step.state.words(), "not sharing now");
+            }
+        }
         let resumed = resume_sessions(&shared, relay);
         tracing::info!(
             relay_identity = %shared.identity.key.public_key().to_hex(),
@@ -270,22 +323,16 @@ impl Metering {
         })
     }
 
-    /// Handles the metrics snapshot reads (see `observability::MeteringSource`).
-    /// The relay identity and the directory state an [`crate::directory::Announcer`] uses.
-    /// What the directory announcer shares with metering: the identity, the listing state
-    /// and the price sessions open at (`None`: the ledger did not say it at start).
-    pub(crate) fn directory_parts(
-        &self,
-    ) -> (
-        RelayIdentity,
-        Arc<Mutex<crate::directory::DirectoryState>>,
-        Option<u64>,
-    ) {
-        (
-            self.shared.identity.clone(),
-            self.shared.directory.clone(),
-            self.settings.limits.price_micros_per_gib,
-        )
+    /// What the directory announcer shares with metering: the identity, the listing state,
+    /// the price sessions open at (`None`: the ledger did not say it at start) and the
+    /// owner's quota and schedule (advertised in the descriptor).
+    pub(crate) fn directory_parts(&self) -> DirectoryParts {
+        DirectoryParts {
+            identity: self.shared.identity.clone(),
+            state: self.shared.directory.clone(),
+            price: self.settings.limits.price_micros_per_gib,
+            share: self.shared.share.clone(),
+        }
     }
 
     pub(crate) fn stats_source(&self) -> crate::observability::MeteringSource {
@@ -329,7 +376,7 @@ impl Metering {
             });
         }
         tasks.spawn(drive(shared.clone(), relay.clone(), udp.clone()));
-        tasks.spawn(watch_pause(shared.clone(), relay.clone()));
+        tasks.spawn(watch_sharing(shared.clone(), relay.clone()));
         if let Some(s) = submitter {
             let stop = stop.clone();
             tasks.spawn(async move { s.run(async move { stop.notified().await }).await });
@@ -343,6 +390,14 @@ impl Metering {
             close_grace: settings.meter.close_grace,
         }
     }
+}
+
+/// See [`Metering::directory_parts`].
+pub(crate) struct DirectoryParts {
+    pub(crate) identity: RelayIdentity,
+    pub(crate) state: Arc<Mutex<crate::directory::DirectoryState>>,
+    pub(crate) price: Option<u64>,
+    pub(crate) share: Arc<Mutex<crate::sharing::ShareShell>>,
 }
 
 /// The running metering tasks.
@@ -381,11 +436,18 @@ impl Running {
         }
     }
 
-    /// Stops the tasks (the submitter gets a last chance to finish its request).
+    /// Stops the tasks (the submitter gets a last chance to finish its request) and saves the
+    /// quota counters with every byte the relay forwarded.
     pub(crate) async fn stop(mut self) {
         self.stop.notify_waiters();
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.tasks.shutdown().await;
+        let mut share = lock(&self.shared.share);
+        let state = share.state();
+        apply_sharing(&self.shared, &self.relay, &mut share, state);
+        if let Err(e) = share.save() {
+            tracing::warn!(error = %format!("{e:#}"), "sharing quota not saved at stop");
+        }
     }
 }
 

@@ -76,8 +76,9 @@ pub(crate) async fn run(sock: UdpSocket, shared: Arc<Shared>, relay: SharedRelay
             // The directory checking that this port is reachable: one signature, no state.
             // A client's ping (`--auto` measuring round trips): the same answer, not counted.
             Ok(Message::Probe(c)) => {
-                // A paused relay is not offering: clients looking for one get no answer.
-                if c.is_ping() && shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
+                // A relay that is not sharing now (paused, quota, schedule) is not offering:
+                // clients looking for one get no answer.
+                if c.is_ping() && shared.not_sharing().is_some() {
                     continue;
                 }
                 let answer = shared.identity.answer_probe(&c, unix_now());
@@ -193,11 +194,11 @@ async fn on_hello(shared: &Shared, relay: &SharedRelay, offer: SessionOffer) -> 
             with_sessions(relay, |_, s| s.set_price(p));
         }
     }
-    // Under the relay lock, like the pause watcher's close_all: a session is either refused
+    // Under the relay lock, like the sharing watcher's close_all: a session is either refused
     // here or admitted before it and closed by it.
     let admitted = with_sessions(relay, |r, s| {
-        if shared.paused.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(AdmitError::Rejected(SessionRejectReason::NotSharing));
+        if let Some(reason) = shared.not_sharing().and_then(|s| s.reject_reason()) {
+            return Err(AdmitError::Rejected(reason));
         }
         s.admit(r, &offer, session_id, spent, now, unix)
     });

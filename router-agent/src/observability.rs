@@ -174,6 +174,7 @@ impl MeteringSource {
         s.earned_bytes = c.earned.load(Ordering::Relaxed);
         let d = lock(&self.shared.directory);
         s.directory = d.announcing.then(|| d.stats());
+        s.sharing = Some(lock(&self.shared.share).view().stats());
     }
 }
 
@@ -429,7 +430,8 @@ fn paid_status(m: &MeteringSource, sessions: usize) -> serde_json::Value {
     let sub = m.submitted.as_ref().map(|s| lock(s).clone());
     json!({
         "sessions": sessions,
-        "paused": m.shared.paused.load(Ordering::Relaxed),
+        "paused": m.shared.not_sharing() == Some(ferry_agent::share::Sharing::Paused),
+        "sharing": crate::metering::lock(&m.shared.share).view().json(),
         "earned_bytes": c.earned.load(Ordering::Relaxed),
         "receipts_cosigned": c.cosigned.load(Ordering::Relaxed),
         "receipts_pending": pending,

@@ -115,6 +115,7 @@ fn build_relay(cfg: &Validated, key: &WgPrivateKey) -> Result<Relay> {
         index_salt: u32::from_le_bytes(salt),
     });
     relay.set_handshake_budget(cfg.raw.limits.handshake_budget);
+    relay.set_share_rate(cfg.share_rate.0, cfg.share_rate.1);
     for p in &cfg.peers {
         relay
             .add_peer(PeerConfig {
@@ -144,7 +145,11 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
                             .iter()
                             .any(|a| a.port() == 53 && tunnel_ips.contains(&a.ip())))
             });
-            Some(Metering::setup(p, path, &relay, cfg.address.clone(), (cfg.mtu, dns)).await?)
+            let share = (&cfg.share, cfg.raw.limits.timezone.as_deref());
+            Some(
+                Metering::setup(p, path, &relay, cfg.address.clone(), (cfg.mtu, dns), share)
+                    .await?,
+            )
         }
         None => None,
     };
@@ -166,13 +171,13 @@ async fn run_async(path: &Path, cfg: Validated, key: WgPrivateKey) -> Result<()>
     let control = tokio::spawn(control::run(path.to_owned(), relay.clone()));
     let announcer = match (&metering, &cfg.directory, &cfg.paid) {
         (Some(m), Some(d), Some(p)) => {
-            let (identity, state, price) = m.directory_parts();
+            let parts = m.directory_parts();
             // The network price metering learned at start, not asked for a second time.
             let d = crate::config_directory::DirectorySettings {
-                price_micros_per_gib: d.price_micros_per_gib.or(price),
+                price_micros_per_gib: d.price_micros_per_gib.or(parts.price),
                 ..d.clone()
             };
-            let a = announcer(&d, p, &cfg, &key, identity, state)?;
+            let a = announcer(&d, p, &cfg, &key, parts)?;
             Some(tokio::spawn(crate::directory::run(a)))
         }
         _ => None,
@@ -289,7 +294,18 @@ pub(crate) fn print_descriptor(path: &Path) -> Result<()> {
         ledger_key: p.ledger_key,
         key: Arc::new(id_key),
     };
-    let a = announcer(&d, p, &cfg, &key, identity, Arc::default())?;
+    let share = crate::sharing::ShareShell::open(
+        cfg.share.clone(),
+        cfg.raw.limits.timezone.as_deref(),
+        &p.store_path,
+    )?;
+    let parts = crate::metering::DirectoryParts {
+        identity,
+        state: Arc::default(),
+        price: None,
+        share: Arc::new(Mutex::new(share)),
+    };
+    let a = announcer(&d, p, &cfg, &key, parts)?;
     let desc = runtime()?.block_on(a.current(&mut None))?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", crate::directory::describe(&desc))?;
@@ -311,8 +327,7 @@ fn announcer(
     p: &crate::config_paid::PaidSettings,
     cfg: &Validated,
     key: &WgPrivateKey,
-    identity: ferry_metering::RelayIdentity,
-    state: Arc<Mutex<crate::directory::DirectoryState>>,
+    parts: crate::metering::DirectoryParts,
 ) -> Result<crate::directory::Announcer> {
     let url = p
         .ledger_url
@@ -324,19 +339,27 @@ fn announcer(
         std::time::Duration::from_secs(15),
     )
     .map_err(|e| anyhow::anyhow!("network.ledger-url: {e}"))?;
+    // What one client can get: its own rate, or less if all clients together get less.
+    let l = &cfg.raw.limits;
+    let per_client = [l.client_rate_mbit, l.share_down_mbit]
+        .into_iter()
+        .filter(|m| *m > 0)
+        .min()
+        .unwrap_or(0);
     Ok(crate::directory::Announcer {
         settings: d.clone(),
-        identity,
+        identity: parts.identity,
         wg_key: *key.public_key().as_bytes(),
         wg_port: cfg.listen.port(),
         hello_port: p.hello_listen.port(),
         limits: ferry_receipts::AdvertisedLimits {
-            max_mbit: u32::try_from(cfg.raw.limits.client_rate_mbit).unwrap_or(u32::MAX),
+            max_mbit: u32::try_from(per_client).unwrap_or(u32::MAX),
             blocked_ports: cfg.advertised_blocked_ports(),
             ..ferry_receipts::AdvertisedLimits::unlimited()
         },
         ledger,
-        state,
+        state: parts.state,
+        share: parts.share,
     })
 }
 

@@ -10,6 +10,9 @@ use tz::{DateTime, TimeZone, TimeZoneRef};
 
 /// Bytes in a GiB.
 pub const GIB: f64 = 1_073_741_824.0;
+/// A quota is used up when less than this is left of it: the relay forwards a packet only if
+/// it fits whole, so the last bytes would otherwise keep sessions open that can send nothing.
+pub const QUOTA_SLACK: u64 = 64 * 1024;
 const MINUTES_PER_DAY: usize = 24 * 60;
 const MINUTES_PER_WEEK: usize = 7 * MINUTES_PER_DAY;
 const DAY_NAMES: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
@@ -330,9 +333,15 @@ impl Rules {
     pub fn decide(&self, paused: bool, c: &Counters, now: Local) -> Sharing {
         if paused {
             Sharing::Paused
-        } else if self.monthly.is_some_and(|q| c.period_bytes >= q) {
+        } else if self
+            .monthly
+            .is_some_and(|q| c.period_bytes.saturating_add(QUOTA_SLACK) > q)
+        {
             Sharing::MonthlyQuota
-        } else if self.daily.is_some_and(|q| c.day_bytes >= q) {
+        } else if self
+            .daily
+            .is_some_and(|q| c.day_bytes.saturating_add(QUOTA_SLACK) > q)
+        {
             Sharing::DailyQuota
         } else if self
             .schedule
@@ -384,6 +393,69 @@ impl Rules {
             }
         }
         out
+    }
+}
+
+/// The rules applied over time: counts the relay's paid bytes into [`Counters`] and decides.
+#[derive(Debug, Clone)]
+pub struct Tracker {
+    pub rules: Rules,
+    pub counters: Counters,
+    /// The relay's `share_used()` already counted.
+    seen: u64,
+}
+
+/// One [`Tracker::tick`]'s outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    pub state: Sharing,
+    /// What the relay may still forward (`Relay::set_share_budget`).
+    pub budget: Option<u64>,
+    /// A new day or period started (the counters should be saved).
+    pub rolled: bool,
+}
+
+impl Tracker {
+    /// Starts from persisted `counters`; the relay has counted `relay_used` bytes so far.
+    pub fn new(rules: Rules, counters: Counters, relay_used: u64) -> Self {
+        Self {
+            rules,
+            counters,
+            seen: relay_used,
+        }
+    }
+
+    /// At `unix` in `tz`, with the relay's byte count `relay_used` and the pause flag.
+    pub fn tick(&mut self, tz: TimeZoneRef<'_>, unix: i64, relay_used: u64, paused: bool) -> Step {
+        let grown = relay_used.saturating_sub(self.seen);
+        self.seen = relay_used;
+        let Some(now) = Local::at(tz, unix) else {
+            // Unrepresentable time: count, keep the period, decide on the counts alone.
+            self.counters.add(grown);
+            let state = self.rules.decide(paused, &self.counters, at_noon());
+            return Step {
+                state,
+                budget: self.rules.remaining(&self.counters),
+                rolled: false,
+            };
+        };
+        // Roll first: bytes of the last tick before midnight (~1 s) count in the new day
+        // rather than vanish with the old one (the household's side of the error).
+        let rolled = self.counters.roll(now, self.rules.reset_day);
+        self.counters.add(grown);
+        Step {
+            state: self.rules.decide(paused, &self.counters, now),
+            budget: self.rules.remaining(&self.counters),
+            rolled,
+        }
+    }
+}
+
+fn at_noon() -> Local {
+    Local {
+        date: (1970, 1, 1),
+        weekday: 3,
+        minute: 720,
     }
 }
 

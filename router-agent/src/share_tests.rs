@@ -80,6 +80,9 @@ fn bad_schedule_entries_say_what_is_wrong() {
     }
 }
 
+/// A MiB: quotas in tests are far above [`QUOTA_SLACK`].
+const M: u64 = 1 << 20;
+
 fn rules(daily: Option<u64>, monthly: Option<u64>, reset_day: u8) -> Rules {
     Rules {
         daily,
@@ -99,25 +102,39 @@ fn at(date: (i32, u8, u8)) -> Local {
 
 #[test]
 fn quota_counts_per_day_and_per_period_and_resets_on_the_reset_day() {
-    let r = rules(Some(1000), Some(5000), 15);
+    let r = rules(Some(1000 * M), Some(5000 * M), 15);
     let mut c = Counters::default();
     assert!(c.roll(at((2026, 12, 8)), 15));
     assert_eq!((c.day, c.period), (20261208, 20261115));
-    c.add(600);
-    assert_eq!(r.remaining(&c), Some(400));
+    c.add(600 * M);
+    assert_eq!(r.remaining(&c), Some(400 * M));
     assert_eq!(r.decide(false, &c, at((2026, 12, 8))), Sharing::Sharing);
-    c.add(400);
+    c.add(400 * M);
     assert_eq!(r.remaining(&c), Some(0));
     assert_eq!(r.decide(false, &c, at((2026, 12, 8))), Sharing::DailyQuota);
     assert_eq!(r.decide(true, &c, at((2026, 12, 8))), Sharing::Paused);
+    // Used up already when less than QUOTA_SLACK is left (no packet would fit for long).
+    let mut almost = Counters {
+        day_bytes: 1000 * M - QUOTA_SLACK,
+        ..c.clone()
+    };
+    assert_eq!(
+        r.decide(false, &almost, at((2026, 12, 8))),
+        Sharing::Sharing
+    );
+    almost.add(1);
+    assert_eq!(
+        r.decide(false, &almost, at((2026, 12, 8))),
+        Sharing::DailyQuota
+    );
     // Same day again: nothing resets.
     assert!(!c.roll(at((2026, 12, 8)), 15));
     // Next days: the daily count starts over, the period goes on until the 15th.
     for d in 9..=13 {
         assert!(c.roll(at((2026, 12, d)), 15));
-        c.add(800);
+        c.add(800 * M);
     }
-    assert_eq!(c.period_bytes, 5000);
+    assert_eq!(c.period_bytes, 5000 * M);
     assert_eq!(r.remaining(&c), Some(0));
     assert_eq!(
         r.decide(false, &c, at((2026, 12, 13))),
@@ -130,7 +147,7 @@ fn quota_counts_per_day_and_per_period_and_resets_on_the_reset_day() {
     );
     c.roll(at((2026, 12, 15)), 15);
     assert_eq!((c.period, c.period_bytes, c.day_bytes), (20261215, 0, 0));
-    assert_eq!(r.remaining(&c), Some(1000));
+    assert_eq!(r.remaining(&c), Some(1000 * M));
     // No quota at all: no budget.
     assert_eq!(rules(None, None, 1).remaining(&c), None);
 }
@@ -227,4 +244,40 @@ fn the_advertised_week_is_the_local_schedule_in_utc_hours() {
         ..limits
     };
     assert!(summer.shares_at(16) && summer.shares_at(20) && !summer.shares_at(21));
+}
+
+#[test]
+fn the_tracker_counts_the_relays_growth_and_sets_the_budget() {
+    let tz = zone("UTC");
+    let r = rules(Some(10_000 * M), None, 1);
+    // Persisted: 4,000 MiB today already; the relay has counted 500 MiB since its start.
+    let t0 = unix(2026, 12, 8, 10, 0);
+    let saved = Counters {
+        day: 20261208,
+        day_bytes: 4000 * M,
+        period: 20261201,
+        period_bytes: 4000 * M,
+    };
+    let mut t = Tracker::new(r, saved, 500 * M);
+    let s = t.tick(tz.as_ref(), t0, 500 * M, false);
+    assert_eq!(
+        (s.state, s.budget, s.rolled),
+        (Sharing::Sharing, Some(6000 * M), false)
+    );
+    let s = t.tick(tz.as_ref(), t0 + 1, 3500 * M, false);
+    assert_eq!((s.budget, t.counters.day_bytes), (Some(3000 * M), 7000 * M));
+    let s = t.tick(tz.as_ref(), t0 + 2, 6500 * M, false);
+    assert_eq!((s.state, s.budget), (Sharing::DailyQuota, Some(0)));
+    // Past midnight: a new day, the budget is whole again, less what came in that tick.
+    let s = t.tick(tz.as_ref(), unix(2026, 12, 9, 0, 0), 6600 * M, false);
+    assert_eq!(
+        (s.state, s.budget, s.rolled),
+        (Sharing::Sharing, Some(9900 * M), true)
+    );
+    assert_eq!(t.counters.period_bytes, 10_100 * M, "the month goes on");
+    assert_eq!(
+        t.tick(tz.as_ref(), unix(2026, 12, 9, 0, 1), 6600 * M, true)
+            .state,
+        Sharing::Paused
+    );
 }

@@ -31,7 +31,7 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-pub use file::{FileWrapper, LogFile, is_no_space};
+pub use file::{FileWrapper, LogFile, is_no_space, write_atomically};
 pub use http::{LedgerClient, LedgerUrl};
 pub use persist::{PersistError, Persister};
 pub use record::{

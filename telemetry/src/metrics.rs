@@ -215,6 +215,31 @@ pub const DIRECTORY_FINDINGS: [&str; 3] = [
     "address_not_public",
 ];
 
+/// The states of the owner's sharing rules (one `ferry_sharing` series each).
+pub const SHARING_STATES: [&str; 5] = [
+    "sharing",
+    "paused",
+    "daily_quota",
+    "monthly_quota",
+    "outside_schedule",
+];
+
+/// The owner's sharing rules (present when paid sharing is on).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharingStats {
+    /// One of [`SHARING_STATES`].
+    pub state: String,
+    /// Paid bytes (both directions) counted today / in this monthly period.
+    pub used_today_bytes: u64,
+    pub used_period_bytes: u64,
+    /// The quotas (`None`: none set).
+    pub daily_quota_bytes: Option<u64>,
+    pub monthly_quota_bytes: Option<u64>,
+    /// Seconds to the next daily / monthly reset.
+    pub daily_reset_secs: Option<u64>,
+    pub monthly_reset_secs: Option<u64>,
+}
+
 /// The relay's standing in the directory (present when the agent announces).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectoryStats {
@@ -265,6 +290,8 @@ pub struct Snapshot {
     pub dns: Option<DnsStats>,
     /// Directory standing, if the agent announces.
     pub directory: Option<DirectoryStats>,
+    /// The owner's sharing rules, if paid sharing is on.
+    pub sharing: Option<SharingStats>,
 }
 
 /// Produces a [`Snapshot`] on each scrape. Closures `Fn() -> Snapshot` implement it.
@@ -457,6 +484,9 @@ impl Collector for AgentCollector {
         if let Some(d) = &s.directory {
             encode_directory(&mut enc, d)?;
         }
+        if let Some(sh) = &s.sharing {
+            encode_sharing(&mut enc, sh)?;
+        }
         if let Some(dns) = s.dns {
             counter(
                 &mut enc,
@@ -512,6 +542,57 @@ fn encode_directory(enc: &mut DescriptorEncoder, d: &DirectoryStats) -> fmt::Res
             ("answered", d.probes_answered),
             ("refused", d.probes_refused),
         ],
+    )
+}
+
+fn encode_sharing(enc: &mut DescriptorEncoder, s: &SharingStats) -> fmt::Result {
+    let states: Vec<(&str, u64)> = SHARING_STATES
+        .iter()
+        .map(|c| (*c, u64::from(s.state == *c)))
+        .collect();
+    labelled(
+        enc,
+        "ferry_sharing",
+        "1 for the current state of the owner's sharing (pause, quota, schedule)",
+        MetricType::Gauge,
+        "state",
+        &states,
+    )?;
+    labelled(
+        enc,
+        "ferry_share_used_bytes",
+        "Paid bytes (both directions) counted against the quota in this day / monthly period",
+        MetricType::Gauge,
+        "period",
+        &[("day", s.used_today_bytes), ("month", s.used_period_bytes)],
+    )?;
+    let set = |pairs: [(&'static str, Option<u64>); 2]| -> Vec<(&'static str, u64)> {
+        pairs
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v?)))
+            .collect()
+    };
+    let quotas = set([
+        ("day", s.daily_quota_bytes),
+        ("month", s.monthly_quota_bytes),
+    ]);
+    if !quotas.is_empty() {
+        labelled(
+            enc,
+            "ferry_share_quota_bytes",
+            "The owner's sharing quota per day / monthly period",
+            MetricType::Gauge,
+            "period",
+            &quotas,
+        )?;
+    }
+    labelled(
+        enc,
+        "ferry_share_reset_seconds",
+        "Seconds until the daily / monthly quota starts again",
+        MetricType::Gauge,
+        "period",
+        &set([("day", s.daily_reset_secs), ("month", s.monthly_reset_secs)]),
     )
 }
 

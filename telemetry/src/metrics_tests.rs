@@ -278,3 +278,45 @@ fn directory_metrics_name_each_problem_and_are_absent_without_announces() {
         Some(4.0)
     );
 }
+
+#[test]
+fn sharing_metrics_show_the_state_the_use_and_only_the_quotas_that_are_set() {
+    let mut m = Metrics::new(&MetricsConfig::default());
+    m.register_agent(Snapshot::default);
+    assert!(!m.encode().unwrap().contains("ferry_shar"));
+    let mut m = Metrics::new(&MetricsConfig::default());
+    m.register_agent(|| Snapshot {
+        sharing: Some(SharingStats {
+            state: "daily_quota".into(),
+            used_today_bytes: 1 << 30,
+            used_period_bytes: 3 << 30,
+            daily_quota_bytes: Some(1 << 30),
+            monthly_quota_bytes: None,
+            daily_reset_secs: Some(3600),
+            monthly_reset_secs: Some(86_400),
+        }),
+        ..Snapshot::default()
+    });
+    let text = m.encode().unwrap();
+    assert_eq!(
+        sample(&text, "ferry_sharing{state=\"daily_quota\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "ferry_sharing{state=\"sharing\"}"), Some(0.0));
+    assert_eq!(
+        sample(&text, "ferry_share_used_bytes{period=\"month\"}"),
+        Some(3.0 * 1_073_741_824.0)
+    );
+    assert_eq!(
+        sample(&text, "ferry_share_quota_bytes{period=\"day\"}"),
+        Some(1_073_741_824.0)
+    );
+    assert_eq!(
+        sample(&text, "ferry_share_quota_bytes{period=\"month\"}"),
+        None
+    );
+    assert_eq!(
+        sample(&text, "ferry_share_reset_seconds{period=\"day\"}"),
+        Some(3600.0)
+    );
+}

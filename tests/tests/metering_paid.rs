@@ -530,21 +530,58 @@ fn priced_session(p: &Paid, secs: u64) -> CoSignedReceipt {
 
 /// Rewrites the agent's `[paid] price-micros-per-gib` and restarts it.
 fn reprice(p: &mut Paid, price: u64) {
+    let keep = |l: &str| !l.starts_with("price-micros-per-gib");
+    reconfigure(
+        p,
+        keep,
+        |l| l == "enabled = true",
+        &format!("price-micros-per-gib = {price}"),
+    );
+}
+
+/// Rewrites the agent's config (keeps the lines `keep` accepts, puts `add` after the line
+/// `after` matches) and restarts the agent (a clean stop).
+fn reconfigure(p: &mut Paid, keep: impl Fn(&str) -> bool, after: impl Fn(&str) -> bool, add: &str) {
     let text = std::fs::read_to_string(&p.config).unwrap();
     let text: String = text
         .lines()
-        .filter(|l| !l.starts_with("price-micros-per-gib"))
+        .filter(|l| keep(l))
         .map(|l| {
-            if l == "enabled = true" {
-                format!("{l}\nprice-micros-per-gib = {price}\n")
+            if after(l) {
+                format!("{l}\n{add}\n")
             } else {
                 format!("{l}\n")
             }
         })
         .collect();
+    assert!(text.contains(add), "no line for {add:?} in the config");
     std::fs::write(&p.config, text).unwrap();
     p.topo.lab.stop(p.agent, Duration::from_secs(10));
     p.agent = start_agent(&mut p.topo.lab, &p.topo.router, &p.bin, &p.config, LABEL).unwrap();
+}
+
+/// Sets `[limits]` sharing lines (replacing earlier ones) and restarts the agent.
+fn set_sharing_limits(p: &mut Paid, lines: &str) {
+    let ours = |l: &str| {
+        [
+            "daily-quota-gib",
+            "schedule",
+            "timezone",
+            "monthly-quota-gib",
+        ]
+        .iter()
+        .any(|k| l.starts_with(k))
+    };
+    let after = |l: &str| l.starts_with("client-rate-mbit");
+    reconfigure(p, |l| !ours(l), after, lines);
+}
+
+fn status(p: &Paid) -> serde_json::Value {
+    let (code, body) =
+        ferry_e2e::observability::http_get(&p.topo.router, "http://127.0.0.1:9586/status", None)
+            .unwrap();
+    assert_eq!(code, 200);
+    serde_json::from_str(&body).unwrap()
 }
 
 #[test]
@@ -650,18 +687,10 @@ fn pause_ends_live_sessions_with_their_final_receipt_refuses_new_ones_and_surviv
     assert_eq!(r.acked.last(), Some(&fin), "the final receipt is stored");
     let (credited, _) = ledger_credit(&p, total(&fin));
     assert_eq!(credited, total(&fin), "nothing owed is lost");
-    let (code, body) =
-        ferry_e2e::observability::http_get(&p.topo.router, "http://127.0.0.1:9586/status", None)
-            .unwrap();
-    assert_eq!(code, 200);
-    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let s = status(&p);
     assert_eq!(s["paid"]["paused"], true, "{s}");
-    assert!(
-        p.topo
-            .lab
-            .log(LABEL)
-            .contains("sharing paused by the owner")
-    );
+    assert_eq!(s["paid"]["sharing"]["state"], "paused", "{s}");
+    assert!(p.topo.lab.log(LABEL).contains("paused by the owner"));
     // New offers are refused with the reason, also after a restart (the pause is a file).
     assert_refused(&p, ferry_metering::SessionRejectReason::NotSharing);
     p.topo.lab.stop(p.agent, Duration::from_secs(5));
@@ -685,4 +714,94 @@ fn pause_ends_live_sessions_with_their_final_receipt_refuses_new_ones_and_surviv
         fin.body().seq,
         total(&fin)
     );
+}
+
+#[test]
+#[ignore = "needs root: netns"]
+fn the_daily_quota_ends_live_sessions_exactly_refuses_new_ones_survives_a_restart_and_the_schedule_refuses_outside_its_hours()
+ {
+    let mut p = setup(
+        "receipt-every-mib = 0.25\nreceipt-every-secs = 1\ncredit-window-mib = 2\n",
+        true,
+        Behaviour::Honest,
+    );
+    // 0.004 GiB = 4,294,967 bytes both ways; the echo doubles what the client sends.
+    let quota = (0.004f64 * 1_073_741_824.0).round() as u64;
+    set_sharing_limits(&mut p, "daily-quota-gib = 0.004\ntimezone = \"UTC\"");
+    let client = PaidClient::start(&p.topo.client, p.spec.clone()).unwrap();
+    client
+        .wait(Duration::from_secs(10), "session accepted", |r| {
+            r.address.is_some()
+        })
+        .unwrap();
+    client.set_rate(1000);
+    let r = client
+        .wait(
+            Duration::from_secs(20),
+            "the relay's final receipt at the quota",
+            |r| r.closed,
+        )
+        .unwrap();
+    client.set_rate(0);
+    let fin = *r.cosigned.last().unwrap();
+    assert_eq!(r.final_seq, Some(fin.body().seq));
+    let billed = total(&fin);
+    // Exact: not one byte past the quota was forwarded or billed, and the quota was used.
+    assert!(billed <= quota, "{billed} > {quota}");
+    // Used up = less than 64 KiB left (QUOTA_SLACK): the relay forwarded up to then or later.
+    assert!(billed > quota - 65_536, "{billed} far below {quota}");
+    let (credited, _) = ledger_credit(&p, billed);
+    assert_eq!(credited, billed, "the final receipt is credited");
+    let s = status(&p);
+    let sh = &s["paid"]["sharing"];
+    assert_eq!(sh["state"], "daily_quota", "{s}");
+    assert_eq!(sh["used_today_bytes"], billed, "{s}");
+    assert_eq!(sh["daily_quota_bytes"], quota, "{s}");
+    assert!(sh["daily_reset_in_secs"].as_u64().unwrap() <= 86_400, "{s}");
+    let (_, metrics) =
+        ferry_e2e::observability::http_get(&p.topo.router, "http://127.0.0.1:9586/metrics", None)
+            .unwrap();
+    assert!(
+        metrics.contains("ferry_sharing{state=\"daily_quota\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "ferry_share_used_bytes{{period=\"day\"}} {billed}"
+    )));
+    assert_refused(&p, ferry_metering::SessionRejectReason::QuotaReached);
+    // A restart (clean stop) keeps the count: still refused, the same bytes used.
+    p.topo.lab.stop(p.agent, Duration::from_secs(10));
+    let file = p.state_dir.join("share.json");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    p.agent = start_agent(&mut p.topo.lab, &p.topo.router, &p.bin, &p.config, LABEL).unwrap();
+    assert_refused(&p, ferry_metering::SessionRejectReason::QuotaReached);
+    assert_eq!(status(&p)["paid"]["sharing"]["used_today_bytes"], billed);
+    // A schedule whose window starts in two hours: refused as outside the sharing hours.
+    let now = ferry_store::unix_now();
+    let hhmm = |t: u64| format!("{:02}:{:02}", t / 3600 % 24, t / 60 % 60);
+    let later = format!(
+        "schedule = [\"daily {}-{}\"]\ntimezone = \"UTC\"",
+        hhmm(now + 7200),
+        hhmm(now + 10_800)
+    );
+    set_sharing_limits(&mut p, &later);
+    assert_refused(&p, ferry_metering::SessionRejectReason::OutsideSchedule);
+    assert_eq!(status(&p)["paid"]["sharing"]["state"], "outside_schedule");
+    // A window holding now: a session opens.
+    let open = format!(
+        "schedule = [\"daily {}-{}\"]\ntimezone = \"UTC\"",
+        hhmm(now - 600),
+        hhmm(now + 3600)
+    );
+    set_sharing_limits(&mut p, &open);
+    fresh_client(&p)
+        .wait(Duration::from_secs(15), "accepted inside the window", |r| {
+            r.accepted.is_some()
+        })
+        .unwrap();
+    eprintln!("quota: {billed} of {quota} bytes billed and credited, then refused");
 }
