@@ -210,6 +210,20 @@ async function check(name, fn) {
     assert(textOf(page).includes('paused by you') && textOf(button()).includes('Resume sharing'), textOf(page));
     await button().attrs.click();
     assert.deepStrictEqual(pauseCalls, [['pause'], ['resume']]);
+    // The quota used up: said in words, with what was shared and when it resets.
+    statusReply = JSON.stringify(Object.assign({}, sample, {
+      paid: { sessions: 0, paused: false, earned_bytes: 0, receipts_cosigned: 0, receipts_pending: 0,
+        receipts_submitted: 0, ledger_configured: true, last_ledger_contact_secs: 3, ledger_error: null,
+        sharing: { state: 'daily_quota', why: 'the daily sharing quota is used up (it resets at local midnight)',
+          daily_quota_bytes: 1073741824, monthly_quota_bytes: null, used_today_bytes: 1073741824,
+          used_this_period_bytes: 5368709120, daily_reset_in_secs: 3600, monthly_reset_in_secs: 86400,
+          quota_reset_day: 1, schedule: ['mon-fri 18:00-23:30'], timezone: '/etc/TZ (CET-1CEST)' } },
+    }));
+    await polls[0].fn();
+    for (const want of ['not sharing now: the daily sharing quota is used up', 'Shared today',
+      '1073741824B of 1073741824B', 'resets in 3600', 'Sharing hours', 'mon-fri 18:00-23:30 (/etc/TZ (CET-1CEST))'])
+      assert(textOf(page).includes(want), `status panel lacks ${want}: ${textOf(page)}`);
+    assert(!textOf(page).includes('Shared this month'), 'no monthly quota set: no row');
   });
 
   await check('status panel polls every 5 s and shows an unreachable agent', async () => {
@@ -286,6 +300,15 @@ async function check(name, fn) {
     assert.strictEqual(state.validate('x', '/etc/ferry/state'), true);
     for (const bad of ['/tmp/ferry', '/var/ferry', '/tmp', 'relative'])
       assert.notStrictEqual(state.validate('x', bad), true, bad);
+    // Sharing limits: what the renderer and the agent accept.
+    const gib = options.find((o) => o.name === 'daily_quota_gib');
+    for (const ok of ['0', '5', '0.5', '100']) assert.strictEqual(gib.validate('x', ok), true, ok);
+    for (const bad of ['1,5', '.5', '5.', '-1', 'lots']) assert.notStrictEqual(gib.validate('x', bad), true, bad);
+    const sched = options.find((o) => o.name === 'schedule');
+    for (const ok of ['mon-fri 18:00-23:30', 'sat,sun 00:00-24:00', 'daily 09:00-17:00', 'fri-mon,wed 22:00-02:00'])
+      assert.strictEqual(sched.validate('x', ok), true, ok);
+    for (const bad of ['weekdays 18:00-23:00', 'mon 25:00-26:00', 'mon 18:00', 'mon 24:00-01:00'])
+      assert.notStrictEqual(sched.validate('x', bad), true, bad);
     const key = options.find((o) => o.name === 'public_key');
     assert.strictEqual(key.validate('x', sample.public_key), true);
     assert.notStrictEqual(key.validate('x', 'short='), true);

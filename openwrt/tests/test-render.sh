@@ -218,6 +218,23 @@ config peer
 		\"network\": {\"id\": \"$NET\", \"ledger-key\": \"$LK\", \"ledger-url\": \"http://192.168.1.10:7878\"},
 		\"metering\": {\"state-dir\": \"/etc/ferry/state\", \"receipt-every-mib\": 4, \"credit-window-mib\": 16},
 		\"paid\": {\"enabled\": true, \"max-sessions-per-voucher\": 2, \"max-sessions-per-client\": 2}}"
+	expect_ok "sharing limits: rates, quotas, reset day, schedule, zone" "$sh" "$PAID
+	option share_up_mbit '5'
+	option share_down_mbit '20'
+	option daily_quota_gib '0.5'
+	option monthly_quota_gib '100'
+	option quota_reset_day '15'
+	list schedule 'mon-fri 18:00-23:30'
+	list schedule 'sat,sun 00:00-24:00'
+	option timezone 'CET-1CEST,M3.5.0,M10.5.0/3'" "{\"limits\": {\"share-up-mbit\": 5,
+		\"share-down-mbit\": 20, \"daily-quota-gib\": 0.5, \"monthly-quota-gib\": 100,
+		\"quota-reset-day\": 15, \"schedule\": [\"mon-fri 18:00-23:30\", \"sat,sun 00:00-24:00\"],
+		\"timezone\": \"CET-1CEST,M3.5.0,M10.5.0/3\"}}"
+	expect_err "sharing limits: a quota that is no number" "$sh" "$DEFAULT
+	option daily_quota_gib '1,5'" "daily_quota_gib must be a number of GiB"
+	expect_err "sharing limits: reset day beyond a month" "$sh" "$DEFAULT
+	option quota_reset_day '32'" "option quota_reset_day out of range 1..31"
+
 	expect_err "paid: network_id of the wrong length" "$sh" "$PAID
 	option network_id '0011'" "option network_id must be 32 hex digits"
 	expect_err "paid: ledger_key not hex" "$sh" "$PAID

@@ -202,6 +202,7 @@ fn local_zone(explicit: Option<&str>, env: Option<String>, files: &[&Path]) -> (
             None
         }
     };
+    let explicit = explicit.filter(|s| !s.trim().is_empty());
     if let Some(found) = explicit.and_then(|s| named("[limits] timezone".into(), s)) {
         return found;
     }

@@ -50,6 +50,8 @@ pub struct DemoOptions {
     pub voucher_bytes: u64,
     /// What the operator credits to the client's ledger balance (micros).
     pub deposit_micros: u64,
+    /// The home relay's `[limits] share-down-mbit` (all paying clients together; 0 = none).
+    pub share_down_mbit: u64,
 }
 
 impl Default for DemoOptions {
@@ -59,6 +61,7 @@ impl Default for DemoOptions {
             receipt_every_mib: 1.0,
             voucher_bytes: 256 << 20,
             deposit_micros: 1_000_000,
+            share_down_mbit: 30,
         }
     }
 }
@@ -75,6 +78,8 @@ pub struct DemoReport {
     pub downloaded: u64,
     /// Download time.
     pub download_time: Duration,
+    /// Its rate, TCP payload Mbit/s.
+    pub download_mbit: f64,
     /// Source address the internet host saw.
     pub inet_saw: Option<SocketAddr>,
     /// Distinct receipts the client co-signed (its receipt log).
@@ -449,8 +454,10 @@ fn flow(
     // answer the client from the router's WAN-side address, which a client's connected
     // socket drops.
     cfg.listen = sa(ROUTER_UP4, 51820);
+    // Inside `[limits]` (the rendered config's last table before `extra`).
     cfg.extra = format!(
-        "\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{network_id}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"{}\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = {:.3}\nreceipt-every-secs = 30\ncredit-window-mib = 16\nclose-grace-secs = 3\n\n[paid]\nenabled = true\n\n[metrics]\nenabled = true\nlisten = [\"{METRICS}\"]\n",
+        "\nshare-down-mbit = {}\n\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{network_id}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"{}\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = {:.3}\nreceipt-every-secs = 30\ncredit-window-mib = 16\nclose-grace-secs = 3\n\n[paid]\nenabled = true\n\n[metrics]\nenabled = true\nlisten = [\"{METRICS}\"]\n",
+        opts.share_down_mbit,
         topo.lab.dir().join("relay-identity.key").display(),
         ledger.url,
         state_dir.display(),
@@ -612,11 +619,18 @@ fn flow(
     report.downloaded = got.bytes;
     report.inet_saw = Some(got.peer_seen);
     let secs = report.download_time.as_secs_f64().max(1e-6);
+    let mbit = got.bytes as f64 * 8.0 / secs / 1e6;
+    report.download_mbit = mbit;
     say(&format!(
-        "      downloaded {} bytes (verified) in {secs:.2} s = {:.0} Mbit/s",
+        "      downloaded {} bytes (verified) in {secs:.2} s = {mbit:.1} Mbit/s",
         got.bytes,
-        got.bytes as f64 * 8.0 / secs / 1e6
     ));
+    if opts.share_down_mbit > 0 {
+        say(&format!(
+            "      the router's owner shares {} Mbit/s with all paying clients together ([limits] share-down-mbit): the download kept to it; the household's own traffic is not limited",
+            opts.share_down_mbit
+        ));
+    }
     say(&format!(
         "      internet host saw the connection from {} (the router's uplink, not the client {CLIENT_WAN4})",
         got.peer_seen.ip()

@@ -24,6 +24,14 @@ fn demo_bills_exactly_what_the_agent_metered_and_leaves_nothing_behind() {
     // Traffic went through the relay and left from the router's address.
     assert_eq!(r.downloaded, opts.download_bytes);
     assert_eq!(r.inet_saw.unwrap().ip(), IpAddr::from(ROUTER_UP4));
+    // The owner's total share cap held (TCP payload below the cap on inner IP bytes, +2 %
+    // for the 64 KiB burst and timing).
+    let cap = opts.share_down_mbit as f64;
+    assert!(
+        r.download_mbit <= cap * 1.02,
+        "{} Mbit/s over the {cap} cap",
+        r.download_mbit
+    );
 
     // Several receipts (1 MiB cadence over 20 MiB), every one co-signed and stored by both.
     assert!(r.client_cosigned >= 2, "{r:?}");

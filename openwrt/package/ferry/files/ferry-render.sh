@@ -52,6 +52,17 @@ ferry_uint() {
 	fi
 }
 
+# ferry_gib OPTION VALUE: sets _fr_n to VALUE if it is a decimal number (50, 0.5).
+ferry_gib() {
+	_fr_n=$2
+	case "$2" in
+	'' | *[!0-9.]* | .* | *. | *.*.*)
+		ferry_err "option $1 must be a number of GiB like 50 or 0.5 (0 = no quota), got '$2'"
+		_fr_n=0
+		;;
+	esac
+}
+
 # ferry_bool 0|1: sets _fr_b to false/true (input is a config_get_bool result).
 ferry_bool() {
 	if [ "$1" = 1 ]; then _fr_b=true; else _fr_b=false; fi
@@ -176,6 +187,33 @@ ferry_render_peer() {
 }
 
 # ferry_render_toml: prints the agent TOML for the loaded "ferry" config; returns 1 on errors.
+# The owner's sharing limits (docs/agent.md "Sharing limits"), inside [limits].
+ferry_render_sharing() {
+	config_get _fr_v "$_fr_s" share_up_mbit 0
+	ferry_uint share_up_mbit "$_fr_v"
+	ferry_line "share-up-mbit = $_fr_n"
+	config_get _fr_v "$_fr_s" share_down_mbit 0
+	ferry_uint share_down_mbit "$_fr_v"
+	ferry_line "share-down-mbit = $_fr_n"
+	config_get _fr_v "$_fr_s" daily_quota_gib 0
+	ferry_gib daily_quota_gib "$_fr_v"
+	ferry_line "daily-quota-gib = $_fr_n"
+	config_get _fr_v "$_fr_s" monthly_quota_gib 0
+	ferry_gib monthly_quota_gib "$_fr_v"
+	ferry_line "monthly-quota-gib = $_fr_n"
+	config_get _fr_v "$_fr_s" quota_reset_day 1
+	ferry_uint quota_reset_day "$_fr_v" 1 31
+	ferry_line "quota-reset-day = $_fr_n"
+	ferry_arr "$_fr_s" schedule
+	[ "$_fr_arr" = "[]" ] || ferry_line "schedule = $_fr_arr"
+	# Unset: the agent reads the router's zone itself (/etc/TZ, set from System > Time zone).
+	config_get _fr_v "$_fr_s" timezone ""
+	if [ -n "$_fr_v" ]; then
+		ferry_str "$_fr_v"
+		ferry_line "timezone = $_fr_q"
+	fi
+}
+
 ferry_render_toml() {
 	_fr_failed=0
 	_fr_s=$FERRY_SECTION
@@ -249,6 +287,7 @@ ferry_render_toml() {
 	ferry_line "max-peers = $_fr_n"
 	ferry_uint client_rate_mbit "$_fr_rate"
 	ferry_line "client-rate-mbit = $_fr_n"
+	ferry_render_sharing
 	config_get_bool _fr_paid "$_fr_s" paid 0
 	[ "$_fr_paid" = 0 ] || ferry_render_paid
 	config_foreach ferry_render_peer peer

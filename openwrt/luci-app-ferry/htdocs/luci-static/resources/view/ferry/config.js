@@ -64,6 +64,24 @@ function text(v) {
 	return (v == null || v === '') ? '-' : String(v);
 }
 
+// The owner's quota and schedule (status paid.sharing), only the rows that are set.
+function sharingRows(sh) {
+	var rows = [];
+	var used = function(bytes, quota) {
+		return typeof quota == 'number'
+			? _('%s of %s').format(fmtBytes(bytes), fmtBytes(quota)) : fmtBytes(bytes);
+	};
+	if (typeof sh.daily_quota_bytes == 'number')
+		rows.push([_('Shared today'), used(sh.used_today_bytes, sh.daily_quota_bytes) + ' · ' +
+			_('resets in %s').format(fmtSecs(sh.daily_reset_in_secs))]);
+	if (typeof sh.monthly_quota_bytes == 'number')
+		rows.push([_('Shared this month'), used(sh.used_this_period_bytes, sh.monthly_quota_bytes) + ' · ' +
+			_('resets in %s').format(fmtSecs(sh.monthly_reset_in_secs))]);
+	if (sh.schedule && sh.schedule.length)
+		rows.push([_('Sharing hours'), sh.schedule.join(', ') + ' (' + text(sh.timezone) + ')']);
+	return rows;
+}
+
 function renderStatus(st) {
 	if (st && st.running === false)
 		return E('p', {}, E('em', {}, _('The agent is not running') +
@@ -115,9 +133,12 @@ function renderStatus(st) {
 		var p = st.paid;
 		var contact = !p.ledger_configured ? _('no ledger URL configured: receipts stay on the router')
 			: (typeof p.last_ledger_contact_secs == 'number' ? fmtAgo(p.last_ledger_contact_secs) : _('not yet'));
+		var sh = p.sharing || {};
+		var state = p.paused ? _('paused by you: no paid sessions until you resume')
+			: (sh.state && sh.state != 'sharing') ? _('not sharing now: %s').format(text(sh.why)) : _('on');
 		var rows = [
 			[_('Sharing'), E([], [
-				p.paused ? _('paused by you: no paid sessions until you resume') : _('on'),
+				state,
 				' ',
 				E('button', {
 					'class': 'cbi-button ' + (p.paused ? 'cbi-button-apply' : 'cbi-button-reset'),
@@ -131,6 +152,7 @@ function renderStatus(st) {
 			[_('Submitted to the ledger'), text(p.receipts_submitted)],
 			[_('Last ledger contact'), contact]
 		];
+		rows = rows.concat(sharingRows(sh));
 		if (p.ledger_error)
 			rows.push([_('Ledger problem'), _('The ledger could not be reached or refused: %s').format(p.ledger_error)]);
 		var d = p.directory;
@@ -157,6 +179,25 @@ function renderStatus(st) {
 	parts.push(E('h4', {}, _('Trusted peers')));
 	parts.push(E('table', { 'class': 'table' }, peerRows));
 	return E([], parts);
+}
+
+// A GiB amount as ferry-render.sh's ferry_gib accepts it: 50, 0.5.
+function validateGib(section_id, value) {
+	if (value == null || value === '' || /^[0-9]+(\.[0-9]+)?$/.test(value))
+		return true;
+	return _('Expecting a number of GiB like 50 or 0.5');
+}
+
+// One sharing window as the agent parses it (router-agent/src/share.rs): DAYS HH:MM-HH:MM,
+// DAYS = daily, mon..sun, ranges (mon-fri) and lists (sat,sun).
+function validateSchedule(section_id, value) {
+	var day = '(mon|tue|wed|thu|fri|sat|sun)';
+	var days = '(daily|' + day + '(-' + day + ')?(,' + day + '(-' + day + ')?)*)';
+	var time = '([01][0-9]|2[0-3]):[0-5][0-9]';
+	if (value == null || value === '' ||
+	    new RegExp('^' + days + ' ' + time + '-(' + time + '|24:00)$').test(value))
+		return true;
+	return _('Expecting days and hours, e.g. mon-fri 18:00-23:30');
 }
 
 function validateService(section_id, value) {
@@ -313,6 +354,39 @@ return view.extend({
 			_('Each direction; 0 means unlimited.'));
 		o.datatype = 'uinteger';
 		o.placeholder = '0';
+
+		o = s.taboption('egress', form.Value, 'share_up_mbit', _('Shared upload, all paying clients (Mbit/s)'),
+			_('Client to internet, all paying clients together; 0 means unlimited. Your own devices are never limited.'));
+		o.datatype = 'uinteger';
+		o.placeholder = '0';
+
+		o = s.taboption('egress', form.Value, 'share_down_mbit', _('Shared download, all paying clients (Mbit/s)'),
+			_('Internet to client, all paying clients together; 0 means unlimited.'));
+		o.datatype = 'uinteger';
+		o.placeholder = '0';
+
+		o = s.taboption('paid', form.Value, 'daily_quota_gib', _('Daily quota (GiB)'),
+			_('Paid traffic per day, both directions (e.g. 5 or 0.5); 0 means none. At the quota paying clients are told and disconnected until midnight.'));
+		o.validate = validateGib;
+		o.placeholder = '0';
+
+		o = s.taboption('paid', form.Value, 'monthly_quota_gib', _('Monthly quota (GiB)'),
+			_('Paid traffic per month, both directions; 0 means none.'));
+		o.validate = validateGib;
+		o.placeholder = '0';
+
+		o = s.taboption('paid', form.Value, 'quota_reset_day', _('Monthly quota starts on day'),
+			_('Day of the month (1-31; 31 = the last day of every month).'));
+		o.datatype = 'range(1,31)';
+		o.placeholder = '1';
+
+		o = s.taboption('paid', form.DynamicList, 'schedule', _('Sharing hours'),
+			_('When paying clients may connect, in this router\'s time zone (System > Time zone), e.g. mon-fri 18:00-23:30 or sat,sun 00:00-24:00. Empty means always.'));
+		o.validate = validateSchedule;
+
+		o = s.taboption('paid', form.Value, 'timezone', _('Time zone for sharing hours'),
+			_('Leave empty to use this router\'s (System > Time zone). Or a POSIX TZ string such as CET-1CEST,M3.5.0,M10.5.0/3.'));
+		o.optional = true;
 
 		o = s.taboption('paid', form.Flag, 'paid', _('Earn from paying clients'),
 			_('Join a Ferry network: paying clients connect with vouchers, the agent signs receipts and the ledger credits this router.'));
