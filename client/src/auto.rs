@@ -141,12 +141,12 @@ pub(crate) fn choose(
         let matching: Vec<Listed> = ok.into_iter().filter(|l| f.keep(l)).collect();
         let listed = matching.len();
         let max = voucher.max_price_micros_per_gib;
-        let cands = candidates(matching, max, own_key, f.ipv6);
+        let cands = candidates(matching, max, own_key, f.ipv6, now);
         if cands.is_empty() {
             bail!(
                 "no relay to choose: the directory listed {} relay(s), {listed} verified and \
-                 matched the filters, none of them reachable at a price up to the voucher's max \
-                 ({max} micros/GiB){}",
+                 matched the filters, none of them reachable, sharing now (its owner's \
+                 schedule) and at a price up to the voucher's max ({max} micros/GiB){}",
                 list.relays.len(),
                 if refused > 0 {
                     format!("; {refused} listing(s) did not verify")

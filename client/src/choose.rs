@@ -60,6 +60,7 @@ pub(crate) fn candidates(
     max_price: u64,
     own_key: &PublicKey,
     ipv6: bool,
+    now: u64,
 ) -> Vec<Listed> {
     let mut c: Vec<Listed> = list
         .into_iter()
@@ -74,6 +75,8 @@ pub(crate) fn candidates(
             l.annotation.reachable & family != 0
                 && l.descriptor.price_micros_per_gib <= max_price
                 && &l.descriptor.relay_key != own_key
+                // Its owner's schedule shares now (a relay outside it refuses offers).
+                && l.descriptor.limits.shares_at_unix(now)
         })
         .collect();
     c.sort_by_key(|l| {
@@ -298,10 +301,22 @@ mod tests {
         for k in 10..20 {
             list.push(listed(k, 1_000, 300 + u16::from(k), 1));
         }
-        let c = candidates(list.clone(), 1_000_000, &own, false);
+        // Relay 20 shares only on Mondays 00:00-01:00 UTC: not now (a Thursday 12:00 UTC).
+        let mut off = listed(20, 1_000, 999, 1);
+        off.descriptor.limits.schedule = [0; 21];
+        off.descriptor.limits.schedule[0] = 0x80;
+        list.push(off.clone());
+        let thursday_noon = 12 * 3600;
+        let monday = 4 * 86_400 + 1800;
+        assert!(off.descriptor.limits.shares_at_unix(monday));
+        assert_eq!(
+            candidates(vec![off], 1_000_000, &own, false, monday).len(),
+            1
+        );
+        let c = candidates(list.clone(), 1_000_000, &own, false, thursday_noon);
         let got: Vec<u8> = c.iter().map(|l| l.descriptor.relay_key.0[0]).collect();
         assert_eq!(got, vec![19, 18, 17, 16, 15, 14]);
-        let v6 = candidates(list, 1_000_000, &own, true);
+        let v6 = candidates(list, 1_000_000, &own, true, thursday_noon);
         assert_eq!(v6.len(), 1);
         assert_eq!(v6[0].descriptor.relay_key.0[0], 5);
     }

@@ -77,6 +77,9 @@ pub(crate) enum Cmd {
         /// Only relays reachable over IPv6.
         #[arg(long)]
         ipv6: bool,
+        /// Only relays offering each client at least this many Mbit/s (or not limiting).
+        #[arg(long)]
+        min_mbit: Option<u32>,
         /// At most this many relays.
         #[arg(long)]
         limit: Option<usize>,
@@ -199,6 +202,10 @@ pub(crate) struct AutoArgs {
     /// With --auto: only relays reachable over IPv6, and connect to them over IPv6.
     #[arg(long, requires = "auto")]
     pub(crate) ipv6: bool,
+    /// With --auto: only relays offering each client at least this many Mbit/s (or not
+    /// limiting). Relays outside their owner's sharing hours are always skipped.
+    #[arg(long, requires = "auto")]
+    pub(crate) min_mbit: Option<u32>,
 }
 
 impl AutoArgs {
@@ -210,6 +217,7 @@ impl AutoArgs {
             min_score: self.min_score,
             ipv6: self.ipv6,
             limit: None,
+            min_mbit: self.min_mbit,
         }
     }
 }

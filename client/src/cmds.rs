@@ -29,6 +29,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             max_price,
             min_score,
             ipv6,
+            min_mbit,
             limit,
             json,
         } => {
@@ -38,6 +39,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                 min_score,
                 ipv6,
                 limit,
+                min_mbit,
             };
             relays(&paths, ledger, &f, json)
         }
@@ -188,6 +190,9 @@ fn relays(
                     "endpoints": d.endpoints().iter().map(ToString::to_string).collect::<Vec<_>>(),
                     "hello_port": d.hello_port,
                     "max_mbit": d.limits.max_mbit,
+                    "monthly_quota_gib": d.limits.monthly_quota_gib,
+                    "shared_hours_per_week": d.limits.shared_hours(),
+                    "sharing_now": d.limits.shares_at_unix(ferry_store::unix_now()),
                     "expires_at": d.expires_at,
                     "factors": {
                         "paid_bytes": a.paid_bytes,

@@ -66,6 +66,8 @@ pub(crate) struct Filters {
     pub(crate) min_score: Option<u16>,
     pub(crate) ipv6: bool,
     pub(crate) limit: Option<usize>,
+    /// Only relays offering at least this per-client rate (not limited counts as enough).
+    pub(crate) min_mbit: Option<u32>,
 }
 
 impl Filters {
@@ -98,15 +100,42 @@ impl Filters {
             && self.max_price.is_none_or(|p| d.price_micros_per_gib <= p)
             && self.min_score.is_none_or(|s| l.annotation.score >= s)
             && (!self.ipv6 || l.annotation.reachable & ferry_receipts::REACHABLE_V6 != 0)
+            && self
+                .min_mbit
+                .is_none_or(|m| d.limits.max_mbit == 0 || d.limits.max_mbit >= m)
     }
+}
+
+/// When the relay shares: `always`, or `now`/`off now` with its hours per week, and its
+/// monthly quota.
+fn sharing(l: &ferry_receipts::AdvertisedLimits, now: u64) -> String {
+    let hours = l.shared_hours();
+    let mut s = match (hours, l.shares_at_unix(now)) {
+        (168, _) => "always".to_owned(),
+        (h, true) => format!("now {h}h/wk"),
+        (h, false) => format!("off {h}h/wk"),
+    };
+    if l.monthly_quota_gib > 0 {
+        s += &format!(" {}GiB/mo", l.monthly_quota_gib);
+    }
+    s
 }
 
 /// The table `ferry relays` prints.
 pub(crate) fn table(list: &[Listed]) -> String {
     let mut s = format!(
-        "{:<16} {:<7} {:<14} {:>12} {:>5} {:>8} {:>6}  {}\n",
-        "RELAY", "COUNTRY", "REGION", "PRICE/GiB", "SCORE", "RTT ms", "Mbit/s", "ENDPOINT"
+        "{:<16} {:<7} {:<14} {:>12} {:>5} {:>8} {:>6} {:<11}  {}\n",
+        "RELAY",
+        "COUNTRY",
+        "REGION",
+        "PRICE/GiB",
+        "SCORE",
+        "RTT ms",
+        "Mbit/s",
+        "SHARING",
+        "ENDPOINT"
     );
+    let now = ferry_store::unix_now();
     for l in list {
         let d = &l.descriptor;
         let a = &l.annotation;
@@ -121,7 +150,7 @@ pub(crate) fn table(list: &[Listed]) -> String {
             m => m.to_string(),
         };
         s += &format!(
-            "{:<16} {:<7} {:<14} {:>12} {:>5} {:>8.1} {:>6}  {}\n",
+            "{:<16} {:<7} {:<14} {:>12} {:>5} {:>8.1} {:>6} {:<11}  {}\n",
             &d.relay_key.to_hex()[..16],
             d.country_code(),
             d.region.chars().take(14).collect::<String>(),
@@ -129,6 +158,7 @@ pub(crate) fn table(list: &[Listed]) -> String {
             a.score,
             f64::from(a.probe_rtt_micros) / 1000.0,
             mbit,
+            sharing(&d.limits, now),
             endpoint
         );
     }

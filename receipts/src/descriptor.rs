@@ -111,6 +111,12 @@ impl AdvertisedLimits {
         self.schedule[h / 8] & (0x80 >> (h % 8)) != 0
     }
 
+    /// Whether the schedule shares at unix time `unix` (its UTC hour of the week; the epoch
+    /// was a Thursday, 72 hours after Monday 00:00).
+    pub fn shares_at_unix(&self, unix: u64) -> bool {
+        self.shares_at(usize::try_from((unix / 3600 + 72) % WEEK_HOURS as u64).unwrap_or(0))
+    }
+
     /// Hours of the week the schedule shares (168 = always).
     pub fn shared_hours(&self) -> u32 {
         self.schedule.iter().map(|b| b.count_ones()).sum()

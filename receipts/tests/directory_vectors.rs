@@ -239,3 +239,22 @@ fn docs_carry_the_same_vectors() {
         );
     }
 }
+
+#[test]
+fn the_schedule_is_read_in_utc_hours_of_the_week_from_monday() {
+    use ferry_receipts::AdvertisedLimits;
+    let mut l = AdvertisedLimits::unlimited();
+    assert!(l.shares_at_unix(0) && l.shared_hours() == 168);
+    // Only Monday 00:00-01:00 and Sunday 23:00-24:00 UTC.
+    l.schedule = [0; 21];
+    l.schedule[0] = 0x80;
+    l.schedule[20] = 0x01;
+    // 1970-01-01 00:00 was a Thursday; Monday 1970-01-05 00:30, Sunday 1970-01-04 23:30.
+    assert!(!l.shares_at_unix(0));
+    assert!(l.shares_at_unix(4 * 86_400 + 1800));
+    assert!(!l.shares_at_unix(4 * 86_400 + 3600));
+    assert!(l.shares_at_unix(3 * 86_400 + 23 * 3600 + 1800));
+    // 2026-12-07 was a Monday.
+    assert!(l.shares_at_unix(1_796_601_600 + 60));
+    assert_eq!(l.shared_hours(), 2);
+}
