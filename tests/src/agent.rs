@@ -112,6 +112,8 @@ pub struct AgentConfig {
     pub extra: String,
     /// Raw TOML lines added to `[egress]` (e.g. `block-ports = []`).
     pub egress_extra: String,
+    /// Raw TOML lines added to `[limits]` (e.g. `share-down-mbit = 5`).
+    pub limits_extra: String,
 }
 
 impl AgentConfig {
@@ -137,6 +139,7 @@ impl AgentConfig {
             peers: vec![],
             extra: String::new(),
             egress_extra: String::new(),
+            limits_extra: String::new(),
         }
     }
 
@@ -174,6 +177,7 @@ impl AgentConfig {
             "\n[limits]\nmax-peers = {}\nclient-rate-mbit = {}",
             self.max_peers, self.client_rate_mbit
         );
+        s.push_str(&self.limits_extra);
         s.push_str(&self.extra);
         for p in &self.peers {
             let _ = writeln!(

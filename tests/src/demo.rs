@@ -454,10 +454,9 @@ fn flow(
     // answer the client from the router's WAN-side address, which a client's connected
     // socket drops.
     cfg.listen = sa(ROUTER_UP4, 51820);
-    // Inside `[limits]` (the rendered config's last table before `extra`).
+    cfg.limits_extra = format!("share-down-mbit = {}\n", opts.share_down_mbit);
     cfg.extra = format!(
-        "\nshare-down-mbit = {}\n\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{network_id}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"{}\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = {:.3}\nreceipt-every-secs = 30\ncredit-window-mib = 16\nclose-grace-secs = 3\n\n[paid]\nenabled = true\n\n[metrics]\nenabled = true\nlisten = [\"{METRICS}\"]\n",
-        opts.share_down_mbit,
+        "\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{network_id}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"{}\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = {:.3}\nreceipt-every-secs = 30\ncredit-window-mib = 16\nclose-grace-secs = 3\n\n[paid]\nenabled = true\n\n[metrics]\nenabled = true\nlisten = [\"{METRICS}\"]\n",
         topo.lab.dir().join("relay-identity.key").display(),
         ledger.url,
         state_dir.display(),

@@ -21,6 +21,7 @@ pub mod metering;
 pub mod multipeer;
 pub mod netns;
 pub mod observability;
+pub mod paid_connect;
 pub mod paid_lab;
 pub mod scenario;
 pub mod servers;

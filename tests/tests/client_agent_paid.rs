@@ -8,9 +8,10 @@
 
 use std::time::Duration;
 
-use ferry_e2e::agent::{Agent, AgentConfig, Egress};
-use ferry_e2e::client::{FerryHome, NetnsResolvConf, start_connect, test_relay_binary};
-use ferry_e2e::scenario::Services;
+use ferry_e2e::agent::Agent;
+use ferry_e2e::paid_connect::{
+    AgentLab, NETWORK, agent_lab, connected_lab, session_id, status_json,
+};
 use ferry_e2e::servers::{SocksDst, fetch, socks_fetch};
 use ferry_e2e::topology::{
     CLIENT_WAN4, CLIENT_WAN4_ALT, DATA_PORT, INET4, LAN_HOST4, ROUTER_UP4, ROUTER_WAN4, Topology,
@@ -18,114 +19,6 @@ use ferry_e2e::topology::{
 };
 use ferry_e2e::wait::wait_until;
 use ferry_e2e::wg::KeyPair;
-
-const LEDGER_SEED: &str = "0303030303030303030303030303030303030303030303030303030303030303";
-const NETWORK: &str = "42424242424242424242424242424242";
-
-/// The lab both tests share: topology, services, the real agent in paid mode, a client home
-/// configured for it (the fields drop in order: agent and services before the topology).
-struct AgentLab {
-    agent: Agent,
-    _services: Services,
-    _resolv: NetnsResolvConf,
-    home: FerryHome,
-    /// The agent's config (to start it again).
-    agent_cfg: AgentConfig,
-    /// The relay's WireGuard key pair and receipts identity (hex).
-    relay_wg: KeyPair,
-    relay_identity: String,
-    topo: Topology,
-}
-
-fn agent_lab() -> AgentLab {
-    let mut topo = Topology::build().unwrap();
-    topo.client
-        .route(&["default", "via", &ROUTER_WAN4.to_string()])
-        .unwrap();
-    let resolv =
-        NetnsResolvConf::create(&topo.client, &format!("nameserver {ROUTER_WAN4}\n")).unwrap();
-    let services = Services::start(&topo).unwrap();
-    let home = FerryHome::create(&topo.lab, "agent-paid-home").unwrap();
-    // The relay's receipts identity, in ferry-keys format.
-    let relay_home = FerryHome::create(&topo.lab, "agent-identity").unwrap();
-    let bin = test_relay_binary().unwrap();
-    let out = ferry_e2e::netns::run(std::process::Command::new(&bin).args([
-        "voucher",
-        "--ledger-seed",
-        LEDGER_SEED,
-        "--network",
-        NETWORK,
-        "--client-key",
-        &home.identity_public,
-        "--out",
-        &home.dir.join("voucher").to_string_lossy(),
-    ]))
-    .unwrap();
-    let ledger_key = out
-        .lines()
-        .find_map(|l| l.strip_prefix("ledger "))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let state = topo.lab.dir().join("agent-state");
-    std::fs::create_dir_all(&state).unwrap();
-    let mut cfg = AgentConfig::new(Egress::Tun);
-    cfg.extra = format!(
-        "\n[identity]\nkey-file = \"{}\"\n\n[network]\nid = \"{NETWORK}\"\nledger-key = \"{ledger_key}\"\nledger-url = \"http://127.0.0.1:9\"\n\n[metering]\nstate-dir = \"{}\"\nreceipt-every-mib = 0.25\nreceipt-every-secs = 2\ncredit-window-mib = 4\n\n[paid]\nenabled = true\nprice-micros-per-gib = 500000\n",
-        relay_home.dir.join("identity.key").display(),
-        state.display()
-    );
-    let relay_key = KeyPair::generate().unwrap();
-    let agent = Agent::start(&mut topo.lab, &topo.router, &relay_key, &cfg).unwrap();
-    home.write_config(&format!(
-        "[[relay]]\nname = \"agent\"\nendpoint = \"{}\"\npublic-key = \"{}\"\nkeepalive = 5\nidentity-key = \"{}\"\ncontrol-address = \"10.77.0.1\"\n",
-        Agent::endpoint(),
-        relay_key.public,
-        relay_home.identity_public
-    ))
-    .unwrap();
-
-    AgentLab {
-        agent,
-        _services: services,
-        _resolv: resolv,
-        home,
-        agent_cfg: cfg,
-        relay_wg: relay_key,
-        relay_identity: relay_home.identity_public.clone(),
-        topo,
-    }
-}
-
-impl AgentLab {
-    /// Starts the agent again (same keys, config and state directory).
-    fn restart_agent(&mut self) {
-        self.agent = Agent::start(
-            &mut self.topo.lab,
-            &self.topo.router,
-            &self.relay_wg,
-            &self.agent_cfg,
-        )
-        .unwrap();
-    }
-
-    /// Waits until the client is connected on a session other than `first`.
-    fn wait_new_session(&self, first: &str, limit: Duration) -> anyhow::Result<()> {
-        wait_until(limit, "connected again with a new session", || {
-            let st = status_json(&self.home, &self.topo);
-            st.contains("\"state\": \"connected\"") && session_id(&st).is_some_and(|s| s != first)
-        })
-    }
-}
-
-/// [`agent_lab`] with `ferry connect` connected on a TUN named after `tag`.
-fn connected_lab(tag: &str) -> (AgentLab, String) {
-    let mut lab = agent_lab();
-    let tun = lab.topo.lab.ifname(tag);
-    let AgentLab { home, topo, .. } = &mut lab;
-    start_connect(&mut topo.lab, &topo.client, home, "agent", &tun).unwrap();
-    (lab, tun)
-}
 
 #[test]
 #[ignore = "needs root: netns"]
@@ -534,21 +427,6 @@ fn unsolicited_traffic_to_the_clients_tunnel_address_is_neither_counted_nor_deli
     )
     .unwrap();
     home.cli(&topo.client, &["disconnect"]).unwrap();
-}
-
-/// `ferry status --json` of `home`, run in the client namespace; the error text while there is
-/// no status yet (a process just spawned has not written it: polls keep waiting).
-fn status_json(home: &FerryHome, topo: &Topology) -> String {
-    home.cli(&topo.client, &["status", "--json"])
-        .unwrap_or_else(|e| format!("no status yet: {e}"))
-}
-
-/// The paid session id in a `ferry status --json` text.
-fn session_id(status: &str) -> Option<String> {
-    status
-        .split("\"session_id\": \"")
-        .nth(1)
-        .map(|r| r[..32].to_owned())
 }
 
 /// Downloads `bytes` from the internet host through the tunnel: all of them arrive, and the
